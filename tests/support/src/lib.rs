@@ -1,1 +1,26 @@
-//! ferry-testkit
+//! Test support for ferry's integration tests. Ferry copies one Redis into another over the
+//! replication protocol, and the only convincing evidence that it works is a real
+//! `redis-server` on each side: replication handshakes, RDB encodings, expiry semantics and
+//! ACLs are too intricate to mock faithfully, and a mock would only agree with our own
+//! understanding of them. So this crate starts real, throw-away `redis-server` processes on
+//! free loopback ports (each in its own temp dir, killed on drop), talks to them with a tiny
+//! blocking RESP client, fills them with a dataset that covers every type in every encoding,
+//! and compares servers with `DEBUG DIGEST` / `DEBUG DIGEST-VALUE`.
+//!
+//! Every server gets `--bind 127.0.0.1 --port <free> --save "" --appendonly no --dir <tmp>
+//! --logfile <tmp>/redis.log --repl-diskless-sync-delay 0 --daemonize no`, plus
+//! `--enable-debug-command yes` on redis 7+. The binary is `$FERRY_TEST_REDIS_SERVER` or
+//! `redis-server` from `PATH`; set `FERRY_TEST_KEEP_DIR=1` to keep the temp dirs.
+
+mod client;
+mod data;
+mod server;
+
+pub use client::{escape_bytes, read_reply, Client, Reply, DEFAULT_IO_TIMEOUT};
+pub use data::{
+    assert_same_data, populate_every_type, same_data, wait_same_data, PTTL_TOLERANCE_MS,
+};
+pub use server::{
+    free_port, parse_info, parse_version, server_version, which, Server, ServerBuilder, Version,
+    KEEP_DIR_ENV, SERVER_BINARY_ENV,
+};

@@ -1,0 +1,441 @@
+//! The standard dataset and data comparison helpers.
+
+use std::collections::BTreeMap;
+use std::fmt::Write as _;
+use std::thread;
+use std::time::{Duration, Instant};
+
+use crate::client::{escape_bytes, Client, Reply};
+use crate::server::Server;
+
+/// PTTL difference tolerated by the per-key comparison.
+pub const PTTL_TOLERANCE_MS: i64 = 2000;
+/// How many differing keys a diff lists.
+const MAX_SHOWN: usize = 20;
+
+fn c(args: &[&[u8]]) -> Vec<Vec<u8>> {
+    args.iter().map(|a| a.to_vec()).collect()
+}
+
+fn cs<S: AsRef<[u8]>>(args: impl IntoIterator<Item = S>) -> Vec<Vec<u8>> {
+    args.into_iter().map(|a| a.as_ref().to_vec()).collect()
+}
+
+fn run(client: &mut Client, cmds: &[Vec<Vec<u8>>]) {
+    let replies = client
+        .pipeline(cmds)
+        .unwrap_or_else(|e| panic!("populate on {}: I/O error: {e}", client.addr()));
+    for (cmd, r) in cmds.iter().zip(&replies) {
+        if let Reply::Error(e) = r {
+            let shown: Vec<String> = cmd.iter().take(4).map(|a| escape_bytes(a)).collect();
+            panic!("populate: command {shown:?}... failed: {e}");
+        }
+    }
+}
+
+/// Write the standard test dataset to `server`: every type in its compact and its large
+/// encoding, streams with consumer groups, TTLs, binary names, keys in db 0, 1 and 15.
+///
+/// Keys (db 0): `str:short`, `str:int`, `str:long` (compressible, 2000 bytes), `str:bin`,
+/// `list:small`, `list:large` (1500 elements), `list:longelems` (elements > 64 bytes),
+/// `set:int` (intset), `set:small`, `set:large` (600 members), `set:intlarge` (600 integers),
+/// `zset:small`, `zset:large` (200 members), `zset:longmember`, `hash:small`, `hash:large`
+/// (600 fields), `hash:longval`, `stream:1` (150 entries, group `grp1` with consumers `alice`
+/// (10 pending, 3 acked) and `bob` (2 pending), group `grp2` with no pending), `stream:empty`
+/// (all entries deleted), `ttl:*` (PEXPIRE 15 s .. EXPIRE 2 h), binary key names, and
+/// `key:N` / `db1:key:N` / `db15:key:N` plain strings: 100, 30 and 20 times `scale`.
+/// Scale 1 gives about 200 keys. Deterministic except for TTLs (relative to now).
+pub fn populate_every_type(server: &Server, scale: usize) {
+    let mut client = server.client();
+    let mut cmds: Vec<Vec<Vec<u8>>> = Vec::new();
+    cmds.push(c(&[b"SELECT", b"0"]));
+
+    // Strings.
+    cmds.push(c(&[b"SET", b"str:short", b"hello"]));
+    cmds.push(c(&[b"SET", b"str:int", b"12345"]));
+    cmds.push(cs(["SET", "str:neg", "-9223372036854775808"]));
+    cmds.push(cs([
+        "SET".to_string(),
+        "str:long".to_string(),
+        "abcdefghij".repeat(200),
+    ]));
+    cmds.push(c(&[
+        b"SET",
+        b"str:bin",
+        b"bin\0ary\r\n'quote'\"\xff\xfe\x00end",
+    ]));
+    cmds.push(c(&[b"SET", b"str:empty", b""]));
+
+    // Lists.
+    cmds.push(c(&[
+        b"RPUSH",
+        b"list:small",
+        b"a",
+        b"b",
+        b"c",
+        b"1",
+        b"2",
+        b"-3",
+    ]));
+    let mut large = cs(["RPUSH", "list:large"]);
+    large.extend((0..1500).map(|i| format!("item-{i}").into_bytes()));
+    cmds.push(large);
+    let mut long = cs(["RPUSH", "list:longelems"]);
+    long.extend((0..5).map(|i| format!("{i}-{}", "x".repeat(100)).into_bytes()));
+    cmds.push(long);
+
+    // Sets.
+    cmds.push(c(&[
+        b"SADD", b"set:int", b"1", b"2", b"3", b"-100", b"65536",
+    ]));
+    cmds.push(c(&[b"SADD", b"set:small", b"apple", b"banana", b"cherry"]));
+    let mut set_large = cs(["SADD", "set:large"]);
+    set_large.extend((0..600).map(|i| format!("member-{i}").into_bytes()));
+    cmds.push(set_large);
+    let mut set_intlarge = cs(["SADD", "set:intlarge"]);
+    set_intlarge.extend((0..600).map(|i| (i * 7).to_string().into_bytes()));
+    cmds.push(set_intlarge);
+
+    // Sorted sets.
+    cmds.push(cs([
+        "ZADD",
+        "zset:small",
+        "1",
+        "one",
+        "2.5",
+        "two.five",
+        "-3",
+        "minus",
+        "inf",
+        "infinite",
+    ]));
+    let mut zl = cs(["ZADD", "zset:large"]);
+    for i in 0..200 {
+        zl.push(format!("{}", i as f64 * 1.5).into_bytes());
+        zl.push(format!("zmember-{i}").into_bytes());
+    }
+    cmds.push(zl);
+    cmds.push(cs([
+        "ZADD".to_string(),
+        "zset:longmember".to_string(),
+        "1".to_string(),
+        "short".to_string(),
+        "2".to_string(),
+        "long-".repeat(30),
+    ]));
+
+    // Hashes.
+    cmds.push(c(&[
+        b"HSET",
+        b"hash:small",
+        b"f1",
+        b"v1",
+        b"f2",
+        b"2",
+        b"bin\0field",
+        b"bin\r\nvalue",
+    ]));
+    let mut hl = cs(["HSET", "hash:large"]);
+    for i in 0..600 {
+        hl.push(format!("field-{i}").into_bytes());
+        hl.push(format!("value-{i}").into_bytes());
+    }
+    cmds.push(hl);
+    cmds.push(cs([
+        "HSET".to_string(),
+        "hash:longval".to_string(),
+        "f".to_string(),
+        "v".repeat(200),
+    ]));
+
+    // Streams.
+    for i in 1..=150u32 {
+        let id = format!("1700000000000-{i}");
+        let mut x = cs(["XADD", "stream:1", &id, "n", &i.to_string()]);
+        if i % 3 == 0 {
+            x.extend(cs(["extra", "field with spaces"]));
+        }
+        cmds.push(x);
+    }
+    cmds.push(cs(["XGROUP", "CREATE", "stream:1", "grp1", "0"]));
+    cmds.push(cs([
+        "XREADGROUP",
+        "GROUP",
+        "grp1",
+        "alice",
+        "COUNT",
+        "10",
+        "STREAMS",
+        "stream:1",
+        ">",
+    ]));
+    cmds.push(cs([
+        "XACK",
+        "stream:1",
+        "grp1",
+        "1700000000000-1",
+        "1700000000000-2",
+        "1700000000000-3",
+    ]));
+    cmds.push(cs([
+        "XREADGROUP",
+        "GROUP",
+        "grp1",
+        "bob",
+        "COUNT",
+        "2",
+        "STREAMS",
+        "stream:1",
+        ">",
+    ]));
+    cmds.push(cs(["XGROUP", "CREATE", "stream:1", "grp2", "$"]));
+    cmds.push(cs(["XADD", "stream:empty", "5-1", "a", "b"]));
+    cmds.push(cs(["XDEL", "stream:empty", "5-1"]));
+
+    // TTLs (all long enough not to expire during a test).
+    cmds.push(cs(["SET", "ttl:ms", "v", "PX", "15000"]));
+    cmds.push(cs(["SET", "ttl:pexpire", "v"]));
+    cmds.push(cs(["PEXPIRE", "ttl:pexpire", "20500"]));
+    cmds.push(cs(["SET", "ttl:minute", "v", "EX", "60"]));
+    cmds.push(cs(["SET", "ttl:hours", "v", "EX", "7200"]));
+    cmds.push(cs(["RPUSH", "ttl:list", "a", "b"]));
+    cmds.push(cs(["EXPIRE", "ttl:list", "3600"]));
+    cmds.push(cs(["HSET", "ttl:hash", "f", "v"]));
+    cmds.push(cs(["PEXPIRE", "ttl:hash", "1800000"]));
+
+    // Binary key names.
+    cmds.push(c(&[b"SET", b"bin\0key\r\n", b"v"]));
+    cmds.push(c(&[b"SET", b"\xff\xfe\x80", b"v"]));
+    cmds.push(c(&[b"HSET", b"key with 'quotes' and \"dq\" ", b"f", b"v"]));
+    cmds.push(c(&[b"SET", b"\xe2\x82\xac-utf8", b"v"]));
+
+    // Plain keys.
+    for i in 0..100 * scale {
+        cmds.push(cs([
+            "SET".to_string(),
+            format!("key:{i}"),
+            format!("value:{i}"),
+        ]));
+    }
+
+    // db 1
+    cmds.push(c(&[b"SELECT", b"1"]));
+    cmds.push(cs(["SET", "db1:str", "in db one"]));
+    cmds.push(cs(["HSET", "db1:hash", "a", "1", "b", "2"]));
+    cmds.push(cs(["SADD", "db1:set", "x", "y"]));
+    cmds.push(cs(["SET", "db1:ttl", "v", "EX", "600"]));
+    cmds.push(cs(["SET", "key:0", "same name as db0, other value"]));
+    for i in 0..30 * scale {
+        cmds.push(cs([
+            "SET".to_string(),
+            format!("db1:key:{i}"),
+            i.to_string(),
+        ]));
+    }
+
+    // db 15
+    cmds.push(c(&[b"SELECT", b"15"]));
+    cmds.push(cs(["SET", "db15:str", "in db fifteen"]));
+    cmds.push(cs(["ZADD", "db15:zset", "1", "a", "2", "b"]));
+    cmds.push(cs(["RPUSH", "db15:list", "x"]));
+    cmds.push(cs(["PEXPIRE", "db15:list", "900000"]));
+    for i in 0..20 * scale {
+        cmds.push(cs([
+            "SET".to_string(),
+            format!("db15:key:{i}"),
+            i.to_string(),
+        ]));
+    }
+
+    run(&mut client, &cmds);
+}
+
+/// What one key looks like for the comparison.
+#[derive(Clone, Debug, PartialEq, Eq)]
+struct KeyState {
+    kind: String,
+    digest: String,
+    pttl: i64,
+}
+
+fn databases(server: &Server) -> usize {
+    let r = server.cmd(&["CONFIG", "GET", "databases"]).as_array();
+    r.get(1).map(|v| v.as_int() as usize).unwrap_or(16)
+}
+
+/// All keys of all databases with their TYPE, DEBUG DIGEST-VALUE and PTTL.
+fn snapshot(server: &Server, dbs: usize) -> Vec<BTreeMap<Vec<u8>, KeyState>> {
+    let mut client = server.client();
+    let mut out = Vec::with_capacity(dbs);
+    for db in 0..dbs {
+        let mut map = BTreeMap::new();
+        let sel = client.cmd_str(&["SELECT", &db.to_string()]);
+        assert!(!sel.is_error());
+        let mut keys: Vec<Vec<u8>> = Vec::new();
+        let mut cursor = b"0".to_vec();
+        loop {
+            let r = client
+                .cmd(&[b"SCAN", &cursor, b"COUNT", b"1000"])
+                .unwrap_or_else(|e| panic!("SCAN on {}: {e}", server.addr()))
+                .as_array();
+            cursor = r[0].as_bytes();
+            keys.extend(r[1].as_array().iter().map(Reply::as_bytes));
+            if cursor == b"0" {
+                break;
+            }
+        }
+        keys.sort();
+        keys.dedup();
+        let mut cmds = Vec::with_capacity(keys.len() * 3);
+        for k in &keys {
+            cmds.push(vec![b"TYPE".to_vec(), k.clone()]);
+            cmds.push(vec![b"DEBUG".to_vec(), b"DIGEST-VALUE".to_vec(), k.clone()]);
+            cmds.push(vec![b"PTTL".to_vec(), k.clone()]);
+        }
+        let replies = client
+            .pipeline(&cmds)
+            .unwrap_or_else(|e| panic!("pipeline on {}: {e}", server.addr()));
+        for (k, r) in keys.into_iter().zip(replies.chunks(3)) {
+            let kind = r[0].as_str();
+            if kind == "none" {
+                continue; // expired or deleted since SCAN
+            }
+            let digest = match &r[1] {
+                Reply::Array(Some(items)) if !items.is_empty() => items[0].as_str(),
+                Reply::Error(e) => panic!("DEBUG DIGEST-VALUE on {}: {e}", server.addr()),
+                other => other.as_str(),
+            };
+            let pttl = r[2].as_int();
+            map.insert(k, KeyState { kind, digest, pttl });
+        }
+        out.push(map);
+    }
+    out
+}
+
+fn same_pttl(a: i64, b: i64) -> bool {
+    if a < 0 || b < 0 {
+        a == b
+    } else {
+        (a - b).abs() <= PTTL_TOLERANCE_MS
+    }
+}
+
+fn show(s: Option<&KeyState>) -> String {
+    match s {
+        None => "missing".to_string(),
+        Some(s) => format!("type={} digest={} pttl={}", s.kind, s.digest, s.pttl),
+    }
+}
+
+/// Per-key differences between the two servers: (total count, readable lines for the first
+/// [`MAX_SHOWN`]).
+fn key_diff(source: &Server, target: &Server) -> (usize, Vec<String>) {
+    let dbs = databases(source).min(databases(target));
+    let a = snapshot(source, dbs);
+    let b = snapshot(target, dbs);
+    let mut total = 0;
+    let mut lines = Vec::new();
+    for db in 0..dbs {
+        let mut names: Vec<&Vec<u8>> = a[db].keys().chain(b[db].keys()).collect();
+        names.sort();
+        names.dedup();
+        for k in names {
+            let (x, y) = (a[db].get(k), b[db].get(k));
+            let differs = match (x, y) {
+                (Some(x), Some(y)) => {
+                    x.kind != y.kind || x.digest != y.digest || !same_pttl(x.pttl, y.pttl)
+                }
+                _ => true,
+            };
+            if differs {
+                total += 1;
+                if lines.len() < MAX_SHOWN {
+                    let what = match (x, y) {
+                        (Some(_), None) => "only in source",
+                        (None, Some(_)) => "only in target",
+                        (Some(x), Some(y)) if x.kind != y.kind => "type differs",
+                        // DEBUG DIGEST-VALUE mixes in whether the key has a TTL.
+                        (Some(x), Some(y)) if (x.pttl < 0) != (y.pttl < 0) => {
+                            if x.digest != y.digest {
+                                "TTL differs (DIGEST-VALUE differs because it includes the TTL flag)"
+                            } else {
+                                "TTL differs"
+                            }
+                        }
+                        (Some(x), Some(y)) if x.digest != y.digest => "value differs",
+                        _ => "TTL differs",
+                    };
+                    lines.push(format!(
+                        "db{db} key \"{}\": {what}\n    source: {}\n    target: {}",
+                        escape_bytes(k),
+                        show(x),
+                        show(y)
+                    ));
+                }
+            }
+        }
+    }
+    (total, lines)
+}
+
+/// Compare all data of `source` and `target`.
+///
+/// If their `DEBUG DIGEST`s are equal this returns at once. Otherwise every database is
+/// compared key by key (SCAN, TYPE, `DEBUG DIGEST-VALUE`, PTTL with ±2 s tolerance; no TTL
+/// must match no TTL exactly), and this panics with the first 20 differing keys. If the
+/// per-key comparison finds no difference (the digests differed only because absolute expiry
+/// times differ by less than the tolerance), it returns normally.
+pub fn assert_same_data(source: &Server, target: &Server) {
+    let (da, db) = (source.digest(), target.digest());
+    if da == db {
+        return;
+    }
+    let (total, lines) = key_diff(source, target);
+    if total == 0 {
+        return;
+    }
+    let mut msg = format!(
+        "data differs between source {} and target {}\n  DEBUG DIGEST source {da}\n  DEBUG DIGEST target {db}\n{total} differing key(s)",
+        source.addr(),
+        target.addr()
+    );
+    if total > lines.len() {
+        let _ = write!(msg, " (first {} shown)", lines.len());
+    }
+    msg.push_str(":\n");
+    for l in lines {
+        msg.push_str(&l);
+        msg.push('\n');
+    }
+    panic!("{msg}");
+}
+
+/// Like [`assert_same_data`] but returns whether the data is the same instead of panicking.
+pub fn same_data(source: &Server, target: &Server) -> bool {
+    source.digest() == target.digest() || key_diff(source, target).0 == 0
+}
+
+/// Poll until the `DEBUG DIGEST`s of both servers are equal (or the per-key comparison, run
+/// at most every 500 ms, finds no difference), then return. After `timeout`, calls
+/// [`assert_same_data`], which panics with the diff.
+pub fn wait_same_data(source: &Server, target: &Server, timeout: Duration) {
+    let deadline = Instant::now() + timeout;
+    let mut last_key_check = Instant::now();
+    loop {
+        if source.digest() == target.digest() {
+            return;
+        }
+        if last_key_check.elapsed() >= Duration::from_millis(500) {
+            if key_diff(source, target).0 == 0 {
+                return;
+            }
+            last_key_check = Instant::now();
+        }
+        if Instant::now() >= deadline {
+            break;
+        }
+        thread::sleep(Duration::from_millis(20));
+    }
+    assert_same_data(source, target);
+}
