@@ -47,8 +47,7 @@ fn run(client: &mut Client, cmds: &[Vec<Vec<u8>>]) {
 /// Scale 1 gives about 200 keys. Deterministic except for TTLs (relative to now).
 pub fn populate_every_type(server: &Server, scale: usize) {
     let mut client = server.client();
-    let mut cmds: Vec<Vec<Vec<u8>>> = Vec::new();
-    cmds.push(c(&[b"SELECT", b"0"]));
+    let mut cmds: Vec<Vec<Vec<u8>>> = vec![c(&[b"SELECT", b"0"])];
 
     // Strings.
     cmds.push(c(&[b"SET", b"str:short", b"hello"]));
@@ -256,6 +255,9 @@ struct KeyState {
     kind: String,
     digest: String,
     pttl: i64,
+    /// Streams only: last id, groups, consumers and pending entries, which neither
+    /// `DEBUG DIGEST` nor `DEBUG DIGEST-VALUE` cover.
+    stream_meta: String,
 }
 
 fn databases(server: &Server) -> usize {
@@ -263,21 +265,91 @@ fn databases(server: &Server) -> usize {
     r.get(1).map(|v| v.as_int() as usize).unwrap_or(16)
 }
 
-/// All keys of all databases with their TYPE, DEBUG DIGEST-VALUE and PTTL.
-fn snapshot(server: &Server, dbs: usize) -> Vec<BTreeMap<Vec<u8>, KeyState>> {
+fn pairs(r: &Reply) -> BTreeMap<String, Reply> {
+    r.as_array()
+        .chunks(2)
+        .filter(|p| p.len() == 2)
+        .map(|p| (p[0].as_str(), p[1].clone()))
+        .collect()
+}
+
+fn field(map: &BTreeMap<String, Reply>, name: &str) -> String {
+    match map.get(name) {
+        Some(Reply::Int(i)) => i.to_string(),
+        Some(r @ (Reply::Status(_) | Reply::Bulk(Some(_)))) => escape_bytes(&r.as_bytes()),
+        Some(other) => format!("{other:?}"),
+        None => "-".to_string(),
+    }
+}
+
+fn must(client: &mut Client, args: &[&[u8]]) -> Reply {
+    let shown: Vec<String> = args.iter().map(|a| escape_bytes(a)).collect();
+    match client.cmd(args) {
+        Ok(Reply::Error(e)) => panic!("{shown:?} on {} failed: {e}", client.addr()),
+        Ok(r) => r,
+        Err(e) => panic!("{shown:?} on {}: I/O error: {e}", client.addr()),
+    }
+}
+
+/// A canonical description of a stream's metadata: volatile fields (idle times) are left out,
+/// and only fields that every redis version since 5.0 reports are used.
+fn stream_meta(client: &mut Client, key: &[u8]) -> String {
+    let mut out = String::new();
+    let info = pairs(&must(client, &[b"XINFO", b"STREAM", key]));
+    let _ = write!(out, "last-id={}", field(&info, "last-generated-id"));
+    for g in must(client, &[b"XINFO", b"GROUPS", key]).as_array() {
+        let g = pairs(&g);
+        let name = g.get("name").map(Reply::as_bytes).unwrap_or_default();
+        let _ = write!(
+            out,
+            " | group {} consumers={} pending={} last-delivered={}",
+            escape_bytes(&name),
+            field(&g, "consumers"),
+            field(&g, "pending"),
+            field(&g, "last-delivered-id")
+        );
+        for c in must(client, &[b"XINFO", b"CONSUMERS", key, &name]).as_array() {
+            let c = pairs(&c);
+            let _ = write!(
+                out,
+                " [consumer {} pending={}]",
+                field(&c, "name"),
+                field(&c, "pending")
+            );
+        }
+        let _ = write!(out, " pel:");
+        for p in must(client, &[b"XPENDING", key, &name, b"-", b"+", b"1000000"]).as_array() {
+            let p = p.as_array();
+            if p.len() >= 4 {
+                let _ = write!(
+                    out,
+                    " {}/{}/{}",
+                    p[0].as_str(),
+                    escape_bytes(&p[1].as_bytes()),
+                    p[3].as_int()
+                );
+            }
+        }
+    }
+    out
+}
+
+/// All keys of all databases with their TYPE, DEBUG DIGEST-VALUE, PTTL and (streams) stream
+/// metadata. With `streams_only`, only stream keys (`SCAN .. TYPE stream`).
+fn snapshot(server: &Server, dbs: usize, streams_only: bool) -> Vec<BTreeMap<Vec<u8>, KeyState>> {
     let mut client = server.client();
     let mut out = Vec::with_capacity(dbs);
     for db in 0..dbs {
         let mut map = BTreeMap::new();
-        let sel = client.cmd_str(&["SELECT", &db.to_string()]);
-        assert!(!sel.is_error());
+        must(&mut client, &[b"SELECT", db.to_string().as_bytes()]);
         let mut keys: Vec<Vec<u8>> = Vec::new();
         let mut cursor = b"0".to_vec();
         loop {
-            let r = client
-                .cmd(&[b"SCAN", &cursor, b"COUNT", b"1000"])
-                .unwrap_or_else(|e| panic!("SCAN on {}: {e}", server.addr()))
-                .as_array();
+            let mut scan: Vec<&[u8]> = vec![b"SCAN", &cursor, b"COUNT", b"1000"];
+            if streams_only {
+                scan.extend([&b"TYPE"[..], b"stream"]);
+            }
+            let r = must(&mut client, &scan).as_array();
             cursor = r[0].as_bytes();
             keys.extend(r[1].as_array().iter().map(Reply::as_bytes));
             if cursor == b"0" {
@@ -306,7 +378,18 @@ fn snapshot(server: &Server, dbs: usize) -> Vec<BTreeMap<Vec<u8>, KeyState>> {
                 other => other.as_str(),
             };
             let pttl = r[2].as_int();
-            map.insert(k, KeyState { kind, digest, pttl });
+            let stream_meta = if kind == "stream" {
+                stream_meta(&mut client, &k)
+            } else {
+                String::new()
+            };
+            let state = KeyState {
+                kind,
+                digest,
+                pttl,
+                stream_meta,
+            };
+            map.insert(k, state);
         }
         out.push(map);
     }
@@ -324,16 +407,23 @@ fn same_pttl(a: i64, b: i64) -> bool {
 fn show(s: Option<&KeyState>) -> String {
     match s {
         None => "missing".to_string(),
-        Some(s) => format!("type={} digest={} pttl={}", s.kind, s.digest, s.pttl),
+        Some(s) => {
+            let mut t = format!("type={} digest={} pttl={}", s.kind, s.digest, s.pttl);
+            if !s.stream_meta.is_empty() {
+                let meta: String = s.stream_meta.chars().take(600).collect();
+                let _ = write!(t, "\n      stream: {meta}");
+            }
+            t
+        }
     }
 }
 
 /// Per-key differences between the two servers: (total count, readable lines for the first
 /// [`MAX_SHOWN`]).
-fn key_diff(source: &Server, target: &Server) -> (usize, Vec<String>) {
+fn key_diff(source: &Server, target: &Server, streams_only: bool) -> (usize, Vec<String>) {
     let dbs = databases(source).min(databases(target));
-    let a = snapshot(source, dbs);
-    let b = snapshot(target, dbs);
+    let a = snapshot(source, dbs, streams_only);
+    let b = snapshot(target, dbs, streams_only);
     let mut total = 0;
     let mut lines = Vec::new();
     for db in 0..dbs {
@@ -344,59 +434,58 @@ fn key_diff(source: &Server, target: &Server) -> (usize, Vec<String>) {
             let (x, y) = (a[db].get(k), b[db].get(k));
             let differs = match (x, y) {
                 (Some(x), Some(y)) => {
-                    x.kind != y.kind || x.digest != y.digest || !same_pttl(x.pttl, y.pttl)
+                    x.kind != y.kind
+                        || x.digest != y.digest
+                        || !same_pttl(x.pttl, y.pttl)
+                        || x.stream_meta != y.stream_meta
                 }
                 _ => true,
             };
-            if differs {
-                total += 1;
-                if lines.len() < MAX_SHOWN {
-                    let what = match (x, y) {
-                        (Some(_), None) => "only in source",
-                        (None, Some(_)) => "only in target",
-                        (Some(x), Some(y)) if x.kind != y.kind => "type differs",
-                        // DEBUG DIGEST-VALUE mixes in whether the key has a TTL.
-                        (Some(x), Some(y)) if (x.pttl < 0) != (y.pttl < 0) => {
-                            if x.digest != y.digest {
-                                "TTL differs (DIGEST-VALUE differs because it includes the TTL flag)"
-                            } else {
-                                "TTL differs"
-                            }
-                        }
-                        (Some(x), Some(y)) if x.digest != y.digest => "value differs",
-                        _ => "TTL differs",
-                    };
-                    lines.push(format!(
-                        "db{db} key \"{}\": {what}\n    source: {}\n    target: {}",
-                        escape_bytes(k),
-                        show(x),
-                        show(y)
-                    ));
-                }
+            if !differs {
+                continue;
             }
+            total += 1;
+            if lines.len() >= MAX_SHOWN {
+                continue;
+            }
+            let what = match (x, y) {
+                (Some(_), None) => "only in source",
+                (None, Some(_)) => "only in target",
+                (Some(x), Some(y)) if x.kind != y.kind => "type differs",
+                // DEBUG DIGEST-VALUE mixes in whether the key has a TTL.
+                (Some(x), Some(y)) if (x.pttl < 0) != (y.pttl < 0) && x.digest != y.digest => {
+                    "TTL differs (DIGEST-VALUE differs because it includes the TTL flag)"
+                }
+                (Some(x), Some(y)) if (x.pttl < 0) != (y.pttl < 0) => "TTL differs",
+                (Some(x), Some(y)) if x.digest != y.digest => "value differs",
+                (Some(x), Some(y)) if x.stream_meta != y.stream_meta => {
+                    "stream groups/metadata differ"
+                }
+                _ => "TTL differs",
+            };
+            lines.push(format!(
+                "db{db} key \"{}\": {what}\n    source: {}\n    target: {}",
+                escape_bytes(k),
+                show(x),
+                show(y)
+            ));
         }
     }
     (total, lines)
 }
 
-/// Compare all data of `source` and `target`.
-///
-/// If their `DEBUG DIGEST`s are equal this returns at once. Otherwise every database is
-/// compared key by key (SCAN, TYPE, `DEBUG DIGEST-VALUE`, PTTL with ±2 s tolerance; no TTL
-/// must match no TTL exactly), and this panics with the first 20 differing keys. If the
-/// per-key comparison finds no difference (the digests differed only because absolute expiry
-/// times differ by less than the tolerance), it returns normally.
-pub fn assert_same_data(source: &Server, target: &Server) {
+/// Full comparison: the digests, then key by key if they differ, else the streams' metadata.
+fn diff(source: &Server, target: &Server) -> Option<String> {
     let (da, db) = (source.digest(), target.digest());
-    if da == db {
-        return;
-    }
-    let (total, lines) = key_diff(source, target);
+    // Equal digests cover every key, value and expiry, but not stream consumer groups.
+    let streams_only = da == db;
+    let (total, lines) = key_diff(source, target, streams_only);
     if total == 0 {
-        return;
+        return None;
     }
     let mut msg = format!(
-        "data differs between source {} and target {}\n  DEBUG DIGEST source {da}\n  DEBUG DIGEST target {db}\n{total} differing key(s)",
+        "data differs between source {} and target {}\n  DEBUG DIGEST source {da}\n  \
+         DEBUG DIGEST target {db}\n{total} differing key(s)",
         source.addr(),
         target.addr()
     );
@@ -408,29 +497,46 @@ pub fn assert_same_data(source: &Server, target: &Server) {
         msg.push_str(&l);
         msg.push('\n');
     }
-    panic!("{msg}");
+    Some(msg)
+}
+
+/// Compare all data of `source` and `target`, panicking with a readable diff.
+///
+/// When the `DEBUG DIGEST`s differ, every database is compared key by key (SCAN, TYPE,
+/// `DEBUG DIGEST-VALUE`, PTTL with ±2 s tolerance, where no TTL must match no TTL exactly)
+/// and the first 20 differing keys are listed. If that finds no difference (the digests
+/// differed only because absolute expiry times differ by less than the tolerance), it
+/// returns normally. Stream consumer groups, consumers and pending entries are not covered
+/// by redis' digests, so stream keys are always compared on that metadata too (idle times
+/// excluded).
+pub fn assert_same_data(source: &Server, target: &Server) {
+    if let Some(msg) = diff(source, target) {
+        panic!("{msg}");
+    }
 }
 
 /// Like [`assert_same_data`] but returns whether the data is the same instead of panicking.
 pub fn same_data(source: &Server, target: &Server) -> bool {
-    source.digest() == target.digest() || key_diff(source, target).0 == 0
+    diff(source, target).is_none()
 }
 
-/// Poll until the `DEBUG DIGEST`s of both servers are equal (or the per-key comparison, run
-/// at most every 500 ms, finds no difference), then return. After `timeout`, calls
-/// [`assert_same_data`], which panics with the diff.
+/// Poll until both servers hold the same data (equal `DEBUG DIGEST`s, plus the per-key
+/// comparison of [`assert_same_data`], which is run at most every 250 ms), then return.
+/// After `timeout`, calls [`assert_same_data`], which panics with the diff.
 pub fn wait_same_data(source: &Server, target: &Server, timeout: Duration) {
     let deadline = Instant::now() + timeout;
-    let mut last_key_check = Instant::now();
+    let mut last_full = None::<Instant>;
     loop {
-        if source.digest() == target.digest() {
-            return;
-        }
-        if last_key_check.elapsed() >= Duration::from_millis(500) {
-            if key_diff(source, target).0 == 0 {
+        let equal_digests = source.digest() == target.digest();
+        let due = match last_full {
+            None => true,
+            Some(t) => t.elapsed() >= Duration::from_millis(250),
+        };
+        if equal_digests || due {
+            if same_data(source, target) {
                 return;
             }
-            last_key_check = Instant::now();
+            last_full = Some(Instant::now());
         }
         if Instant::now() >= deadline {
             break;

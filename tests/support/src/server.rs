@@ -422,14 +422,11 @@ impl Server {
                 args.push(u.as_bytes());
             }
             args.push(a.password.as_bytes());
-            match c.cmd(&args)? {
-                Reply::Error(e) => {
-                    return Err(std::io::Error::new(
-                        std::io::ErrorKind::PermissionDenied,
-                        format!("AUTH failed: {e}"),
-                    ))
-                }
-                _ => {}
+            if let Reply::Error(e) = c.cmd(&args)? {
+                return Err(std::io::Error::new(
+                    std::io::ErrorKind::PermissionDenied,
+                    format!("AUTH failed: {e}"),
+                ));
             }
         }
         Ok(c)

@@ -273,3 +273,53 @@ fn many_servers_in_parallel() {
     ports.dedup();
     assert_eq!(ports.len(), 6);
 }
+
+#[test]
+fn acl_master_disk_based_replica() {
+    let master = Server::builder().acl_user("repl", "rpw").start();
+    populate_every_type(&master, 1);
+    let replica = Server::builder()
+        .replica_of(&master)
+        .diskless(false)
+        .arg("save", "900 1")
+        .start();
+    assert_eq!(
+        replica.cmd(&["CONFIG", "GET", "save"]).as_array()[1].as_str(),
+        "900 1"
+    );
+    master.wait_replica_synced(&replica, Duration::from_secs(10));
+    assert_same_data(&master, &replica);
+    assert_eq!(master.digest(), replica.digest());
+}
+
+#[test]
+fn stream_group_differences_are_reported() {
+    let a = Server::start();
+    let b = Server::start();
+    for s in [&a, &b] {
+        s.cmd(&["XADD", "s", "1-1", "f", "v"]);
+        s.cmd(&["XADD", "s", "1-2", "f", "v"]);
+        s.cmd(&["XGROUP", "CREATE", "s", "g", "0"]);
+        s.cmd(&[
+            "XREADGROUP",
+            "GROUP",
+            "g",
+            "c1",
+            "COUNT",
+            "1",
+            "STREAMS",
+            "s",
+            ">",
+        ]);
+    }
+    assert_same_data(&a, &b);
+    b.cmd(&["XACK", "s", "g", "1-1"]);
+    assert_eq!(a.digest(), b.digest(), "redis digests ignore the PEL");
+    let err = catch_unwind(AssertUnwindSafe(|| assert_same_data(&a, &b))).unwrap_err();
+    let msg = panic_message(err);
+    assert!(
+        msg.contains("\"s\": stream groups/metadata differ"),
+        "{msg}"
+    );
+    assert!(!ferry_testkit::same_data(&a, &b));
+}
