@@ -1,0 +1,806 @@
+//! The streaming pull parser.
+
+use std::io::{self, Read};
+
+use bytes::{Bytes, BytesMut};
+
+use crate::consts::*;
+use crate::crc64::Crc64;
+use crate::error::{key_ctx, ErrorKind, RdbError};
+
+const BUF_SIZE: usize = 64 * 1024;
+/// Largest chunk read directly into a destination buffer at once; also the
+/// cap for preallocations driven by lengths read from the stream.
+const DIRECT_CHUNK: usize = 1024 * 1024;
+/// A capture buffer with more spare capacity than this is replaced after a
+/// payload was split off (so one huge value does not pin memory).
+const CAPTURE_KEEP: usize = 4 * 1024 * 1024;
+
+/// One top-level item of an RDB stream.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Item {
+    /// An AUX field (`redis-ver`, `repl-id`, `lua` scripts in old RDBs, ...).
+    Aux {
+        /// Field name.
+        key: Bytes,
+        /// Field value (int-encoded values are rendered as decimal text).
+        value: Bytes,
+    },
+    /// `SELECTDB`: following entries belong to this database.
+    SelectDb(u64),
+    /// `RESIZEDB` hint for the current database.
+    ResizeDb {
+        /// Number of keys.
+        db_size: u64,
+        /// Number of keys with an expire.
+        expires_size: u64,
+    },
+    /// A key and its serialized value.
+    Entry(Entry),
+    /// A function library (`RDB_OPCODE_FUNCTION2`), suitable for `FUNCTION LOAD`.
+    Function {
+        /// The library source code.
+        code: Bytes,
+    },
+    /// Module auxiliary data, skipped structurally.
+    ModuleAux {
+        /// The 64-bit module id (name + encoding version).
+        module_id: u64,
+        /// The raw bytes after the module id (`when` opcode, `when`, and the
+        /// module opcode stream up to and including its EOF marker).
+        raw: Bytes,
+    },
+    /// Per-slot sizing hint (Redis 7.4+/Valkey, cluster mode).
+    SlotInfo {
+        /// Slot number.
+        slot: u64,
+        /// Keys in the slot.
+        slot_size: u64,
+        /// Keys with an expire in the slot.
+        expires_slot_size: u64,
+    },
+}
+
+/// A key/value pair with its metadata.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Entry {
+    /// The database selected by the last `SELECTDB` (0 if none).
+    pub db: u64,
+    /// The key.
+    pub key: Bytes,
+    /// The RDB type byte (`RDB_TYPE_*`).
+    pub value_type: u8,
+    /// Value bytes exactly as serialized after the key.
+    pub payload: Bytes,
+    /// Absolute expire time in unix milliseconds.
+    pub expire_ms: Option<i64>,
+    /// LRU idle time in seconds.
+    pub idle: Option<u64>,
+    /// LFU frequency.
+    pub freq: Option<u8>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum State {
+    Header,
+    Body,
+    Done,
+    Failed,
+}
+
+/// Result of reading a length prefix.
+#[derive(Debug, Clone, Copy)]
+enum Len {
+    Plain(u64),
+    Encoded(u8),
+}
+
+/// Streaming RDB parser over a blocking reader.
+///
+/// Keeps a fixed 64 KiB read buffer; memory use beyond that is bounded by the
+/// size of the largest single key/value being returned.
+pub struct Parser<R: Read> {
+    reader: R,
+    buf: Box<[u8]>,
+    pos: usize,
+    end: usize,
+    /// Stream offset of `buf[0]`.
+    base: u64,
+    crc: Crc64,
+    /// `buf[..crc_pos]` was already fed to `crc`.
+    crc_pos: usize,
+    capturing: bool,
+    /// `buf[..cap_pos]` was already appended to `capture` (when capturing).
+    cap_pos: usize,
+    capture: BytesMut,
+    state: State,
+    version: Option<u32>,
+    valkey_magic: bool,
+    db: u64,
+    cur_key: Option<Bytes>,
+    expire_ms: Option<i64>,
+    idle: Option<u64>,
+    freq: Option<u8>,
+}
+
+impl<R: Read> std::fmt::Debug for Parser<R> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Parser")
+            .field("offset", &self.offset())
+            .field("version", &self.version)
+            .field("db", &self.db)
+            .finish_non_exhaustive()
+    }
+}
+
+impl<R: Read> Parser<R> {
+    /// Wraps a reader. Nothing is read until [`next_item`](Self::next_item).
+    pub fn new(reader: R) -> Self {
+        Parser {
+            reader,
+            buf: vec![0u8; BUF_SIZE].into_boxed_slice(),
+            pos: 0,
+            end: 0,
+            base: 0,
+            crc: Crc64::new(),
+            crc_pos: 0,
+            capturing: false,
+            cap_pos: 0,
+            capture: BytesMut::with_capacity(BUF_SIZE),
+            state: State::Header,
+            version: None,
+            valkey_magic: false,
+            db: 0,
+            cur_key: None,
+            expire_ms: None,
+            idle: None,
+            freq: None,
+        }
+    }
+
+    /// The RDB version, once the header was read.
+    pub fn rdb_version(&self) -> Option<u32> {
+        self.version
+    }
+
+    /// True if the header used the `VALKEY` magic.
+    pub fn is_valkey_magic(&self) -> bool {
+        self.valkey_magic
+    }
+
+    /// Number of bytes consumed from the stream so far.
+    pub fn offset(&self) -> u64 {
+        self.base + self.pos as u64
+    }
+
+    /// Returns the underlying reader. Bytes that were read ahead into the
+    /// internal buffer but not consumed are lost (after `Ok(None)` there are
+    /// none unless the peer sent data after the RDB trailer; see
+    /// [`buffered`](Self::buffered)).
+    pub fn into_inner(self) -> R {
+        self.reader
+    }
+
+    /// Bytes read from the reader but not consumed yet (e.g. data following
+    /// the RDB in a replication stream).
+    pub fn buffered(&self) -> &[u8] {
+        &self.buf[self.pos..self.end]
+    }
+
+    /// Returns the reader and the read-ahead bytes not consumed by the parser.
+    pub fn into_parts(self) -> (R, Bytes) {
+        let rest = Bytes::copy_from_slice(&self.buf[self.pos..self.end]);
+        (self.reader, rest)
+    }
+
+    fn err(&self, kind: ErrorKind) -> RdbError {
+        RdbError {
+            offset: self.offset(),
+            key: self.cur_key.as_deref().map(key_ctx),
+            kind,
+        }
+    }
+
+    /// Next item; `Ok(None)` once the EOF opcode and the checksum were read
+    /// and verified.
+    pub fn next_item(&mut self) -> Result<Option<Item>, RdbError> {
+        match self.state {
+            State::Done => return Ok(None),
+            State::Failed => return Err(self.err(ErrorKind::Poisoned)),
+            _ => {}
+        }
+        match self.next_inner() {
+            Ok(v) => Ok(v),
+            Err(e) => {
+                self.state = State::Failed;
+                self.capturing = false;
+                self.capture.clear();
+                self.cur_key = None;
+                Err(e)
+            }
+        }
+    }
+
+    fn next_inner(&mut self) -> Result<Option<Item>, RdbError> {
+        if self.state == State::Header {
+            self.read_header()?;
+            self.state = State::Body;
+        }
+        loop {
+            let t = self.u8()?;
+            match t {
+                RDB_OPCODE_EOF => {
+                    self.finish()?;
+                    self.state = State::Done;
+                    return Ok(None);
+                }
+                RDB_OPCODE_SELECTDB => {
+                    let db = self.plain_len()?;
+                    self.db = db;
+                    return Ok(Some(Item::SelectDb(db)));
+                }
+                RDB_OPCODE_RESIZEDB => {
+                    let db_size = self.plain_len()?;
+                    let expires_size = self.plain_len()?;
+                    return Ok(Some(Item::ResizeDb {
+                        db_size,
+                        expires_size,
+                    }));
+                }
+                RDB_OPCODE_EXPIRETIME => {
+                    let s = i32::from_le_bytes(self.array::<4>()?);
+                    self.expire_ms = Some(i64::from(s) * 1000);
+                }
+                RDB_OPCODE_EXPIRETIME_MS => {
+                    self.expire_ms = Some(i64::from_le_bytes(self.array::<8>()?));
+                }
+                RDB_OPCODE_IDLE => {
+                    self.idle = Some(self.plain_len()?);
+                }
+                RDB_OPCODE_FREQ => {
+                    self.freq = Some(self.u8()?);
+                }
+                RDB_OPCODE_AUX => {
+                    let key = self.read_string()?;
+                    let value = self.read_string()?;
+                    return Ok(Some(Item::Aux { key, value }));
+                }
+                RDB_OPCODE_MODULE_AUX => {
+                    let module_id = self.plain_len()?;
+                    self.start_capture();
+                    let when_op = self.plain_len()?;
+                    if when_op != RDB_MODULE_OPCODE_UINT {
+                        return Err(self.err(ErrorKind::Corrupt(format!(
+                            "module aux 'when' opcode {when_op}, expected {RDB_MODULE_OPCODE_UINT}"
+                        ))));
+                    }
+                    self.plain_len()?;
+                    self.skip_module_opcodes()?;
+                    let raw = self.end_capture();
+                    return Ok(Some(Item::ModuleAux { module_id, raw }));
+                }
+                RDB_OPCODE_FUNCTION_PRE_GA => {
+                    return Err(self.err(ErrorKind::Unsupported(
+                        "pre-GA function library format (Redis 7.0 RC)".into(),
+                    )));
+                }
+                RDB_OPCODE_FUNCTION2 => {
+                    let code = self.read_string()?;
+                    return Ok(Some(Item::Function { code }));
+                }
+                RDB_OPCODE_SLOT_INFO => {
+                    let slot = self.plain_len()?;
+                    let slot_size = self.plain_len()?;
+                    let expires_slot_size = self.plain_len()?;
+                    return Ok(Some(Item::SlotInfo {
+                        slot,
+                        slot_size,
+                        expires_slot_size,
+                    }));
+                }
+                t if is_value_type(t) => {
+                    let key = self.read_string()?;
+                    self.cur_key = Some(key.clone());
+                    self.start_capture();
+                    self.skip_value(t)?;
+                    let payload = self.end_capture();
+                    self.cur_key = None;
+                    let entry = Entry {
+                        db: self.db,
+                        key,
+                        value_type: t,
+                        payload,
+                        expire_ms: self.expire_ms.take(),
+                        idle: self.idle.take(),
+                        freq: self.freq.take(),
+                    };
+                    return Ok(Some(Item::Entry(entry)));
+                }
+                t => {
+                    // Report the offset of the type byte itself.
+                    let mut e = self.err(ErrorKind::UnknownType(t));
+                    e.offset -= 1;
+                    return Err(e);
+                }
+            }
+        }
+    }
+
+    fn read_header(&mut self) -> Result<(), RdbError> {
+        let h = self.array::<9>()?;
+        let (digits, valkey): (&[u8], bool) = if &h[..5] == b"REDIS" {
+            (&h[5..], false)
+        } else if &h[..6] == b"VALKEY" {
+            (&h[6..], true)
+        } else {
+            return Err(RdbError::new(
+                0,
+                ErrorKind::BadMagic(String::from_utf8_lossy(&h).into_owned()),
+            ));
+        };
+        if !digits.iter().all(|b| b.is_ascii_digit()) {
+            return Err(RdbError::new(
+                0,
+                ErrorKind::BadMagic(String::from_utf8_lossy(&h).into_owned()),
+            ));
+        }
+        let v = digits
+            .iter()
+            .fold(0u32, |acc, d| acc * 10 + u32::from(d - b'0'));
+        let ok = if valkey {
+            (80..=MAX_VALKEY_RDB_VERSION).contains(&v)
+        } else {
+            (1..=MAX_REDIS_RDB_VERSION).contains(&v)
+        };
+        if !ok {
+            return Err(RdbError::new(5, ErrorKind::UnsupportedVersion(v)));
+        }
+        self.version = Some(v);
+        self.valkey_magic = valkey;
+        Ok(())
+    }
+
+    fn finish(&mut self) -> Result<(), RdbError> {
+        let version = self.version.unwrap_or(0);
+        if version < 5 {
+            return Ok(());
+        }
+        self.sync();
+        let actual = self.crc.finish();
+        let expected = u64::from_le_bytes(self.array::<8>()?);
+        // The trailer itself is not part of the checksum.
+        self.crc_pos = self.pos;
+        if expected != 0 && expected != actual {
+            let mut e = self.err(ErrorKind::ChecksumMismatch { expected, actual });
+            e.offset -= 8;
+            return Err(e);
+        }
+        Ok(())
+    }
+
+    // ----- buffer management -------------------------------------------
+
+    /// Feeds consumed buffer bytes to the CRC and the capture.
+    fn sync(&mut self) {
+        if self.crc_pos < self.pos {
+            self.crc.update(&self.buf[self.crc_pos..self.pos]);
+            self.crc_pos = self.pos;
+        }
+        if self.capturing && self.cap_pos < self.pos {
+            self.capture
+                .extend_from_slice(&self.buf[self.cap_pos..self.pos]);
+            self.cap_pos = self.pos;
+        }
+    }
+
+    /// Ensures at least `need` (<= buffer size) unconsumed bytes are buffered.
+    #[cold]
+    fn fill(&mut self, need: usize) -> Result<(), RdbError> {
+        debug_assert!(need <= self.buf.len());
+        self.sync();
+        if self.pos > 0 {
+            self.buf.copy_within(self.pos..self.end, 0);
+            self.base += self.pos as u64;
+            self.end -= self.pos;
+            self.pos = 0;
+            self.crc_pos = 0;
+            self.cap_pos = 0;
+        }
+        while self.end < need {
+            match self.reader.read(&mut self.buf[self.end..]) {
+                Ok(0) => return Err(self.err_at_end(ErrorKind::UnexpectedEof)),
+                Ok(n) => self.end += n,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => return Err(self.err_at_end(ErrorKind::Io(e))),
+            }
+        }
+        Ok(())
+    }
+
+    fn err_at_end(&self, kind: ErrorKind) -> RdbError {
+        let mut e = self.err(kind);
+        e.offset = self.base + self.end as u64;
+        e
+    }
+
+    #[inline]
+    fn u8(&mut self) -> Result<u8, RdbError> {
+        if self.pos >= self.end {
+            self.fill(1)?;
+        }
+        let b = self.buf[self.pos];
+        self.pos += 1;
+        Ok(b)
+    }
+
+    #[inline]
+    fn array<const N: usize>(&mut self) -> Result<[u8; N], RdbError> {
+        if self.end - self.pos < N {
+            self.fill(N)?;
+        }
+        let mut a = [0u8; N];
+        a.copy_from_slice(&self.buf[self.pos..self.pos + N]);
+        self.pos += N;
+        Ok(a)
+    }
+
+    /// Empties the buffer (all bytes in it must be consumed) after syncing it.
+    fn drain_buffer(&mut self) {
+        debug_assert_eq!(self.pos, self.end);
+        self.sync();
+        self.base += self.pos as u64;
+        self.pos = 0;
+        self.end = 0;
+        self.crc_pos = 0;
+        self.cap_pos = 0;
+    }
+
+    /// Reads `n` bytes straight from the reader into `dst` (buffer must be
+    /// empty), updating the CRC. Grows `dst` chunk by chunk, so a corrupt
+    /// length only allocates as much as the stream really delivers.
+    fn read_direct(&mut self, dst: &mut BytesMut, mut n: u64) -> Result<(), RdbError> {
+        debug_assert_eq!(self.pos, self.end);
+        while n > 0 {
+            let chunk = n.min(DIRECT_CHUNK as u64) as usize;
+            let old = dst.len();
+            dst.resize(old + chunk, 0);
+            let mut got = 0;
+            while got < chunk {
+                match self.reader.read(&mut dst[old + got..old + chunk]) {
+                    Ok(0) => {
+                        self.crc.update(&dst[old..old + got]);
+                        self.base += got as u64;
+                        dst.truncate(old + got);
+                        return Err(self.err(ErrorKind::UnexpectedEof));
+                    }
+                    Ok(k) => got += k,
+                    Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                    Err(e) => {
+                        self.crc.update(&dst[old..old + got]);
+                        self.base += got as u64;
+                        dst.truncate(old + got);
+                        return Err(self.err(ErrorKind::Io(e)));
+                    }
+                }
+            }
+            self.crc.update(&dst[old..]);
+            self.base += chunk as u64;
+            n -= chunk as u64;
+        }
+        Ok(())
+    }
+
+    /// Consumes `n` bytes (captured if capturing).
+    fn skip(&mut self, mut n: u64) -> Result<(), RdbError> {
+        loop {
+            let avail = (self.end - self.pos) as u64;
+            if n <= avail {
+                self.pos += n as usize;
+                return Ok(());
+            }
+            self.pos = self.end;
+            n -= avail;
+            if self.capturing && n >= self.buf.len() as u64 {
+                self.drain_buffer();
+                let mut cap = std::mem::take(&mut self.capture);
+                let r = self.read_direct(&mut cap, n);
+                self.capture = cap;
+                return r;
+            }
+            self.fill(1)?;
+        }
+    }
+
+    /// Appends `n` bytes to `dst` (not for use while capturing).
+    fn read_into(&mut self, dst: &mut BytesMut, mut n: u64) -> Result<(), RdbError> {
+        debug_assert!(!self.capturing);
+        loop {
+            let avail = self.end - self.pos;
+            if n <= avail as u64 {
+                let n = n as usize;
+                dst.extend_from_slice(&self.buf[self.pos..self.pos + n]);
+                self.pos += n;
+                return Ok(());
+            }
+            dst.extend_from_slice(&self.buf[self.pos..self.end]);
+            self.pos = self.end;
+            n -= avail as u64;
+            if n >= self.buf.len() as u64 {
+                self.drain_buffer();
+                return self.read_direct(dst, n);
+            }
+            self.fill(1)?;
+        }
+    }
+
+    fn start_capture(&mut self) {
+        self.sync();
+        self.capturing = true;
+        self.cap_pos = self.pos;
+    }
+
+    fn end_capture(&mut self) -> Bytes {
+        self.sync();
+        self.capturing = false;
+        let out = self.capture.split().freeze();
+        if self.capture.capacity() > CAPTURE_KEEP {
+            self.capture = BytesMut::with_capacity(BUF_SIZE);
+        }
+        out
+    }
+
+    // ----- primitive grammar -------------------------------------------
+
+    fn len(&mut self) -> Result<Len, RdbError> {
+        let b = self.u8()?;
+        match b >> 6 {
+            0 => Ok(Len::Plain(u64::from(b & 0x3f))),
+            1 => {
+                let b2 = self.u8()?;
+                Ok(Len::Plain((u64::from(b & 0x3f) << 8) | u64::from(b2)))
+            }
+            2 => match b {
+                RDB_32BITLEN => Ok(Len::Plain(u64::from(u32::from_be_bytes(
+                    self.array::<4>()?,
+                )))),
+                RDB_64BITLEN => Ok(Len::Plain(u64::from_be_bytes(self.array::<8>()?))),
+                _ => Err(self.err(ErrorKind::BadLength(format!(
+                    "invalid length prefix byte {b:#04x}"
+                )))),
+            },
+            _ => Ok(Len::Encoded(b & 0x3f)),
+        }
+    }
+
+    fn plain_len(&mut self) -> Result<u64, RdbError> {
+        match self.len()? {
+            Len::Plain(n) => Ok(n),
+            Len::Encoded(e) => Err(self.err(ErrorKind::BadLength(format!(
+                "expected a length, found string encoding {e}"
+            )))),
+        }
+    }
+
+    /// Reads a string object into a fresh `Bytes` (decoding int and LZF
+    /// encodings).
+    fn read_string(&mut self) -> Result<Bytes, RdbError> {
+        match self.len()? {
+            Len::Plain(n) => {
+                let mut b = BytesMut::with_capacity(n.min(DIRECT_CHUNK as u64) as usize);
+                self.read_into(&mut b, n)?;
+                Ok(b.freeze())
+            }
+            Len::Encoded(RDB_ENC_INT8) => {
+                let v = self.u8()? as i8;
+                Ok(Bytes::from(v.to_string()))
+            }
+            Len::Encoded(RDB_ENC_INT16) => {
+                let v = i16::from_le_bytes(self.array::<2>()?);
+                Ok(Bytes::from(v.to_string()))
+            }
+            Len::Encoded(RDB_ENC_INT32) => {
+                let v = i32::from_le_bytes(self.array::<4>()?);
+                Ok(Bytes::from(v.to_string()))
+            }
+            Len::Encoded(RDB_ENC_LZF) => {
+                let clen = self.plain_len()?;
+                let ulen = self.plain_len()?;
+                let mut c = BytesMut::with_capacity(clen.min(DIRECT_CHUNK as u64) as usize);
+                self.read_into(&mut c, clen)?;
+                let ulen = usize::try_from(ulen)
+                    .map_err(|_| self.err(ErrorKind::BadLength(format!("LZF length {ulen}"))))?;
+                let out =
+                    crate::lzf::decompress(&c, ulen).map_err(|m| self.err(ErrorKind::Lzf(m)))?;
+                Ok(Bytes::from(out))
+            }
+            Len::Encoded(e) => {
+                Err(self.err(ErrorKind::BadLength(format!("unknown string encoding {e}"))))
+            }
+        }
+    }
+
+    fn skip_string(&mut self) -> Result<(), RdbError> {
+        match self.len()? {
+            Len::Plain(n) => self.skip(n),
+            Len::Encoded(RDB_ENC_INT8) => self.skip(1),
+            Len::Encoded(RDB_ENC_INT16) => self.skip(2),
+            Len::Encoded(RDB_ENC_INT32) => self.skip(4),
+            Len::Encoded(RDB_ENC_LZF) => {
+                let clen = self.plain_len()?;
+                self.plain_len()?;
+                self.skip(clen)
+            }
+            Len::Encoded(e) => {
+                Err(self.err(ErrorKind::BadLength(format!("unknown string encoding {e}"))))
+            }
+        }
+    }
+
+    fn skip_strings(&mut self, count: u64) -> Result<(), RdbError> {
+        for _ in 0..count {
+            self.skip_string()?;
+        }
+        Ok(())
+    }
+
+    /// Old-style (type 3) zset score: length byte then ASCII, or a special.
+    fn skip_double_string(&mut self) -> Result<(), RdbError> {
+        let b = self.u8()?;
+        if b < 253 {
+            self.skip(u64::from(b))?;
+        }
+        Ok(())
+    }
+
+    fn skip_module_opcodes(&mut self) -> Result<(), RdbError> {
+        loop {
+            let op = self.plain_len()?;
+            match op {
+                RDB_MODULE_OPCODE_EOF => return Ok(()),
+                RDB_MODULE_OPCODE_SINT | RDB_MODULE_OPCODE_UINT => {
+                    self.plain_len()?;
+                }
+                RDB_MODULE_OPCODE_FLOAT => self.skip(4)?,
+                RDB_MODULE_OPCODE_DOUBLE => self.skip(8)?,
+                RDB_MODULE_OPCODE_STRING => self.skip_string()?,
+                op => {
+                    return Err(self.err(ErrorKind::Corrupt(format!("unknown module opcode {op}"))))
+                }
+            }
+        }
+    }
+
+    fn skip_value(&mut self, t: u8) -> Result<(), RdbError> {
+        match t {
+            RDB_TYPE_STRING
+            | RDB_TYPE_HASH_ZIPMAP
+            | RDB_TYPE_LIST_ZIPLIST
+            | RDB_TYPE_SET_INTSET
+            | RDB_TYPE_ZSET_ZIPLIST
+            | RDB_TYPE_HASH_ZIPLIST
+            | RDB_TYPE_HASH_LISTPACK
+            | RDB_TYPE_ZSET_LISTPACK
+            | RDB_TYPE_SET_LISTPACK
+            | RDB_TYPE_HASH_LISTPACK_EX_PRE_GA => self.skip_string(),
+            RDB_TYPE_HASH_LISTPACK_EX => {
+                self.skip(8)?;
+                self.skip_string()
+            }
+            RDB_TYPE_LIST | RDB_TYPE_SET | RDB_TYPE_LIST_QUICKLIST => {
+                let n = self.plain_len()?;
+                self.skip_strings(n)
+            }
+            RDB_TYPE_LIST_QUICKLIST_2 => {
+                let n = self.plain_len()?;
+                for _ in 0..n {
+                    let container = self.plain_len()?;
+                    if container != QUICKLIST_NODE_CONTAINER_PLAIN
+                        && container != QUICKLIST_NODE_CONTAINER_PACKED
+                    {
+                        return Err(self.err(ErrorKind::Corrupt(format!(
+                            "bad quicklist container {container}"
+                        ))));
+                    }
+                    self.skip_string()?;
+                }
+                Ok(())
+            }
+            RDB_TYPE_ZSET => {
+                let n = self.plain_len()?;
+                for _ in 0..n {
+                    self.skip_string()?;
+                    self.skip_double_string()?;
+                }
+                Ok(())
+            }
+            RDB_TYPE_ZSET_2 => {
+                let n = self.plain_len()?;
+                for _ in 0..n {
+                    self.skip_string()?;
+                    self.skip(8)?;
+                }
+                Ok(())
+            }
+            RDB_TYPE_HASH => {
+                let n = self.plain_len()?;
+                for _ in 0..n {
+                    self.skip_string()?;
+                    self.skip_string()?;
+                }
+                Ok(())
+            }
+            RDB_TYPE_HASH_METADATA | RDB_TYPE_HASH_METADATA_PRE_GA => {
+                if t == RDB_TYPE_HASH_METADATA {
+                    self.skip(8)?;
+                }
+                let n = self.plain_len()?;
+                for _ in 0..n {
+                    self.plain_len()?;
+                    self.skip_string()?;
+                    self.skip_string()?;
+                }
+                Ok(())
+            }
+            RDB_TYPE_STREAM_LISTPACKS
+            | RDB_TYPE_STREAM_LISTPACKS_2
+            | RDB_TYPE_STREAM_LISTPACKS_3 => self.skip_stream(t),
+            RDB_TYPE_MODULE_2 => {
+                self.plain_len()?;
+                self.skip_module_opcodes()
+            }
+            RDB_TYPE_MODULE_PRE_GA => {
+                Err(self.err(ErrorKind::Unsupported("pre-GA module value format".into())))
+            }
+            t => Err(self.err(ErrorKind::UnknownType(t))),
+        }
+    }
+
+    fn skip_stream(&mut self, t: u8) -> Result<(), RdbError> {
+        let nodes = self.plain_len()?;
+        for _ in 0..nodes {
+            self.skip_string()?; // master id
+            self.skip_string()?; // listpack
+        }
+        // length, last id
+        for _ in 0..3 {
+            self.plain_len()?;
+        }
+        if t >= RDB_TYPE_STREAM_LISTPACKS_2 {
+            // first id, max deleted id, entries added
+            for _ in 0..5 {
+                self.plain_len()?;
+            }
+        }
+        let groups = self.plain_len()?;
+        for _ in 0..groups {
+            self.skip_string()?; // name
+            self.plain_len()?; // last id ms
+            self.plain_len()?; // last id seq
+            if t >= RDB_TYPE_STREAM_LISTPACKS_2 {
+                self.plain_len()?; // entries read
+            }
+            let pel = self.plain_len()?;
+            for _ in 0..pel {
+                self.skip(16 + 8)?; // raw id, delivery time
+                self.plain_len()?; // delivery count
+            }
+            let consumers = self.plain_len()?;
+            for _ in 0..consumers {
+                self.skip_string()?;
+                self.skip(8)?; // seen time
+                if t >= RDB_TYPE_STREAM_LISTPACKS_3 {
+                    self.skip(8)?; // active time
+                }
+                let pel = self.plain_len()?;
+                for _ in 0..pel {
+                    self.skip(16)?;
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+fn is_value_type(t: u8) -> bool {
+    t <= RDB_TYPE_MODULE_2 || (RDB_TYPE_HASH_ZIPMAP..=RDB_TYPE_HASH_LISTPACK_EX).contains(&t)
+}
