@@ -6,11 +6,6 @@
 //! free loopback ports (each in its own temp dir, killed on drop), talks to them with a tiny
 //! blocking RESP client, fills them with a dataset that covers every type in every encoding,
 //! and compares servers with `DEBUG DIGEST` / `DEBUG DIGEST-VALUE`.
-//!
-//! Every server gets `--bind 127.0.0.1 --port <free> --save "" --appendonly no --dir <tmp>
-//! --logfile <tmp>/redis.log --repl-diskless-sync-delay 0 --daemonize no`, plus
-//! `--enable-debug-command yes` on redis 7+. The binary is `$FERRY_TEST_REDIS_SERVER` or
-//! `redis-server` from `PATH`; set `FERRY_TEST_KEEP_DIR=1` to keep the temp dirs.
 
 mod client;
 mod data;

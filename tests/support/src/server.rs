@@ -134,7 +134,12 @@ struct Auth {
     password: String,
 }
 
-/// Builder for a [`Server`]; see the crate docs for the defaults every server gets.
+/// Builder for a [`Server`].
+///
+/// Every server gets `--bind 127.0.0.1 --port <free> --save "" --appendonly no --dir <tmp>
+/// --logfile <tmp>/redis.log --repl-diskless-sync-delay 0 --daemonize no`, plus
+/// `--enable-debug-command yes` on redis 7+. The binary is `$FERRY_TEST_REDIS_SERVER` or
+/// `redis-server` from `PATH`; set `FERRY_TEST_KEEP_DIR=1` to keep the temp dirs.
 #[derive(Clone, Debug)]
 pub struct ServerBuilder {
     binary: Option<PathBuf>,
@@ -379,17 +384,23 @@ impl Server {
         format!("127.0.0.1:{}", self.port)
     }
 
-    /// `redis://[user:password@]127.0.0.1:PORT` (`:password@` when only a password is set).
+    /// `redis://[user:password@]127.0.0.1:PORT` (`:password@` when only a password is set;
+    /// user and password are percent-encoded).
     pub fn url(&self) -> String {
         match &self.auth {
             Some(Auth {
                 user: Some(u),
                 password,
-            }) => format!("redis://{u}:{password}@{}", self.addr()),
+            }) => format!(
+                "redis://{}:{}@{}",
+                percent_encode(u),
+                percent_encode(password),
+                self.addr()
+            ),
             Some(Auth {
                 user: None,
                 password,
-            }) => format!("redis://:{password}@{}", self.addr()),
+            }) => format!("redis://:{}@{}", percent_encode(password), self.addr()),
             None => format!("redis://{}", self.addr()),
         }
     }
@@ -627,6 +638,18 @@ impl Drop for Server {
             used.remove(&self.port);
         }
     }
+}
+
+/// Percent-encode everything but RFC 3986 unreserved characters.
+fn percent_encode(s: &str) -> String {
+    s.bytes()
+        .map(|b| match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'.' | b'_' | b'~' => {
+                (b as char).to_string()
+            }
+            _ => format!("%{b:02X}"),
+        })
+        .collect()
 }
 
 /// Parse `INFO` output into `field -> value`.

@@ -89,7 +89,7 @@ fn password_server() {
     let server = Server::builder().password("s3cret pw").start();
     assert_eq!(
         server.url(),
-        format!("redis://:s3cret pw@127.0.0.1:{}", server.port())
+        format!("redis://:s3cret%20pw@127.0.0.1:{}", server.port())
     );
     assert_eq!(server.client().cmd_str(&["PING"]).as_str(), "PONG");
     let mut anon = Client::connect(&server.addr()).unwrap();
@@ -322,4 +322,13 @@ fn stream_group_differences_are_reported() {
         "{msg}"
     );
     assert!(!ferry_testkit::same_data(&a, &b));
+}
+
+#[test]
+fn server_and_client_are_thread_safe() {
+    fn send_sync<T: Send + Sync>() {}
+    fn send<T: Send>() {}
+    send_sync::<Server>();
+    send_sync::<Reply>();
+    send::<Client>();
 }
