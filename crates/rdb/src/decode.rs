@@ -88,8 +88,9 @@ pub struct ConsumerGroup {
     pub name: Bytes,
     /// Last delivered id.
     pub last_id: StreamId,
-    /// Entries read counter (stream format v2+).
-    pub entries_read: Option<u64>,
+    /// Entries read counter (stream format v2+); -1 when unknown (the
+    /// server reports nil).
+    pub entries_read: Option<i64>,
     /// Group PEL.
     pub pending: Vec<PendingEntry>,
     /// Consumers.
@@ -539,7 +540,7 @@ fn stream(t: u8, c: &mut Cur<'_>) -> Result<Stream, RdbError> {
         let name = c.string()?;
         let last_id = c.stream_id()?;
         let entries_read = if t >= RDB_TYPE_STREAM_LISTPACKS_2 {
-            Some(c.plain_len()?)
+            Some(c.plain_len()? as i64)
         } else {
             None
         };
