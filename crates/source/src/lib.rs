@@ -1,1 +1,14 @@
-//! ferry-source
+//! Sources: where events come from. Today, one Redis node read as its replica
+//! ([`replica::replicate`]); the events it yields ([`Event`]) are the one type every later
+//! stage (filters, writers) consumes.
+
+pub mod error;
+pub mod event;
+pub mod pipe;
+pub mod replica;
+pub mod stats;
+
+pub use error::SourceError;
+pub use event::Event;
+pub use replica::{replicate, ReplicaOptions};
+pub use stats::{Phase, ShardStats};

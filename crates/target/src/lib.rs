@@ -1,1 +1,10 @@
-//! ferry-target
+//! Targets: where events are applied. Today a standalone Redis or Valkey node, written
+//! through one pipelined connection ([`writer::write`]).
+
+pub mod error;
+pub mod version;
+pub mod writer;
+
+pub use error::TargetError;
+pub use version::ServerVersion;
+pub use writer::{write, WriteSummary, WriterOptions};

@@ -1,0 +1,41 @@
+use ferry_rdb::RdbError;
+
+/// Why a reader stopped. [`SourceError::is_connection`] separates link failures from the
+/// source's refusals, which the retry policy treats differently.
+#[derive(Debug, thiserror::Error)]
+pub enum SourceError {
+    #[error(transparent)]
+    Node(#[from] ferry_resp::Error),
+    #[error("{addr}: the source refused replication ({command}): {message}")]
+    PsyncRefused {
+        addr: String,
+        command: String,
+        message: String,
+    },
+    #[error(
+        "{addr}: the source is loading its dataset (LOADING); it can serve a replica once loaded"
+    )]
+    Loading { addr: String },
+    #[error("{addr}: the source is a replica whose link to its own master is down (NOMASTERLINK)")]
+    NoMasterLink { addr: String },
+    #[error("{addr}: snapshot RDB: {source}")]
+    Rdb {
+        addr: String,
+        #[source]
+        source: RdbError,
+    },
+    #[error("{addr}: replication protocol: {message}")]
+    Protocol { addr: String, message: String },
+    #[error("the pipeline behind the reader of {addr} stopped")]
+    Downstream { addr: String },
+}
+
+impl SourceError {
+    pub fn is_connection(&self) -> bool {
+        match self {
+            SourceError::Node(e) => e.is_connection(),
+            SourceError::Rdb { source, .. } => matches!(source.kind, ferry_rdb::ErrorKind::Io(_)),
+            _ => false,
+        }
+    }
+}

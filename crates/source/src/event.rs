@@ -1,0 +1,50 @@
+//! The one event type that flows from a reader to a writer.
+
+use bytes::Bytes;
+
+/// What a reader produces, in source order.
+#[derive(Debug, Clone)]
+pub enum Event {
+    /// A full resync began: everything after this replaces the target's copy.
+    SnapshotBegin {
+        replid: String,
+        offset: u64,
+        /// Size of the RDB when the source announced it (disk-based transfer).
+        rdb_size: Option<u64>,
+    },
+    /// The snapshot's RDB version: the version every following entry's payload is in.
+    SnapshotHeader { rdb_version: u16 },
+    /// One key of the snapshot, with its value still serialized as in the RDB.
+    Entry(ferry_rdb::Entry),
+    /// A function library from the snapshot (`FUNCTION LOAD` code).
+    Function { code: Bytes },
+    /// A Lua script body from an old RDB's `lua` AUX field (`SCRIPT LOAD`).
+    Script { body: Bytes },
+    /// The snapshot is complete: `rdb_version` is the payload version of every entry.
+    SnapshotEnd { rdb_version: u16, keys: u64 },
+    /// The stream resumed without a snapshot (`+CONTINUE`).
+    Continue { replid: String, offset: u64 },
+    /// One replicated write command, in database `db`; `offset` is the source replication
+    /// offset just past it.
+    Command {
+        db: u32,
+        argv: Vec<Bytes>,
+        offset: u64,
+    },
+    /// The offset advanced over bytes that carry nothing to apply (`PING`, `SELECT`,
+    /// `REPLCONF`); lets the applied offset catch up when the source is idle.
+    Offset(u64),
+}
+
+impl Event {
+    /// Bytes of payload this event carries (for buffer bounds and throughput figures).
+    pub fn weight(&self) -> usize {
+        match self {
+            Event::Entry(e) => e.key.len() + e.payload.len() + 64,
+            Event::Command { argv, .. } => argv.iter().map(|a| a.len() + 16).sum(),
+            Event::Function { code } => code.len(),
+            Event::Script { body } => body.len(),
+            _ => 16,
+        }
+    }
+}

@@ -1,0 +1,755 @@
+//! ferry as a replica of one source node: the handshake, the snapshot transfer and the
+//! command stream, with every byte of the stream counted for the replication offset.
+//!
+//! Order of work (as Redis's own `replication.c` does it from the replica side):
+//! `AUTH` → `REPLCONF listening-port` → `REPLCONF capa eof capa psync2` → `PSYNC` →
+//! `+FULLRESYNC <replid> <offset>` then an RDB (`$<len>` or diskless `$EOF:<mark>`), or
+//! `+CONTINUE [<replid>]` → the command stream. `REPLCONF ACK <offset>` goes out every
+//! second from its own task, so a slow snapshot never makes the source time the link out.
+
+use std::sync::atomic::Ordering::Relaxed;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::{Buf, Bytes, BytesMut};
+use ferry_rdb::{Item, Parser};
+use ferry_resp::{frame, Connection, Endpoint, Frame};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
+use tokio::sync::{mpsc, Notify};
+use tokio_util::sync::CancellationToken;
+use tracing::{debug, info, warn};
+
+use crate::error::SourceError;
+use crate::event::Event;
+use crate::pipe::ChannelReader;
+use crate::stats::{Phase, ShardStats};
+
+/// What to ask the source for.
+#[derive(Debug, Clone)]
+pub struct ReplicaOptions {
+    pub endpoint: Endpoint,
+    /// Sent as `REPLCONF listening-port`; 0 by default so that no tool that lists the
+    /// source's replicas mistakes ferry for a node it can connect to.
+    pub listening_port: u16,
+    /// Resume from `(replid, offset)`: the offset is the last byte already applied, and
+    /// `PSYNC replid offset+1` is sent.
+    pub resume: Option<(String, u64)>,
+    /// Incremental mode: read a snapshot if the source insists, but apply none of it.
+    pub skip_snapshot: bool,
+    /// Full mode: stop once the snapshot has been read.
+    pub stop_after_snapshot: bool,
+    pub ack_interval: Duration,
+    /// How many 64 KiB chunks of RDB may wait for the parser.
+    pub rdb_queue_chunks: usize,
+}
+
+impl ReplicaOptions {
+    pub fn new(endpoint: Endpoint) -> Self {
+        ReplicaOptions {
+            endpoint,
+            listening_port: 0,
+            resume: None,
+            skip_snapshot: false,
+            stop_after_snapshot: false,
+            ack_interval: Duration::from_secs(1),
+            rdb_queue_chunks: 64,
+        }
+    }
+}
+
+/// How the source answered `PSYNC`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum PsyncReply {
+    FullResync { replid: String, offset: u64 },
+    Continue { replid: Option<String> },
+}
+
+/// How the RDB is framed on the wire.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum RdbTransfer {
+    Length(u64),
+    Eof([u8; 40]),
+}
+
+/// Runs the reader until the source link fails, `cancel` fires, or (in full mode) the
+/// snapshot is read. Events go to `tx` in source order.
+pub async fn replicate(
+    opts: ReplicaOptions,
+    tx: mpsc::Sender<Event>,
+    stats: Arc<ShardStats>,
+    cancel: CancellationToken,
+) -> Result<(), SourceError> {
+    let addr = opts.endpoint.addr();
+    stats.set_phase(Phase::Connecting);
+    let mut conn = Connection::connect(&opts.endpoint).await?;
+    if let Ok(info) = conn.info("keyspace").await {
+        let keys: u64 = info.keyspace().iter().map(|(_, k)| k).sum();
+        stats.expected_keys.store(keys, Relaxed);
+    }
+    handshake(&mut conn, &opts).await?;
+
+    let psync_args = match &opts.resume {
+        Some((replid, offset)) => vec![
+            "PSYNC".to_string(),
+            replid.clone(),
+            (offset + 1).to_string(),
+        ],
+        None => vec!["PSYNC".into(), "?".into(), "-1".into()],
+    };
+    conn.send(&psync_args).await?;
+    stats.set_phase(Phase::WaitingForSnapshot);
+    let reply = read_psync_reply(&mut conn).await?;
+    let (stream, mut buf, _) = conn.into_parts();
+    let (mut rd, wr) = stream.into_split();
+
+    let ack_now = Arc::new(Notify::new());
+    let ack_task = tokio::spawn(ack_loop(
+        wr,
+        addr.clone(),
+        stats.clone(),
+        ack_now.clone(),
+        opts.ack_interval,
+        cancel.clone(),
+    ));
+    let _ack_guard = AbortOnDrop(ack_task);
+
+    let offset = match reply {
+        PsyncReply::FullResync { replid, offset } => {
+            info!(source = %addr, %replid, offset, "full resync");
+            *stats.replid.lock().unwrap_or_else(|e| e.into_inner()) = replid.clone();
+            stats.read_offset.store(offset, Relaxed);
+            stats.applied_offset.store(offset, Relaxed);
+            let transfer = read_rdb_header(&mut rd, &mut buf, &addr, &stats, &cancel).await?;
+            let rdb_size = match &transfer {
+                RdbTransfer::Length(n) => Some(*n),
+                RdbTransfer::Eof(_) => None,
+            };
+            stats.rdb_size.store(rdb_size.unwrap_or(0), Relaxed);
+            send(
+                &tx,
+                Event::SnapshotBegin {
+                    replid,
+                    offset,
+                    rdb_size,
+                },
+                &addr,
+                &cancel,
+            )
+            .await?;
+            stats.set_phase(Phase::Snapshot);
+            buf = transfer_rdb(&mut rd, buf, transfer, &opts, &tx, &stats, &cancel).await?;
+            ack_now.notify_one();
+            if opts.stop_after_snapshot || cancel.is_cancelled() {
+                return Ok(());
+            }
+            offset
+        }
+        PsyncReply::Continue { replid } => {
+            let (old_id, last) = opts.resume.clone().ok_or_else(|| SourceError::Protocol {
+                addr: addr.clone(),
+                message: "+CONTINUE to a PSYNC that asked for a full resync".into(),
+            })?;
+            let replid = replid.unwrap_or(old_id);
+            info!(source = %addr, %replid, offset = last, "partial resync (+CONTINUE)");
+            *stats.replid.lock().unwrap_or_else(|e| e.into_inner()) = replid.clone();
+            stats.read_offset.store(last, Relaxed);
+            stats.applied_offset.store(last, Relaxed);
+            send(
+                &tx,
+                Event::Continue {
+                    replid,
+                    offset: last,
+                },
+                &addr,
+                &cancel,
+            )
+            .await?;
+            last
+        }
+    };
+    stats.set_phase(Phase::Incremental);
+    command_stream(&mut rd, buf, offset, &tx, &stats, &ack_now, &addr, &cancel).await
+}
+
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
+async fn send(
+    tx: &mpsc::Sender<Event>,
+    ev: Event,
+    addr: &str,
+    cancel: &CancellationToken,
+) -> Result<(), SourceError> {
+    tokio::select! {
+        r = tx.send(ev) => r.map_err(|_| SourceError::Downstream { addr: addr.to_string() }),
+        _ = cancel.cancelled() => Ok(()),
+    }
+}
+
+async fn handshake(conn: &mut Connection, opts: &ReplicaOptions) -> Result<(), SourceError> {
+    let addr = conn.addr().to_string();
+    let port = opts.listening_port.to_string();
+    let refused = |command: &str, message: String| {
+        if message.starts_with("LOADING") {
+            SourceError::Loading { addr: addr.clone() }
+        } else {
+            SourceError::PsyncRefused {
+                addr: addr.clone(),
+                command: command.to_string(),
+                message,
+            }
+        }
+    };
+    let pong = conn.request_raw(&["PING"]).await?;
+    if let Frame::Error(m) = pong {
+        let m = String::from_utf8_lossy(&m).into_owned();
+        if m.starts_with("NOAUTH") || m.starts_with("WRONGPASS") {
+            return Err(ferry_resp::Error::Auth { addr, message: m }.into());
+        }
+        // LOADING and friends still answer PING with an error only on some versions.
+        return Err(refused("PING", m));
+    }
+    if let Frame::Error(m) = conn
+        .request_raw(&["REPLCONF", "listening-port", &port])
+        .await?
+    {
+        return Err(refused(
+            "REPLCONF listening-port",
+            String::from_utf8_lossy(&m).into_owned(),
+        ));
+    }
+    // Old servers reject capabilities they do not know; Redis's replica ignores that too.
+    if let Frame::Error(m) = conn
+        .request_raw(&["REPLCONF", "capa", "eof", "capa", "psync2"])
+        .await?
+    {
+        debug!(source = %addr, reply = %String::from_utf8_lossy(&m), "REPLCONF capa refused");
+    }
+    Ok(())
+}
+
+/// Drops the master's keep-alive newlines from the front of the buffer.
+fn skip_newlines(buf: &mut BytesMut) -> usize {
+    let n = buf.iter().take_while(|&&b| b == b'\n').count();
+    buf.advance(n);
+    n
+}
+
+async fn read_psync_reply(conn: &mut Connection) -> Result<PsyncReply, SourceError> {
+    let addr = conn.addr().to_string();
+    let frame = loop {
+        skip_newlines(conn.buffer());
+        match frame::parse(conn.buffer()) {
+            Ok(Some((f, _))) => break f,
+            Ok(None) => {
+                conn.fill().await?;
+            }
+            Err(e) => {
+                return Err(SourceError::Protocol {
+                    addr,
+                    message: format!("reply to PSYNC: {e}"),
+                })
+            }
+        }
+    };
+    parse_psync_reply(&frame, &addr)
+}
+
+fn parse_psync_reply(frame: &Frame, addr: &str) -> Result<PsyncReply, SourceError> {
+    let text = frame.to_text();
+    match frame {
+        Frame::Error(_) => Err(if text.starts_with("NOMASTERLINK") {
+            SourceError::NoMasterLink {
+                addr: addr.to_string(),
+            }
+        } else if text.starts_with("LOADING") {
+            SourceError::Loading {
+                addr: addr.to_string(),
+            }
+        } else {
+            SourceError::PsyncRefused {
+                addr: addr.to_string(),
+                command: "PSYNC".into(),
+                message: text,
+            }
+        }),
+        Frame::Simple(_) => {
+            let mut parts = text.split_whitespace();
+            match parts.next() {
+                Some("FULLRESYNC") => {
+                    let replid = parts.next().unwrap_or_default().to_string();
+                    let offset = parts.next().and_then(|o| o.parse::<u64>().ok());
+                    match offset {
+                        Some(offset) if replid.len() == 40 => {
+                            Ok(PsyncReply::FullResync { replid, offset })
+                        }
+                        _ => Err(SourceError::Protocol {
+                            addr: addr.to_string(),
+                            message: format!("malformed PSYNC reply {text:?}"),
+                        }),
+                    }
+                }
+                Some("CONTINUE") => Ok(PsyncReply::Continue {
+                    replid: parts.next().map(str::to_string),
+                }),
+                _ => Err(SourceError::Protocol {
+                    addr: addr.to_string(),
+                    message: format!("unexpected PSYNC reply {text:?}"),
+                }),
+            }
+        }
+        _ => Err(SourceError::Protocol {
+            addr: addr.to_string(),
+            message: format!("unexpected PSYNC reply {text:?}"),
+        }),
+    }
+}
+
+async fn read_more(
+    rd: &mut OwnedReadHalf,
+    buf: &mut BytesMut,
+    addr: &str,
+    stats: &ShardStats,
+    context: &str,
+) -> Result<usize, SourceError> {
+    buf.reserve(64 * 1024);
+    let n = rd
+        .read_buf(buf)
+        .await
+        .map_err(|source| ferry_resp::Error::Io {
+            addr: addr.to_string(),
+            source,
+        })?;
+    if n == 0 {
+        return Err(ferry_resp::Error::Closed {
+            addr: addr.to_string(),
+            context: Some(context.to_string()),
+        }
+        .into());
+    }
+    stats.bytes_read.fetch_add(n as u64, Relaxed);
+    Ok(n)
+}
+
+/// Reads `$<len>\r\n` or `$EOF:<40 bytes>\r\n`, skipping keep-alive newlines the master
+/// sends while it forks and saves.
+async fn read_rdb_header(
+    rd: &mut OwnedReadHalf,
+    buf: &mut BytesMut,
+    addr: &str,
+    stats: &ShardStats,
+    cancel: &CancellationToken,
+) -> Result<RdbTransfer, SourceError> {
+    loop {
+        skip_newlines(buf);
+        if let Some(pos) = buf.windows(2).position(|w| w == b"\r\n") {
+            let line = buf.split_to(pos + 2);
+            let line = &line[..pos];
+            return parse_rdb_header(line).ok_or_else(|| SourceError::Protocol {
+                addr: addr.to_string(),
+                message: format!(
+                    "expected the RDB header ($<len> or $EOF:<mark>), got {:?}",
+                    String::from_utf8_lossy(&line[..line.len().min(80)])
+                ),
+            });
+        }
+        if buf.len() > 1024 {
+            return Err(SourceError::Protocol {
+                addr: addr.to_string(),
+                message: "RDB header line too long".into(),
+            });
+        }
+        tokio::select! {
+            r = read_more(rd, buf, addr, stats, "while waiting for the snapshot") => { r?; }
+            _ = cancel.cancelled() => return Err(SourceError::Downstream { addr: addr.to_string() }),
+        }
+    }
+}
+
+fn parse_rdb_header(line: &[u8]) -> Option<RdbTransfer> {
+    let rest = line.strip_prefix(b"$")?;
+    if let Some(mark) = rest.strip_prefix(b"EOF:") {
+        return mark.try_into().ok().map(RdbTransfer::Eof);
+    }
+    std::str::from_utf8(rest)
+        .ok()?
+        .parse()
+        .ok()
+        .map(RdbTransfer::Length)
+}
+
+/// Streams the RDB to a parser thread and returns the bytes read past its end (the start
+/// of the command stream).
+async fn transfer_rdb(
+    rd: &mut OwnedReadHalf,
+    mut buf: BytesMut,
+    transfer: RdbTransfer,
+    opts: &ReplicaOptions,
+    tx: &mpsc::Sender<Event>,
+    stats: &Arc<ShardStats>,
+    cancel: &CancellationToken,
+) -> Result<BytesMut, SourceError> {
+    let addr = opts.endpoint.addr();
+    let (chunk_tx, chunk_rx) = mpsc::channel::<Bytes>(opts.rdb_queue_chunks.max(1));
+    let parse = {
+        let tx = tx.clone();
+        let stats = stats.clone();
+        let skip = opts.skip_snapshot;
+        let addr = addr.clone();
+        tokio::task::spawn_blocking(move || parse_rdb(chunk_rx, tx, stats, skip, addr))
+    };
+    let mut parse = AbortOnDropT(Some(parse));
+    let mut chunk_tx = Some(chunk_tx);
+    let mut remaining = match transfer {
+        RdbTransfer::Length(n) => Some(n),
+        RdbTransfer::Eof(_) => None,
+    };
+    let outcome = loop {
+        // Forward what is buffered (up to the RDB's end when its length is known).
+        if !buf.is_empty() && remaining != Some(0) {
+            let take = match remaining {
+                Some(r) => (r.min(buf.len() as u64)) as usize,
+                None => buf.len(),
+            };
+            let Some(sender) = chunk_tx.as_ref() else {
+                unreachable!("sender dropped only once the RDB is fully forwarded")
+            };
+            tokio::select! {
+                permit = sender.reserve() => match permit {
+                    Ok(permit) => {
+                        let chunk = buf.split_to(take).freeze();
+                        stats.rdb_read.fetch_add(chunk.len() as u64, Relaxed);
+                        permit.send(chunk);
+                        if let Some(r) = remaining.as_mut() {
+                            *r -= take as u64;
+                        }
+                    }
+                    // The parser stopped: its result says why.
+                    Err(_) => break parse.join().await,
+                },
+                r = parse.wait() => break r,
+                _ = cancel.cancelled() => return Err(SourceError::Downstream { addr }),
+            }
+            continue;
+        }
+        if remaining == Some(0) {
+            // Whole RDB handed over: the parser sees end-of-input after it.
+            chunk_tx = None;
+            tokio::select! {
+                r = parse.wait() => break r,
+                _ = cancel.cancelled() => return Err(SourceError::Downstream { addr }),
+            }
+        }
+        tokio::select! {
+            r = read_more(rd, &mut buf, &addr, stats, "during the snapshot transfer") => { r?; }
+            r = parse.wait() => break r,
+            _ = cancel.cancelled() => return Err(SourceError::Downstream { addr }),
+        }
+    };
+    drop(chunk_tx);
+    let done = outcome?;
+    let mut tail = BytesMut::new();
+    for b in done.leftover {
+        tail.extend_from_slice(&b);
+    }
+    match transfer {
+        RdbTransfer::Length(n) => {
+            if !tail.is_empty() || remaining.unwrap_or(0) > 0 {
+                warn!(source = %addr, rdb_len = n, unread = tail.len() as u64 + remaining.unwrap_or(0),
+                      "RDB transfer had bytes after the RDB's end; skipped");
+            }
+            // Skip the announced length's remainder, if the RDB ended early.
+            let mut skip = remaining.unwrap_or(0);
+            while skip > 0 {
+                if buf.is_empty() {
+                    read_more(rd, &mut buf, &addr, stats, "during the snapshot transfer").await?;
+                }
+                let k = (skip.min(buf.len() as u64)) as usize;
+                buf.advance(k);
+                skip -= k as u64;
+            }
+            Ok(buf)
+        }
+        RdbTransfer::Eof(mark) => {
+            tail.extend_from_slice(&buf);
+            while tail.len() < mark.len() {
+                read_more(rd, &mut tail, &addr, stats, "reading the RDB end mark").await?;
+            }
+            if tail[..mark.len()] != mark {
+                return Err(SourceError::Protocol {
+                    addr,
+                    message: format!(
+                        "diskless RDB not followed by its end mark (RDB of {} bytes)",
+                        done.rdb_len
+                    ),
+                });
+            }
+            tail.advance(mark.len());
+            Ok(tail)
+        }
+    }
+}
+
+struct ParseDone {
+    leftover: Vec<Bytes>,
+    rdb_len: u64,
+}
+
+struct AbortOnDropT(Option<tokio::task::JoinHandle<Result<ParseDone, SourceError>>>);
+
+impl AbortOnDropT {
+    async fn wait(&mut self) -> Result<ParseDone, SourceError> {
+        match self.0.as_mut() {
+            Some(h) => {
+                let r = h.await;
+                self.0 = None;
+                match r {
+                    Ok(r) => r,
+                    Err(e) => Err(SourceError::Protocol {
+                        addr: String::new(),
+                        message: format!("RDB parser thread failed: {e}"),
+                    }),
+                }
+            }
+            None => std::future::pending().await,
+        }
+    }
+
+    async fn join(&mut self) -> Result<ParseDone, SourceError> {
+        self.wait().await
+    }
+}
+
+impl Drop for AbortOnDropT {
+    fn drop(&mut self) {
+        if let Some(h) = self.0.take() {
+            h.abort();
+        }
+    }
+}
+
+/// The parser thread: RDB items → events.
+fn parse_rdb(
+    rx: mpsc::Receiver<Bytes>,
+    tx: mpsc::Sender<Event>,
+    stats: Arc<ShardStats>,
+    skip_entries: bool,
+    addr: String,
+) -> Result<ParseDone, SourceError> {
+    let mut parser = Parser::new(ChannelReader::new(rx));
+    let rdb_err = |source| SourceError::Rdb {
+        addr: addr.clone(),
+        source,
+    };
+    let downstream = || SourceError::Downstream { addr: addr.clone() };
+    let mut keys = 0u64;
+    let mut header_sent = false;
+    while let Some(item) = parser.next_item().map_err(rdb_err)? {
+        if !header_sent {
+            header_sent = true;
+            let rdb_version = parser.rdb_version().unwrap_or(0) as u16;
+            tx.blocking_send(Event::SnapshotHeader { rdb_version })
+                .map_err(|_| downstream())?;
+        }
+        let ev = match item {
+            Item::Entry(e) => {
+                keys += 1;
+                stats.keys_read.fetch_add(1, Relaxed);
+                stats.records_read.fetch_add(1, Relaxed);
+                if skip_entries {
+                    continue;
+                }
+                Event::Entry(e)
+            }
+            Item::Function { code } => Event::Function { code },
+            Item::Aux { key, value } if key.as_ref() == b"lua" => Event::Script { body: value },
+            Item::Aux { key, value } => {
+                debug!(source = %addr, key = %String::from_utf8_lossy(&key), value = %String::from_utf8_lossy(&value), "RDB aux");
+                continue;
+            }
+            Item::ModuleAux { module_id, .. } => {
+                warn!(source = %addr, module_id, "module aux data in the snapshot is not carried");
+                continue;
+            }
+            _ => continue,
+        };
+        tx.blocking_send(ev).map_err(|_| downstream())?;
+    }
+    let rdb_version = parser.rdb_version().unwrap_or(0) as u16;
+    let rdb_len = parser.offset();
+    tx.blocking_send(Event::SnapshotEnd { rdb_version, keys })
+        .map_err(|_| downstream())?;
+    let (reader, buffered) = parser.into_parts();
+    let mut leftover = Vec::new();
+    if !buffered.is_empty() {
+        leftover.push(buffered);
+    }
+    leftover.extend(reader.into_leftover());
+    Ok(ParseDone { leftover, rdb_len })
+}
+
+#[allow(clippy::too_many_arguments)]
+async fn command_stream(
+    rd: &mut OwnedReadHalf,
+    mut buf: BytesMut,
+    mut offset: u64,
+    tx: &mpsc::Sender<Event>,
+    stats: &ShardStats,
+    ack_now: &Notify,
+    addr: &str,
+    cancel: &CancellationToken,
+) -> Result<(), SourceError> {
+    let mut db: u32 = 0;
+    loop {
+        let mut idle_bytes = false;
+        loop {
+            let (frame, n) = match frame::parse(&mut buf) {
+                Ok(Some(f)) => f,
+                Ok(None) => break,
+                Err(e) => {
+                    return Err(SourceError::Protocol {
+                        addr: addr.to_string(),
+                        message: format!(
+                            "command stream at offset {}: {e}",
+                            offset + e.offset as u64
+                        ),
+                    })
+                }
+            };
+            offset += n as u64;
+            let Some(argv) = frame.into_argv() else {
+                return Err(SourceError::Protocol {
+                    addr: addr.to_string(),
+                    message: format!("command stream at offset {offset}: not a command"),
+                });
+            };
+            let Some(name) = argv.first() else {
+                idle_bytes = true;
+                continue;
+            };
+            if name.eq_ignore_ascii_case(b"PING") {
+                idle_bytes = true;
+                continue;
+            }
+            if name.eq_ignore_ascii_case(b"SELECT") {
+                db = argv
+                    .get(1)
+                    .and_then(|d| std::str::from_utf8(d).ok())
+                    .and_then(|d| d.parse().ok())
+                    .ok_or_else(|| SourceError::Protocol {
+                        addr: addr.to_string(),
+                        message: format!("bad SELECT in the command stream at offset {offset}"),
+                    })?;
+                idle_bytes = true;
+                continue;
+            }
+            if name.eq_ignore_ascii_case(b"REPLCONF") {
+                if argv
+                    .get(1)
+                    .is_some_and(|a| a.eq_ignore_ascii_case(b"GETACK"))
+                {
+                    ack_now.notify_one();
+                }
+                idle_bytes = true;
+                continue;
+            }
+            idle_bytes = false;
+            stats.records_read.fetch_add(1, Relaxed);
+            let ev = Event::Command { db, argv, offset };
+            tokio::select! {
+                r = tx.send(ev) => r.map_err(|_| SourceError::Downstream { addr: addr.to_string() })?,
+                _ = cancel.cancelled() => return Ok(()),
+            }
+        }
+        if idle_bytes {
+            tokio::select! {
+                r = tx.send(Event::Offset(offset)) => r.map_err(|_| SourceError::Downstream { addr: addr.to_string() })?,
+                _ = cancel.cancelled() => return Ok(()),
+            }
+        }
+        stats.mark_read(offset);
+        tokio::select! {
+            r = read_more(rd, &mut buf, addr, stats, "during the command stream") => { r?; }
+            _ = cancel.cancelled() => return Ok(()),
+        }
+    }
+}
+
+/// Sends `REPLCONF ACK <applied offset>` every `interval`, and at once when asked
+/// (`REPLCONF GETACK`, end of snapshot).
+async fn ack_loop(
+    mut wr: OwnedWriteHalf,
+    addr: String,
+    stats: Arc<ShardStats>,
+    now: Arc<Notify>,
+    interval: Duration,
+    cancel: CancellationToken,
+) {
+    let mut tick = tokio::time::interval(interval);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = tick.tick() => {}
+            _ = now.notified() => {}
+            _ = cancel.cancelled() => return,
+        }
+        let off = stats.applied_offset.load(Relaxed).to_string();
+        let cmd = frame::command(&["REPLCONF", "ACK", off.as_str()]);
+        if let Err(e) = wr.write_all(&cmd).await {
+            debug!(source = %addr, error = %e, "ACK not sent; the reader will see the link fail");
+            return;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn psync_replies() {
+        let full = Frame::Simple(Bytes::from(
+            "FULLRESYNC 0123456789012345678901234567890123456789 42",
+        ));
+        assert_eq!(
+            parse_psync_reply(&full, "a").unwrap(),
+            PsyncReply::FullResync {
+                replid: "0123456789012345678901234567890123456789".into(),
+                offset: 42
+            }
+        );
+        let cont = Frame::Simple(Bytes::from("CONTINUE"));
+        assert_eq!(
+            parse_psync_reply(&cont, "a").unwrap(),
+            PsyncReply::Continue { replid: None }
+        );
+        let e = parse_psync_reply(&Frame::Error(Bytes::from("NOMASTERLINK Can't SYNC")), "a");
+        assert!(matches!(e, Err(SourceError::NoMasterLink { .. })));
+        let e = parse_psync_reply(&Frame::Error(Bytes::from("LOADING Redis is loading")), "a");
+        assert!(matches!(e, Err(SourceError::Loading { .. })));
+        let e = parse_psync_reply(
+            &Frame::Error(Bytes::from("ERR unknown command 'PSYNC'")),
+            "n:1",
+        );
+        assert!(e.unwrap_err().to_string().contains("n:1"));
+        assert!(parse_psync_reply(&Frame::Simple(Bytes::from("FULLRESYNC x y")), "a").is_err());
+    }
+
+    #[test]
+    fn rdb_headers() {
+        assert_eq!(parse_rdb_header(b"$123"), Some(RdbTransfer::Length(123)));
+        let mark = [b'a'; 40];
+        let mut line = b"$EOF:".to_vec();
+        line.extend_from_slice(&mark);
+        assert_eq!(parse_rdb_header(&line), Some(RdbTransfer::Eof(mark)));
+        assert_eq!(parse_rdb_header(b"$EOF:short"), None);
+        assert_eq!(parse_rdb_header(b"+OK"), None);
+        let mut b = BytesMut::from(&b"\n\n\n$5\r\n"[..]);
+        assert_eq!(skip_newlines(&mut b), 3);
+    }
+}

@@ -1,0 +1,151 @@
+//! Live figures of one shard's sync, shared by its reader, its writer and whoever shows
+//! progress. Plain atomics: written on the hot path, read by the display.
+
+use std::collections::VecDeque;
+use std::sync::atomic::{AtomicU64, AtomicU8, Ordering::Relaxed};
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[repr(u8)]
+pub enum Phase {
+    Connecting = 0,
+    WaitingForSnapshot = 1,
+    Snapshot = 2,
+    Incremental = 3,
+    Done = 4,
+}
+
+impl Phase {
+    pub fn name(self) -> &'static str {
+        match self {
+            Phase::Connecting => "connecting",
+            Phase::WaitingForSnapshot => "waiting-for-snapshot",
+            Phase::Snapshot => "full-sync",
+            Phase::Incremental => "incremental",
+            Phase::Done => "done",
+        }
+    }
+}
+
+#[derive(Debug)]
+pub struct ShardStats {
+    phase: AtomicU8,
+    /// RDB size when known, and bytes of it read so far.
+    pub rdb_size: AtomicU64,
+    pub rdb_read: AtomicU64,
+    /// Keys the source said it holds (INFO keyspace) before the snapshot: the progress
+    /// denominator for a diskless snapshot whose size is unknown.
+    pub expected_keys: AtomicU64,
+    /// Snapshot keys read / applied.
+    pub keys_read: AtomicU64,
+    pub keys_applied: AtomicU64,
+    /// Records (keys + commands) read from the source / applied on the target.
+    pub records_read: AtomicU64,
+    pub records_applied: AtomicU64,
+    /// Bytes received from the source (RDB and stream).
+    pub bytes_read: AtomicU64,
+    /// Replication offset read up to, and applied on the target up to.
+    pub read_offset: AtomicU64,
+    pub applied_offset: AtomicU64,
+    /// (offset read up to, when) samples, at most one per 10 ms: the lag in seconds is the
+    /// age of the oldest sample the target has not yet applied.
+    read_marks: Mutex<VecDeque<(u64, Instant)>>,
+    pub replid: Mutex<String>,
+}
+
+impl Default for ShardStats {
+    fn default() -> Self {
+        ShardStats {
+            phase: AtomicU8::new(Phase::Connecting as u8),
+            rdb_size: AtomicU64::new(0),
+            rdb_read: AtomicU64::new(0),
+            expected_keys: AtomicU64::new(0),
+            keys_read: AtomicU64::new(0),
+            keys_applied: AtomicU64::new(0),
+            records_read: AtomicU64::new(0),
+            records_applied: AtomicU64::new(0),
+            bytes_read: AtomicU64::new(0),
+            read_offset: AtomicU64::new(0),
+            applied_offset: AtomicU64::new(0),
+            read_marks: Mutex::new(VecDeque::new()),
+            replid: Mutex::new(String::new()),
+        }
+    }
+}
+
+impl ShardStats {
+    pub fn phase(&self) -> Phase {
+        match self.phase.load(Relaxed) {
+            0 => Phase::Connecting,
+            1 => Phase::WaitingForSnapshot,
+            2 => Phase::Snapshot,
+            3 => Phase::Incremental,
+            _ => Phase::Done,
+        }
+    }
+
+    pub fn set_phase(&self, p: Phase) {
+        self.phase.store(p as u8, Relaxed);
+    }
+
+    /// Snapshot progress in percent (100 once streaming).
+    pub fn progress_percent(&self) -> f64 {
+        match self.phase() {
+            Phase::Incremental | Phase::Done => 100.0,
+            Phase::Connecting | Phase::WaitingForSnapshot => 0.0,
+            Phase::Snapshot => {
+                let size = self.rdb_size.load(Relaxed);
+                let frac = if size > 0 {
+                    self.rdb_read.load(Relaxed) as f64 / size as f64
+                } else {
+                    let exp = self.expected_keys.load(Relaxed);
+                    if exp == 0 {
+                        0.0
+                    } else {
+                        self.keys_applied.load(Relaxed) as f64 / exp as f64
+                    }
+                };
+                (frac * 100.0).clamp(0.0, 99.9)
+            }
+        }
+    }
+
+    /// Bytes of the replication stream read but not yet applied.
+    pub fn lag_bytes(&self) -> u64 {
+        self.read_offset
+            .load(Relaxed)
+            .saturating_sub(self.applied_offset.load(Relaxed))
+    }
+
+    /// Records that the stream was read up to `offset` now.
+    pub fn mark_read(&self, offset: u64) {
+        self.read_offset.store(offset, Relaxed);
+        let now = Instant::now();
+        if let Ok(mut marks) = self.read_marks.lock() {
+            let applied = self.applied_offset.load(Relaxed);
+            while marks.front().is_some_and(|(o, _)| *o <= applied) {
+                marks.pop_front();
+            }
+            match marks.back_mut() {
+                Some((o, t)) if now.duration_since(*t) < Duration::from_millis(10) => *o = offset,
+                _ => marks.push_back((offset, now)),
+            }
+        }
+    }
+
+    /// Age of the oldest byte of the stream read but not yet applied on the target.
+    pub fn lag_seconds(&self) -> f64 {
+        let applied = self.applied_offset.load(Relaxed);
+        let Ok(mut marks) = self.read_marks.lock() else {
+            return 0.0;
+        };
+        while marks.front().is_some_and(|(o, _)| *o <= applied) {
+            marks.pop_front();
+        }
+        marks
+            .front()
+            .map(|(_, t)| t.elapsed().as_secs_f64())
+            .unwrap_or(0.0)
+    }
+}

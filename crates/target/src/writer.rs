@@ -1,0 +1,471 @@
+//! The pipelined writer for a standalone target: events in, commands out, replies matched
+//! in order on a second task, the applied offset advanced as replies arrive.
+//!
+//! Every command is written to one connection in source order, so the target applies them
+//! in that order; the pipeline depth is bounded (batches in flight), which bounds memory.
+
+use std::collections::VecDeque;
+use std::sync::atomic::Ordering::Relaxed;
+use std::sync::Arc;
+
+use bytes::{Bytes, BytesMut};
+use ferry_resp::{frame, Connection, Endpoint, Frame};
+use ferry_source::{Event, ShardStats};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::tcp::OwnedReadHalf;
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+use tracing::{debug, info};
+
+use crate::error::TargetError;
+use crate::version::ServerVersion;
+
+#[derive(Debug, Clone)]
+pub struct WriterOptions {
+    pub endpoint: Endpoint,
+    /// Replace keys that already exist on the target (`RESTORE … REPLACE`,
+    /// `FUNCTION LOAD REPLACE`); without it an existing key is an error.
+    pub overwrite: bool,
+    /// A batch is written once it holds this many bytes (or the queue is empty).
+    pub batch_bytes: usize,
+    /// Batches written but not yet answered.
+    pub max_batches_in_flight: usize,
+}
+
+impl WriterOptions {
+    pub fn new(endpoint: Endpoint) -> Self {
+        WriterOptions {
+            endpoint,
+            overwrite: false,
+            batch_bytes: 256 * 1024,
+            max_batches_in_flight: 32,
+        }
+    }
+}
+
+/// What one command's reply means to the writer.
+#[derive(Debug)]
+enum Expect {
+    /// A snapshot key; its name for the error message.
+    Restore {
+        key: Bytes,
+    },
+    /// A replicated command; `offset` set when its reply means "applied" (not queued in a
+    /// MULTI).
+    Command {
+        name: Bytes,
+        key: Option<Bytes>,
+        offset: Option<u64>,
+    },
+    /// `MULTI`, `SELECT`: protocol replies that must be OK.
+    Control {
+        what: &'static str,
+    },
+    /// A command queued inside MULTI: `+QUEUED`.
+    Queued {
+        name: Bytes,
+    },
+    /// Nothing was sent: the offset is applied once everything before it is.
+    Mark {
+        offset: u64,
+    },
+    FunctionLoad,
+    ScriptLoad,
+}
+
+/// Turns events into RESP in a reused buffer, tracking the connection's database and
+/// whether a transaction is open.
+struct Encoder {
+    buf: BytesMut,
+    expects: Vec<Expect>,
+    db: Option<u32>,
+    in_multi: bool,
+    rdb_version: u16,
+    overwrite: bool,
+}
+
+impl Encoder {
+    fn select(&mut self, db: u32) {
+        if self.db != Some(db) {
+            frame::write_command(
+                &mut self.buf,
+                &[b"SELECT".as_ref(), db.to_string().as_bytes()],
+            );
+            self.expects.push(if self.in_multi {
+                Expect::Queued {
+                    name: Bytes::from_static(b"SELECT"),
+                }
+            } else {
+                Expect::Control { what: "SELECT" }
+            });
+            self.db = Some(db);
+        }
+    }
+
+    fn push(&mut self, ev: Event) {
+        match ev {
+            Event::Entry(e) => {
+                self.select(e.db as u32);
+                let mut n = 4;
+                let ttl = match e.expire_ms {
+                    Some(ms) if ms > 0 => ms,
+                    // An expiry of 0 or less is long past: keep it past, not persistent.
+                    Some(_) => 1,
+                    None => 0,
+                };
+                if ttl > 0 {
+                    n += 1;
+                }
+                if self.overwrite {
+                    n += 1;
+                }
+                if e.idle.is_some() || e.freq.is_some() {
+                    n += 2;
+                }
+                frame::write_array_header(&mut self.buf, n);
+                frame::write_bulk(&mut self.buf, b"RESTORE");
+                frame::write_bulk(&mut self.buf, &e.key);
+                frame::write_bulk_int(&mut self.buf, ttl);
+                let len = ferry_rdb::dump_payload_len(e.payload.len());
+                frame::write_bulk_header(&mut self.buf, len);
+                ferry_rdb::write_dump_payload(
+                    &mut self.buf,
+                    e.value_type,
+                    &e.payload,
+                    self.rdb_version,
+                );
+                self.buf.extend_from_slice(b"\r\n");
+                if self.overwrite {
+                    frame::write_bulk(&mut self.buf, b"REPLACE");
+                }
+                if ttl > 0 {
+                    frame::write_bulk(&mut self.buf, b"ABSTTL");
+                }
+                if let Some(idle) = e.idle {
+                    frame::write_bulk(&mut self.buf, b"IDLETIME");
+                    frame::write_bulk_int(&mut self.buf, idle as i64);
+                } else if let Some(freq) = e.freq {
+                    frame::write_bulk(&mut self.buf, b"FREQ");
+                    frame::write_bulk_int(&mut self.buf, freq as i64);
+                }
+                self.expects.push(Expect::Restore { key: e.key });
+            }
+            Event::Command { db, argv, offset } => {
+                self.select(db);
+                frame::write_command(&mut self.buf, &argv);
+                let name = argv[0].clone();
+                let expect = if name.eq_ignore_ascii_case(b"MULTI") {
+                    self.in_multi = true;
+                    Expect::Control { what: "MULTI" }
+                } else if name.eq_ignore_ascii_case(b"EXEC")
+                    || name.eq_ignore_ascii_case(b"DISCARD")
+                {
+                    self.in_multi = false;
+                    Expect::Command {
+                        name,
+                        key: None,
+                        offset: Some(offset),
+                    }
+                } else if self.in_multi {
+                    Expect::Queued { name }
+                } else {
+                    Expect::Command {
+                        key: argv.get(1).cloned(),
+                        name,
+                        offset: Some(offset),
+                    }
+                };
+                self.expects.push(expect);
+            }
+            Event::Function { code } => {
+                let mut args: Vec<&[u8]> = vec![b"FUNCTION", b"LOAD"];
+                if self.overwrite {
+                    args.push(b"REPLACE");
+                }
+                args.push(&code);
+                frame::write_command(&mut self.buf, &args);
+                self.expects.push(Expect::FunctionLoad);
+            }
+            Event::Script { body } => {
+                frame::write_command(&mut self.buf, &[b"SCRIPT".as_ref(), b"LOAD", &body]);
+                self.expects.push(Expect::ScriptLoad);
+            }
+            Event::SnapshotHeader { rdb_version } => self.rdb_version = rdb_version,
+            Event::Offset(offset) => self.expects.push(Expect::Mark { offset }),
+            Event::SnapshotBegin { .. } | Event::SnapshotEnd { .. } | Event::Continue { .. } => {}
+        }
+    }
+}
+
+/// Summary of a writer's run.
+#[derive(Debug, Default, Clone)]
+pub struct WriteSummary {
+    pub keys: u64,
+    pub commands: u64,
+}
+
+/// Connects to the target and applies events until `rx` closes (the source is done) or
+/// `cancel` fires; either way everything already sent is answered before it returns.
+pub async fn write(
+    opts: WriterOptions,
+    mut rx: mpsc::Receiver<Event>,
+    stats: Arc<ShardStats>,
+    cancel: CancellationToken,
+) -> Result<WriteSummary, TargetError> {
+    let mut conn = Connection::connect(&opts.endpoint).await?;
+    let addr = conn.addr().to_string();
+    let info = conn.info("server").await?;
+    let version = ServerVersion::from_info(&info);
+    if let Some(v) = &version {
+        info!(target = %addr, version = %v, "target connected");
+    }
+    let (stream, rbuf, _) = conn.into_parts();
+    let (rd, mut wr) = stream.into_split();
+    let (exp_tx, exp_rx) = mpsc::channel::<Vec<Expect>>(opts.max_batches_in_flight.max(1));
+    let mut replies = tokio::spawn(read_replies(rd, rbuf, exp_rx, addr.clone(), stats.clone()));
+
+    let mut enc = Encoder {
+        buf: BytesMut::with_capacity(opts.batch_bytes * 2),
+        expects: Vec::new(),
+        db: None,
+        in_multi: false,
+        rdb_version: 0,
+        overwrite: opts.overwrite,
+    };
+    let max_rdb = version.as_ref().map(|v| v.max_rdb_version());
+    let result: Result<(), TargetError> = async {
+        loop {
+            let ev = tokio::select! {
+                ev = rx.recv() => ev,
+                _ = cancel.cancelled() => None,
+                r = &mut replies => return Err(reply_task_result(r, &addr).err().unwrap_or_else(|| closed(&addr))),
+            };
+            let Some(ev) = ev else { break };
+            check_version(&ev, max_rdb, version.as_ref(), &addr)?;
+            enc.push(ev);
+            while enc.buf.len() < opts.batch_bytes {
+                match rx.try_recv() {
+                    Ok(ev) => {
+                        check_version(&ev, max_rdb, version.as_ref(), &addr)?;
+                        enc.push(ev)
+                    }
+                    Err(_) => break,
+                }
+            }
+            if enc.expects.is_empty() {
+                continue;
+            }
+            let batch = std::mem::take(&mut enc.expects);
+            tokio::select! {
+                r = exp_tx.send(batch) => { if r.is_err() { break; } }
+                r = &mut replies => return Err(reply_task_result(r, &addr).err().unwrap_or_else(|| closed(&addr))),
+            }
+            if !enc.buf.is_empty() {
+                tokio::select! {
+                    r = wr.write_all(&enc.buf) => r.map_err(|source| ferry_resp::Error::Io { addr: addr.clone(), source })?,
+                    r = &mut replies => return Err(reply_task_result(r, &addr).err().unwrap_or_else(|| closed(&addr))),
+                }
+                enc.buf.clear();
+                if enc.buf.capacity() > opts.batch_bytes * 8 {
+                    enc.buf = BytesMut::with_capacity(opts.batch_bytes * 2);
+                }
+            }
+        }
+        Ok(())
+    }
+    .await;
+    drop(exp_tx);
+    match result {
+        Ok(()) => {
+            let summary = reply_task_result(replies.await, &addr)?;
+            debug!(target = %addr, ?summary, "writer drained");
+            Ok(summary)
+        }
+        Err(e) => {
+            replies.abort();
+            Err(e)
+        }
+    }
+}
+
+fn closed(addr: &str) -> TargetError {
+    ferry_resp::Error::Closed {
+        addr: addr.to_string(),
+        context: Some("reply reader stopped".into()),
+    }
+    .into()
+}
+
+fn check_version(
+    ev: &Event,
+    max_rdb: Option<u16>,
+    version: Option<&ServerVersion>,
+    addr: &str,
+) -> Result<(), TargetError> {
+    if let (Event::SnapshotHeader { rdb_version }, Some(max), Some(v)) = (ev, max_rdb, version) {
+        if *rdb_version > max {
+            return Err(TargetError::Incompatible {
+                addr: addr.to_string(),
+                message: format!(
+                    "the source's snapshot is RDB version {rdb_version} but the target ({v}) reads at most RDB version {max}; copy into a target of the source's version or newer"
+                ),
+            });
+        }
+    }
+    Ok(())
+}
+
+fn reply_task_result(
+    r: Result<Result<WriteSummary, TargetError>, tokio::task::JoinError>,
+    addr: &str,
+) -> Result<WriteSummary, TargetError> {
+    match r {
+        Ok(r) => r,
+        Err(e) => Err(TargetError::Incompatible {
+            addr: addr.to_string(),
+            message: format!("reply reader failed: {e}"),
+        }),
+    }
+}
+
+fn lossy(b: &[u8]) -> String {
+    let b = &b[..b.len().min(200)];
+    String::from_utf8_lossy(b).into_owned()
+}
+
+/// Reads replies in order and checks each against what its command expects.
+async fn read_replies(
+    mut rd: OwnedReadHalf,
+    mut buf: BytesMut,
+    mut exp_rx: mpsc::Receiver<Vec<Expect>>,
+    addr: String,
+    stats: Arc<ShardStats>,
+) -> Result<WriteSummary, TargetError> {
+    let mut summary = WriteSummary::default();
+    let mut queue: VecDeque<Expect> = VecDeque::new();
+    loop {
+        if queue.is_empty() {
+            match exp_rx.recv().await {
+                Some(batch) => queue.extend(batch),
+                None => return Ok(summary),
+            }
+        }
+        // Markers need no reply: apply them as soon as they reach the front.
+        while let Some(Expect::Mark { offset }) = queue.front() {
+            stats.applied_offset.store(*offset, Relaxed);
+            queue.pop_front();
+        }
+        let Some(expect) = queue.pop_front() else {
+            continue;
+        };
+        let reply = loop {
+            match frame::parse(&mut buf) {
+                Ok(Some((f, _))) => break f,
+                Ok(None) => {}
+                Err(source) => {
+                    return Err(ferry_resp::Error::Protocol {
+                        addr: addr.clone(),
+                        source,
+                    }
+                    .into())
+                }
+            }
+            buf.reserve(64 * 1024);
+            let n = rd
+                .read_buf(&mut buf)
+                .await
+                .map_err(|source| ferry_resp::Error::Io {
+                    addr: addr.clone(),
+                    source,
+                })?;
+            if n == 0 {
+                return Err(ferry_resp::Error::Closed {
+                    addr: addr.clone(),
+                    context: Some("while writes were in flight".into()),
+                }
+                .into());
+            }
+        };
+        check_reply(&expect, &reply, &addr)?;
+        match expect {
+            Expect::Restore { .. } => {
+                summary.keys += 1;
+                stats.keys_applied.fetch_add(1, Relaxed);
+                stats.records_applied.fetch_add(1, Relaxed);
+            }
+            Expect::Command { offset, .. } => {
+                summary.commands += 1;
+                stats.records_applied.fetch_add(1, Relaxed);
+                if let Some(o) = offset {
+                    stats.applied_offset.store(o, Relaxed);
+                }
+            }
+            Expect::Queued { .. } => {
+                summary.commands += 1;
+                stats.records_applied.fetch_add(1, Relaxed);
+            }
+            _ => {}
+        }
+    }
+}
+
+fn check_reply(expect: &Expect, reply: &Frame, addr: &str) -> Result<(), TargetError> {
+    let rejected = |command: String, message: String| TargetError::Rejected {
+        addr: addr.to_string(),
+        command,
+        message,
+    };
+    match (expect, reply) {
+        (Expect::Restore { key }, Frame::Error(m)) => {
+            if m.starts_with(b"BUSYKEY") {
+                Err(TargetError::KeyExists {
+                    addr: addr.to_string(),
+                    key: lossy(key),
+                })
+            } else {
+                Err(rejected(format!("RESTORE {:?}", lossy(key)), lossy(m)))
+            }
+        }
+        (Expect::Command { name, key, .. }, Frame::Error(m)) => {
+            let cmd = match key {
+                Some(k) => format!("{} {:?}", lossy(name).to_uppercase(), lossy(k)),
+                None => lossy(name).to_uppercase(),
+            };
+            Err(rejected(cmd, lossy(m)))
+        }
+        (Expect::Command { name, .. }, Frame::Array(items))
+            if name.eq_ignore_ascii_case(b"EXEC") =>
+        {
+            match items.iter().find(|f| f.is_error()) {
+                Some(Frame::Error(m)) => {
+                    Err(rejected("a command inside MULTI/EXEC".into(), lossy(m)))
+                }
+                _ => Ok(()),
+            }
+        }
+        (Expect::Command { name, .. }, Frame::Null) if name.eq_ignore_ascii_case(b"EXEC") => {
+            Err(rejected(
+                "EXEC".into(),
+                "transaction aborted (a watched key changed)".into(),
+            ))
+        }
+        (Expect::Queued { name }, Frame::Error(m)) => Err(rejected(
+            format!("{} (inside MULTI)", lossy(name).to_uppercase()),
+            lossy(m),
+        )),
+        (Expect::Control { what }, Frame::Error(m)) => Err(rejected(what.to_string(), lossy(m))),
+        (Expect::FunctionLoad, Frame::Error(m)) => {
+            if m.windows(14).any(|w| w == b"already exists") {
+                Err(TargetError::Rejected {
+                    addr: addr.to_string(),
+                    command: "FUNCTION LOAD".into(),
+                    message: format!("{}; pass --overwrite to replace it", lossy(m)),
+                })
+            } else {
+                Err(rejected("FUNCTION LOAD".into(), lossy(m)))
+            }
+        }
+        (Expect::ScriptLoad, Frame::Error(m)) => Err(rejected("SCRIPT LOAD".into(), lossy(m))),
+        _ => Ok(()),
+    }
+}
