@@ -29,6 +29,22 @@
 //! The CRC64 trailer (RDB >= 5) is verified incrementally over every consumed
 //! byte; a stored checksum of zero (`rdbchecksum no`) is accepted.
 //!
+//! # Notes for callers
+//!
+//! * The parser reads ahead (up to 64 KiB). When the RDB is followed by other
+//!   data on the same connection (the replication command stream), use
+//!   [`Parser::into_parts`] (or [`Parser::buffered`]) after `Ok(None)` to get
+//!   the bytes read past the RDB trailer, or wrap the socket in
+//!   [`std::io::Read::take`] with the announced `$<len>`.
+//! * `RESTORE` rejects payloads whose version is newer than the target's RDB
+//!   version; pass a version the target accepts to [`write_dump_payload`]
+//!   (the source's [`Parser::rdb_version`] reproduces `DUMP` exactly).
+//! * After an error the parser is poisoned: further calls return
+//!   [`ErrorKind::Poisoned`].
+//! * Supported: `REDIS` magic with versions 1..=12 and `VALKEY` magic with
+//!   version 80. Types/opcodes not in Redis' `rdb.h` up to RDB 12 (e.g.
+//!   Valkey 9 specific types) are reported as [`ErrorKind::UnknownType`].
+//!
 //! ```no_run
 //! # fn main() -> Result<(), Box<dyn std::error::Error>> {
 //! let file = std::fs::File::open("dump.rdb")?;

@@ -117,7 +117,6 @@ pub struct Parser<R: Read> {
     version: Option<u32>,
     valkey_magic: bool,
     db: u64,
-    cur_key: Option<Bytes>,
     expire_ms: Option<i64>,
     idle: Option<u64>,
     freq: Option<u8>,
@@ -151,7 +150,6 @@ impl<R: Read> Parser<R> {
             version: None,
             valkey_magic: false,
             db: 0,
-            cur_key: None,
             expire_ms: None,
             idle: None,
             freq: None,
@@ -196,7 +194,7 @@ impl<R: Read> Parser<R> {
     fn err(&self, kind: ErrorKind) -> RdbError {
         RdbError {
             offset: self.offset(),
-            key: self.cur_key.as_deref().map(key_ctx),
+            key: None,
             kind,
         }
     }
@@ -215,7 +213,6 @@ impl<R: Read> Parser<R> {
                 self.state = State::Failed;
                 self.capturing = false;
                 self.capture.clear();
-                self.cur_key = None;
                 Err(e)
             }
         }
@@ -300,11 +297,12 @@ impl<R: Read> Parser<R> {
                 }
                 t if is_value_type(t) => {
                     let key = self.read_string()?;
-                    self.cur_key = Some(key.clone());
                     self.start_capture();
-                    self.skip_value(t)?;
+                    if let Err(mut e) = self.skip_value(t) {
+                        e.key = Some(key_ctx(&key));
+                        return Err(e);
+                    }
                     let payload = self.end_capture();
-                    self.cur_key = None;
                     let entry = Entry {
                         db: self.db,
                         key,
@@ -386,6 +384,11 @@ impl<R: Read> Parser<R> {
             self.crc.update(&self.buf[self.crc_pos..self.pos]);
             self.crc_pos = self.pos;
         }
+        self.sync_capture();
+    }
+
+    #[inline]
+    fn sync_capture(&mut self) {
         if self.capturing && self.cap_pos < self.pos {
             self.capture
                 .extend_from_slice(&self.buf[self.cap_pos..self.pos]);
@@ -533,14 +536,16 @@ impl<R: Read> Parser<R> {
         }
     }
 
+    #[inline]
     fn start_capture(&mut self) {
-        self.sync();
+        debug_assert!(self.capture.is_empty());
         self.capturing = true;
         self.cap_pos = self.pos;
     }
 
+    #[inline]
     fn end_capture(&mut self) -> Bytes {
-        self.sync();
+        self.sync_capture();
         self.capturing = false;
         let out = self.capture.split().freeze();
         if self.capture.capacity() > CAPTURE_KEEP {

@@ -220,3 +220,61 @@ proptest! {
         let _ = decode_value(t, &body);
     }
 }
+
+/// A reader that fails with an I/O error after `ok` bytes.
+struct Failing<'a> {
+    data: &'a [u8],
+    ok: usize,
+    interrupted_once: bool,
+}
+
+impl Read for Failing<'_> {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        if !self.interrupted_once {
+            self.interrupted_once = true;
+            return Err(std::io::ErrorKind::Interrupted.into());
+        }
+        if self.ok == 0 {
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::ConnectionReset,
+                "peer went away",
+            ));
+        }
+        let n = self.ok.min(buf.len()).min(self.data.len());
+        buf[..n].copy_from_slice(&self.data[..n]);
+        self.data = &self.data[n..];
+        self.ok -= n;
+        Ok(n)
+    }
+}
+
+#[test]
+fn io_error_is_reported_with_offset() {
+    let mut p = Parser::new(Failing {
+        data: SMALL,
+        ok: 100,
+        interrupted_once: false,
+    });
+    let err = loop {
+        match p.next_item() {
+            Ok(Some(_)) => {}
+            Ok(None) => panic!("should fail"),
+            Err(e) => break e,
+        }
+    };
+    assert!(matches!(err.kind, ErrorKind::Io(_)), "{err}");
+    assert_eq!(err.offset, 100);
+    assert!(err.to_string().contains("peer went away"), "{err}");
+}
+
+#[test]
+fn into_parts_returns_trailing_bytes() {
+    let mut data = SMALL.to_vec();
+    data.extend_from_slice(b"+CONTINUE\r\n");
+    let mut p = Parser::new(&data[..]);
+    while p.next_item().unwrap().is_some() {}
+    assert_eq!(p.offset(), SMALL.len() as u64);
+    assert_eq!(p.buffered(), b"+CONTINUE\r\n");
+    let (_, rest) = p.into_parts();
+    assert_eq!(&rest[..], b"+CONTINUE\r\n");
+}
