@@ -62,3 +62,35 @@ pub const RDB_MODULE_OPCODE_STRING: u64 = 5;
 
 pub const QUICKLIST_NODE_CONTAINER_PLAIN: u64 = 1;
 pub const QUICKLIST_NODE_CONTAINER_PACKED: u64 = 2;
+
+/// Human-readable name of an RDB type byte (for logs and errors).
+pub fn type_name(t: u8) -> &'static str {
+    match t {
+        RDB_TYPE_STRING => "string",
+        RDB_TYPE_LIST => "list",
+        RDB_TYPE_SET => "set",
+        RDB_TYPE_ZSET => "zset",
+        RDB_TYPE_HASH => "hash",
+        RDB_TYPE_ZSET_2 => "zset-v2",
+        RDB_TYPE_MODULE_PRE_GA => "module-pre-ga",
+        RDB_TYPE_MODULE_2 => "module",
+        RDB_TYPE_HASH_ZIPMAP => "hash-zipmap",
+        RDB_TYPE_LIST_ZIPLIST => "list-ziplist",
+        RDB_TYPE_SET_INTSET => "set-intset",
+        RDB_TYPE_ZSET_ZIPLIST => "zset-ziplist",
+        RDB_TYPE_HASH_ZIPLIST => "hash-ziplist",
+        RDB_TYPE_LIST_QUICKLIST => "list-quicklist",
+        RDB_TYPE_STREAM_LISTPACKS => "stream",
+        RDB_TYPE_HASH_LISTPACK => "hash-listpack",
+        RDB_TYPE_ZSET_LISTPACK => "zset-listpack",
+        RDB_TYPE_LIST_QUICKLIST_2 => "list-quicklist-v2",
+        RDB_TYPE_STREAM_LISTPACKS_2 => "stream-v2",
+        RDB_TYPE_SET_LISTPACK => "set-listpack",
+        RDB_TYPE_STREAM_LISTPACKS_3 => "stream-v3",
+        RDB_TYPE_HASH_METADATA_PRE_GA => "hash-metadata-pre-ga",
+        RDB_TYPE_HASH_LISTPACK_EX_PRE_GA => "hash-listpack-ex-pre-ga",
+        RDB_TYPE_HASH_METADATA => "hash-metadata",
+        RDB_TYPE_HASH_LISTPACK_EX => "hash-listpack-ex",
+        _ => "unknown",
+    }
+}

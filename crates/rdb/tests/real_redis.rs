@@ -612,6 +612,16 @@ fn real_rdb_matches_server_and_dump() {
                 let theirs = c.cmd(&[&b"DUMP"[..], &e.key]).bytes();
                 assert!(mine[..] == theirs[..], "{ctx}: DUMP payload differs");
 
+                // Make sure the intended encodings were really exercised.
+                match &e.key[..] {
+                    b"str:lzf" | b"str:hugelzf" => assert_eq!(e.payload[0] >> 6, 3, "{ctx}: LZF"),
+                    b"str:i8" => assert_eq!(e.payload[0], 0xc0, "{ctx}"),
+                    b"str:i16" => assert_eq!(e.payload[0], 0xc1, "{ctx}"),
+                    b"str:i32" => assert_eq!(e.payload[0], 0xc2, "{ctx}"),
+                    // 4 nodes: packed, plain, packed, plain.
+                    b"list:plain" => assert_eq!(&e.payload[..2], &[4, 2], "{ctx}"),
+                    _ => {}
+                }
                 let v = decode_value(e.value_type, &e.payload)
                     .unwrap_or_else(|err| panic!("{ctx}: decode failed: {err}"));
                 check_value(&mut c, &e.key, &v);
