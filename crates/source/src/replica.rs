@@ -80,6 +80,20 @@ pub async fn replicate(
     stats: Arc<ShardStats>,
     cancel: CancellationToken,
 ) -> Result<(), SourceError> {
+    let result = replicate_inner(opts, tx, stats, cancel.clone()).await;
+    // Once stopped, whatever the link did while winding down is no failure.
+    if cancel.is_cancelled() {
+        return Ok(());
+    }
+    result
+}
+
+async fn replicate_inner(
+    opts: ReplicaOptions,
+    tx: mpsc::Sender<Event>,
+    stats: Arc<ShardStats>,
+    cancel: CancellationToken,
+) -> Result<(), SourceError> {
     let addr = opts.endpoint.addr();
     stats.set_phase(Phase::Connecting);
     let mut conn = Connection::connect(&opts.endpoint).await?;
@@ -110,7 +124,6 @@ pub async fn replicate(
         stats.clone(),
         ack_now.clone(),
         opts.ack_interval,
-        cancel.clone(),
     ));
     let _ack_guard = AbortOnDrop(ack_task);
 
@@ -688,7 +701,6 @@ async fn ack_loop(
     stats: Arc<ShardStats>,
     now: Arc<Notify>,
     interval: Duration,
-    cancel: CancellationToken,
 ) {
     let mut tick = tokio::time::interval(interval);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -696,7 +708,6 @@ async fn ack_loop(
         tokio::select! {
             _ = tick.tick() => {}
             _ = now.notified() => {}
-            _ = cancel.cancelled() => return,
         }
         let off = stats.applied_offset.load(Relaxed).to_string();
         let cmd = frame::command(&["REPLCONF", "ACK", off.as_str()]);

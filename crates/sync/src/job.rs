@@ -103,29 +103,34 @@ pub async fn run(
         reader_cancel.clone(),
     ));
 
-    tokio::select! {
+    // Whichever ends first, the other is brought to an end and both results are read.
+    let (read, written) = tokio::select! {
         r = &mut reader => {
             // Reader done (snapshot read in full mode, stopped, or failed): its sender is
             // gone, so the writer applies what is queued and returns.
             let read = joined(r);
-            let written = joined(writer.await);
-            read?;
-            let summary = written?;
-            let completed = config.mode == Mode::Full && !cancel.is_cancelled();
-            if completed {
-                stats.set_phase(Phase::Done);
-                info!(keys = summary.keys, "full sync complete");
-            }
-            Ok(JobOutcome { keys: summary.keys, commands: summary.commands, completed })
+            (read, joined(writer.await))
         }
         w = &mut writer => {
-            reader_cancel.cancel();
             let written = joined(w);
-            let _ = reader.await;
-            let summary = written?;
-            Ok(JobOutcome { keys: summary.keys, commands: summary.commands, completed: false })
+            reader_cancel.cancel();
+            (joined(reader.await), written)
         }
+    };
+    // A reader failure only closes the channel (the writer drains and succeeds), while a
+    // writer failure makes the reader's sends fail: the writer's error is the cause.
+    let summary = written?;
+    read?;
+    let completed = config.mode == Mode::Full && !cancel.is_cancelled();
+    if completed {
+        stats.set_phase(Phase::Done);
+        info!(keys = summary.keys, "full sync complete");
     }
+    Ok(JobOutcome {
+        keys: summary.keys,
+        commands: summary.commands,
+        completed,
+    })
 }
 
 fn joined<T>(r: Result<T, tokio::task::JoinError>) -> T {

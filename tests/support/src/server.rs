@@ -179,6 +179,15 @@ impl ServerBuilder {
         self
     }
 
+    /// Extra config with several values, `--name v1 v2` (e.g. `rename-command PSYNC ""`).
+    pub fn arg_values(mut self, name: &str, values: &[&str]) -> Self {
+        let name = name.trim_start_matches('-').to_string();
+        self.args.retain(|(n, _)| *n != name);
+        self.args
+            .push((name, values.iter().map(|v| v.to_string()).collect()));
+        self
+    }
+
     /// `requirepass PW`; [`Server::client`] and [`Server::cmd`] authenticate with it.
     pub fn password(mut self, pw: &str) -> Self {
         self.password = Some(pw.to_string());
