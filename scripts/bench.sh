@@ -1,0 +1,304 @@
+#!/usr/bin/env bash
+# ferry benchmark: full sync and incremental lag, ferry vs. a native replica.
+#
+# A benchmark, not a test: it prints figures and asserts nothing (a digest
+# mismatch is reported as MISMATCH; it only exits non-zero when it cannot
+# produce figures at all, e.g. ferry fails or a sync never completes).
+#
+# Environment:
+#   BENCH_KEYS       keys loaded into the source        (default 1000000)
+#   BENCH_REPEAT     runs of each full sync              (default 3)
+#   BENCH_INCR_OPS   redis-benchmark -n per test         (default 1000000)
+#   BENCH_TIMEOUT    seconds to wait for any one sync    (default scales with keys)
+#   FERRY_BIN        use this ferry binary instead of building one
+#   BENCH_NO_GNU_TIME=1  ignore /usr/bin/time, sample /proc/<pid>/status instead
+#
+# Small run (CI):  BENCH_KEYS=20000 BENCH_REPEAT=1 BENCH_INCR_OPS=50000 scripts/bench.sh
+set -euo pipefail
+
+SCRIPT_DIR="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
+REPO_ROOT="$(cd "$SCRIPT_DIR/.." && pwd)"
+HELPER="$SCRIPT_DIR/bench_load.py"
+
+KEYS="${BENCH_KEYS:-1000000}"
+REPEAT="${BENCH_REPEAT:-3}"
+INCR_OPS="${BENCH_INCR_OPS:-1000000}"
+TIMEOUT="${BENCH_TIMEOUT:-$(( KEYS / 5000 > 60 ? KEYS / 5000 : 60 ))}"
+
+say() { printf 'bench: %s\n' "$*"; }
+die() { printf 'bench: error: %s\n' "$*" >&2; exit 1; }
+need() {
+    command -v "$1" >/dev/null 2>&1 || die "'$1' not found in PATH ($2)"
+}
+
+for v in KEYS REPEAT INCR_OPS TIMEOUT; do
+    [[ "${!v}" =~ ^[1-9][0-9]*$ ]] || die "$v must be a positive integer, got '${!v}'"
+done
+
+need redis-server "apt-get install redis-server"
+need redis-cli "apt-get install redis-tools"
+need redis-benchmark "apt-get install redis-tools"
+need python3 "needed for $HELPER"
+need timeout "coreutils"
+[[ -f "$HELPER" ]] || die "missing $HELPER"
+
+GNU_TIME=""
+if [[ -z "${BENCH_NO_GNU_TIME:-}" && -x /usr/bin/time ]] \
+    && /usr/bin/time -v true >/dev/null 2>&1; then
+    GNU_TIME=/usr/bin/time
+else
+    say "/usr/bin/time (GNU, package 'time') not usable: sampling VmHWM from /proc instead"
+fi
+
+# ---------------------------------------------------------------- ferry binary
+if [[ -n "${FERRY_BIN:-}" ]]; then
+    FERRY="$FERRY_BIN"
+    [[ -x "$FERRY" ]] || die "FERRY_BIN=$FERRY is not an executable file"
+else
+    need cargo "install Rust, or set FERRY_BIN"
+    say "building ferry (cargo build --release -p ferry)"
+    (cd "$REPO_ROOT" && cargo build --release -p ferry --quiet) || die "cargo build failed"
+    FERRY="$REPO_ROOT/target/release/ferry"
+fi
+
+# ---------------------------------------------------------------- servers
+WORK="$(mktemp -d "${TMPDIR:-/tmp}/ferry-bench.XXXXXX")"
+PIDS=()
+
+cleanup() {
+    local pid
+    for pid in ${PIDS[@]+"${PIDS[@]}"}; do
+        kill "$pid" 2>/dev/null || true
+    done
+    for pid in ${PIDS[@]+"${PIDS[@]}"}; do
+        wait "$pid" 2>/dev/null || true
+    done
+    rm -rf "$WORK"
+}
+trap cleanup EXIT
+trap 'exit 130' INT
+trap 'exit 143' TERM
+
+free_port() {
+    python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'
+}
+
+rcli() {
+    local port="$1"; shift
+    redis-cli -h 127.0.0.1 -p "$port" "$@"
+}
+
+# info_field PORT SECTION FIELD
+info_field() {
+    rcli "$1" INFO "$2" | tr -d '\r' | awk -F: -v k="$3" '$1 == k { print $2 }'
+}
+
+# start_server NAME: sets SERVER_PORT and SERVER_PID (not run in a subshell,
+# so the pid lands in PIDS for the exit trap).
+start_server() {
+    local name="$1" dir="$WORK/$1" port i
+    mkdir -p "$dir"
+    port="$(free_port)"
+    redis-server --port "$port" --dir "$dir" \
+        --save "" --appendonly no --enable-debug-command yes \
+        --repl-diskless-sync-delay 0 --bind 127.0.0.1 --daemonize no \
+        --logfile "$dir/redis.log" &
+    SERVER_PID=$!
+    PIDS+=("$SERVER_PID")
+    SERVER_PORT="$port"
+    for ((i = 0; i < 500; i++)); do
+        if [[ "$(rcli "$port" PING 2>/dev/null)" == PONG ]]; then
+            return 0
+        fi
+        kill -0 "$SERVER_PID" 2>/dev/null || break
+        sleep 0.01
+    done
+    tail -n 20 "$dir/redis.log" >&2 2>/dev/null || true
+    die "redis-server '$name' did not start on port $port"
+}
+
+stop_server() {
+    local pid="$1"
+    kill "$pid" 2>/dev/null || true
+    wait "$pid" 2>/dev/null || true
+}
+
+now_ns() { date +%s%N; }
+# alive PID: running and not yet a zombie (kill -0 succeeds on zombies).
+alive() { [[ -r "/proc/$1/status" ]] && ! grep -q '^State:[[:space:]]*Z' "/proc/$1/status" 2>/dev/null; }
+secs_since() { awk -v a="$1" -v b="$(now_ns)" 'BEGIN { printf "%.3f", (b - a) / 1e9 }'; }
+median() { python3 "$HELPER" median "$@"; }
+digest() { rcli "$1" DEBUG DIGEST; }
+# ferry_warnings LOG: echo ferry's WARN/ERROR lines (colour escapes stripped).
+ferry_warnings() {
+    sed -E 's/\x1b\[[0-9;]*m//g' "$1" | grep -E ' (WARN|ERROR) ' | sed 's/^/bench:   ferry: /' || true
+}
+
+MACHINE="$(nproc) cores, $(awk -F': *' '/^model name/ { print $2; exit }' /proc/cpuinfo)"
+say "machine: $MACHINE; keys=$KEYS repeat=$REPEAT incr_ops=$INCR_OPS; work dir $WORK"
+
+# ---------------------------------------------------------------- source
+start_server source
+SRC="$SERVER_PORT"
+say "source on port $SRC: loading $KEYS keys (60% strings, 10% each hash/list/set/zset)"
+t0="$(now_ns)"
+load_out="$(python3 "$HELPER" gen --keys "$KEYS" | rcli "$SRC" --pipe 2>&1)" \
+    || die "loading the source failed: $load_out"
+grep -q 'errors: 0,' <<<"$load_out" || die "loading the source reported errors: $load_out"
+say "loaded in $(secs_since "$t0") s"
+SRC_KEYS="$(rcli "$SRC" DBSIZE)"
+SRC_MEM="$(info_field "$SRC" memory used_memory_human)"
+SRC_DIGEST="$(digest "$SRC")"
+DISKLESS="$(rcli "$SRC" CONFIG GET repl-diskless-sync | tail -n 1)"
+if [[ "$DISKLESS" == yes ]]; then SYNC_KIND=diskless; else SYNC_KIND=disk-based; fi
+say "source: DBSIZE $SRC_KEYS, used_memory $SRC_MEM, repl-diskless-sync $DISKLESS ($SYNC_KIND)"
+[[ "$SRC_KEYS" -eq "$KEYS" ]] || say "warning: DBSIZE $SRC_KEYS differs from BENCH_KEYS $KEYS"
+
+# ---------------------------------------------------------------- full: native
+native_times=()
+for ((i = 1; i <= REPEAT; i++)); do
+    start_server "native-full-$i"
+    port="$SERVER_PORT" pid="$SERVER_PID"
+    t="$(python3 "$HELPER" replicate --port "$port" --master-port "$SRC" \
+        --expect "$SRC_KEYS" --timeout "$TIMEOUT")" || die "native replica never caught up"
+    rcli "$port" REPLICAOF NO ONE >/dev/null
+    stop_server "$pid"
+    native_times+=("$t")
+    say "full sync  native REPLICAOF  run $i/$REPEAT: $t s ($SYNC_KIND)"
+done
+
+# ---------------------------------------------------------------- full: ferry
+# run_ferry_full PORT LOG: sets RUN_SECS and RUN_RSS_KB.
+run_ferry_full() {
+    local port="$1" log="$2" rc=0 t0 fpid v hwm=0
+    local -a cmd=(timeout --signal=INT --kill-after=10 "$TIMEOUT"
+        "$FERRY" sync --source "redis://127.0.0.1:$SRC" --target "redis://127.0.0.1:$port"
+        --mode full --progress never)
+    t0="$(now_ns)"
+    if [[ -n "$GNU_TIME" ]]; then
+        "$GNU_TIME" -v -o "$log.time" "${cmd[@]}" >"$log" 2>&1 || rc=$?
+        RUN_SECS="$(secs_since "$t0")"
+        hwm="$(awk -F': *' '/Maximum resident set size/ { print $2 }' "$log.time")"
+    else
+        # Sample the high-water mark every 50 ms; a zombie has no Vm* lines,
+        # which ends the loop as soon as ferry has exited.
+        "$FERRY" sync --source "redis://127.0.0.1:$SRC" --target "redis://127.0.0.1:$port" \
+            --mode full --progress never >"$log" 2>&1 &
+        fpid=$!
+        PIDS+=("$fpid")
+        while v="$(awk '/^VmHWM:/ { print $2 }' "/proc/$fpid/status" 2>/dev/null)" && [[ -n "$v" ]]; do
+            hwm="$v"
+            if (( $(now_ns) - t0 > TIMEOUT * 1000000000 )); then
+                kill -INT "$fpid" 2>/dev/null || true
+            fi
+            sleep 0.05
+        done
+        wait "$fpid" || rc=$?
+        RUN_SECS="$(secs_since "$t0")"
+    fi
+    RUN_RSS_KB="${hwm:-0}"
+    if [[ "$rc" -ne 0 ]]; then
+        tail -n 30 "$log" >&2
+        die "ferry --mode full exited with status $rc (log above)"
+    fi
+}
+
+ferry_times=()
+ferry_rss=()
+FULL_DIGEST=MATCH
+for ((i = 1; i <= REPEAT; i++)); do
+    start_server "ferry-full-$i"
+    port="$SERVER_PORT" pid="$SERVER_PID"
+    run_ferry_full "$port" "$WORK/ferry-full-$i.log"
+    n="$(rcli "$port" DBSIZE)"
+    d="$(digest "$port")"
+    if [[ "$d" == "$SRC_DIGEST" ]]; then m=MATCH; else m=MISMATCH; FULL_DIGEST=MISMATCH; fi
+    summary="$(grep -o 'full sync complete.*' "$WORK/ferry-full-$i.log" | tail -n 1 || true)"
+    say "full sync  ferry --mode full run $i/$REPEAT: $RUN_SECS s, peak RSS $((RUN_RSS_KB / 1024)) MB, DBSIZE $n/$SRC_KEYS, digest $m (ferry: ${summary:-no summary line})"
+    if [[ "$m" == MISMATCH ]]; then
+        say "  source digest $SRC_DIGEST, target digest $d"
+    fi
+    ferry_warnings "$WORK/ferry-full-$i.log"
+    stop_server "$pid"
+    ferry_times+=("$RUN_SECS")
+    ferry_rss+=("$RUN_RSS_KB")
+done
+
+NATIVE_MED="$(median "${native_times[@]}")"
+FERRY_MED="$(median "${ferry_times[@]}")"
+RATIO="$(awk -v f="$FERRY_MED" -v n="$NATIVE_MED" 'BEGIN { if (n > 0) printf "%.2f", f / n; else print "n/a" }')"
+PEAK_RSS_MB="$(printf '%s\n' "${ferry_rss[@]}" | sort -n | tail -n 1 | awk '{ printf "%d", $1 / 1024 }')"
+
+# ---------------------------------------------------------------- incremental
+say "incremental: starting a native replica and ferry --mode full+incremental"
+start_server native-incr
+NAT_PORT="$SERVER_PORT"
+python3 "$HELPER" replicate --port "$NAT_PORT" --master-port "$SRC" \
+    --expect "$SRC_KEYS" --timeout "$TIMEOUT" >/dev/null || die "native replica never caught up"
+
+start_server ferry-incr
+FER_PORT="$SERVER_PORT"
+FERRY_LOG="$WORK/ferry-incr.log"
+t0="$(now_ns)"
+"$FERRY" sync --source "redis://127.0.0.1:$SRC" --target "redis://127.0.0.1:$FER_PORT" \
+    --mode full+incremental --progress never >"$FERRY_LOG" 2>&1 &
+FERRY_PID=$!
+PIDS+=("$FERRY_PID")
+if ! python3 "$HELPER" wait-dbsize --port "$FER_PORT" --expect "$SRC_KEYS" --timeout "$TIMEOUT" >/dev/null; then
+    tail -n 30 "$FERRY_LOG" >&2
+    die "ferry never caught up with the snapshot"
+fi
+kill -0 "$FERRY_PID" 2>/dev/null || { tail -n 30 "$FERRY_LOG" >&2; die "ferry exited early"; }
+say "ferry caught up with the snapshot $(secs_since "$t0") s after starting; running redis-benchmark ($INCR_OPS ops per test)"
+
+t0="$(now_ns)"
+redis-benchmark -h 127.0.0.1 -p "$SRC" -t set,incr,lpush -P 16 -n "$INCR_OPS" -r 100000 -q \
+    >"$WORK/redis-benchmark.out" 2>&1 || die "redis-benchmark failed: $(cat "$WORK/redis-benchmark.out")"
+BENCH_SECS="$(secs_since "$t0")"
+tr '\r' '\n' <"$WORK/redis-benchmark.out" | grep 'requests per second' | sed 's/^/bench:   /' || true
+OPS="$(awk -v n="$INCR_OPS" -v s="$BENCH_SECS" 'BEGIN { printf "%d", 3 * n / s }')"
+say "redis-benchmark: $((3 * INCR_OPS)) ops in $BENCH_SECS s = $OPS ops/s (wall clock, all three tests)"
+
+marker_out="$(python3 "$HELPER" marker --source "$SRC" \
+    --target "native=$NAT_PORT" --target "ferry=$FER_PORT" --timeout "$TIMEOUT")" \
+    || die "marker measurement failed"
+NAT_DELAY="$(awk -F= '$1 == "native" { printf "%.1f", $2 }' <<<"$marker_out")"
+FER_DELAY="$(awk -F= '$1 == "ferry" { printf "%.1f", $2 }' <<<"$marker_out")"
+say "marker delay: native ${NAT_DELAY} ms, ferry ${FER_DELAY} ms"
+
+SRC_D2="$(digest "$SRC")"
+NAT_D2="$(digest "$NAT_PORT")"
+FER_D2="$(digest "$FER_PORT")"
+if [[ "$FER_D2" == "$SRC_D2" ]]; then INCR_DIGEST=MATCH; else INCR_DIGEST=MISMATCH; fi
+if [[ "$NAT_D2" == "$SRC_D2" ]]; then NAT_DIGEST=MATCH; else NAT_DIGEST=MISMATCH; fi
+say "digests after the marker: source $SRC_D2, ferry $FER_D2 ($INCR_DIGEST), native $NAT_D2 ($NAT_DIGEST)"
+if [[ "$INCR_DIGEST" == MISMATCH ]]; then
+    say "  DBSIZE source $(rcli "$SRC" DBSIZE), ferry target $(rcli "$FER_PORT" DBSIZE)"
+fi
+
+kill -INT "$FERRY_PID" 2>/dev/null || true
+rc=0
+for ((i = 0; i < 1000; i++)); do
+    alive "$FERRY_PID" || break
+    sleep 0.01
+done
+if alive "$FERRY_PID"; then
+    say "warning: ferry did not stop within 10 s of SIGINT; killing it"
+    kill -KILL "$FERRY_PID" 2>/dev/null || true
+fi
+wait "$FERRY_PID" || rc=$?
+say "ferry stopped after SIGINT with exit status $rc"
+if [[ "$rc" -ne 0 ]]; then
+    tail -n 20 "$FERRY_LOG" | sed 's/^/bench:   ferry: /'
+else
+    ferry_warnings "$FERRY_LOG"
+fi
+
+# ---------------------------------------------------------------- summary
+echo
+printf 'ferry bench: keys=%s repeat=%s machine=%s\n' "$SRC_KEYS" "$REPEAT" "$MACHINE"
+printf '%-16s %-17s median %.2f s   (%s)\n' "full sync" "native REPLICAOF" "$NATIVE_MED" "$SYNC_KIND"
+printf '%-16s %-17s median %.2f s   ratio %sx   peak RSS %s MB   digest %s\n' \
+    "" "ferry --mode full" "$FERRY_MED" "$RATIO" "$PEAK_RSS_MB" "$FULL_DIGEST"
+printf '%-16s redis-benchmark %s ops/s      marker delay: native %s ms, ferry %s ms   digest %s\n' \
+    "incremental" "$OPS" "$NAT_DELAY" "$FER_DELAY" "$INCR_DIGEST"
