@@ -7,6 +7,7 @@
 //! `+CONTINUE [<replid>]` → the command stream. `REPLCONF ACK <offset>` goes out every
 //! second from its own task, so a slow snapshot never makes the source time the link out.
 
+use std::sync::atomic::AtomicBool;
 use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
 use std::time::Duration;
@@ -118,11 +119,13 @@ async fn replicate_inner(
     let (mut rd, wr) = stream.into_split();
 
     let ack_now = Arc::new(Notify::new());
+    let awaiting_stream = Arc::new(AtomicBool::new(false));
     let ack_task = tokio::spawn(ack_loop(
         wr,
         addr.clone(),
         stats.clone(),
         ack_now.clone(),
+        awaiting_stream.clone(),
         opts.ack_interval,
     ));
     let _ack_guard = AbortOnDrop(ack_task);
@@ -152,6 +155,9 @@ async fn replicate_inner(
             .await?;
             stats.set_phase(Phase::Snapshot);
             buf = transfer_rdb(&mut rd, buf, transfer, &opts, &tx, &stats, &cancel).await?;
+            // A diskless source starts the command stream on the first ACK it gets after it
+            // has seen the transfer end; ACK quickly until the stream begins.
+            awaiting_stream.store(buf.is_empty(), Relaxed);
             ack_now.notify_one();
             if opts.stop_after_snapshot || cancel.is_cancelled() {
                 return Ok(());
@@ -182,7 +188,20 @@ async fn replicate_inner(
         }
     };
     stats.set_phase(Phase::Incremental);
-    command_stream(&mut rd, buf, offset, &tx, &stats, &ack_now, &addr, &cancel).await
+    let streaming = StreamStarted(&awaiting_stream);
+    command_stream(
+        &mut rd, buf, offset, &tx, &stats, &ack_now, streaming, &addr, &cancel,
+    )
+    .await
+}
+
+/// Clears the "waiting for the stream" flag once the first stream bytes arrive.
+struct StreamStarted<'a>(&'a AtomicBool);
+
+impl StreamStarted<'_> {
+    fn mark(&self) {
+        self.0.store(false, Relaxed);
+    }
 }
 
 struct AbortOnDrop(tokio::task::JoinHandle<()>);
@@ -614,11 +633,15 @@ async fn command_stream(
     tx: &mpsc::Sender<Event>,
     stats: &ShardStats,
     ack_now: &Notify,
+    streaming: StreamStarted<'_>,
     addr: &str,
     cancel: &CancellationToken,
 ) -> Result<(), SourceError> {
     let mut db: u32 = 0;
     loop {
+        if !buf.is_empty() {
+            streaming.mark();
+        }
         let mut idle_bytes = false;
         loop {
             let (frame, n) = match frame::parse(&mut buf) {
@@ -700,13 +723,21 @@ async fn ack_loop(
     addr: String,
     stats: Arc<ShardStats>,
     now: Arc<Notify>,
+    awaiting_stream: Arc<AtomicBool>,
     interval: Duration,
 ) {
     let mut tick = tokio::time::interval(interval);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut fast_acks = 0u32;
     loop {
+        // At most 2 s of fast ACKs: an idle source may send nothing for a while.
+        let fast = awaiting_stream.load(Relaxed) && fast_acks < 200;
+        if fast {
+            fast_acks += 1;
+        }
         tokio::select! {
-            _ = tick.tick() => {}
+            _ = tick.tick(), if !fast => {}
+            _ = tokio::time::sleep(Duration::from_millis(10)), if fast => {}
             _ = now.notified() => {}
         }
         let off = stats.applied_offset.load(Relaxed).to_string();
