@@ -5,12 +5,11 @@ mod progress;
 use std::io::IsTerminal;
 use std::path::PathBuf;
 use std::process::ExitCode;
-use std::sync::Arc;
 use std::time::Instant;
 
 use anyhow::Context;
 use clap::{Parser, Subcommand, ValueEnum};
-use ferry_sync::{FileConfig, ShardStats};
+use ferry_sync::{FileConfig, JobStatus, RetryConfig};
 use tokio_util::sync::CancellationToken;
 use tracing::{error, info};
 
@@ -65,6 +64,38 @@ struct SyncArgs {
     /// Replace keys that already exist on the target instead of failing.
     #[arg(long)]
     overwrite: bool,
+    /// Job name: names the checkpoint kept on the target (default: the source address).
+    /// A re-run with the same name resumes where the last one stopped.
+    #[arg(long)]
+    name: Option<String>,
+    /// Keep a checkpoint on the target, written with the data it covers (on by default);
+    /// off is faster but any failure means a new snapshot.
+    #[arg(long, value_parser = ["on", "off"])]
+    checkpoint: Option<String>,
+    /// Limit what is read from the source, in MB/s (any positive number).
+    #[arg(long, value_name = "MB_PER_SEC")]
+    rate_limit: Option<f64>,
+    /// A source that sends nothing for this long is taken as gone (default 60s).
+    #[arg(long, value_name = "DURATION")]
+    source_timeout: Option<String>,
+    /// Retry policy: immediately (default) or scheduled.
+    #[arg(long, value_parser = ["immediately", "scheduled"])]
+    retry: Option<String>,
+    /// Immediately: give up after this long of continuous connection failure (e.g. 10m).
+    #[arg(long, value_name = "DURATION")]
+    retry_connection_limit: Option<String>,
+    /// Immediately: give up after this long of continuous other failure.
+    #[arg(long, value_name = "DURATION")]
+    retry_other_limit: Option<String>,
+    /// Scheduled: daily window for retrying connection failures, e.g. 01:00-05:00.
+    #[arg(long, value_name = "HH:MM-HH:MM")]
+    retry_connection_window: Option<String>,
+    /// Scheduled: daily window for retrying other failures.
+    #[arg(long, value_name = "HH:MM-HH:MM")]
+    retry_other_window: Option<String>,
+    /// Scheduled: IANA time zone of the windows (default: the system's).
+    #[arg(long)]
+    retry_time_zone: Option<String>,
     /// Progress display.
     #[arg(long, value_enum, default_value_t = ProgressMode::Auto)]
     progress: ProgressMode,
@@ -138,13 +169,27 @@ async fn sync(args: SyncArgs) -> anyhow::Result<()> {
         None => FileConfig::default(),
     };
     let job = file.merge(FileConfig {
+        name: args.name,
         source: args.source,
         target: args.target,
         mode: args.mode,
         overwrite: args.overwrite.then_some(true),
+        checkpoint: args.checkpoint.map(|c| c == "on"),
+        rate_limit_mb: args.rate_limit,
+        source_timeout: args.source_timeout,
+        retry: RetryConfig {
+            policy: args.retry,
+            connection_limit: args.retry_connection_limit,
+            other_limit: args.retry_other_limit,
+            connection_window: args.retry_connection_window,
+            other_window: args.retry_other_window,
+            time_zone: args.retry_time_zone,
+        },
     })?;
-    info!(source = %job.source, target = %job.target, mode = %job.mode, "starting sync");
-    let stats = Arc::new(ShardStats::default());
+    info!(name = %job.name, source = %job.source, target = %job.target, mode = %job.mode,
+          checkpoint = job.checkpoint, "starting sync");
+    let status = JobStatus::new();
+    let stats = status.stats.clone();
     let cancel = CancellationToken::new();
     stop_on_signals(cancel.clone());
     let tty = match args.progress {
@@ -154,7 +199,7 @@ async fn sync(args: SyncArgs) -> anyhow::Result<()> {
     };
     let display = progress::spawn(stats.clone(), tty, cancel.child_token());
     let started = Instant::now();
-    let outcome = ferry_sync::run(job, stats.clone(), cancel.clone())
+    let outcome = ferry_sync::run(job, status.clone(), cancel.clone())
         .await
         .context("sync failed");
     display.finish().await;

@@ -12,8 +12,72 @@ use ferry_testkit::{assert_same_data, populate_every_type, wait_same_data, Serve
 
 const LONG: Duration = Duration::from_secs(60);
 
+/// Fail at the first error instead of retrying (the default retries forever).
+const NO_RETRY: [&str; 4] = [
+    "--retry-connection-limit",
+    "0s",
+    "--retry-other-limit",
+    "0s",
+];
+
+fn full_no_retry() -> Vec<&'static str> {
+    let mut a = vec!["--mode", "full"];
+    a.extend_from_slice(&NO_RETRY);
+    a
+}
+
 const LIBRARY: &str =
     "#!lua name=ferrylib\nredis.register_function('ferry_one', function() return 1 end)";
+
+/// The target holds exactly the source's data plus ferry's checkpoint, which records the
+/// source's current offset: removing the checkpoint leaves identical `DEBUG DIGEST`s.
+fn assert_exact_copy_with_checkpoint(source: &Server, target: &Server) {
+    let key = format!("ferry:checkpoint:{}:0", source.addr());
+    target.cmd(&["SELECT", "0"]);
+    let ckpt = target.cmd(&["GET", &key]).as_str();
+    let mut parts = ckpt.split(' ');
+    assert_eq!(parts.next(), Some("stream"), "checkpoint {ckpt:?}");
+    let replid = parts.next().unwrap_or_default().to_string();
+    let offset: u64 = parts.next().and_then(|o| o.parse().ok()).expect("offset");
+    let repl = source.info("replication");
+    assert_eq!(
+        repl.get("master_replid"),
+        Some(&replid),
+        "checkpoint {ckpt:?}"
+    );
+    let source_offset: u64 = repl["master_repl_offset"].parse().unwrap();
+    assert!(
+        offset <= source_offset,
+        "checkpoint {offset} past the source's {source_offset}"
+    );
+    target.cmd(&["DEL", &key]);
+    assert_eq!(source.digest(), target.digest());
+}
+
+/// Waits until ferry's checkpoint on the target names the source's current offset: every
+/// write made so far is applied (the checkpoint is written with the data it covers).
+fn wait_caught_up(source: &Server, target: &Server, timeout: Duration) {
+    let key = format!("ferry:checkpoint:{}:0", source.addr());
+    let mut last = String::new();
+    let deadline = std::time::Instant::now() + timeout;
+    loop {
+        let source_offset = source.info("replication")["master_repl_offset"].clone();
+        let mut c = target.client();
+        c.cmd_str(&["SELECT", "0"]);
+        let ckpt = c.cmd(&[b"GET", key.as_bytes()]).expect("GET checkpoint");
+        if !ckpt.is_nil() {
+            last = ckpt.as_str();
+            if last.starts_with("stream ") && last.ends_with(&format!(" {source_offset}")) {
+                return;
+            }
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "not caught up after {timeout:?}: source offset {source_offset}, checkpoint {last:?}"
+        );
+        thread::sleep(Duration::from_millis(20));
+    }
+}
 
 fn function_list(s: &Server) -> String {
     format!("{:?}", s.cmd(&["FUNCTION", "LIST", "WITHCODE"]))
@@ -32,9 +96,9 @@ fn full_copy(diskless: bool) {
         "{}",
         ferry.output()
     );
-    assert_eq!(source.digest(), target.digest(), "{}", ferry.output());
     assert_same_data(&source, &target);
     assert_eq!(function_list(&source), function_list(&target));
+    assert_exact_copy_with_checkpoint(&source, &target);
     // Full mode leaves the source without a lingering replica.
     wait_until(
         "source to drop ferry's link",
@@ -97,7 +161,7 @@ fn full_then_incremental(diskless: bool) {
     let target = Server::start();
     populate_every_type(&source, 2);
     // Enough data that writes land while the snapshot is being made and sent.
-    source.cmd(&["DEBUG", "POPULATE", "200000", "bulk", "64"]);
+    source.cmd(&["DEBUG", "POPULATE", "100000", "bulk", "64"]);
     let stop = Arc::new(AtomicBool::new(false));
     let writer = churn(&source, stop.clone());
     let mut ferry = Ferry::sync(&source.url(), &target.url(), &[]);
@@ -107,12 +171,13 @@ fn full_then_incremental(diskless: bool) {
     let rounds = writer.join().expect("writer");
     assert!(rounds > 10, "the writer ran only {rounds} rounds");
     source.cmd(&["SET", "after:snapshot", "1"]);
-    wait_same_data(&source, &target, LONG);
-    assert_eq!(source.digest(), target.digest());
+    wait_caught_up(&source, &target, LONG);
+    assert_same_data(&source, &target);
     assert!(ferry.is_running(), "{}", ferry.output());
     let status = ferry.signal("INT");
     assert!(status.success(), "{}", ferry.output());
     assert!(ferry.output().contains("stopped:"), "{}", ferry.output());
+    assert_exact_copy_with_checkpoint(&source, &target);
 }
 
 #[test]
@@ -158,7 +223,7 @@ fn wrong_password_is_a_clear_error() {
     let source = Server::builder().password("right").start();
     let target = Server::start();
     let url = format!("redis://:wrong@{}", source.addr());
-    let mut ferry = Ferry::sync(&url, &target.url(), &["--mode", "full"]);
+    let mut ferry = Ferry::sync(&url, &target.url(), &full_no_retry());
     let status = ferry.wait(LONG);
     assert!(!status.success());
     let out = ferry.output();
@@ -172,7 +237,7 @@ fn psync_renamed_is_a_clear_error() {
         .arg_values("rename-command", &["PSYNC", ""])
         .start();
     let target = Server::start();
-    let mut ferry = Ferry::sync(&source.url(), &target.url(), &["--mode", "full"]);
+    let mut ferry = Ferry::sync(&source.url(), &target.url(), &full_no_retry());
     assert!(!ferry.wait(LONG).success());
     let out = ferry.output();
     assert!(out.contains("refused replication (PSYNC)"), "{out}");
@@ -194,7 +259,7 @@ fn replica_without_master_link_is_a_clear_error() {
             == Some("down")
     });
     let target = Server::start();
-    let mut ferry = Ferry::sync(&source.url(), &target.url(), &["--mode", "full"]);
+    let mut ferry = Ferry::sync(&source.url(), &target.url(), &full_no_retry());
     assert!(!ferry.wait(LONG).success());
     let out = ferry.output();
     assert!(out.contains("NOMASTERLINK"), "{out}");
@@ -205,7 +270,7 @@ fn unreachable_target_names_the_node() {
     let source = Server::start();
     let port = ferry_testkit::free_port();
     let url = format!("redis://127.0.0.1:{port}");
-    let mut ferry = Ferry::sync(&source.url(), &url, &["--mode", "full"]);
+    let mut ferry = Ferry::sync(&source.url(), &url, &full_no_retry());
     assert!(!ferry.wait(LONG).success());
     let out = ferry.output();
     assert!(

@@ -26,6 +26,8 @@ pub enum SourceError {
     },
     #[error("{addr}: replication protocol: {message}")]
     Protocol { addr: String, message: String },
+    #[error("{addr}: the source no longer holds its stream from offset {offset} (backlog too small or restarted) and offers only a new snapshot, which incremental mode does not apply; run full+incremental to copy it")]
+    BacklogGone { addr: String, offset: u64 },
     #[error("the pipeline behind the reader of {addr} stopped")]
     Downstream { addr: String },
 }

@@ -5,10 +5,12 @@
 pub mod error;
 pub mod event;
 pub mod pipe;
+pub mod ratelimit;
 pub mod replica;
 pub mod stats;
 
 pub use error::SourceError;
 pub use event::Event;
+pub use ratelimit::RateLimiter;
 pub use replica::{replicate, ReplicaOptions};
 pub use stats::{Phase, ShardStats};

@@ -24,6 +24,7 @@ use tracing::{debug, info, warn};
 use crate::error::SourceError;
 use crate::event::Event;
 use crate::pipe::ChannelReader;
+use crate::ratelimit::RateLimiter;
 use crate::stats::{Phase, ShardStats};
 
 /// What to ask the source for.
@@ -43,6 +44,14 @@ pub struct ReplicaOptions {
     pub ack_interval: Duration,
     /// How many 64 KiB chunks of RDB may wait for the parser.
     pub rdb_queue_chunks: usize,
+    /// A source that sends nothing for this long is taken as gone (Redis's own
+    /// `repl-timeout` default is 60 s; the source PINGs every 10 s).
+    pub read_timeout: Duration,
+    /// The job's byte rate limit on what is read from its sources, shared by all shards.
+    pub rate_limit: Option<Arc<RateLimiter>>,
+    /// Resuming in incremental mode: a source that can only offer a new snapshot is an
+    /// error (applying none of it would lose writes).
+    pub refuse_full_resync: bool,
 }
 
 impl ReplicaOptions {
@@ -55,6 +64,9 @@ impl ReplicaOptions {
             stop_after_snapshot: false,
             ack_interval: Duration::from_secs(1),
             rdb_queue_chunks: 64,
+            read_timeout: Duration::from_secs(60),
+            rate_limit: None,
+            refuse_full_resync: false,
         }
     }
 }
@@ -116,7 +128,14 @@ async fn replicate_inner(
     stats.set_phase(Phase::WaitingForSnapshot);
     let reply = read_psync_reply(&mut conn).await?;
     let (stream, mut buf, _) = conn.into_parts();
-    let (mut rd, wr) = stream.into_split();
+    let (rd, wr) = stream.into_split();
+    let mut link = Link {
+        rd,
+        addr: addr.clone(),
+        stats: stats.clone(),
+        timeout: opts.read_timeout,
+        limiter: opts.rate_limit.clone(),
+    };
 
     let ack_now = Arc::new(Notify::new());
     let awaiting_stream = Arc::new(AtomicBool::new(false));
@@ -132,11 +151,17 @@ async fn replicate_inner(
 
     let offset = match reply {
         PsyncReply::FullResync { replid, offset } => {
+            if opts.refuse_full_resync {
+                return Err(SourceError::BacklogGone {
+                    addr,
+                    offset: opts.resume.as_ref().map(|r| r.1).unwrap_or(0),
+                });
+            }
             info!(source = %addr, %replid, offset, "full resync");
             *stats.replid.lock().unwrap_or_else(|e| e.into_inner()) = replid.clone();
             stats.read_offset.store(offset, Relaxed);
             stats.applied_offset.store(offset, Relaxed);
-            let transfer = read_rdb_header(&mut rd, &mut buf, &addr, &stats, &cancel).await?;
+            let transfer = read_rdb_header(&mut link, &mut buf, &cancel).await?;
             let rdb_size = match &transfer {
                 RdbTransfer::Length(n) => Some(*n),
                 RdbTransfer::Eof(_) => None,
@@ -154,7 +179,7 @@ async fn replicate_inner(
             )
             .await?;
             stats.set_phase(Phase::Snapshot);
-            buf = transfer_rdb(&mut rd, buf, transfer, &opts, &tx, &stats, &cancel).await?;
+            buf = transfer_rdb(&mut link, buf, transfer, &opts, &tx, &cancel).await?;
             // A diskless source starts the command stream on the first ACK it gets after it
             // has seen the transfer end; ACK quickly until the stream begins.
             awaiting_stream.store(buf.is_empty(), Relaxed);
@@ -189,10 +214,7 @@ async fn replicate_inner(
     };
     stats.set_phase(Phase::Incremental);
     let streaming = StreamStarted(&awaiting_stream);
-    command_stream(
-        &mut rd, buf, offset, &tx, &stats, &ack_now, streaming, &addr, &cancel,
-    )
-    .await
+    command_stream(&mut link, buf, offset, &tx, &ack_now, streaming, &cancel).await
 }
 
 /// Clears the "waiting for the stream" flag once the first stream bytes arrive.
@@ -342,41 +364,60 @@ fn parse_psync_reply(frame: &Frame, addr: &str) -> Result<PsyncReply, SourceErro
     }
 }
 
-async fn read_more(
-    rd: &mut OwnedReadHalf,
-    buf: &mut BytesMut,
-    addr: &str,
-    stats: &ShardStats,
-    context: &str,
-) -> Result<usize, SourceError> {
-    buf.reserve(64 * 1024);
-    let n = rd
-        .read_buf(buf)
-        .await
-        .map_err(|source| ferry_resp::Error::Io {
-            addr: addr.to_string(),
-            source,
-        })?;
-    if n == 0 {
-        return Err(ferry_resp::Error::Closed {
-            addr: addr.to_string(),
-            context: Some(context.to_string()),
+/// The read side of the link to the source, with what every read must respect: the
+/// timeout after which a silent source counts as gone (it PINGs every 10 s by default, and
+/// sends newlines while it forks), and the job's shared rate limit.
+struct Link {
+    rd: OwnedReadHalf,
+    addr: String,
+    stats: Arc<ShardStats>,
+    timeout: Duration,
+    limiter: Option<Arc<RateLimiter>>,
+}
+
+impl Link {
+    async fn read_more(&mut self, buf: &mut BytesMut, context: &str) -> Result<usize, SourceError> {
+        buf.reserve(64 * 1024);
+        let n = match tokio::time::timeout(self.timeout, self.rd.read_buf(buf)).await {
+            Ok(r) => r.map_err(|source| ferry_resp::Error::Io {
+                addr: self.addr.clone(),
+                source,
+            })?,
+            Err(_) => {
+                return Err(ferry_resp::Error::Timeout {
+                    addr: self.addr.clone(),
+                    what: format!(
+                        "{context}: nothing received for {} s",
+                        self.timeout.as_secs()
+                    ),
+                }
+                .into())
+            }
+        };
+        if n == 0 {
+            return Err(ferry_resp::Error::Closed {
+                addr: self.addr.clone(),
+                context: Some(context.to_string()),
+            }
+            .into());
         }
-        .into());
+        self.stats.bytes_read.fetch_add(n as u64, Relaxed);
+        if let Some(l) = &self.limiter {
+            l.consume(n as u64).await;
+        }
+        Ok(n)
     }
-    stats.bytes_read.fetch_add(n as u64, Relaxed);
-    Ok(n)
 }
 
 /// Reads `$<len>\r\n` or `$EOF:<40 bytes>\r\n`, skipping keep-alive newlines the master
 /// sends while it forks and saves.
 async fn read_rdb_header(
-    rd: &mut OwnedReadHalf,
+    link: &mut Link,
     buf: &mut BytesMut,
-    addr: &str,
-    stats: &ShardStats,
     cancel: &CancellationToken,
 ) -> Result<RdbTransfer, SourceError> {
+    let addr = link.addr.clone();
+    let addr = addr.as_str();
     loop {
         skip_newlines(buf);
         if let Some(pos) = buf.windows(2).position(|w| w == b"\r\n") {
@@ -397,7 +438,7 @@ async fn read_rdb_header(
             });
         }
         tokio::select! {
-            r = read_more(rd, buf, addr, stats, "while waiting for the snapshot") => { r?; }
+            r = link.read_more(buf, "while waiting for the snapshot") => { r?; }
             _ = cancel.cancelled() => return Err(SourceError::Downstream { addr: addr.to_string() }),
         }
     }
@@ -418,14 +459,14 @@ fn parse_rdb_header(line: &[u8]) -> Option<RdbTransfer> {
 /// Streams the RDB to a parser thread and returns the bytes read past its end (the start
 /// of the command stream).
 async fn transfer_rdb(
-    rd: &mut OwnedReadHalf,
+    link: &mut Link,
     mut buf: BytesMut,
     transfer: RdbTransfer,
     opts: &ReplicaOptions,
     tx: &mpsc::Sender<Event>,
-    stats: &Arc<ShardStats>,
     cancel: &CancellationToken,
 ) -> Result<BytesMut, SourceError> {
+    let stats = &link.stats.clone();
     let addr = opts.endpoint.addr();
     let (chunk_tx, chunk_rx) = mpsc::channel::<Bytes>(opts.rdb_queue_chunks.max(1));
     let parse = {
@@ -478,7 +519,7 @@ async fn transfer_rdb(
             }
         }
         tokio::select! {
-            r = read_more(rd, &mut buf, &addr, stats, "during the snapshot transfer") => { r?; }
+            r = link.read_more(&mut buf, "during the snapshot transfer") => { r?; }
             r = parse.wait() => break r,
             _ = cancel.cancelled() => return Err(SourceError::Downstream { addr }),
         }
@@ -499,7 +540,8 @@ async fn transfer_rdb(
             let mut skip = remaining.unwrap_or(0);
             while skip > 0 {
                 if buf.is_empty() {
-                    read_more(rd, &mut buf, &addr, stats, "during the snapshot transfer").await?;
+                    link.read_more(&mut buf, "during the snapshot transfer")
+                        .await?;
                 }
                 let k = (skip.min(buf.len() as u64)) as usize;
                 buf.advance(k);
@@ -510,7 +552,8 @@ async fn transfer_rdb(
         RdbTransfer::Eof(mark) => {
             tail.extend_from_slice(&buf);
             while tail.len() < mark.len() {
-                read_more(rd, &mut tail, &addr, stats, "reading the RDB end mark").await?;
+                link.read_more(&mut tail, "reading the RDB end mark")
+                    .await?;
             }
             if tail[..mark.len()] != mark {
                 return Err(SourceError::Protocol {
@@ -627,16 +670,17 @@ fn parse_rdb(
 
 #[allow(clippy::too_many_arguments)]
 async fn command_stream(
-    rd: &mut OwnedReadHalf,
+    link: &mut Link,
     mut buf: BytesMut,
     mut offset: u64,
     tx: &mpsc::Sender<Event>,
-    stats: &ShardStats,
     ack_now: &Notify,
     streaming: StreamStarted<'_>,
-    addr: &str,
     cancel: &CancellationToken,
 ) -> Result<(), SourceError> {
+    let stats = link.stats.clone();
+    let addr = link.addr.clone();
+    let addr = addr.as_str();
     let mut db: u32 = 0;
     loop {
         if !buf.is_empty() {
@@ -710,7 +754,7 @@ async fn command_stream(
         }
         stats.mark_read(offset);
         tokio::select! {
-            r = read_more(rd, &mut buf, addr, stats, "during the command stream") => { r?; }
+            r = link.read_more(&mut buf, "during the command stream") => { r?; }
             _ = cancel.cancelled() => return Ok(()),
         }
     }

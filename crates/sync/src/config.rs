@@ -3,8 +3,12 @@
 use std::fmt;
 use std::str::FromStr;
 
+use std::time::Duration;
+
 use ferry_resp::Endpoint;
 use serde::Deserialize;
+
+use crate::retry::{RetryPolicy, Window};
 
 /// What to copy.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -47,21 +51,124 @@ impl fmt::Display for Mode {
 /// One sync job.
 #[derive(Debug, Clone)]
 pub struct JobConfig {
+    /// Names the job's checkpoint on the target; a re-run with the same name resumes.
+    pub name: String,
     pub source: Endpoint,
     pub target: Endpoint,
     pub mode: Mode,
     /// Replace keys and function libraries that already exist on the target.
     pub overwrite: bool,
+    /// Keep a checkpoint in the target, in the same transaction as the data, so that any
+    /// restart resumes exactly (off: faster, but a failure means a new snapshot).
+    pub checkpoint: bool,
+    pub retry: RetryPolicy,
+    /// Limit on bytes read from the source, in bytes per second.
+    pub rate_limit: Option<f64>,
+    /// A source silent for this long is taken as gone.
+    pub source_timeout: Duration,
+}
+
+/// Retry settings as written in TOML or given as flags.
+#[derive(Debug, Default, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RetryConfig {
+    /// "immediately" (default) or "scheduled".
+    pub policy: Option<String>,
+    /// Immediately: give up after this long of continuous connection failure ("10m").
+    pub connection_limit: Option<String>,
+    /// Immediately: give up after this long of continuous other failure.
+    pub other_limit: Option<String>,
+    /// Scheduled: daily window for retrying connection failures ("01:00-05:00").
+    pub connection_window: Option<String>,
+    /// Scheduled: daily window for retrying other failures.
+    pub other_window: Option<String>,
+    /// Scheduled: IANA time zone of the windows (default: the system's).
+    pub time_zone: Option<String>,
+}
+
+impl RetryConfig {
+    fn or(self, base: RetryConfig) -> RetryConfig {
+        RetryConfig {
+            policy: self.policy.or(base.policy),
+            connection_limit: self.connection_limit.or(base.connection_limit),
+            other_limit: self.other_limit.or(base.other_limit),
+            connection_window: self.connection_window.or(base.connection_window),
+            other_window: self.other_window.or(base.other_window),
+            time_zone: self.time_zone.or(base.time_zone),
+        }
+    }
+
+    pub fn resolve(self) -> Result<RetryPolicy, ConfigError> {
+        let invalid = |m: String| ConfigError::Invalid(m);
+        let dur = |what: &str, v: Option<String>| -> Result<Option<Duration>, ConfigError> {
+            v.map(|v| {
+                humantime::parse_duration(&v)
+                    .map_err(|e| ConfigError::Invalid(format!("retry {what} {v:?}: {e}")))
+            })
+            .transpose()
+        };
+        match self.policy.as_deref().unwrap_or("immediately") {
+            "immediately" => {
+                if self.connection_window.is_some() || self.other_window.is_some() {
+                    return Err(invalid(
+                        "retry windows apply to the scheduled policy; set policy = \"scheduled\""
+                            .into(),
+                    ));
+                }
+                Ok(RetryPolicy::Immediately {
+                    connection_limit: dur("connection limit", self.connection_limit)?,
+                    other_limit: dur("other limit", self.other_limit)?,
+                })
+            }
+            "scheduled" => {
+                if self.connection_limit.is_some() || self.other_limit.is_some() {
+                    return Err(invalid(
+                        "retry limits apply to the immediately policy; the scheduled policy retries inside its windows".into(),
+                    ));
+                }
+                let window = |what: &str, v: Option<String>| -> Result<Window, ConfigError> {
+                    let v = v.ok_or_else(|| {
+                        invalid(format!(
+                            "the scheduled retry policy needs a {what} window (HH:MM-HH:MM)"
+                        ))
+                    })?;
+                    v.parse()
+                        .map_err(|e: String| invalid(format!("retry {what} window: {e}")))
+                };
+                let time_zone = match self.time_zone {
+                    Some(tz) => jiff::tz::TimeZone::get(&tz)
+                        .map_err(|e| invalid(format!("retry time zone {tz:?}: {e}")))?,
+                    None => jiff::tz::TimeZone::system(),
+                };
+                Ok(RetryPolicy::Scheduled {
+                    connection_window: window("connection", self.connection_window)?,
+                    other_window: window("other", self.other_window)?,
+                    time_zone,
+                })
+            }
+            other => Err(invalid(format!(
+                "unknown retry policy {other:?}: use immediately or scheduled"
+            ))),
+        }
+    }
 }
 
 /// The TOML form; every field optional so the command line can fill in or override.
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct FileConfig {
+    pub name: Option<String>,
     pub source: Option<String>,
     pub target: Option<String>,
     pub mode: Option<String>,
     pub overwrite: Option<bool>,
+    pub checkpoint: Option<bool>,
+    /// MB/s read from the source.
+    pub rate_limit_mb: Option<f64>,
+    /// e.g. "60s".
+    pub source_timeout: Option<String>,
+    #[serde(default)]
+    pub retry: RetryConfig,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -100,11 +207,37 @@ impl FileConfig {
             s.parse::<Endpoint>()
                 .map_err(|e| ConfigError::Invalid(format!("{what}: {e}")))
         };
+        let source = parse("source", &source)?;
+        let rate_limit = match over.rate_limit_mb.or(self.rate_limit_mb) {
+            Some(mb) if mb > 0.0 && mb.is_finite() => Some(mb * 1e6),
+            Some(mb) => {
+                return Err(ConfigError::Invalid(format!(
+                    "rate limit must be a positive number of MB/s, got {mb}"
+                )))
+            }
+            None => None,
+        };
+        let source_timeout = match over.source_timeout.or(self.source_timeout) {
+            Some(t) => humantime::parse_duration(&t)
+                .map_err(|e| ConfigError::Invalid(format!("source timeout {t:?}: {e}")))?,
+            None => Duration::from_secs(60),
+        };
+        let name = over.name.or(self.name).unwrap_or_else(|| source.addr());
+        if name.is_empty() || name.chars().any(|c| c.is_whitespace() || c.is_control()) {
+            return Err(ConfigError::Invalid(format!(
+                "job name {name:?} must be non-empty, without spaces"
+            )));
+        }
         Ok(JobConfig {
-            source: parse("source", &source)?,
+            name,
             target: parse("target", &target)?,
+            source,
             mode,
             overwrite: over.overwrite.or(self.overwrite).unwrap_or(false),
+            checkpoint: over.checkpoint.or(self.checkpoint).unwrap_or(true),
+            retry: over.retry.or(self.retry).resolve()?,
+            rate_limit,
+            source_timeout,
         })
     }
 }
@@ -129,6 +262,24 @@ mod tests {
         assert_eq!(job.source.password.as_deref(), Some("it's"));
         assert_eq!(job.target.port, 2);
         assert!(!job.overwrite);
+        assert!(job.checkpoint);
+        assert_eq!(job.name, "127.0.0.1:1");
+        let bad: FileConfig = toml::from_str(
+            "source = \"a:1\"\ntarget = \"b:2\"\n[retry]\npolicy = \"scheduled\"\nconnection_window = \"01:00-02:00\"\n",
+        )
+        .unwrap();
+        let err = bad.merge(FileConfig::default()).unwrap_err().to_string();
+        assert!(err.contains("other window"), "{err}");
+        let good: FileConfig = toml::from_str(
+            "source = \"a:1\"\ntarget = \"b:2\"\nrate_limit_mb = 5\n[retry]\nconnection_limit = \"10m\"\n",
+        )
+        .unwrap();
+        let job = good.merge(FileConfig::default()).unwrap();
+        assert_eq!(job.rate_limit, Some(5e6));
+        assert!(matches!(
+            job.retry,
+            RetryPolicy::Immediately { connection_limit: Some(d), other_limit: None } if d.as_secs() == 600
+        ));
         assert!(FileConfig::default().merge(FileConfig::default()).is_err());
         assert!(toml::from_str::<FileConfig>("sorce = 1").is_err());
         assert_eq!(

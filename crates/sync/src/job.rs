@@ -1,15 +1,23 @@
-//! One sync job: a reader and a writer joined by a bounded channel of events.
+//! One sync job: a reader and a writer joined by a bounded channel of events, run again
+//! after each failure as its retry policy says, resuming from the checkpoint kept in the
+//! target.
 
+use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
+use std::time::Duration;
 
 use ferry_resp::Connection;
-use ferry_source::{Phase, ReplicaOptions, ShardStats, SourceError};
+use ferry_source::{Phase, RateLimiter, ReplicaOptions, ShardStats, SourceError};
+use ferry_target::checkpoint::{self, Checkpoint};
 use ferry_target::{TargetError, WriterOptions};
+use jiff::Timestamp;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
-use tracing::info;
+use tracing::{info, warn};
 
 use crate::config::{JobConfig, Mode};
+use crate::retry::{Decision, FailureKind, RetryState};
+use crate::status::{JobState, JobStatus};
 
 /// Events waiting between the reader and the writer: the bound is the backpressure that
 /// stops the reader (and so the socket) when the target is slower.
@@ -21,6 +29,8 @@ pub enum JobError {
     Source(SourceError),
     #[error("target: {0}")]
     Target(TargetError),
+    #[error("{reason}; last error: {last}")]
+    GaveUp { reason: String, last: Box<JobError> },
 }
 
 impl From<SourceError> for JobError {
@@ -42,7 +52,18 @@ impl JobError {
         match self {
             JobError::Source(e) => e.is_connection(),
             JobError::Target(e) => e.is_connection(),
+            JobError::GaveUp { last, .. } => last.is_connection(),
         }
+    }
+
+    /// Errors that no retry can mend: the user must change something first.
+    pub fn is_permanent(&self) -> bool {
+        matches!(
+            self,
+            JobError::Target(TargetError::KeyExists { .. } | TargetError::Incompatible { .. })
+                | JobError::Source(SourceError::BacklogGone { .. })
+                | JobError::GaveUp { .. }
+        )
     }
 }
 
@@ -55,17 +76,135 @@ pub struct JobOutcome {
     pub completed: bool,
 }
 
-/// Runs the job until it completes (full mode), fails, or `cancel` fires (a clean stop:
-/// everything already sent to the target is answered first).
+/// Runs the job until it completes (full mode), fails for good, or `cancel` fires (a clean
+/// stop: everything already sent to the target is answered first). Failures are retried
+/// as `config.retry` says; each attempt resumes from the target's checkpoint.
 pub async fn run(
     config: JobConfig,
-    stats: Arc<ShardStats>,
+    status: Arc<JobStatus>,
     cancel: CancellationToken,
 ) -> Result<JobOutcome, JobError> {
+    let mut retry = RetryState::new(config.retry.clone());
+    let limiter = config.rate_limit.map(|r| Arc::new(RateLimiter::new(r)));
+    let stats = status.stats.clone();
+    let mut total = JobOutcome {
+        keys: 0,
+        commands: 0,
+        completed: false,
+    };
+    let mut applied_before = false;
+    loop {
+        let progress_mark = (
+            stats.records_applied.load(Relaxed),
+            stats.applied_offset.load(Relaxed),
+        );
+        status.set_running();
+        let result = attempt(&config, &stats, limiter.clone(), applied_before, &cancel).await;
+        let progressed = (
+            stats.records_applied.load(Relaxed),
+            stats.applied_offset.load(Relaxed),
+        ) != progress_mark;
+        if progressed || stats.records_applied.load(Relaxed) > 0 {
+            applied_before = true;
+        }
+        match result {
+            Ok(outcome) => {
+                total.keys += outcome.keys;
+                total.commands += outcome.commands;
+                total.completed = outcome.completed;
+                let state = if outcome.completed {
+                    JobState::Completed
+                } else {
+                    JobState::Stopped
+                };
+                status.finish(state, None);
+                return Ok(total);
+            }
+            Err(e) if cancel.is_cancelled() => {
+                warn!(error = %e, "error while stopping");
+                status.finish(JobState::Stopped, None);
+                return Ok(total);
+            }
+            Err(e) => {
+                if progressed {
+                    retry.on_progress();
+                }
+                if e.is_permanent() {
+                    status.finish(JobState::Failed, Some(e.to_string()));
+                    return Err(e);
+                }
+                let kind = if e.is_connection() {
+                    FailureKind::Connection
+                } else {
+                    FailureKind::Other
+                };
+                match retry.on_failure(kind, Timestamp::now()) {
+                    Decision::GiveUp(reason) => {
+                        let e = JobError::GaveUp {
+                            reason,
+                            last: Box::new(e),
+                        };
+                        status.finish(JobState::Failed, Some(e.to_string()));
+                        return Err(e);
+                    }
+                    Decision::RetryAt(at) => {
+                        let attempts = retry.attempts();
+                        warn!(error = %e, attempt = attempts, next_attempt = %at, "{kind}; retrying");
+                        status.set_retrying(&e.to_string(), attempts, at);
+                        let wait = at
+                            .duration_since(Timestamp::now())
+                            .try_into()
+                            .unwrap_or(Duration::ZERO);
+                        if wait > Duration::from_secs(5) {
+                            info!(until = %at, "waiting for the retry window");
+                        }
+                        tokio::select! {
+                            _ = tokio::time::sleep(wait) => {}
+                            _ = cancel.cancelled() => {
+                                status.finish(JobState::Stopped, None);
+                                return Ok(total);
+                            }
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// One connection of reader and writer, from the checkpoint (or a new snapshot) until
+/// the end, a stop, or the first failure.
+async fn attempt(
+    config: &JobConfig,
+    stats: &Arc<ShardStats>,
+    limiter: Option<Arc<RateLimiter>>,
+    applied_before: bool,
+    cancel: &CancellationToken,
+) -> Result<JobOutcome, JobError> {
+    stats.set_phase(Phase::Connecting);
+    let ckpt_key = config
+        .checkpoint
+        .then(|| checkpoint::key(&config.name, "0"));
+    let saved = match &ckpt_key {
+        Some(k) => checkpoint::load(&config.target, k).await?,
+        None => None,
+    };
     let mut ropts = ReplicaOptions::new(config.source.clone());
-    match config.mode {
-        Mode::Full => ropts.stop_after_snapshot = true,
-        Mode::Incremental => {
+    ropts.rate_limit = limiter;
+    ropts.read_timeout = config.source_timeout;
+    // Whatever this job applied before (a checkpoint says so, or an earlier attempt) must
+    // not outlive a new snapshot: the target is flushed before one.
+    let mut flush = saved.is_some() || applied_before;
+    match (config.mode, &saved) {
+        (Mode::Full, _) => ropts.stop_after_snapshot = true,
+        (_, Some(Checkpoint::Stream { replid, offset })) => {
+            info!(%replid, offset, "resuming from the checkpoint");
+            ropts.resume = Some((replid.clone(), *offset));
+            if config.mode == Mode::Incremental {
+                ropts.refuse_full_resync = true;
+            }
+        }
+        (Mode::Incremental, _) => {
             // Start from the source's current offset: PSYNC at it gives +CONTINUE when the
             // source has a backlog; otherwise the snapshot it sends is read and dropped.
             let mut conn = Connection::connect(&config.source)
@@ -80,14 +219,18 @@ pub async fn run(
                 ropts.resume = Some((id.to_string(), off));
             }
             ropts.skip_snapshot = true;
+            flush = false;
         }
-        Mode::FullIncremental => {}
+        (Mode::FullIncremental, _) => {}
     }
     let mut wopts = WriterOptions::new(config.target.clone());
     wopts.overwrite = config.overwrite;
+    wopts.checkpoint_key = ckpt_key;
+    wopts.flush_before_snapshot = flush;
 
     let (tx, rx) = mpsc::channel(EVENT_QUEUE);
-    // The writer stops on its own token so that a reader failure lets it drain first.
+    // Reader and writer stop on their own tokens so that a reader failure lets the writer
+    // drain first.
     let writer_cancel = cancel.child_token();
     let reader_cancel = cancel.child_token();
     let mut writer = tokio::spawn(ferry_target::write(

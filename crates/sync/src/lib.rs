@@ -1,9 +1,14 @@
-//! One sync job: configuration, the reader → writer pipeline, and its outcome. Knows
-//! nothing about terminals or HTTP: the CLI and the service drive it through [`job::run`].
+//! One sync job: configuration, the reader → writer pipeline, retries and resume, and the
+//! status a user watches. Knows nothing about terminals or HTTP: the CLI and the service
+//! drive it through [`job::run`] and read [`JobStatus`].
 
 pub mod config;
 pub mod job;
+pub mod retry;
+pub mod status;
 
-pub use config::{FileConfig, JobConfig, Mode};
+pub use config::{FileConfig, JobConfig, Mode, RetryConfig};
 pub use ferry_source::{Phase, ShardStats};
 pub use job::{run, JobError, JobOutcome};
+pub use retry::{RetryPolicy, Window};
+pub use status::{JobState, JobStatus, StatusView};

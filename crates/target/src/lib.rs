@@ -1,10 +1,12 @@
 //! Targets: where events are applied. Today a standalone Redis or Valkey node, written
 //! through one pipelined connection ([`writer::write`]).
 
+pub mod checkpoint;
 pub mod error;
 pub mod version;
 pub mod writer;
 
+pub use checkpoint::Checkpoint;
 pub use error::TargetError;
 pub use version::ServerVersion;
 pub use writer::{write, WriteSummary, WriterOptions};

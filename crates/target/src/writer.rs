@@ -17,6 +17,7 @@ use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info};
 
+use crate::checkpoint::is_checkpoint_key;
 use crate::error::TargetError;
 use crate::version::ServerVersion;
 
@@ -30,6 +31,12 @@ pub struct WriterOptions {
     pub batch_bytes: usize,
     /// Batches written but not yet answered.
     pub max_batches_in_flight: usize,
+    /// The checkpoint key: when set, every batch of stream commands is wrapped in
+    /// `MULTI … SET <key> <checkpoint> EXEC`.
+    pub checkpoint_key: Option<Bytes>,
+    /// Flush the target before applying a snapshot: set when the job has applied data
+    /// before (a checkpoint existed), so a new snapshot must not leave stale keys behind.
+    pub flush_before_snapshot: bool,
 }
 
 impl WriterOptions {
@@ -39,6 +46,8 @@ impl WriterOptions {
             overwrite: false,
             batch_bytes: 256 * 1024,
             max_batches_in_flight: 32,
+            checkpoint_key: None,
+            flush_before_snapshot: false,
         }
     }
 }
@@ -71,6 +80,12 @@ enum Expect {
     },
     FunctionLoad,
     ScriptLoad,
+    /// The `EXEC` closing one of ferry's own transactions: one reply per queued command
+    /// (`names`, with `true` for the source's commands that count as records).
+    Exec {
+        names: Vec<(Bytes, bool)>,
+        offset: Option<u64>,
+    },
 }
 
 /// Turns events into RESP in a reused buffer, tracking the connection's database and
@@ -79,9 +94,21 @@ struct Encoder {
     buf: BytesMut,
     expects: Vec<Expect>,
     db: Option<u32>,
+    /// A MULTI is open on the connection (ferry's own, or the source's passed through).
     in_multi: bool,
     rdb_version: u16,
     overwrite: bool,
+    checkpoint: Option<Bytes>,
+    flush_before_snapshot: bool,
+    /// Stream position: which history, and the offset the snapshot started from.
+    replid: String,
+    snapshot_offset: u64,
+    /// Inside a source MULTI whose EXEC has not arrived: the batch cannot end here.
+    src_multi: bool,
+    /// Commands queued in ferry's open transaction and the offset it will record.
+    txn_names: Vec<(Bytes, bool)>,
+    txn_offset: Option<u64>,
+    txn_open: bool,
 }
 
 impl Encoder {
@@ -102,8 +129,138 @@ impl Encoder {
         }
     }
 
+    fn queue_select(&mut self, db: u32) {
+        if self.db != Some(db) {
+            self.txn_names.push((Bytes::from_static(b"SELECT"), false));
+            self.select(db);
+        }
+    }
+
+    fn set_checkpoint(&mut self, key: &Bytes, value: String) {
+        frame::write_command(&mut self.buf, &[b"SET".as_ref(), key, value.as_bytes()]);
+    }
+
+    /// Opens ferry's transaction for this batch if it is not open yet.
+    fn open_txn(&mut self) {
+        if !self.txn_open {
+            frame::write_command(&mut self.buf, &[b"MULTI"]);
+            self.expects.push(Expect::Control { what: "MULTI" });
+            self.txn_open = true;
+            self.in_multi = true;
+        }
+    }
+
+    /// Ends the batch's transaction with the checkpoint of what it holds.
+    fn close_txn(&mut self) {
+        if !self.txn_open {
+            return;
+        }
+        let Some(key) = self.checkpoint.clone() else {
+            return;
+        };
+        if let Some(offset) = self.txn_offset {
+            self.queue_select(0);
+            let value = format!("stream {} {offset}", self.replid);
+            self.set_checkpoint(&key, value);
+            self.txn_names
+                .push((Bytes::from_static(b"SET checkpoint"), false));
+            self.expects.push(Expect::Queued {
+                name: Bytes::from_static(b"SET checkpoint"),
+            });
+        }
+        frame::write_command(&mut self.buf, &[b"EXEC"]);
+        self.expects.push(Expect::Exec {
+            names: std::mem::take(&mut self.txn_names),
+            offset: self.txn_offset.take(),
+        });
+        self.txn_open = false;
+        self.in_multi = false;
+    }
+
+    /// Drops an unfinished transaction (stopping inside a source MULTI): nothing of it is
+    /// applied and the checkpoint stays where it was.
+    fn discard_txn(&mut self) {
+        if self.txn_open {
+            frame::write_command(&mut self.buf, &[b"DISCARD"]);
+            self.expects.push(Expect::Control { what: "DISCARD" });
+            self.txn_names.clear();
+            self.txn_offset = None;
+            self.txn_open = false;
+            self.in_multi = false;
+            self.src_multi = false;
+        }
+    }
+
+    /// A stream command under checkpoints: queued in ferry's transaction, the source's own
+    /// MULTI/EXEC dropped (the batch's transaction keeps it atomic; batches never split it).
+    fn push_checkpointed(&mut self, db: u32, argv: Vec<Bytes>, offset: u64) {
+        let name = &argv[0];
+        if name.eq_ignore_ascii_case(b"MULTI") {
+            self.open_txn();
+            self.src_multi = true;
+            return;
+        }
+        if name.eq_ignore_ascii_case(b"EXEC") {
+            self.src_multi = false;
+            self.txn_offset = Some(offset);
+            return;
+        }
+        self.open_txn();
+        self.queue_select(db);
+        frame::write_command(&mut self.buf, &argv);
+        self.expects.push(Expect::Queued { name: name.clone() });
+        self.txn_names.push((argv[0].clone(), true));
+        if !self.src_multi {
+            self.txn_offset = Some(offset);
+        }
+    }
+
     fn push(&mut self, ev: Event) {
         match ev {
+            Event::Entry(e) if is_checkpoint_key(&e.key) => {}
+            Event::Command { argv, offset, .. }
+                if argv.get(1).is_some_and(|k| is_checkpoint_key(k)) =>
+            {
+                self.push(Event::Offset(offset))
+            }
+            Event::Command { db, argv, offset } if self.checkpoint.is_some() => {
+                self.push_checkpointed(db, argv, offset)
+            }
+            // Bytes with nothing to apply (PING, SELECT) still move the checkpoint, so it
+            // always names the source's exact position.
+            Event::Offset(offset) if self.checkpoint.is_some() => {
+                self.open_txn();
+                if !self.src_multi {
+                    self.txn_offset = Some(offset);
+                }
+            }
+            Event::SnapshotBegin { replid, offset, .. } => {
+                self.replid = replid;
+                self.snapshot_offset = offset;
+                if self.flush_before_snapshot {
+                    frame::write_command(&mut self.buf, &[b"FLUSHALL".as_ref()]);
+                    self.expects.push(Expect::Control { what: "FLUSHALL" });
+                }
+                if let Some(key) = self.checkpoint.clone() {
+                    self.select(0);
+                    let value = format!("snapshot {} {offset}", self.replid);
+                    self.set_checkpoint(&key, value);
+                    self.expects.push(Expect::Control {
+                        what: "SET checkpoint",
+                    });
+                }
+            }
+            Event::SnapshotEnd { .. } => {
+                if let Some(key) = self.checkpoint.clone() {
+                    self.select(0);
+                    let value = format!("stream {} {}", self.replid, self.snapshot_offset);
+                    self.set_checkpoint(&key, value);
+                    self.expects.push(Expect::Control {
+                        what: "SET checkpoint",
+                    });
+                }
+            }
+            Event::Continue { replid, .. } => self.replid = replid,
             Event::Entry(e) => {
                 self.select(e.db as u32);
                 let mut n = 4;
@@ -192,7 +349,6 @@ impl Encoder {
             }
             Event::SnapshotHeader { rdb_version } => self.rdb_version = rdb_version,
             Event::Offset(offset) => self.expects.push(Expect::Mark { offset }),
-            Event::SnapshotBegin { .. } | Event::SnapshotEnd { .. } | Event::Continue { .. } => {}
         }
     }
 }
@@ -222,7 +378,14 @@ pub async fn write(
     let (stream, rbuf, _) = conn.into_parts();
     let (rd, mut wr) = stream.into_split();
     let (exp_tx, exp_rx) = mpsc::channel::<Vec<Expect>>(opts.max_batches_in_flight.max(1));
-    let mut replies = tokio::spawn(read_replies(rd, rbuf, exp_rx, addr.clone(), stats.clone()));
+    let mut replies = tokio::spawn(read_replies(
+        rd,
+        rbuf,
+        exp_rx,
+        addr.clone(),
+        stats.clone(),
+        opts.checkpoint_key.is_some(),
+    ));
 
     let mut enc = Encoder {
         buf: BytesMut::with_capacity(opts.batch_bytes * 2),
@@ -231,6 +394,14 @@ pub async fn write(
         in_multi: false,
         rdb_version: 0,
         overwrite: opts.overwrite,
+        checkpoint: opts.checkpoint_key.clone(),
+        flush_before_snapshot: opts.flush_before_snapshot,
+        replid: String::new(),
+        snapshot_offset: 0,
+        src_multi: false,
+        txn_names: Vec::new(),
+        txn_offset: None,
+        txn_open: false,
     };
     let max_rdb = version.as_ref().map(|v| v.max_rdb_version());
     let result: Result<(), TargetError> = async {
@@ -243,15 +414,35 @@ pub async fn write(
             let Some(ev) = ev else { break };
             check_version(&ev, max_rdb, version.as_ref(), &addr)?;
             enc.push(ev);
-            while enc.buf.len() < opts.batch_bytes {
-                match rx.try_recv() {
-                    Ok(ev) => {
-                        check_version(&ev, max_rdb, version.as_ref(), &addr)?;
-                        enc.push(ev)
+            let mut stop = false;
+            loop {
+                while enc.buf.len() < opts.batch_bytes {
+                    match rx.try_recv() {
+                        Ok(ev) => {
+                            check_version(&ev, max_rdb, version.as_ref(), &addr)?;
+                            enc.push(ev)
+                        }
+                        Err(_) => break,
                     }
-                    Err(_) => break,
+                }
+                if !enc.src_multi {
+                    break;
+                }
+                // A source transaction is open: its EXEC must land in this batch.
+                let ev = tokio::select! {
+                    ev = rx.recv() => ev,
+                    _ = cancel.cancelled() => None,
+                };
+                match ev {
+                    Some(ev) => enc.push(ev),
+                    None => {
+                        enc.discard_txn();
+                        stop = true;
+                        break;
+                    }
                 }
             }
+            enc.close_txn();
             if enc.expects.is_empty() {
                 continue;
             }
@@ -269,6 +460,9 @@ pub async fn write(
                 if enc.buf.capacity() > opts.batch_bytes * 8 {
                     enc.buf = BytesMut::with_capacity(opts.batch_bytes * 2);
                 }
+            }
+            if stop {
+                break;
             }
         }
         Ok(())
@@ -340,6 +534,7 @@ async fn read_replies(
     mut exp_rx: mpsc::Receiver<Vec<Expect>>,
     addr: String,
     stats: Arc<ShardStats>,
+    checkpointed: bool,
 ) -> Result<WriteSummary, TargetError> {
     let mut summary = WriteSummary::default();
     let mut queue: VecDeque<Expect> = VecDeque::new();
@@ -400,9 +595,17 @@ async fn read_replies(
                     stats.applied_offset.store(o, Relaxed);
                 }
             }
-            Expect::Queued { .. } => {
+            Expect::Queued { .. } if !checkpointed => {
                 summary.commands += 1;
                 stats.records_applied.fetch_add(1, Relaxed);
+            }
+            Expect::Exec { names, offset } => {
+                let n = names.iter().filter(|(_, counted)| *counted).count() as u64;
+                summary.commands += n;
+                stats.records_applied.fetch_add(n, Relaxed);
+                if let Some(o) = offset {
+                    stats.applied_offset.store(o, Relaxed);
+                }
             }
             _ => {}
         }
@@ -466,6 +669,25 @@ fn check_reply(expect: &Expect, reply: &Frame, addr: &str) -> Result<(), TargetE
             }
         }
         (Expect::ScriptLoad, Frame::Error(m)) => Err(rejected("SCRIPT LOAD".into(), lossy(m))),
+        (Expect::Exec { .. }, Frame::Error(m)) => Err(rejected("EXEC".into(), lossy(m))),
+        (Expect::Exec { .. }, Frame::Null) => {
+            Err(rejected("EXEC".into(), "transaction aborted".into()))
+        }
+        (Expect::Exec { names, .. }, Frame::Array(items)) => {
+            for (i, item) in items.iter().enumerate() {
+                if let Frame::Error(m) = item {
+                    let name = names
+                        .get(i)
+                        .map(|(n, _)| lossy(n).to_uppercase())
+                        .unwrap_or_else(|| "a command".into());
+                    return Err(rejected(
+                        format!("{name} (in a checkpointed batch)"),
+                        lossy(m),
+                    ));
+                }
+            }
+            Ok(())
+        }
         _ => Ok(()),
     }
 }

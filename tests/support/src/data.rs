@@ -8,6 +8,9 @@ use std::time::{Duration, Instant};
 use crate::client::{escape_bytes, Client, Reply};
 use crate::server::Server;
 
+/// Keys ferry keeps on a target for its checkpoints; the per-key comparison skips them.
+pub const FERRY_CHECKPOINT_PREFIX: &[u8] = b"ferry:checkpoint:";
+
 /// PTTL difference tolerated by the per-key comparison.
 pub const PTTL_TOLERANCE_MS: i64 = 2000;
 /// How many differing keys a diff lists.
@@ -254,6 +257,7 @@ pub fn populate_every_type(server: &Server, scale: usize) {
 struct KeyState {
     kind: String,
     digest: String,
+    /// Absolute expiry in ms (-1: none).
     pttl: i64,
     /// Streams only: last id, groups, consumers and pending entries, which neither
     /// `DEBUG DIGEST` nor `DEBUG DIGEST-VALUE` cover.
@@ -356,14 +360,24 @@ fn snapshot(server: &Server, dbs: usize, streams_only: bool) -> Vec<BTreeMap<Vec
                 break;
             }
         }
+        // ferry's own bookkeeping on a target, not data.
+        keys.retain(|k| !k.starts_with(FERRY_CHECKPOINT_PREFIX));
         keys.sort();
         keys.dedup();
+        // Absolute expiry times compare exactly however long the two snapshots take;
+        // servers before 7.0 only give the relative PTTL.
+        let absolute = server.version() >= (7, 0, 0);
+        let ttl_cmd: &[u8] = if absolute { b"PEXPIRETIME" } else { b"PTTL" };
         let mut cmds = Vec::with_capacity(keys.len() * 3);
         for k in &keys {
             cmds.push(vec![b"TYPE".to_vec(), k.clone()]);
             cmds.push(vec![b"DEBUG".to_vec(), b"DIGEST-VALUE".to_vec(), k.clone()]);
-            cmds.push(vec![b"PTTL".to_vec(), k.clone()]);
+            cmds.push(vec![ttl_cmd.to_vec(), k.clone()]);
         }
+        let now_ms = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_millis() as i64)
+            .unwrap_or(0);
         let replies = client
             .pipeline(&cmds)
             .unwrap_or_else(|e| panic!("pipeline on {}: {e}", server.addr()));
@@ -377,7 +391,10 @@ fn snapshot(server: &Server, dbs: usize, streams_only: bool) -> Vec<BTreeMap<Vec
                 Reply::Error(e) => panic!("DEBUG DIGEST-VALUE on {}: {e}", server.addr()),
                 other => other.as_str(),
             };
-            let pttl = r[2].as_int();
+            let pttl = match r[2].as_int() {
+                t if t < 0 || absolute => t,
+                t => now_ms + t,
+            };
             let stream_meta = if kind == "stream" {
                 stream_meta(&mut client, &k)
             } else {
@@ -408,7 +425,10 @@ fn show(s: Option<&KeyState>) -> String {
     match s {
         None => "missing".to_string(),
         Some(s) => {
-            let mut t = format!("type={} digest={} pttl={}", s.kind, s.digest, s.pttl);
+            let mut t = format!(
+                "type={} digest={} expire-at-ms={}",
+                s.kind, s.digest, s.pttl
+            );
             if !s.stream_meta.is_empty() {
                 let meta: String = s.stream_meta.chars().take(600).collect();
                 let _ = write!(t, "\n      stream: {meta}");
@@ -501,6 +521,10 @@ fn diff(source: &Server, target: &Server) -> Option<String> {
 }
 
 /// Compare all data of `source` and `target`, panicking with a readable diff.
+///
+/// ferry's checkpoint keys (`ferry:checkpoint:*`) on either side are not data and are
+/// skipped by the per-key comparison (`DEBUG DIGEST` includes them, so a target holding one
+/// is always compared key by key).
 ///
 /// When the `DEBUG DIGEST`s differ, every database is compared key by key (SCAN, TYPE,
 /// `DEBUG DIGEST-VALUE`, PTTL with ±2 s tolerance, where no TTL must match no TTL exactly)

@@ -1,0 +1,153 @@
+//! What a running job shows: its state, its retries, its last error, its history — the
+//! figures of the seed's "Job Management" view. Shared by the job, the CLI and the service.
+
+use std::collections::VecDeque;
+use std::sync::{Arc, Mutex};
+
+use ferry_source::{Phase, ShardStats};
+use jiff::Timestamp;
+
+/// The job's state as a user sees it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum JobState {
+    Starting,
+    FullSync,
+    Incremental,
+    Retrying,
+    Completed,
+    Stopped,
+    Failed,
+}
+
+impl JobState {
+    pub fn name(&self) -> &'static str {
+        match self {
+            JobState::Starting => "starting",
+            JobState::FullSync => "full-sync",
+            JobState::Incremental => "incremental",
+            JobState::Retrying => "retrying",
+            JobState::Completed => "completed",
+            JobState::Stopped => "stopped",
+            JobState::Failed => "failed",
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct HistoryEntry {
+    pub at: Timestamp,
+    pub message: String,
+}
+
+#[derive(Debug, Clone, Default)]
+struct Inner {
+    /// Set when the job is not simply running.
+    outcome: Option<JobState>,
+    retrying: bool,
+    attempts: u32,
+    next_attempt: Option<Timestamp>,
+    last_error: Option<String>,
+    history: VecDeque<HistoryEntry>,
+}
+
+/// A point-in-time copy of a job's status.
+#[derive(Debug, Clone)]
+pub struct StatusView {
+    pub state: JobState,
+    pub attempts: u32,
+    pub next_attempt: Option<Timestamp>,
+    pub last_error: Option<String>,
+    pub history: Vec<HistoryEntry>,
+}
+
+const HISTORY_CAP: usize = 500;
+
+#[derive(Debug, Default)]
+pub struct JobStatus {
+    pub stats: Arc<ShardStats>,
+    inner: Mutex<Inner>,
+}
+
+impl JobStatus {
+    pub fn new() -> Arc<JobStatus> {
+        Arc::new(JobStatus::default())
+    }
+
+    fn with<R>(&self, f: impl FnOnce(&mut Inner) -> R) -> R {
+        let mut g = self.inner.lock().unwrap_or_else(|e| e.into_inner());
+        f(&mut g)
+    }
+
+    /// Adds a line to the job's history (state changes, retries, resumes).
+    pub fn record(&self, message: impl Into<String>) {
+        let message = message.into();
+        self.with(|i| {
+            if i.history.len() == HISTORY_CAP {
+                i.history.pop_front();
+            }
+            i.history.push_back(HistoryEntry {
+                at: Timestamp::now(),
+                message,
+            });
+        });
+    }
+
+    pub fn set_retrying(&self, error: &str, attempts: u32, next: Timestamp) {
+        self.with(|i| {
+            i.retrying = true;
+            i.attempts = attempts;
+            i.next_attempt = Some(next);
+            i.last_error = Some(error.to_string());
+        });
+        self.record(format!(
+            "attempt {attempts} failed: {error}; next attempt at {next}"
+        ));
+    }
+
+    pub fn set_running(&self) {
+        self.with(|i| {
+            i.retrying = false;
+            i.next_attempt = None;
+        });
+    }
+
+    pub fn finish(&self, state: JobState, error: Option<String>) {
+        self.with(|i| {
+            i.outcome = Some(state.clone());
+            i.retrying = false;
+            i.next_attempt = None;
+            if error.is_some() {
+                i.last_error = error.clone();
+            }
+        });
+        match error {
+            Some(e) => self.record(format!("{}: {e}", state.name())),
+            None => self.record(state.name()),
+        }
+    }
+
+    pub fn view(&self) -> StatusView {
+        let phase = self.stats.phase();
+        self.with(|i| {
+            let state = if let Some(s) = &i.outcome {
+                s.clone()
+            } else if i.retrying {
+                JobState::Retrying
+            } else {
+                match phase {
+                    Phase::Connecting | Phase::WaitingForSnapshot => JobState::Starting,
+                    Phase::Snapshot => JobState::FullSync,
+                    Phase::Incremental => JobState::Incremental,
+                    Phase::Done => JobState::Completed,
+                }
+            };
+            StatusView {
+                state,
+                attempts: i.attempts,
+                next_attempt: i.next_attempt,
+                last_error: i.last_error.clone(),
+                history: i.history.iter().cloned().collect(),
+            }
+        })
+    }
+}

@@ -1,0 +1,116 @@
+//! Checkpoints kept in the target itself, written in the same `MULTI`/`EXEC` as the data
+//! they cover, so that data and checkpoint can never disagree — whatever instant ferry dies
+//! at, the target holds both or neither.
+//!
+//! Value format: `stream <replid> <offset>` once the snapshot is applied (resume with
+//! `PSYNC <replid> <offset+1>`), `snapshot <replid> <offset>` while one is being applied (a
+//! restart must take a new one, after flushing what the half-applied one left).
+
+use bytes::Bytes;
+use ferry_resp::{Connection, Endpoint, Frame};
+
+use crate::error::TargetError;
+
+/// Every checkpoint key starts with this; keys with it are never copied as data.
+pub const PREFIX: &[u8] = b"ferry:checkpoint:";
+
+pub fn is_checkpoint_key(key: &[u8]) -> bool {
+    key.starts_with(PREFIX)
+}
+
+/// The key holding one source shard's checkpoint for one job.
+pub fn key(job: &str, shard: &str) -> Bytes {
+    let mut k = PREFIX.to_vec();
+    k.extend_from_slice(job.as_bytes());
+    k.push(b':');
+    k.extend_from_slice(shard.as_bytes());
+    Bytes::from(k)
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Checkpoint {
+    /// A snapshot was being applied and may be incomplete.
+    Snapshot { replid: String, offset: u64 },
+    /// Everything up to `offset` (inclusive) of `replid`'s stream is applied.
+    Stream { replid: String, offset: u64 },
+}
+
+impl Checkpoint {
+    pub fn encode(&self) -> String {
+        match self {
+            Checkpoint::Snapshot { replid, offset } => format!("snapshot {replid} {offset}"),
+            Checkpoint::Stream { replid, offset } => format!("stream {replid} {offset}"),
+        }
+    }
+
+    pub fn parse(v: &[u8]) -> Option<Checkpoint> {
+        let text = std::str::from_utf8(v).ok()?;
+        let mut it = text.split(' ');
+        let kind = it.next()?;
+        let replid = it.next()?.to_string();
+        let offset = it.next()?.parse().ok()?;
+        if it.next().is_some() {
+            return None;
+        }
+        match kind {
+            "snapshot" => Some(Checkpoint::Snapshot { replid, offset }),
+            "stream" => Some(Checkpoint::Stream { replid, offset }),
+            _ => None,
+        }
+    }
+}
+
+/// Reads a checkpoint from db 0 of the target.
+pub async fn load(target: &Endpoint, key: &[u8]) -> Result<Option<Checkpoint>, TargetError> {
+    let mut conn = Connection::connect(target).await?;
+    conn.request(&[b"SELECT".as_ref(), b"0"]).await?;
+    match conn.request(&[b"GET".as_ref(), key]).await? {
+        Frame::Null => Ok(None),
+        Frame::Bulk(v) => Checkpoint::parse(&v).map(Some).ok_or_else(|| {
+            TargetError::Incompatible {
+                addr: target.addr(),
+                message: format!(
+                    "checkpoint key {:?} holds {:?}, not a ferry checkpoint; delete it to start over",
+                    String::from_utf8_lossy(key),
+                    String::from_utf8_lossy(&v[..v.len().min(80)])
+                ),
+            }
+        }),
+        other => Err(TargetError::Incompatible {
+            addr: target.addr(),
+            message: format!("unexpected reply to GET checkpoint: {}", other.to_text()),
+        }),
+    }
+}
+
+/// Removes a job's checkpoint (when the job is deleted).
+pub async fn delete(target: &Endpoint, key: &[u8]) -> Result<(), TargetError> {
+    let mut conn = Connection::connect(target).await?;
+    conn.request(&[b"SELECT".as_ref(), b"0"]).await?;
+    conn.request(&[b"DEL".as_ref(), key]).await?;
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn round_trips() {
+        let c = Checkpoint::Stream {
+            replid: "a".repeat(40),
+            offset: 1234,
+        };
+        assert_eq!(Checkpoint::parse(c.encode().as_bytes()), Some(c));
+        let s = Checkpoint::Snapshot {
+            replid: "b".repeat(40),
+            offset: 0,
+        };
+        assert_eq!(Checkpoint::parse(s.encode().as_bytes()), Some(s));
+        assert_eq!(Checkpoint::parse(b"stream x"), None);
+        assert_eq!(Checkpoint::parse(b"other x 1"), None);
+        assert_eq!(Checkpoint::parse(b"stream x 1 2"), None);
+        assert!(is_checkpoint_key(&key("job", "0")));
+        assert_eq!(&key("job", "0")[..], b"ferry:checkpoint:job:0");
+    }
+}
