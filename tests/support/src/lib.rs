@@ -9,12 +9,14 @@
 
 mod client;
 mod data;
+pub mod proxy;
 mod server;
 
 pub use client::{escape_bytes, read_reply, Client, Reply, DEFAULT_IO_TIMEOUT};
 pub use data::{
     assert_same_data, populate_every_type, same_data, wait_same_data, PTTL_TOLERANCE_MS,
 };
+pub use proxy::{Direction, Proxy};
 pub use server::{
     free_port, parse_info, parse_version, server_version, which, Server, ServerBuilder, Version,
     KEEP_DIR_ENV, SERVER_BINARY_ENV,
