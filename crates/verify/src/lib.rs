@@ -219,7 +219,7 @@ pub async fn verify(config: &Config, progress: &Progress) -> Result<Report, Veri
             }
         }
         // Extras: target keys that no source node has.
-        let dbs = match config.target.db {
+        let dbs = match ep.db.or(config.target.db) {
             Some(db) => vec![db],
             None => tgt
                 .keyspace()
@@ -336,6 +336,7 @@ pub async fn verify(config: &Config, progress: &Progress) -> Result<Report, Veri
 }
 
 /// The source databases to scan: the URL's database, or every one `INFO keyspace` lists.
+/// A database is compared with the database of the same index on the target.
 async fn databases(
     src: &mut Node,
     source: &Endpoint,
