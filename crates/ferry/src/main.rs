@@ -1,6 +1,7 @@
 //! The `ferry` command: glue between the command line and the job crates.
 
 mod progress;
+mod verify;
 
 use std::io::IsTerminal;
 use std::path::PathBuf;
@@ -45,6 +46,8 @@ enum ProgressMode {
 enum Command {
     /// Copy the source into the target (snapshot, then every later write).
     Sync(SyncArgs),
+    /// Compare source and target key by key; exit 0 equal, 1 differences, 2 error.
+    Verify(verify::VerifyArgs),
 }
 
 #[derive(clap::Args)]
@@ -129,11 +132,12 @@ fn main() -> ExitCode {
     };
     let result = rt.block_on(async {
         match cli.command {
-            Command::Sync(args) => sync(args).await,
+            Command::Sync(args) => sync(args).await.map(|()| ExitCode::SUCCESS),
+            Command::Verify(args) => Ok(verify::run(args).await),
         }
     });
     match result {
-        Ok(()) => ExitCode::SUCCESS,
+        Ok(code) => code,
         Err(e) => {
             error!("{e:#}");
             ExitCode::FAILURE
