@@ -45,7 +45,7 @@ enum ProgressMode {
 #[derive(Subcommand)]
 enum Command {
     /// Copy the source into the target (snapshot, then every later write).
-    Sync(SyncArgs),
+    Sync(Box<SyncArgs>),
     /// Compare source and target key by key; exit 0 equal, 1 differences, 2 error.
     Verify(verify::VerifyArgs),
 }
@@ -132,7 +132,7 @@ fn main() -> ExitCode {
     };
     let result = rt.block_on(async {
         match cli.command {
-            Command::Sync(args) => sync(args).await.map(|()| ExitCode::SUCCESS),
+            Command::Sync(args) => sync(*args).await.map(|()| ExitCode::SUCCESS),
             Command::Verify(args) => Ok(verify::run(args).await),
         }
     });

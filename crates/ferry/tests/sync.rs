@@ -7,7 +7,7 @@ use std::sync::Arc;
 use std::thread;
 use std::time::Duration;
 
-use common::{wait_until, Ferry};
+use common::{assert_exact_copy_with_checkpoint, churn, wait_caught_up, wait_until, Ferry};
 use ferry_testkit::{assert_same_data, populate_every_type, wait_same_data, Server};
 
 const LONG: Duration = Duration::from_secs(60);
@@ -29,56 +29,6 @@ fn full_no_retry() -> Vec<&'static str> {
 const LIBRARY: &str =
     "#!lua name=ferrylib\nredis.register_function('ferry_one', function() return 1 end)";
 
-/// The target holds exactly the source's data plus ferry's checkpoint, which records the
-/// source's current offset: removing the checkpoint leaves identical `DEBUG DIGEST`s.
-fn assert_exact_copy_with_checkpoint(source: &Server, target: &Server) {
-    let key = format!("ferry:checkpoint:{}:0", source.addr());
-    target.cmd(&["SELECT", "0"]);
-    let ckpt = target.cmd(&["GET", &key]).as_str();
-    let mut parts = ckpt.split(' ');
-    assert_eq!(parts.next(), Some("stream"), "checkpoint {ckpt:?}");
-    let replid = parts.next().unwrap_or_default().to_string();
-    let offset: u64 = parts.next().and_then(|o| o.parse().ok()).expect("offset");
-    let repl = source.info("replication");
-    assert_eq!(
-        repl.get("master_replid"),
-        Some(&replid),
-        "checkpoint {ckpt:?}"
-    );
-    let source_offset: u64 = repl["master_repl_offset"].parse().unwrap();
-    assert!(
-        offset <= source_offset,
-        "checkpoint {offset} past the source's {source_offset}"
-    );
-    target.cmd(&["DEL", &key]);
-    assert_eq!(source.digest(), target.digest());
-}
-
-/// Waits until ferry's checkpoint on the target names the source's current offset: every
-/// write made so far is applied (the checkpoint is written with the data it covers).
-fn wait_caught_up(source: &Server, target: &Server, timeout: Duration) {
-    let key = format!("ferry:checkpoint:{}:0", source.addr());
-    let mut last = String::new();
-    let deadline = std::time::Instant::now() + timeout;
-    loop {
-        let source_offset = source.info("replication")["master_repl_offset"].clone();
-        let mut c = target.client();
-        c.cmd_str(&["SELECT", "0"]);
-        let ckpt = c.cmd(&[b"GET", key.as_bytes()]).expect("GET checkpoint");
-        if !ckpt.is_nil() {
-            last = ckpt.as_str();
-            if last.starts_with("stream ") && last.ends_with(&format!(" {source_offset}")) {
-                return;
-            }
-        }
-        assert!(
-            std::time::Instant::now() < deadline,
-            "not caught up after {timeout:?}: source offset {source_offset}, checkpoint {last:?}"
-        );
-        thread::sleep(Duration::from_millis(20));
-    }
-}
-
 fn function_list(s: &Server) -> String {
     format!("{:?}", s.cmd(&["FUNCTION", "LIST", "WITHCODE"]))
 }
@@ -98,7 +48,7 @@ fn full_copy(diskless: bool) {
     );
     assert_same_data(&source, &target);
     assert_eq!(function_list(&source), function_list(&target));
-    assert_exact_copy_with_checkpoint(&source, &target);
+    assert_exact_copy_with_checkpoint(&source, &target, &source.addr());
     // Full mode leaves the source without a lingering replica.
     wait_until(
         "source to drop ferry's link",
@@ -123,39 +73,6 @@ fn full_sync_diskless_copies_every_type() {
     full_copy(true);
 }
 
-/// Writes that do not commute or repeat safely, in several databases, until stopped.
-fn churn(source: &Server, stop: Arc<AtomicBool>) -> thread::JoinHandle<u64> {
-    let mut c = source.client();
-    thread::spawn(move || {
-        let mut n = 0u64;
-        while !stop.load(Ordering::Relaxed) {
-            let i = n.to_string();
-            let db = (n % 3).to_string();
-            let cmds: Vec<Vec<Vec<u8>>> = [
-                vec!["SELECT", db.as_str()],
-                vec!["INCR", "churn:counter"],
-                vec!["LPUSH", "churn:list", i.as_str()],
-                vec!["APPEND", "churn:append", "x"],
-                vec!["XADD", "churn:stream", "*", "n", i.as_str()],
-                vec!["EXPIRE", "churn:append", "3600"],
-                vec!["HINCRBYFLOAT", "churn:hash", "f", "1.5"],
-                vec!["SADD", "churn:set", i.as_str()],
-                vec!["MULTI"],
-                vec!["INCRBY", "churn:tx", "2"],
-                vec!["RPUSH", "churn:txlist", i.as_str()],
-                vec!["EXEC"],
-                vec!["SET", &format!("churn:key:{i}"), i.as_str(), "PX", "600000"],
-            ]
-            .iter()
-            .map(|c| c.iter().map(|a| a.as_bytes().to_vec()).collect())
-            .collect();
-            c.pipeline(&cmds).expect("churn pipeline");
-            n += 1;
-        }
-        n
-    })
-}
-
 fn full_then_incremental(diskless: bool) {
     let source = Server::builder().diskless(diskless).start();
     let target = Server::start();
@@ -171,13 +88,13 @@ fn full_then_incremental(diskless: bool) {
     let rounds = writer.join().expect("writer");
     assert!(rounds > 10, "the writer ran only {rounds} rounds");
     source.cmd(&["SET", "after:snapshot", "1"]);
-    wait_caught_up(&source, &target, LONG);
+    wait_caught_up(&source, &target, &source.addr(), LONG);
     assert_same_data(&source, &target);
     assert!(ferry.is_running(), "{}", ferry.output());
     let status = ferry.signal("INT");
     assert!(status.success(), "{}", ferry.output());
     assert!(ferry.output().contains("stopped:"), "{}", ferry.output());
-    assert_exact_copy_with_checkpoint(&source, &target);
+    assert_exact_copy_with_checkpoint(&source, &target, &source.addr());
 }
 
 #[test]

@@ -32,8 +32,9 @@ pub enum Event {
         offset: u64,
     },
     /// The offset advanced over bytes that carry nothing to apply (`PING`, `SELECT`,
-    /// `REPLCONF`); lets the applied offset catch up when the source is idle.
-    Offset(u64),
+    /// `REPLCONF`); lets the applied offset catch up when the source is idle. `db` is the
+    /// database selected at that point of the stream.
+    Offset { offset: u64, db: u32 },
 }
 
 impl Event {

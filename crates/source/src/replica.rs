@@ -37,6 +37,9 @@ pub struct ReplicaOptions {
     /// Resume from `(replid, offset)`: the offset is the last byte already applied, and
     /// `PSYNC replid offset+1` is sent.
     pub resume: Option<(String, u64)>,
+    /// The database selected at the resume offset: a partial resync continues the stream
+    /// mid-way, without a new `SELECT`.
+    pub resume_db: u32,
     /// Incremental mode: read a snapshot if the source insists, but apply none of it.
     pub skip_snapshot: bool,
     /// Full mode: stop once the snapshot has been read.
@@ -60,6 +63,7 @@ impl ReplicaOptions {
             endpoint,
             listening_port: 0,
             resume: None,
+            resume_db: 0,
             skip_snapshot: false,
             stop_after_snapshot: false,
             ack_interval: Duration::from_secs(1),
@@ -214,7 +218,17 @@ async fn replicate_inner(
     };
     stats.set_phase(Phase::Incremental);
     let streaming = StreamStarted(&awaiting_stream);
-    command_stream(&mut link, buf, offset, &tx, &ack_now, streaming, &cancel).await
+    // After a snapshot the source SELECTs before its first command; after +CONTINUE the
+    // stream goes on in the database selected at the resume offset.
+    let db = if opts.resume.is_some() {
+        opts.resume_db
+    } else {
+        0
+    };
+    command_stream(
+        &mut link, buf, offset, db, &tx, &ack_now, streaming, &cancel,
+    )
+    .await
 }
 
 /// Clears the "waiting for the stream" flag once the first stream bytes arrive.
@@ -673,6 +687,7 @@ async fn command_stream(
     link: &mut Link,
     mut buf: BytesMut,
     mut offset: u64,
+    mut db: u32,
     tx: &mpsc::Sender<Event>,
     ack_now: &Notify,
     streaming: StreamStarted<'_>,
@@ -681,7 +696,6 @@ async fn command_stream(
     let stats = link.stats.clone();
     let addr = link.addr.clone();
     let addr = addr.as_str();
-    let mut db: u32 = 0;
     loop {
         if !buf.is_empty() {
             streaming.mark();
@@ -748,7 +762,7 @@ async fn command_stream(
         }
         if idle_bytes {
             tokio::select! {
-                r = tx.send(Event::Offset(offset)) => r.map_err(|_| SourceError::Downstream { addr: addr.to_string() })?,
+                r = tx.send(Event::Offset { offset, db }) => r.map_err(|_| SourceError::Downstream { addr: addr.to_string() })?,
                 _ = cancel.cancelled() => return Ok(()),
             }
         }

@@ -6,7 +6,6 @@ use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
 use std::time::Duration;
 
-use ferry_resp::Connection;
 use ferry_source::{Phase, RateLimiter, ReplicaOptions, ShardStats, SourceError};
 use ferry_target::checkpoint::{self, Checkpoint};
 use ferry_target::{TargetError, WriterOptions};
@@ -197,27 +196,18 @@ async fn attempt(
     let mut flush = saved.is_some() || applied_before;
     match (config.mode, &saved) {
         (Mode::Full, _) => ropts.stop_after_snapshot = true,
-        (_, Some(Checkpoint::Stream { replid, offset })) => {
-            info!(%replid, offset, "resuming from the checkpoint");
+        (_, Some(Checkpoint::Stream { replid, offset, db })) => {
+            info!(%replid, offset, db, "resuming from the checkpoint");
             ropts.resume = Some((replid.clone(), *offset));
+            ropts.resume_db = *db;
             if config.mode == Mode::Incremental {
                 ropts.refuse_full_resync = true;
             }
         }
         (Mode::Incremental, _) => {
-            // Start from the source's current offset: PSYNC at it gives +CONTINUE when the
-            // source has a backlog; otherwise the snapshot it sends is read and dropped.
-            let mut conn = Connection::connect(&config.source)
-                .await
-                .map_err(SourceError::from)?;
-            let repl = conn.info("replication").await.map_err(SourceError::from)?;
-            if let (Some(id), Some(off)) = (
-                repl.get("master_replid"),
-                repl.get("master_repl_offset")
-                    .and_then(|o| o.parse::<u64>().ok()),
-            ) {
-                ropts.resume = Some((id.to_string(), off));
-            }
+            // From now on: a new snapshot read and dropped. (A PSYNC at the source's current
+            // offset would avoid the snapshot, but continues in whatever database the
+            // source last selected for its replicas, which cannot be known.)
             ropts.skip_snapshot = true;
             flush = false;
         }

@@ -2,8 +2,9 @@
 //! they cover, so that data and checkpoint can never disagree — whatever instant ferry dies
 //! at, the target holds both or neither.
 //!
-//! Value format: `stream <replid> <offset>` once the snapshot is applied (resume with
-//! `PSYNC <replid> <offset+1>`), `snapshot <replid> <offset>` while one is being applied (a
+//! Value format: `stream <replid> <offset> <db>` once the snapshot is applied (resume with
+//! `PSYNC <replid> <offset+1>`, in database `db`: a partial resync continues the stream
+//! without a new `SELECT`), `snapshot <replid> <offset>` while one is being applied (a
 //! restart must take a new one, after flushing what the half-applied one left).
 
 use bytes::Bytes;
@@ -31,15 +32,20 @@ pub fn key(job: &str, shard: &str) -> Bytes {
 pub enum Checkpoint {
     /// A snapshot was being applied and may be incomplete.
     Snapshot { replid: String, offset: u64 },
-    /// Everything up to `offset` (inclusive) of `replid`'s stream is applied.
-    Stream { replid: String, offset: u64 },
+    /// Everything up to `offset` (inclusive) of `replid`'s stream is applied; `db` is the
+    /// database selected there.
+    Stream {
+        replid: String,
+        offset: u64,
+        db: u32,
+    },
 }
 
 impl Checkpoint {
     pub fn encode(&self) -> String {
         match self {
             Checkpoint::Snapshot { replid, offset } => format!("snapshot {replid} {offset}"),
-            Checkpoint::Stream { replid, offset } => format!("stream {replid} {offset}"),
+            Checkpoint::Stream { replid, offset, db } => format!("stream {replid} {offset} {db}"),
         }
     }
 
@@ -49,12 +55,16 @@ impl Checkpoint {
         let kind = it.next()?;
         let replid = it.next()?.to_string();
         let offset = it.next()?.parse().ok()?;
+        let db = match it.next() {
+            Some(d) => Some(d.parse().ok()?),
+            None => None,
+        };
         if it.next().is_some() {
             return None;
         }
-        match kind {
-            "snapshot" => Some(Checkpoint::Snapshot { replid, offset }),
-            "stream" => Some(Checkpoint::Stream { replid, offset }),
+        match (kind, db) {
+            ("snapshot", None) => Some(Checkpoint::Snapshot { replid, offset }),
+            ("stream", Some(db)) => Some(Checkpoint::Stream { replid, offset, db }),
             _ => None,
         }
     }
@@ -100,6 +110,7 @@ mod tests {
         let c = Checkpoint::Stream {
             replid: "a".repeat(40),
             offset: 1234,
+            db: 7,
         };
         assert_eq!(Checkpoint::parse(c.encode().as_bytes()), Some(c));
         let s = Checkpoint::Snapshot {
@@ -109,7 +120,8 @@ mod tests {
         assert_eq!(Checkpoint::parse(s.encode().as_bytes()), Some(s));
         assert_eq!(Checkpoint::parse(b"stream x"), None);
         assert_eq!(Checkpoint::parse(b"other x 1"), None);
-        assert_eq!(Checkpoint::parse(b"stream x 1 2"), None);
+        assert_eq!(Checkpoint::parse(b"stream x 1"), None);
+        assert_eq!(Checkpoint::parse(b"stream x 1 2 3"), None);
         assert!(is_checkpoint_key(&key("job", "0")));
         assert_eq!(&key("job", "0")[..], b"ferry:checkpoint:job:0");
     }

@@ -74,6 +74,8 @@ enum Expect {
     Queued {
         name: Bytes,
     },
+    /// Nothing was sent: everything of the snapshot before it is applied.
+    SnapshotApplied,
     /// Nothing was sent: the offset is applied once everything before it is.
     Mark {
         offset: u64,
@@ -85,6 +87,8 @@ enum Expect {
     Exec {
         names: Vec<(Bytes, bool)>,
         offset: Option<u64>,
+        /// The source's own MULTI/EXEC folded into this transaction: applied records too.
+        folded: u64,
     },
 }
 
@@ -107,8 +111,10 @@ struct Encoder {
     src_multi: bool,
     /// Commands queued in ferry's open transaction and the offset it will record.
     txn_names: Vec<(Bytes, bool)>,
-    txn_offset: Option<u64>,
+    /// Source offset and database the transaction's checkpoint will record.
+    txn_offset: Option<(u64, u32)>,
     txn_open: bool,
+    txn_folded: u64,
 }
 
 impl Encoder {
@@ -158,9 +164,9 @@ impl Encoder {
         let Some(key) = self.checkpoint.clone() else {
             return;
         };
-        if let Some(offset) = self.txn_offset {
+        if let Some((offset, db)) = self.txn_offset {
             self.queue_select(0);
-            let value = format!("stream {} {offset}", self.replid);
+            let value = format!("stream {} {offset} {db}", self.replid);
             self.set_checkpoint(&key, value);
             self.txn_names
                 .push((Bytes::from_static(b"SET checkpoint"), false));
@@ -171,7 +177,8 @@ impl Encoder {
         frame::write_command(&mut self.buf, &[b"EXEC"]);
         self.expects.push(Expect::Exec {
             names: std::mem::take(&mut self.txn_names),
-            offset: self.txn_offset.take(),
+            offset: self.txn_offset.take().map(|(o, _)| o),
+            folded: std::mem::take(&mut self.txn_folded),
         });
         self.txn_open = false;
         self.in_multi = false;
@@ -185,6 +192,7 @@ impl Encoder {
             self.expects.push(Expect::Control { what: "DISCARD" });
             self.txn_names.clear();
             self.txn_offset = None;
+            self.txn_folded = 0;
             self.txn_open = false;
             self.in_multi = false;
             self.src_multi = false;
@@ -198,11 +206,13 @@ impl Encoder {
         if name.eq_ignore_ascii_case(b"MULTI") {
             self.open_txn();
             self.src_multi = true;
+            self.txn_folded += 1;
             return;
         }
         if name.eq_ignore_ascii_case(b"EXEC") {
             self.src_multi = false;
-            self.txn_offset = Some(offset);
+            self.txn_offset = Some((offset, db));
+            self.txn_folded += 1;
             return;
         }
         self.open_txn();
@@ -211,27 +221,27 @@ impl Encoder {
         self.expects.push(Expect::Queued { name: name.clone() });
         self.txn_names.push((argv[0].clone(), true));
         if !self.src_multi {
-            self.txn_offset = Some(offset);
+            self.txn_offset = Some((offset, db));
         }
     }
 
     fn push(&mut self, ev: Event) {
         match ev {
             Event::Entry(e) if is_checkpoint_key(&e.key) => {}
-            Event::Command { argv, offset, .. }
+            Event::Command { argv, offset, db }
                 if argv.get(1).is_some_and(|k| is_checkpoint_key(k)) =>
             {
-                self.push(Event::Offset(offset))
+                self.push(Event::Offset { offset, db })
             }
             Event::Command { db, argv, offset } if self.checkpoint.is_some() => {
                 self.push_checkpointed(db, argv, offset)
             }
             // Bytes with nothing to apply (PING, SELECT) still move the checkpoint, so it
             // always names the source's exact position.
-            Event::Offset(offset) if self.checkpoint.is_some() => {
+            Event::Offset { offset, db } if self.checkpoint.is_some() => {
                 self.open_txn();
                 if !self.src_multi {
-                    self.txn_offset = Some(offset);
+                    self.txn_offset = Some((offset, db));
                 }
             }
             Event::SnapshotBegin { replid, offset, .. } => {
@@ -253,12 +263,14 @@ impl Encoder {
             Event::SnapshotEnd { .. } => {
                 if let Some(key) = self.checkpoint.clone() {
                     self.select(0);
-                    let value = format!("stream {} {}", self.replid, self.snapshot_offset);
+                    // The source SELECTs before its first command after a snapshot.
+                    let value = format!("stream {} {} 0", self.replid, self.snapshot_offset);
                     self.set_checkpoint(&key, value);
                     self.expects.push(Expect::Control {
                         what: "SET checkpoint",
                     });
                 }
+                self.expects.push(Expect::SnapshotApplied);
             }
             Event::Continue { replid, .. } => self.replid = replid,
             Event::Entry(e) => {
@@ -348,7 +360,7 @@ impl Encoder {
                 self.expects.push(Expect::ScriptLoad);
             }
             Event::SnapshotHeader { rdb_version } => self.rdb_version = rdb_version,
-            Event::Offset(offset) => self.expects.push(Expect::Mark { offset }),
+            Event::Offset { offset, .. } => self.expects.push(Expect::Mark { offset }),
         }
     }
 }
@@ -402,6 +414,7 @@ pub async fn write(
         txn_names: Vec::new(),
         txn_offset: None,
         txn_open: false,
+        txn_folded: 0,
     };
     let max_rdb = version.as_ref().map(|v| v.max_rdb_version());
     let result: Result<(), TargetError> = async {
@@ -546,8 +559,14 @@ async fn read_replies(
             }
         }
         // Markers need no reply: apply them as soon as they reach the front.
-        while let Some(Expect::Mark { offset }) = queue.front() {
-            stats.applied_offset.store(*offset, Relaxed);
+        loop {
+            match queue.front() {
+                Some(Expect::Mark { offset }) => stats.applied_offset.store(*offset, Relaxed),
+                Some(Expect::SnapshotApplied) => {
+                    info!(target = %addr, keys = summary.keys, "snapshot applied")
+                }
+                _ => break,
+            }
             queue.pop_front();
         }
         let Some(expect) = queue.pop_front() else {
@@ -599,8 +618,12 @@ async fn read_replies(
                 summary.commands += 1;
                 stats.records_applied.fetch_add(1, Relaxed);
             }
-            Expect::Exec { names, offset } => {
-                let n = names.iter().filter(|(_, counted)| *counted).count() as u64;
+            Expect::Exec {
+                names,
+                offset,
+                folded,
+            } => {
+                let n = names.iter().filter(|(_, counted)| *counted).count() as u64 + folded;
                 summary.commands += n;
                 stats.records_applied.fetch_add(n, Relaxed);
                 if let Some(o) = offset {

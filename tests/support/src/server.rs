@@ -309,18 +309,12 @@ impl ServerBuilder {
         for _attempt in 0..START_ATTEMPTS {
             let port = free_port();
             let dir = make_temp_dir();
-            let mut cmd = Command::new(&binary);
+            let mut args = Vec::new();
             for (name, vals) in self.config(version, port, &dir) {
-                cmd.arg(format!("--{name}"));
-                cmd.args(vals);
+                args.push(format!("--{name}"));
+                args.extend(vals);
             }
-            let stderr = fs::File::create(dir.join("stderr.log")).expect("create stderr.log");
-            cmd.stdin(Stdio::null())
-                .stdout(Stdio::null())
-                .stderr(Stdio::from(stderr));
-            let child = cmd
-                .spawn()
-                .unwrap_or_else(|e| panic!("cannot spawn {}: {e}", binary.display()));
+            let child = spawn(&binary, &args, &dir);
             let mut server = Server {
                 child: Some(child),
                 port,
@@ -329,6 +323,7 @@ impl ServerBuilder {
                 version,
                 auth: auth.clone(),
                 conn: Mutex::new(None),
+                args,
             };
             match server.wait_ready() {
                 Ok(()) => return server,
@@ -352,6 +347,21 @@ enum Retry {
     Fatal(String),
 }
 
+fn spawn(binary: &Path, args: &[String], dir: &Path) -> Child {
+    let stderr = fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(dir.join("stderr.log"))
+        .expect("create stderr.log");
+    Command::new(binary)
+        .args(args)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::from(stderr))
+        .spawn()
+        .unwrap_or_else(|e| panic!("cannot spawn {}: {e}", binary.display()))
+}
+
 /// A running `redis-server` on a loopback port with its own temp dir. Dropping it kills the
 /// process (SIGKILL) and removes the dir.
 pub struct Server {
@@ -362,6 +372,8 @@ pub struct Server {
     version: Version,
     auth: Option<Auth>,
     conn: Mutex<Option<Client>>,
+    /// The command line, for [`Server::restart`].
+    args: Vec<String>,
 }
 
 impl std::fmt::Debug for Server {
@@ -525,6 +537,30 @@ impl Server {
             let _ = child.kill(); // SIGKILL on Unix
             let _ = child.wait();
         }
+    }
+
+    /// Kills the server (SIGKILL: no save on shutdown) and starts it again with the same
+    /// configuration, port and directory, so it reloads whatever it had persisted (RDB or
+    /// AOF). Waits until it answers `PING`.
+    pub fn restart(&mut self) {
+        self.kill();
+        for _ in 0..50 {
+            self.child = Some(spawn(&self.binary, &self.args, &self.dir));
+            match self.wait_ready() {
+                Ok(()) => return,
+                // The old socket may linger for a moment.
+                Err(Retry::PortTaken) => {
+                    self.kill();
+                    thread::sleep(Duration::from_millis(100));
+                }
+                Err(Retry::Fatal(why)) => panic!(
+                    "redis-server on port {} failed to restart: {why}\n--- log ---\n{}",
+                    self.port,
+                    self.log()
+                ),
+            }
+        }
+        panic!("redis-server could not get port {} back", self.port);
     }
 
     /// Whether the process is still running.

@@ -3,7 +3,11 @@
 
 use std::path::PathBuf;
 use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
+
+use ferry_testkit::Server;
 
 pub struct Ferry {
     child: Child,
@@ -131,4 +135,88 @@ pub fn wait_until(what: &str, timeout: Duration, mut f: impl FnMut() -> bool) {
         }
         std::thread::sleep(Duration::from_millis(20));
     }
+}
+
+/// The target holds exactly the source's data plus ferry's checkpoint, which records the
+/// source's current offset: removing the checkpoint leaves identical `DEBUG DIGEST`s.
+pub fn assert_exact_copy_with_checkpoint(source: &Server, target: &Server, name: &str) {
+    let key = format!("ferry:checkpoint:{name}:0");
+    target.cmd(&["SELECT", "0"]);
+    let ckpt = target.cmd(&["GET", &key]).as_str();
+    let mut parts = ckpt.split(' ');
+    assert_eq!(parts.next(), Some("stream"), "checkpoint {ckpt:?}");
+    let replid = parts.next().unwrap_or_default().to_string();
+    let offset: u64 = parts.next().and_then(|o| o.parse().ok()).expect("offset");
+    let repl = source.info("replication");
+    assert_eq!(
+        repl.get("master_replid"),
+        Some(&replid),
+        "checkpoint {ckpt:?}"
+    );
+    let source_offset: u64 = repl["master_repl_offset"].parse().unwrap();
+    assert!(
+        offset <= source_offset,
+        "checkpoint {offset} past the source's {source_offset}"
+    );
+    target.cmd(&["DEL", &key]);
+    assert_eq!(source.digest(), target.digest());
+}
+
+/// Waits until ferry's checkpoint on the target names the source's current offset: every
+/// write made so far is applied (the checkpoint is written with the data it covers).
+pub fn wait_caught_up(source: &Server, target: &Server, name: &str, timeout: Duration) {
+    let key = format!("ferry:checkpoint:{name}:0");
+    let mut last = String::new();
+    let deadline = std::time::Instant::now() + timeout;
+    loop {
+        let source_offset = source.info("replication")["master_repl_offset"].clone();
+        let mut c = target.client();
+        c.cmd_str(&["SELECT", "0"]);
+        let ckpt = c.cmd(&[b"GET", key.as_bytes()]).expect("GET checkpoint");
+        if !ckpt.is_nil() {
+            last = ckpt.as_str();
+            let fields: Vec<&str> = last.split(' ').collect();
+            if fields.len() == 4 && fields[0] == "stream" && fields[2] == source_offset {
+                return;
+            }
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "not caught up after {timeout:?}: source offset {source_offset}, checkpoint {last:?}"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// Writes that do not commute or repeat safely, in several databases, until stopped.
+pub fn churn(source: &Server, stop: Arc<AtomicBool>) -> std::thread::JoinHandle<u64> {
+    let mut c = source.client();
+    std::thread::spawn(move || {
+        let mut n = 0u64;
+        while !stop.load(Ordering::Relaxed) {
+            let i = n.to_string();
+            let db = (n % 3).to_string();
+            let cmds: Vec<Vec<Vec<u8>>> = [
+                vec!["SELECT", db.as_str()],
+                vec!["INCR", "churn:counter"],
+                vec!["LPUSH", "churn:list", i.as_str()],
+                vec!["APPEND", "churn:append", "x"],
+                vec!["XADD", "churn:stream", "*", "n", i.as_str()],
+                vec!["EXPIRE", "churn:append", "3600"],
+                vec!["HINCRBYFLOAT", "churn:hash", "f", "1.5"],
+                vec!["SADD", "churn:set", i.as_str()],
+                vec!["MULTI"],
+                vec!["INCRBY", "churn:tx", "2"],
+                vec!["RPUSH", "churn:txlist", i.as_str()],
+                vec!["EXEC"],
+                vec!["SET", &format!("churn:key:{i}"), i.as_str(), "PX", "600000"],
+            ]
+            .iter()
+            .map(|c| c.iter().map(|a| a.as_bytes().to_vec()).collect())
+            .collect();
+            c.pipeline(&cmds).expect("churn pipeline");
+            n += 1;
+        }
+        n
+    })
 }
