@@ -10,6 +10,7 @@
 mod client;
 mod data;
 mod server;
+pub mod versions;
 
 pub use client::{escape_bytes, read_reply, Client, Reply, DEFAULT_IO_TIMEOUT};
 pub use data::{
