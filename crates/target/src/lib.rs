@@ -2,6 +2,7 @@
 //! through one pipelined connection ([`writer::write`]).
 
 pub mod error;
+pub mod rewrite;
 pub mod version;
 pub mod writer;
 
