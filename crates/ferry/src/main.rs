@@ -65,6 +65,14 @@ struct SyncArgs {
     /// Replace keys that already exist on the target instead of failing.
     #[arg(long)]
     overwrite: bool,
+    /// Values bigger than this many bytes (serialized) are written as chunks of plain
+    /// commands instead of one RESTORE.
+    #[arg(long, value_name = "BYTES")]
+    big_key_threshold: Option<usize>,
+    /// Skip (and count) keys the target cannot hold, such as module values or hash field
+    /// TTLs on a target before Redis 7.4, instead of stopping.
+    #[arg(long)]
+    skip_unsupported: bool,
     /// Progress display.
     #[arg(long, value_enum, default_value_t = ProgressMode::Auto)]
     progress: ProgressMode,
@@ -141,6 +149,8 @@ async fn sync(args: SyncArgs) -> anyhow::Result<()> {
         target: args.target,
         mode: args.mode,
         overwrite: args.overwrite.then_some(true),
+        big_key_threshold: args.big_key_threshold,
+        skip_unsupported: args.skip_unsupported.then_some(true),
     })?;
     info!(source = %job.source, target = %job.target, mode = %job.mode, "starting sync");
     let stats = Arc::new(ShardStats::default());

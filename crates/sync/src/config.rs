@@ -52,6 +52,11 @@ pub struct JobConfig {
     pub mode: Mode,
     /// Replace keys and function libraries that already exist on the target.
     pub overwrite: bool,
+    /// Values with a bigger serialized size are written as chunks of commands (default
+    /// 8 MB).
+    pub big_key_threshold: Option<usize>,
+    /// Skip keys the target cannot hold (module values, hash field TTLs on an old target).
+    pub skip_unsupported: bool,
 }
 
 /// The TOML form; every field optional so the command line can fill in or override.
@@ -62,6 +67,8 @@ pub struct FileConfig {
     pub target: Option<String>,
     pub mode: Option<String>,
     pub overwrite: Option<bool>,
+    pub big_key_threshold: Option<usize>,
+    pub skip_unsupported: Option<bool>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -105,6 +112,11 @@ impl FileConfig {
             target: parse("target", &target)?,
             mode,
             overwrite: over.overwrite.or(self.overwrite).unwrap_or(false),
+            big_key_threshold: over.big_key_threshold.or(self.big_key_threshold),
+            skip_unsupported: over
+                .skip_unsupported
+                .or(self.skip_unsupported)
+                .unwrap_or(false),
         })
     }
 }

@@ -85,6 +85,10 @@ pub async fn run(
     }
     let mut wopts = WriterOptions::new(config.target.clone());
     wopts.overwrite = config.overwrite;
+    wopts.skip_unsupported = config.skip_unsupported;
+    if let Some(t) = config.big_key_threshold {
+        wopts.big_value_bytes = t;
+    }
 
     let (tx, rx) = mpsc::channel(EVENT_QUEUE);
     // The writer stops on its own token so that a reader failure lets it drain first.

@@ -1,6 +1,7 @@
 //! Targets: where events are applied. Today a standalone Redis or Valkey node, written
 //! through one pipelined connection ([`writer::write`]).
 
+pub mod compat;
 pub mod error;
 pub mod rewrite;
 pub mod version;

@@ -17,7 +17,9 @@ use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info};
 
+use crate::compat::{Compat, Routed};
 use crate::error::TargetError;
+use crate::rewrite::{Check, Cmd};
 use crate::version::ServerVersion;
 
 #[derive(Debug, Clone)]
@@ -30,6 +32,12 @@ pub struct WriterOptions {
     pub batch_bytes: usize,
     /// Batches written but not yet answered.
     pub max_batches_in_flight: usize,
+    /// A snapshot value whose payload is bigger than this is written as chunks of commands
+    /// instead of one `RESTORE`.
+    pub big_value_bytes: usize,
+    /// Skip (and count) keys the target cannot hold (module values, hash field TTLs on an
+    /// older target) instead of stopping.
+    pub skip_unsupported: bool,
 }
 
 impl WriterOptions {
@@ -39,6 +47,8 @@ impl WriterOptions {
             overwrite: false,
             batch_bytes: 256 * 1024,
             max_batches_in_flight: 32,
+            big_value_bytes: crate::compat::DEFAULT_BIG_VALUE_BYTES,
+            skip_unsupported: false,
         }
     }
 }
@@ -71,6 +81,14 @@ enum Expect {
     },
     FunctionLoad,
     ScriptLoad,
+    /// A command of a snapshot key rewritten into plain commands; `last` when it completes
+    /// the key.
+    Rewrite {
+        key: Bytes,
+        name: Bytes,
+        check: Check,
+        last: bool,
+    },
 }
 
 /// Turns events into RESP in a reused buffer, tracking the connection's database and
@@ -100,6 +118,30 @@ impl Encoder {
             });
             self.db = Some(db);
         }
+    }
+
+    /// A snapshot key written as plain commands (see [`crate::rewrite`]).
+    fn push_rewrite(&mut self, db: u32, key: Bytes, cmds: Vec<Cmd>) {
+        self.select(db);
+        let n = cmds.len();
+        for (i, cmd) in cmds.into_iter().enumerate() {
+            frame::write_command(&mut self.buf, &cmd.argv);
+            self.expects.push(Expect::Rewrite {
+                key: key.clone(),
+                name: cmd.argv.first().cloned().unwrap_or_default(),
+                check: cmd.check,
+                last: i + 1 == n,
+            });
+        }
+    }
+
+    fn route(&mut self, compat: &mut Compat, ev: Event) -> Result<(), TargetError> {
+        match compat.route(ev)? {
+            Routed::Pass(ev) => self.push(ev),
+            Routed::Rewrite { db, key, cmds } => self.push_rewrite(db, key, cmds),
+            Routed::Drop => {}
+        }
+        Ok(())
     }
 
     fn push(&mut self, ev: Event) {
@@ -232,7 +274,13 @@ pub async fn write(
         rdb_version: 0,
         overwrite: opts.overwrite,
     };
-    let max_rdb = version.as_ref().map(|v| v.max_rdb_version());
+    let mut compat = Compat::new(
+        version.clone(),
+        opts.overwrite,
+        opts.skip_unsupported,
+        opts.big_value_bytes,
+        &addr,
+    );
     let result: Result<(), TargetError> = async {
         loop {
             let ev = tokio::select! {
@@ -241,14 +289,10 @@ pub async fn write(
                 r = &mut replies => return Err(reply_task_result(r, &addr).err().unwrap_or_else(|| closed(&addr))),
             };
             let Some(ev) = ev else { break };
-            check_version(&ev, max_rdb, version.as_ref(), &addr)?;
-            enc.push(ev);
+            enc.route(&mut compat, ev)?;
             while enc.buf.len() < opts.batch_bytes {
                 match rx.try_recv() {
-                    Ok(ev) => {
-                        check_version(&ev, max_rdb, version.as_ref(), &addr)?;
-                        enc.push(ev)
-                    }
+                    Ok(ev) => enc.route(&mut compat, ev)?,
                     Err(_) => break,
                 }
             }
@@ -275,6 +319,9 @@ pub async fn write(
     }
     .await;
     drop(exp_tx);
+    if compat.rewritten > 0 || compat.skipped > 0 {
+        info!(target = %addr, rewritten = compat.rewritten, skipped = compat.skipped, "keys written as plain commands / skipped");
+    }
     match result {
         Ok(()) => {
             let summary = reply_task_result(replies.await, &addr)?;
@@ -294,25 +341,6 @@ fn closed(addr: &str) -> TargetError {
         context: Some("reply reader stopped".into()),
     }
     .into()
-}
-
-fn check_version(
-    ev: &Event,
-    max_rdb: Option<u16>,
-    version: Option<&ServerVersion>,
-    addr: &str,
-) -> Result<(), TargetError> {
-    if let (Event::SnapshotHeader { rdb_version }, Some(max), Some(v)) = (ev, max_rdb, version) {
-        if *rdb_version > max {
-            return Err(TargetError::Incompatible {
-                addr: addr.to_string(),
-                message: format!(
-                    "the source's snapshot is RDB version {rdb_version} but the target ({v}) reads at most RDB version {max}; copy into a target of the source's version or newer"
-                ),
-            });
-        }
-    }
-    Ok(())
 }
 
 fn reply_task_result(
@@ -404,6 +432,11 @@ async fn read_replies(
                 summary.commands += 1;
                 stats.records_applied.fetch_add(1, Relaxed);
             }
+            Expect::Rewrite { last: true, .. } => {
+                summary.keys += 1;
+                stats.keys_applied.fetch_add(1, Relaxed);
+                stats.records_applied.fetch_add(1, Relaxed);
+            }
             _ => {}
         }
     }
@@ -466,6 +499,28 @@ fn check_reply(expect: &Expect, reply: &Frame, addr: &str) -> Result<(), TargetE
             }
         }
         (Expect::ScriptLoad, Frame::Error(m)) => Err(rejected("SCRIPT LOAD".into(), lossy(m))),
+        (Expect::Rewrite { key, check, .. }, Frame::Integer(0))
+            if matches!(check, Check::RenameNx | Check::RenameNxExpiring) =>
+        {
+            Err(TargetError::KeyExists {
+                addr: addr.to_string(),
+                key: lossy(key),
+            })
+        }
+        (Expect::Rewrite { check, .. }, Frame::Error(m))
+            if matches!(check, Check::RenameExpiring | Check::RenameNxExpiring)
+                && m.ends_with(b"no such key") =>
+        {
+            Ok(()) // it expired while being written
+        }
+        (Expect::Rewrite { key, name, .. }, Frame::Error(m)) => Err(rejected(
+            format!(
+                "{} while rewriting key {:?} into commands",
+                lossy(name).to_uppercase(),
+                lossy(key)
+            ),
+            lossy(m),
+        )),
         _ => Ok(()),
     }
 }
