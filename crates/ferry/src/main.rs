@@ -69,6 +69,10 @@ struct SyncArgs {
     /// commands instead of one RESTORE.
     #[arg(long, value_name = "BYTES")]
     big_key_threshold: Option<usize>,
+    /// Plain lists, sets, sorted sets and hashes with at least this many elements (streams
+    /// and quicklists with a fiftieth as many nodes) are read and written in chunks.
+    #[arg(long, value_name = "N")]
+    big_key_elements: Option<u64>,
     /// Skip (and count) keys the target cannot hold, such as module values or hash field
     /// TTLs on a target before Redis 7.4, instead of stopping.
     #[arg(long)]
@@ -150,6 +154,7 @@ async fn sync(args: SyncArgs) -> anyhow::Result<()> {
         mode: args.mode,
         overwrite: args.overwrite.then_some(true),
         big_key_threshold: args.big_key_threshold,
+        big_key_elements: args.big_key_elements,
         skip_unsupported: args.skip_unsupported.then_some(true),
     })?;
     info!(source = %job.source, target = %job.target, mode = %job.mode, "starting sync");

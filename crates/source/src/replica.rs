@@ -42,6 +42,9 @@ pub struct ReplicaOptions {
     pub ack_interval: Duration,
     /// How many 64 KiB chunks of RDB may wait for the parser.
     pub rdb_queue_chunks: usize,
+    /// Values above these thresholds are read and sent in chunks, so that memory stays
+    /// bounded however big one value is.
+    pub big_values: Option<ferry_rdb::BigValues>,
 }
 
 impl ReplicaOptions {
@@ -54,6 +57,7 @@ impl ReplicaOptions {
             stop_after_snapshot: false,
             ack_interval: Duration::from_secs(1),
             rdb_queue_chunks: 64,
+            big_values: Some(ferry_rdb::BigValues::default()),
         }
     }
 }
@@ -414,7 +418,8 @@ async fn transfer_rdb(
         let stats = stats.clone();
         let skip = opts.skip_snapshot;
         let addr = addr.clone();
-        tokio::task::spawn_blocking(move || parse_rdb(chunk_rx, tx, stats, skip, addr))
+        let big = opts.big_values;
+        tokio::task::spawn_blocking(move || parse_rdb(chunk_rx, tx, stats, skip, addr, big))
     };
     let mut parse = AbortOnDropT(Some(parse));
     let mut chunk_tx = Some(chunk_tx);
@@ -553,8 +558,10 @@ fn parse_rdb(
     stats: Arc<ShardStats>,
     skip_entries: bool,
     addr: String,
+    big_values: Option<ferry_rdb::BigValues>,
 ) -> Result<ParseDone, SourceError> {
     let mut parser = Parser::new(ChannelReader::new(rx));
+    parser.set_big_values(big_values);
     let rdb_err = |source| SourceError::Rdb {
         addr: addr.clone(),
         source,
@@ -579,6 +586,18 @@ fn parse_rdb(
                 }
                 Event::Entry(e)
             }
+            Item::BigEntryStart(e) => {
+                keys += 1;
+                stats.keys_read.fetch_add(1, Relaxed);
+                stats.records_read.fetch_add(1, Relaxed);
+                if skip_entries {
+                    continue;
+                }
+                Event::BigEntryStart(e)
+            }
+            Item::BigEntryChunk { .. } | Item::BigEntryEnd { .. } if skip_entries => continue,
+            Item::BigEntryChunk { payload } => Event::BigEntryChunk { payload },
+            Item::BigEntryEnd { payload } => Event::BigEntryEnd { payload },
             Item::Function { code } => Event::Function { code },
             Item::Aux { key, value } if key.as_ref() == b"lua" => Event::Script { body: value },
             Item::Aux { key, value } => {

@@ -55,6 +55,9 @@ pub struct JobConfig {
     /// Values with a bigger serialized size are written as chunks of commands (default
     /// 8 MB).
     pub big_key_threshold: Option<usize>,
+    /// Plain lists, sets, sorted sets and hashes with at least this many elements are read
+    /// and written in chunks (default 5000).
+    pub big_key_elements: Option<u64>,
     /// Skip keys the target cannot hold (module values, hash field TTLs on an old target).
     pub skip_unsupported: bool,
 }
@@ -68,6 +71,7 @@ pub struct FileConfig {
     pub mode: Option<String>,
     pub overwrite: Option<bool>,
     pub big_key_threshold: Option<usize>,
+    pub big_key_elements: Option<u64>,
     pub skip_unsupported: Option<bool>,
 }
 
@@ -113,6 +117,7 @@ impl FileConfig {
             mode,
             overwrite: over.overwrite.or(self.overwrite).unwrap_or(false),
             big_key_threshold: over.big_key_threshold.or(self.big_key_threshold),
+            big_key_elements: over.big_key_elements.or(self.big_key_elements),
             skip_unsupported: over
                 .skip_unsupported
                 .or(self.skip_unsupported)

@@ -89,6 +89,15 @@ pub async fn run(
     if let Some(t) = config.big_key_threshold {
         wopts.big_value_bytes = t;
     }
+    let mut big = ferry_rdb::BigValues::default();
+    if let Some(t) = config.big_key_threshold {
+        big.string_bytes = t as u64;
+    }
+    if let Some(n) = config.big_key_elements {
+        big.elements = n.max(1);
+        big.nodes = (n / 50).max(1);
+    }
+    ropts.big_values = Some(big);
 
     let (tx, rx) = mpsc::channel(EVENT_QUEUE);
     // The writer stops on its own token so that a reader failure lets it drain first.

@@ -8,8 +8,9 @@ use ferry_source::Event;
 use tracing::{info, warn};
 
 use crate::error::TargetError;
-use crate::rewrite::{self, Capabilities, Cmd, Rewrite, RewriteOptions};
+use crate::rewrite::{self, Capabilities, Chunker, Cmd, Rewrite, RewriteOptions};
 use crate::version::ServerVersion;
+use ferry_rdb::Value;
 
 /// Default size above which a value is written as chunks of commands instead of one
 /// `RESTORE` (a giant `RESTORE` blocks the target and needs the whole value in one buffer).
@@ -49,11 +50,12 @@ pub fn restore_rdb_limit(target: &ServerVersion, source_rdb: u16) -> u16 {
 #[derive(Debug)]
 pub(crate) enum Routed {
     Pass(Event),
-    /// A snapshot key written as commands.
+    /// A snapshot key written as commands; `completes_key` when these are its last.
     Rewrite {
         db: u32,
         key: Bytes,
         cmds: Vec<Cmd>,
+        completes_key: bool,
     },
     Drop,
 }
@@ -69,6 +71,19 @@ pub(crate) struct Compat {
     addr: String,
     pub rewritten: u64,
     pub skipped: u64,
+    /// The big value being written chunk by chunk.
+    big: Option<BigKey>,
+}
+
+/// A big value in progress; `chunker` is `None` while its chunks are being dropped
+/// (expired or skipped).
+#[derive(Debug)]
+struct BigKey {
+    db: u32,
+    key: Bytes,
+    value_type: u8,
+    expire_ms: Option<i64>,
+    chunker: Option<Chunker>,
 }
 
 impl Compat {
@@ -93,6 +108,7 @@ impl Compat {
             addr: addr.to_string(),
             rewritten: 0,
             skipped: 0,
+            big: None,
         }
     }
 
@@ -140,6 +156,7 @@ impl Compat {
                             db: e.db as u32,
                             key: e.key,
                             cmds,
+                            completes_key: true,
                         })
                     }
                     Rewrite::Skipped(u) => {
@@ -157,7 +174,104 @@ impl Compat {
                 };
                 Ok(Routed::Pass(Event::Command { db, argv, offset }))
             }
+            Event::BigEntryStart(e) => {
+                let live = !matches!(e.expire_ms, Some(ms) if ms <= now_ms());
+                let chunker = live.then(|| Chunker::begin(&e.key, &self.opts));
+                let mut big = BigKey {
+                    db: e.db as u32,
+                    key: e.key,
+                    value_type: e.value_type,
+                    expire_ms: e.expire_ms,
+                    chunker,
+                };
+                let cmds = big.chunker.as_mut().map(Chunker::take).unwrap_or_default();
+                let routed = self.big_commands(&big, cmds, false);
+                self.big = Some(big);
+                Ok(routed)
+            }
+            Event::BigEntryChunk { payload } => {
+                let Some(mut big) = self.big.take() else {
+                    return Err(
+                        self.incompatible("a chunk of a big value came without its start".into())
+                    );
+                };
+                let routed = match big.chunker.as_mut() {
+                    None => Routed::Drop,
+                    Some(ch) => {
+                        let value =
+                            ferry_rdb::decode_value(big.value_type, &payload).map_err(|err| {
+                                self.incompatible(format!(
+                                    "cannot decode a chunk of key {:?}: {err}",
+                                    lossy(&big.key)
+                                ))
+                            })?;
+                        match rewrite::supported(&big.key, &value, &self.opts) {
+                            Ok(()) => {
+                                add_chunk(ch, &value);
+                                let cmds = ch.take();
+                                self.big_commands(&big, cmds, false)
+                            }
+                            Err(u) if self.opts.skip_unsupported => {
+                                // The value only ever lived under its temporary name.
+                                self.skipped += 1;
+                                warn!(target = %self.addr, key = %lossy(&u.key), "skipped: {}", u.reason);
+                                let tmp = rewrite::tmp_key(&big.key);
+                                big.chunker = None;
+                                let del = Cmd { argv: vec![Bytes::from_static(b"DEL"), tmp], check: rewrite::Check::Ok };
+                                self.big_commands(&big, vec![del], false)
+                            }
+                            Err(u) => {
+                                return Err(self.incompatible(format!(
+                                    "key {:?} cannot be written to the target{}: {}; pass --skip-unsupported to skip such keys",
+                                    lossy(&u.key),
+                                    self.target_name(),
+                                    u.reason
+                                )))
+                            }
+                        }
+                    }
+                };
+                self.big = Some(big);
+                Ok(routed)
+            }
+            Event::BigEntryEnd { payload } => {
+                let Some(mut big) = self.big.take() else {
+                    return Err(
+                        self.incompatible("the end of a big value came without its start".into())
+                    );
+                };
+                let Some(mut ch) = big.chunker.take() else {
+                    return Ok(Routed::Drop);
+                };
+                if let Some(p) = payload {
+                    match ferry_rdb::decode_value(big.value_type, &p) {
+                        Ok(Value::Stream(meta)) => ch.stream_meta(&meta),
+                        Ok(_) => {}
+                        Err(err) => {
+                            return Err(self.incompatible(format!(
+                                "cannot decode the metadata of stream {:?}: {err}",
+                                lossy(&big.key)
+                            )))
+                        }
+                    }
+                }
+                self.rewritten += 1;
+                let cmds = ch.finish(big.expire_ms);
+                Ok(self.big_commands(&big, cmds, true))
+            }
             ev => Ok(Routed::Pass(ev)),
+        }
+    }
+
+    fn big_commands(&self, big: &BigKey, cmds: Vec<Cmd>, completes_key: bool) -> Routed {
+        if cmds.is_empty() {
+            return Routed::Drop;
+        }
+        Routed::Rewrite {
+            db: big.db,
+            key: big.key.clone(),
+            cmds,
+            completes_key,
         }
     }
 
@@ -173,6 +287,20 @@ impl Compat {
             addr: self.addr.clone(),
             message,
         }
+    }
+}
+
+/// Feeds one decoded chunk of a big value to its chunker.
+fn add_chunk(ch: &mut Chunker, v: &Value) {
+    match v {
+        Value::String(s) => ch.string_part(s),
+        Value::List(v) => ch.list(v),
+        Value::Set(v) => ch.set(v),
+        Value::SortedSet(v) => ch.zset(v),
+        Value::Hash(v) => ch.hash(v),
+        Value::HashWithTtl(v) => ch.hash_with_ttl(v),
+        Value::Stream(s) => ch.stream_entries(&s.entries),
+        Value::Module { .. } => {}
     }
 }
 

@@ -121,7 +121,7 @@ impl Encoder {
     }
 
     /// A snapshot key written as plain commands (see [`crate::rewrite`]).
-    fn push_rewrite(&mut self, db: u32, key: Bytes, cmds: Vec<Cmd>) {
+    fn push_rewrite(&mut self, db: u32, key: Bytes, cmds: Vec<Cmd>, completes_key: bool) {
         self.select(db);
         let n = cmds.len();
         for (i, cmd) in cmds.into_iter().enumerate() {
@@ -130,7 +130,7 @@ impl Encoder {
                 key: key.clone(),
                 name: cmd.argv.first().cloned().unwrap_or_default(),
                 check: cmd.check,
-                last: i + 1 == n,
+                last: completes_key && i + 1 == n,
             });
         }
     }
@@ -138,7 +138,12 @@ impl Encoder {
     fn route(&mut self, compat: &mut Compat, ev: Event) -> Result<(), TargetError> {
         match compat.route(ev)? {
             Routed::Pass(ev) => self.push(ev),
-            Routed::Rewrite { db, key, cmds } => self.push_rewrite(db, key, cmds),
+            Routed::Rewrite {
+                db,
+                key,
+                cmds,
+                completes_key,
+            } => self.push_rewrite(db, key, cmds, completes_key),
             Routed::Drop => {}
         }
         Ok(())
@@ -234,7 +239,13 @@ impl Encoder {
             }
             Event::SnapshotHeader { rdb_version } => self.rdb_version = rdb_version,
             Event::Offset(offset) => self.expects.push(Expect::Mark { offset }),
-            Event::SnapshotBegin { .. } | Event::SnapshotEnd { .. } | Event::Continue { .. } => {}
+            // Big entries are turned into commands by `Compat` before they get here.
+            Event::SnapshotBegin { .. }
+            | Event::SnapshotEnd { .. }
+            | Event::Continue { .. }
+            | Event::BigEntryStart(_)
+            | Event::BigEntryChunk { .. }
+            | Event::BigEntryEnd { .. } => {}
         }
     }
 }
