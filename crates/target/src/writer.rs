@@ -510,14 +510,17 @@ fn check_reply(expect: &Expect, reply: &Frame, addr: &str) -> Result<(), TargetE
             }
         }
         (Expect::ScriptLoad, Frame::Error(m)) => Err(rejected("SCRIPT LOAD".into(), lossy(m))),
-        (Expect::Rewrite { key, check, .. }, Frame::Integer(0))
-            if matches!(check, Check::RenameNx | Check::RenameNxExpiring) =>
-        {
-            Err(TargetError::KeyExists {
-                addr: addr.to_string(),
-                key: lossy(key),
-            })
-        }
+        (
+            Expect::Rewrite {
+                key,
+                check: Check::RenameNx | Check::RenameNxExpiring,
+                ..
+            },
+            Frame::Integer(0),
+        ) => Err(TargetError::KeyExists {
+            addr: addr.to_string(),
+            key: lossy(key),
+        }),
         (Expect::Rewrite { check, .. }, Frame::Error(m))
             if matches!(check, Check::RenameExpiring | Check::RenameNxExpiring)
                 && m.ends_with(b"no such key") =>
