@@ -233,3 +233,113 @@ fn strip_ansi(s: &str) -> String {
     }
     out
 }
+
+/// Replicated commands newer than the target: what is easy is translated (7.0 replicates
+/// `SET … EX` as `SET … PXAT`, `LMOVE RIGHT LEFT` is `RPOPLPUSH`), the rest stops the job
+/// with an error naming the command.
+#[test]
+fn replicated_commands_are_adapted_or_refused_for_older_targets() {
+    let all = servers();
+    let system = all.iter().find(|b| b.label.starts_with("system-"));
+    let old = all.iter().find(|b| !b.valkey && b.version < (6, 2, 0));
+    let (Some(system), Some(old)) = (system, old) else {
+        eprintln!("needs the system redis-server and one older than 6.2; skipped");
+        return;
+    };
+    let source = start(system);
+    let target = start(old);
+    source.cmd(&["RPUSH", "l", "a", "b"]);
+    let mut ferry = Ferry::sync(&source.url(), &target.url(), &[]);
+    ferry.wait_for_output("full resync", LONG);
+    common::wait_until("the snapshot on the target", LONG, || {
+        target.cmd(&["LLEN", "l"]) == ferry_testkit::Reply::Int(2)
+    });
+    source.cmd(&["SET", "k", "v", "EX", "100"]);
+    source.cmd(&["LMOVE", "l", "l2", "RIGHT", "LEFT"]);
+    common::wait_until("the increment on the target", LONG, || {
+        target.cmd(&["EXISTS", "l2"]) == ferry_testkit::Reply::Int(1)
+    });
+    assert_same_values(&source, &target);
+    let ttl = target.cmd(&["TTL", "k"]).as_int();
+    assert!((90..=100).contains(&ttl), "TTL {ttl}");
+    // FUNCTION is 7.0: not translatable.
+    source.cmd(&[
+        "FUNCTION",
+        "LOAD",
+        "#!lua name=xlib\nredis.register_function('xf', function() return 1 end)",
+    ]);
+    let status = ferry.wait(LONG);
+    assert!(!status.success());
+    let out = ferry.output();
+    assert!(out.contains("replicated FUNCTION"), "{out}");
+}
+
+/// Hash field TTLs cannot be held before Redis 7.4: an error naming the key, or with
+/// `--skip-unsupported` the key is left out and the rest copied.
+#[test]
+fn hash_field_ttls_into_an_old_target_fail_or_skip() {
+    let all = servers();
+    let new = all.iter().find(|b| !b.valkey && b.version >= (7, 4, 0));
+    let old = all.iter().find(|b| !b.valkey && b.version < (7, 4, 0));
+    let (Some(new), Some(old)) = (new, old) else {
+        eprintln!("needs Redis >= 7.4 and an older one; skipped");
+        return;
+    };
+    let fill = |s: &Server| {
+        s.cmd(&["HSET", "hf", "a", "1", "b", "2"]);
+        s.cmd(&["HPEXPIRE", "hf", "600000", "FIELDS", "1", "a"]);
+        s.cmd(&["SET", "plain", "v"]);
+    };
+    let err = sync_pair(new, old, fill, &[]).expect_err("must refuse hash field TTLs");
+    assert!(err.contains("key \"hf\"") && err.contains("7.4"), "{err}");
+
+    let source = start(new);
+    let target = start(old);
+    fill(&source);
+    let mut ferry = Ferry::sync(
+        &source.url(),
+        &target.url(),
+        &["--mode", "full", "--skip-unsupported"],
+    );
+    assert!(ferry.wait(LONG).success(), "{}", ferry.output());
+    assert_eq!(target.cmd(&["EXISTS", "hf"]), ferry_testkit::Reply::Int(0));
+    assert_eq!(target.cmd(&["GET", "plain"]).as_str(), "v");
+}
+
+/// A rewritten key that exists on the target is refused as `RESTORE` refuses it, and the
+/// existing value is left untouched; `--overwrite` replaces it.
+#[test]
+fn rewritten_keys_respect_overwrite() {
+    let all = servers();
+    let system = all.iter().find(|b| b.label.starts_with("system-"));
+    let old = all.iter().find(|b| !b.valkey && b.version < (7, 0, 0));
+    let (Some(system), Some(old)) = (system, old) else {
+        eprintln!("needs the system redis-server and an older one; skipped");
+        return;
+    };
+    let source = start(system);
+    let target = start(old);
+    source.cmd(&["HSET", "h", "f", "new"]);
+    target.cmd(&["HSET", "h", "old", "1"]);
+    let mut ferry = Ferry::sync(&source.url(), &target.url(), &["--mode", "full"]);
+    assert!(!ferry.wait(LONG).success());
+    assert!(
+        ferry.output().contains("already exists"),
+        "{}",
+        ferry.output()
+    );
+    assert_eq!(target.cmd(&["HGETALL", "h"]).as_array().len(), 2);
+    assert_eq!(target.cmd(&["HGET", "h", "old"]).as_str(), "1");
+    assert_eq!(
+        target.cmd(&["DBSIZE"]).as_int(),
+        1,
+        "temporary key left behind"
+    );
+    let mut ferry = Ferry::sync(
+        &source.url(),
+        &target.url(),
+        &["--mode", "full", "--overwrite"],
+    );
+    assert!(ferry.wait(LONG).success(), "{}", ferry.output());
+    assert_same_values(&source, &target);
+}

@@ -500,6 +500,10 @@ impl Chunker {
             argv: vec![name, self.tmp.clone(), self.key.clone()],
             check,
         });
+        if !self.opts.overwrite {
+            // A refused RENAMENX leaves the temporary key: remove it (no-op otherwise).
+            self.cmds.push(Cmd::new(vec![b(b"DEL"), self.tmp.clone()]));
+        }
         self.cmds
     }
 }
@@ -564,6 +568,7 @@ mod tests {
                 "RPUSH k\\0ferry-rewrite c",
                 "PEXPIREAT k\\0ferry-rewrite 5000",
                 "RENAMENX k\\0ferry-rewrite k",
+                "DEL k\\0ferry-rewrite",
             ]
         );
         assert_eq!(
@@ -644,7 +649,7 @@ mod tests {
         let c = cmds(&Value::Stream(s.clone()), None, &opts());
         let t = "k\\0ferry-rewrite";
         assert_eq!(
-            c[1..c.len() - 1],
+            c[1..c.len() - 2],
             [
                 format!("XADD {t} 1-1 f v"),
                 format!("XSETID {t} 5-0 ENTRIESADDED 3 MAXDELETEDID 2-0"),
