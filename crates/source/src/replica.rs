@@ -551,6 +551,9 @@ impl Drop for AbortOnDropT {
     }
 }
 
+/// Most events waiting in the queue before the parser sends a big value's next chunk.
+const BIG_CHUNKS_QUEUED: usize = 16;
+
 /// The parser thread: RDB items → events.
 fn parse_rdb(
     rx: mpsc::Receiver<Bytes>,
@@ -596,7 +599,14 @@ fn parse_rdb(
                 Event::BigEntryStart(e)
             }
             Item::BigEntryChunk { .. } | Item::BigEntryEnd { .. } if skip_entries => continue,
-            Item::BigEntryChunk { payload } => Event::BigEntryChunk { payload },
+            Item::BigEntryChunk { payload } => {
+                // The event queue is bounded in events, not bytes: let only a few chunks
+                // (each up to a megabyte) wait, so a giant value never sits in memory.
+                while tx.max_capacity() - tx.capacity() > BIG_CHUNKS_QUEUED && !tx.is_closed() {
+                    std::thread::sleep(std::time::Duration::from_millis(1));
+                }
+                Event::BigEntryChunk { payload }
+            }
             Item::BigEntryEnd { payload } => Event::BigEntryEnd { payload },
             Item::Function { code } => Event::Function { code },
             Item::Aux { key, value } if key.as_ref() == b"lua" => Event::Script { body: value },
