@@ -99,6 +99,18 @@ struct SyncArgs {
     /// Scheduled: IANA time zone of the windows (default: the system's).
     #[arg(long)]
     retry_time_zone: Option<String>,
+    /// Values bigger than this many bytes (serialized) are written as chunks of plain
+    /// commands instead of one RESTORE.
+    #[arg(long, value_name = "BYTES")]
+    big_key_threshold: Option<usize>,
+    /// Plain lists, sets, sorted sets and hashes with at least this many elements (streams
+    /// and quicklists with a fiftieth as many nodes) are read and written in chunks.
+    #[arg(long, value_name = "N")]
+    big_key_elements: Option<u64>,
+    /// Skip (and count) keys the target cannot hold, such as module values or hash field
+    /// TTLs on a target before Redis 7.4, instead of stopping.
+    #[arg(long)]
+    skip_unsupported: bool,
     /// Progress display.
     #[arg(long, value_enum, default_value_t = ProgressMode::Auto)]
     progress: ProgressMode,
@@ -189,6 +201,9 @@ async fn sync(args: SyncArgs) -> anyhow::Result<()> {
             other_window: args.retry_other_window,
             time_zone: args.retry_time_zone,
         },
+        big_key_threshold: args.big_key_threshold,
+        big_key_elements: args.big_key_elements,
+        skip_unsupported: args.skip_unsupported.then_some(true),
     })?;
     info!(name = %job.name, source = %job.source, target = %job.target, mode = %job.mode,
           checkpoint = job.checkpoint, "starting sync");

@@ -75,4 +75,4 @@ pub use decode::{
 };
 pub use dump::{dump_payload_len, parse_dump_payload, write_dump_payload};
 pub use error::{ErrorKind, RdbError};
-pub use parser::{Entry, Item, Parser};
+pub use parser::{BigValues, Entry, Item, Parser};

@@ -50,6 +50,23 @@ pub enum Item {
         /// module opcode stream up to and including its EOF marker).
         raw: Bytes,
     },
+    /// The start of a value too big to capture whole (see
+    /// [`Parser::set_big_values`]): the entry with an empty `payload`. Its elements follow
+    /// as [`Item::BigEntryChunk`]s, then one [`Item::BigEntryEnd`].
+    BigEntryStart(Entry),
+    /// The next elements of a big value, as a complete serialized value of the entry's
+    /// type holding just these elements (so [`crate::decode_value`] reads it); a part of a
+    /// big string is a string.
+    BigEntryChunk {
+        /// The serialized elements.
+        payload: Bytes,
+    },
+    /// The end of a big value. For a stream, `payload` is the stream without entries: its
+    /// last id, counters and consumer groups.
+    BigEntryEnd {
+        /// Streams only: the metadata as a serialized stream with no entries.
+        payload: Option<Bytes>,
+    },
     /// Per-slot sizing hint (Redis 7.4+/Valkey, cluster mode).
     SlotInfo {
         /// Slot number.
@@ -78,6 +95,46 @@ pub struct Entry {
     pub idle: Option<u64>,
     /// LFU frequency.
     pub freq: Option<u8>,
+}
+
+/// When a value counts as big and is streamed in chunks instead of captured whole
+/// ([`Parser::set_big_values`]). Only values stored as a sequence (plain lists, sets,
+/// sorted sets, hashes, quicklists, streams) and uncompressed strings can be streamed;
+/// listpack/ziplist encoded values are small by construction.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct BigValues {
+    /// A plain list/set/zset/hash with at least this many elements.
+    pub elements: u64,
+    /// A quicklist or stream with at least this many nodes (each holds many elements).
+    pub nodes: u64,
+    /// A string of at least this many bytes.
+    pub string_bytes: u64,
+    /// Most elements (or nodes) in one chunk.
+    pub chunk_elements: u64,
+    /// A chunk ends once it holds this many bytes.
+    pub chunk_bytes: u64,
+}
+
+impl Default for BigValues {
+    fn default() -> Self {
+        BigValues {
+            elements: 5000,
+            nodes: 100,
+            string_bytes: 8 * 1024 * 1024,
+            chunk_elements: 1000,
+            chunk_bytes: 1024 * 1024,
+        }
+    }
+}
+
+/// A big value being streamed.
+#[derive(Debug)]
+struct Big {
+    t: u8,
+    /// Elements (nodes; bytes for a string) not yet returned.
+    left: u64,
+    /// Bytes every chunk's payload starts with (hash metadata's minimum expire time).
+    prefix: Vec<u8>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -120,6 +177,8 @@ pub struct Parser<R: Read> {
     expire_ms: Option<i64>,
     idle: Option<u64>,
     freq: Option<u8>,
+    big_values: Option<BigValues>,
+    big: Option<Big>,
 }
 
 impl<R: Read> std::fmt::Debug for Parser<R> {
@@ -153,7 +212,15 @@ impl<R: Read> Parser<R> {
             expire_ms: None,
             idle: None,
             freq: None,
+            big_values: None,
+            big: None,
         }
+    }
+
+    /// Streams values above these thresholds in chunks ([`Item::BigEntryStart`], …)
+    /// instead of returning them whole, so memory stays bounded by a chunk.
+    pub fn set_big_values(&mut self, big: Option<BigValues>) {
+        self.big_values = big;
     }
 
     /// The RDB version, once the header was read.
@@ -222,6 +289,9 @@ impl<R: Read> Parser<R> {
         if self.state == State::Header {
             self.read_header()?;
             self.state = State::Body;
+        }
+        if self.big.is_some() {
+            return self.next_big_chunk().map(Some);
         }
         loop {
             let t = self.u8()?;
@@ -297,6 +367,26 @@ impl<R: Read> Parser<R> {
                 }
                 t if is_value_type(t) => {
                     let key = self.read_string()?;
+                    if self.big_values.is_some() {
+                        match self.try_big_start(t) {
+                            Ok(true) => {
+                                return Ok(Some(Item::BigEntryStart(Entry {
+                                    db: self.db,
+                                    key,
+                                    value_type: t,
+                                    payload: Bytes::new(),
+                                    expire_ms: self.expire_ms.take(),
+                                    idle: self.idle.take(),
+                                    freq: self.freq.take(),
+                                })));
+                            }
+                            Ok(false) => {}
+                            Err(mut e) => {
+                                e.key = Some(key_ctx(&key));
+                                return Err(e);
+                            }
+                        }
+                    }
                     self.start_capture();
                     if let Err(mut e) = self.skip_value(t) {
                         e.key = Some(key_ctx(&key));
@@ -321,6 +411,187 @@ impl<R: Read> Parser<R> {
                     return Err(e);
                 }
             }
+        }
+    }
+
+    /// Reads the element count of a value of type `t` and, when the value is big, starts
+    /// streaming it; otherwise leaves the stream where it was.
+    fn try_big_start(&mut self, t: u8) -> Result<bool, RdbError> {
+        let Some(th) = self.big_values else {
+            return Ok(false);
+        };
+        let (min, prefix) = match t {
+            RDB_TYPE_STRING => (th.string_bytes, 0),
+            RDB_TYPE_LIST | RDB_TYPE_SET | RDB_TYPE_ZSET | RDB_TYPE_ZSET_2 | RDB_TYPE_HASH => {
+                (th.elements, 0)
+            }
+            RDB_TYPE_HASH_METADATA_PRE_GA => (th.elements, 0),
+            RDB_TYPE_HASH_METADATA => (th.elements, 8),
+            RDB_TYPE_LIST_QUICKLIST
+            | RDB_TYPE_LIST_QUICKLIST_2
+            | RDB_TYPE_STREAM_LISTPACKS
+            | RDB_TYPE_STREAM_LISTPACKS_2
+            | RDB_TYPE_STREAM_LISTPACKS_3 => (th.nodes, 0),
+            _ => return Ok(false),
+        };
+        // Peek: the prefix and the length (at most 9 bytes) must be in the buffer so that
+        // the position can be restored.
+        self.fill_up_to(prefix + 9)?;
+        let save = self.pos;
+        let mut head = Vec::new();
+        if prefix > 0 {
+            if self.end - self.pos < prefix {
+                return Ok(false);
+            }
+            head.extend_from_slice(&self.buf[self.pos..self.pos + prefix]);
+            self.pos += prefix;
+        }
+        let n = match self.len() {
+            Ok(Len::Plain(n)) => n,
+            _ => {
+                self.pos = save;
+                return Ok(false);
+            }
+        };
+        if n < min.max(1) {
+            self.pos = save;
+            return Ok(false);
+        }
+        self.big = Some(Big {
+            t,
+            left: n,
+            prefix: head,
+        });
+        Ok(true)
+    }
+
+    /// Reads until `n` bytes are buffered or the stream ends (without failing at its end).
+    fn fill_up_to(&mut self, n: usize) -> Result<(), RdbError> {
+        if self.end - self.pos >= n {
+            return Ok(());
+        }
+        self.sync();
+        if self.pos > 0 {
+            self.buf.copy_within(self.pos..self.end, 0);
+            self.base += self.pos as u64;
+            self.end -= self.pos;
+            self.pos = 0;
+            self.crc_pos = 0;
+            self.cap_pos = 0;
+        }
+        while self.end < n {
+            match self.reader.read(&mut self.buf[self.end..]) {
+                Ok(0) => break,
+                Ok(k) => self.end += k,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => return Err(self.err_at_end(ErrorKind::Io(e))),
+            }
+        }
+        Ok(())
+    }
+
+    /// The next chunk of the big value being streamed, or its end.
+    fn next_big_chunk(&mut self) -> Result<Item, RdbError> {
+        let Some(big) = self.big.take() else {
+            return Err(self.err(ErrorKind::Poisoned));
+        };
+        let th = self.big_values.unwrap_or_default();
+        let t = big.t;
+        if big.left == 0 {
+            let payload = if matches!(
+                t,
+                RDB_TYPE_STREAM_LISTPACKS
+                    | RDB_TYPE_STREAM_LISTPACKS_2
+                    | RDB_TYPE_STREAM_LISTPACKS_3
+            ) {
+                self.start_capture();
+                self.skip_stream_tail(t)?;
+                let tail = self.end_capture();
+                let mut p = BytesMut::with_capacity(tail.len() + 1);
+                p.extend_from_slice(&[0]);
+                p.extend_from_slice(&tail);
+                Some(p.freeze())
+            } else {
+                None
+            };
+            return Ok(Item::BigEntryEnd { payload });
+        }
+        let mut out = BytesMut::new();
+        out.extend_from_slice(&big.prefix);
+        let taken;
+        if t == RDB_TYPE_STRING {
+            taken = big.left.min(th.chunk_bytes.max(1));
+            write_len(&mut out, taken);
+            self.read_into(&mut out, taken)?;
+        } else {
+            self.start_capture();
+            let mut n = 0u64;
+            while n < big.left && n < th.chunk_elements.max(1) {
+                self.skip_element(t)?;
+                n += 1;
+                self.sync_capture();
+                if self.capture.len() as u64 >= th.chunk_bytes {
+                    break;
+                }
+            }
+            let raw = self.end_capture();
+            taken = n;
+            write_len(&mut out, n);
+            out.extend_from_slice(&raw);
+            if matches!(
+                t,
+                RDB_TYPE_STREAM_LISTPACKS
+                    | RDB_TYPE_STREAM_LISTPACKS_2
+                    | RDB_TYPE_STREAM_LISTPACKS_3
+            ) {
+                // An empty stream tail: length, last id, (v2+: first id, max deleted id,
+                // entries added), no groups.
+                let zeros = if t >= RDB_TYPE_STREAM_LISTPACKS_2 {
+                    9
+                } else {
+                    4
+                };
+                out.extend_from_slice(&[0u8; 9][..zeros]);
+            }
+        }
+        self.big = Some(Big {
+            left: big.left - taken,
+            ..big
+        });
+        Ok(Item::BigEntryChunk {
+            payload: out.freeze(),
+        })
+    }
+
+    /// Skips one element (one node for quicklists and streams) of a value of type `t`.
+    fn skip_element(&mut self, t: u8) -> Result<(), RdbError> {
+        match t {
+            RDB_TYPE_LIST | RDB_TYPE_SET | RDB_TYPE_LIST_QUICKLIST => self.skip_string(),
+            RDB_TYPE_LIST_QUICKLIST_2 => {
+                self.plain_len()?;
+                self.skip_string()
+            }
+            RDB_TYPE_ZSET => {
+                self.skip_string()?;
+                self.skip_double_string()
+            }
+            RDB_TYPE_ZSET_2 => {
+                self.skip_string()?;
+                self.skip(8)
+            }
+            RDB_TYPE_HASH
+            | RDB_TYPE_STREAM_LISTPACKS
+            | RDB_TYPE_STREAM_LISTPACKS_2
+            | RDB_TYPE_STREAM_LISTPACKS_3 => {
+                self.skip_string()?;
+                self.skip_string()
+            }
+            RDB_TYPE_HASH_METADATA | RDB_TYPE_HASH_METADATA_PRE_GA => {
+                self.plain_len()?;
+                self.skip_string()?;
+                self.skip_string()
+            }
+            t => Err(self.err(ErrorKind::UnknownType(t))),
         }
     }
 
@@ -766,6 +1037,11 @@ impl<R: Read> Parser<R> {
             self.skip_string()?; // master id
             self.skip_string()?; // listpack
         }
+        self.skip_stream_tail(t)
+    }
+
+    /// Everything of a stream after its nodes.
+    fn skip_stream_tail(&mut self, t: u8) -> Result<(), RdbError> {
         // length, last id
         for _ in 0..3 {
             self.plain_len()?;
@@ -803,6 +1079,21 @@ impl<R: Read> Parser<R> {
             }
         }
         Ok(())
+    }
+}
+
+/// Appends an RDB length prefix.
+fn write_len(out: &mut BytesMut, n: u64) {
+    if n < 1 << 6 {
+        out.extend_from_slice(&[n as u8]);
+    } else if n < 1 << 14 {
+        out.extend_from_slice(&[0x40 | (n >> 8) as u8, n as u8]);
+    } else if n <= u64::from(u32::MAX) {
+        out.extend_from_slice(&[RDB_32BITLEN]);
+        out.extend_from_slice(&(n as u32).to_be_bytes());
+    } else {
+        out.extend_from_slice(&[RDB_64BITLEN]);
+        out.extend_from_slice(&n.to_be_bytes());
     }
 }
 

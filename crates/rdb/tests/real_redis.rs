@@ -594,6 +594,9 @@ fn real_rdb_matches_server_and_dump() {
                 current_db = Some(db);
             }
             Item::ResizeDb { .. } | Item::SlotInfo { .. } | Item::ModuleAux { .. } => {}
+            Item::BigEntryStart(_) | Item::BigEntryChunk { .. } | Item::BigEntryEnd { .. } => {
+                panic!("big values are not enabled")
+            }
             Item::Function { code } => functions.push(code),
             Item::Entry(e) => {
                 assert_eq!(Some(e.db), current_db);

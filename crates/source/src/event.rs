@@ -16,6 +16,16 @@ pub enum Event {
     SnapshotHeader { rdb_version: u16 },
     /// One key of the snapshot, with its value still serialized as in the RDB.
     Entry(ferry_rdb::Entry),
+    /// The start of a snapshot value too big for one event (see
+    /// [`ferry_rdb::Parser::set_big_values`]): its key and metadata, with an empty payload.
+    /// Its [`Event::BigEntryChunk`]s and one [`Event::BigEntryEnd`] follow, nothing between.
+    BigEntryStart(ferry_rdb::Entry),
+    /// The next elements of the big value: a serialized value of the entry's type holding
+    /// just these elements.
+    BigEntryChunk { payload: Bytes },
+    /// The end of the big value; for a stream its metadata (a serialized stream without
+    /// entries).
+    BigEntryEnd { payload: Option<Bytes> },
     /// A function library from the snapshot (`FUNCTION LOAD` code).
     Function { code: Bytes },
     /// A Lua script body from an old RDB's `lua` AUX field (`SCRIPT LOAD`).
@@ -41,7 +51,9 @@ impl Event {
     /// Bytes of payload this event carries (for buffer bounds and throughput figures).
     pub fn weight(&self) -> usize {
         match self {
-            Event::Entry(e) => e.key.len() + e.payload.len() + 64,
+            Event::Entry(e) | Event::BigEntryStart(e) => e.key.len() + e.payload.len() + 64,
+            Event::BigEntryChunk { payload } => payload.len() + 16,
+            Event::BigEntryEnd { payload } => payload.as_ref().map_or(16, |p| p.len() + 16),
             Event::Command { argv, .. } => argv.iter().map(|a| a.len() + 16).sum(),
             Event::Function { code } => code.len(),
             Event::Script { body } => body.len(),

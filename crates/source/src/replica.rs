@@ -55,6 +55,9 @@ pub struct ReplicaOptions {
     /// Resuming in incremental mode: a source that can only offer a new snapshot is an
     /// error (applying none of it would lose writes).
     pub refuse_full_resync: bool,
+    /// Values above these thresholds are read and sent in chunks, so that memory stays
+    /// bounded however big one value is.
+    pub big_values: Option<ferry_rdb::BigValues>,
 }
 
 impl ReplicaOptions {
@@ -71,6 +74,7 @@ impl ReplicaOptions {
             read_timeout: Duration::from_secs(60),
             rate_limit: None,
             refuse_full_resync: false,
+            big_values: Some(ferry_rdb::BigValues::default()),
         }
     }
 }
@@ -488,7 +492,8 @@ async fn transfer_rdb(
         let stats = stats.clone();
         let skip = opts.skip_snapshot;
         let addr = addr.clone();
-        tokio::task::spawn_blocking(move || parse_rdb(chunk_rx, tx, stats, skip, addr))
+        let big = opts.big_values;
+        tokio::task::spawn_blocking(move || parse_rdb(chunk_rx, tx, stats, skip, addr, big))
     };
     let mut parse = AbortOnDropT(Some(parse));
     let mut chunk_tx = Some(chunk_tx);
@@ -622,6 +627,9 @@ impl Drop for AbortOnDropT {
     }
 }
 
+/// Most events waiting in the queue before the parser sends a big value's next chunk.
+const BIG_CHUNKS_QUEUED: usize = 16;
+
 /// The parser thread: RDB items → events.
 fn parse_rdb(
     rx: mpsc::Receiver<Bytes>,
@@ -629,8 +637,10 @@ fn parse_rdb(
     stats: Arc<ShardStats>,
     skip_entries: bool,
     addr: String,
+    big_values: Option<ferry_rdb::BigValues>,
 ) -> Result<ParseDone, SourceError> {
     let mut parser = Parser::new(ChannelReader::new(rx));
+    parser.set_big_values(big_values);
     let rdb_err = |source| SourceError::Rdb {
         addr: addr.clone(),
         source,
@@ -655,6 +665,25 @@ fn parse_rdb(
                 }
                 Event::Entry(e)
             }
+            Item::BigEntryStart(e) => {
+                keys += 1;
+                stats.keys_read.fetch_add(1, Relaxed);
+                stats.records_read.fetch_add(1, Relaxed);
+                if skip_entries {
+                    continue;
+                }
+                Event::BigEntryStart(e)
+            }
+            Item::BigEntryChunk { .. } | Item::BigEntryEnd { .. } if skip_entries => continue,
+            Item::BigEntryChunk { payload } => {
+                // The event queue is bounded in events, not bytes: let only a few chunks
+                // (each up to a megabyte) wait, so a giant value never sits in memory.
+                while tx.max_capacity() - tx.capacity() > BIG_CHUNKS_QUEUED && !tx.is_closed() {
+                    std::thread::sleep(std::time::Duration::from_millis(1));
+                }
+                Event::BigEntryChunk { payload }
+            }
+            Item::BigEntryEnd { payload } => Event::BigEntryEnd { payload },
             Item::Function { code } => Event::Function { code },
             Item::Aux { key, value } if key.as_ref() == b"lua" => Event::Script { body: value },
             Item::Aux { key, value } => {

@@ -66,6 +66,14 @@ pub struct JobConfig {
     pub rate_limit: Option<f64>,
     /// A source silent for this long is taken as gone.
     pub source_timeout: Duration,
+    /// Values with a bigger serialized size are written as chunks of commands (default
+    /// 8 MB).
+    pub big_key_threshold: Option<usize>,
+    /// Plain lists, sets, sorted sets and hashes with at least this many elements are read
+    /// and written in chunks (default 5000).
+    pub big_key_elements: Option<u64>,
+    /// Skip keys the target cannot hold (module values, hash field TTLs on an old target).
+    pub skip_unsupported: bool,
 }
 
 /// Retry settings as written in TOML or given as flags.
@@ -169,6 +177,9 @@ pub struct FileConfig {
     pub source_timeout: Option<String>,
     #[serde(default)]
     pub retry: RetryConfig,
+    pub big_key_threshold: Option<usize>,
+    pub big_key_elements: Option<u64>,
+    pub skip_unsupported: Option<bool>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -238,6 +249,12 @@ impl FileConfig {
             retry: over.retry.or(self.retry).resolve()?,
             rate_limit,
             source_timeout,
+            big_key_threshold: over.big_key_threshold.or(self.big_key_threshold),
+            big_key_elements: over.big_key_elements.or(self.big_key_elements),
+            skip_unsupported: over
+                .skip_unsupported
+                .or(self.skip_unsupported)
+                .unwrap_or(false),
         })
     }
 }

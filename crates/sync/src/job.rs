@@ -217,6 +217,19 @@ async fn attempt(
     wopts.overwrite = config.overwrite;
     wopts.checkpoint_key = ckpt_key;
     wopts.flush_before_snapshot = flush;
+    wopts.skip_unsupported = config.skip_unsupported;
+    if let Some(t) = config.big_key_threshold {
+        wopts.big_value_bytes = t;
+    }
+    let mut big = ferry_rdb::BigValues::default();
+    if let Some(t) = config.big_key_threshold {
+        big.string_bytes = t as u64;
+    }
+    if let Some(n) = config.big_key_elements {
+        big.elements = n.max(1);
+        big.nodes = (n / 50).max(1);
+    }
+    ropts.big_values = Some(big);
 
     let (tx, rx) = mpsc::channel(EVENT_QUEUE);
     // Reader and writer stop on their own tokens so that a reader failure lets the writer

@@ -2,7 +2,9 @@
 //! through one pipelined connection ([`writer::write`]).
 
 pub mod checkpoint;
+pub mod compat;
 pub mod error;
+pub mod rewrite;
 pub mod version;
 pub mod writer;
 

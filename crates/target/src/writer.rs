@@ -18,7 +18,9 @@ use tokio_util::sync::CancellationToken;
 use tracing::{debug, info};
 
 use crate::checkpoint::is_checkpoint_key;
+use crate::compat::{Compat, Routed};
 use crate::error::TargetError;
+use crate::rewrite::{Check, Cmd};
 use crate::version::ServerVersion;
 
 #[derive(Debug, Clone)]
@@ -37,6 +39,12 @@ pub struct WriterOptions {
     /// Flush the target before applying a snapshot: set when the job has applied data
     /// before (a checkpoint existed), so a new snapshot must not leave stale keys behind.
     pub flush_before_snapshot: bool,
+    /// A snapshot value whose payload is bigger than this is written as chunks of commands
+    /// instead of one `RESTORE`.
+    pub big_value_bytes: usize,
+    /// Skip (and count) keys the target cannot hold (module values, hash field TTLs on an
+    /// older target) instead of stopping.
+    pub skip_unsupported: bool,
 }
 
 impl WriterOptions {
@@ -48,6 +56,8 @@ impl WriterOptions {
             max_batches_in_flight: 32,
             checkpoint_key: None,
             flush_before_snapshot: false,
+            big_value_bytes: crate::compat::DEFAULT_BIG_VALUE_BYTES,
+            skip_unsupported: false,
         }
     }
 }
@@ -89,6 +99,14 @@ enum Expect {
         offset: Option<u64>,
         /// The source's own MULTI/EXEC folded into this transaction: applied records too.
         folded: u64,
+    },
+    /// A command of a snapshot key rewritten into plain commands; `last` when it completes
+    /// the key.
+    Rewrite {
+        key: Bytes,
+        name: Bytes,
+        check: Check,
+        last: bool,
     },
 }
 
@@ -223,6 +241,35 @@ impl Encoder {
         if !self.src_multi {
             self.txn_offset = Some((offset, db));
         }
+    }
+
+    /// A snapshot key written as plain commands (see [`crate::rewrite`]).
+    fn push_rewrite(&mut self, db: u32, key: Bytes, cmds: Vec<Cmd>, completes_key: bool) {
+        self.select(db);
+        let n = cmds.len();
+        for (i, cmd) in cmds.into_iter().enumerate() {
+            frame::write_command(&mut self.buf, &cmd.argv);
+            self.expects.push(Expect::Rewrite {
+                key: key.clone(),
+                name: cmd.argv.first().cloned().unwrap_or_default(),
+                check: cmd.check,
+                last: completes_key && i + 1 == n,
+            });
+        }
+    }
+
+    fn route(&mut self, compat: &mut Compat, ev: Event) -> Result<(), TargetError> {
+        match compat.route(ev)? {
+            Routed::Pass(ev) => self.push(ev),
+            Routed::Rewrite {
+                db,
+                key,
+                cmds,
+                completes_key,
+            } => self.push_rewrite(db, key, cmds, completes_key),
+            Routed::Drop => {}
+        }
+        Ok(())
     }
 
     fn push(&mut self, ev: Event) {
@@ -361,6 +408,8 @@ impl Encoder {
             }
             Event::SnapshotHeader { rdb_version } => self.rdb_version = rdb_version,
             Event::Offset { offset, .. } => self.expects.push(Expect::Mark { offset }),
+            // Big entries are turned into commands by `Compat` before they get here.
+            Event::BigEntryStart(_) | Event::BigEntryChunk { .. } | Event::BigEntryEnd { .. } => {}
         }
     }
 }
@@ -416,7 +465,13 @@ pub async fn write(
         txn_open: false,
         txn_folded: 0,
     };
-    let max_rdb = version.as_ref().map(|v| v.max_rdb_version());
+    let mut compat = Compat::new(
+        version.clone(),
+        opts.overwrite,
+        opts.skip_unsupported,
+        opts.big_value_bytes,
+        &addr,
+    );
     let result: Result<(), TargetError> = async {
         loop {
             let ev = tokio::select! {
@@ -425,16 +480,12 @@ pub async fn write(
                 r = &mut replies => return Err(reply_task_result(r, &addr).err().unwrap_or_else(|| closed(&addr))),
             };
             let Some(ev) = ev else { break };
-            check_version(&ev, max_rdb, version.as_ref(), &addr)?;
-            enc.push(ev);
+            enc.route(&mut compat, ev)?;
             let mut stop = false;
             loop {
                 while enc.buf.len() < opts.batch_bytes {
                     match rx.try_recv() {
-                        Ok(ev) => {
-                            check_version(&ev, max_rdb, version.as_ref(), &addr)?;
-                            enc.push(ev)
-                        }
+                        Ok(ev) => enc.route(&mut compat, ev)?,
                         Err(_) => break,
                     }
                 }
@@ -447,7 +498,7 @@ pub async fn write(
                     _ = cancel.cancelled() => None,
                 };
                 match ev {
-                    Some(ev) => enc.push(ev),
+                    Some(ev) => enc.route(&mut compat, ev)?,
                     None => {
                         enc.discard_txn();
                         stop = true;
@@ -482,6 +533,9 @@ pub async fn write(
     }
     .await;
     drop(exp_tx);
+    if compat.rewritten > 0 || compat.skipped > 0 {
+        info!(target = %addr, rewritten = compat.rewritten, skipped = compat.skipped, "keys written as plain commands / skipped");
+    }
     match result {
         Ok(()) => {
             let summary = reply_task_result(replies.await, &addr)?;
@@ -501,25 +555,6 @@ fn closed(addr: &str) -> TargetError {
         context: Some("reply reader stopped".into()),
     }
     .into()
-}
-
-fn check_version(
-    ev: &Event,
-    max_rdb: Option<u16>,
-    version: Option<&ServerVersion>,
-    addr: &str,
-) -> Result<(), TargetError> {
-    if let (Event::SnapshotHeader { rdb_version }, Some(max), Some(v)) = (ev, max_rdb, version) {
-        if *rdb_version > max {
-            return Err(TargetError::Incompatible {
-                addr: addr.to_string(),
-                message: format!(
-                    "the source's snapshot is RDB version {rdb_version} but the target ({v}) reads at most RDB version {max}; copy into a target of the source's version or newer"
-                ),
-            });
-        }
-    }
-    Ok(())
 }
 
 fn reply_task_result(
@@ -630,6 +665,11 @@ async fn read_replies(
                     stats.applied_offset.store(o, Relaxed);
                 }
             }
+            Expect::Rewrite { last: true, .. } => {
+                summary.keys += 1;
+                stats.keys_applied.fetch_add(1, Relaxed);
+                stats.records_applied.fetch_add(1, Relaxed);
+            }
             _ => {}
         }
     }
@@ -711,6 +751,31 @@ fn check_reply(expect: &Expect, reply: &Frame, addr: &str) -> Result<(), TargetE
             }
             Ok(())
         }
+        (
+            Expect::Rewrite {
+                key,
+                check: Check::RenameNx | Check::RenameNxExpiring,
+                ..
+            },
+            Frame::Integer(0),
+        ) => Err(TargetError::KeyExists {
+            addr: addr.to_string(),
+            key: lossy(key),
+        }),
+        (Expect::Rewrite { check, .. }, Frame::Error(m))
+            if matches!(check, Check::RenameExpiring | Check::RenameNxExpiring)
+                && m.ends_with(b"no such key") =>
+        {
+            Ok(()) // it expired while being written
+        }
+        (Expect::Rewrite { key, name, .. }, Frame::Error(m)) => Err(rejected(
+            format!(
+                "{} while rewriting key {:?} into commands",
+                lossy(name).to_uppercase(),
+                lossy(key)
+            ),
+            lossy(m),
+        )),
         _ => Ok(()),
     }
 }

@@ -350,7 +350,8 @@ fn snapshot(server: &Server, dbs: usize, streams_only: bool) -> Vec<BTreeMap<Vec
         let mut cursor = b"0".to_vec();
         loop {
             let mut scan: Vec<&[u8]> = vec![b"SCAN", &cursor, b"COUNT", b"1000"];
-            if streams_only {
+            // SCAN … TYPE is Redis 6.0+; older servers filter by TYPE below.
+            if streams_only && server.version() >= (6, 0, 0) {
                 scan.extend([&b"TYPE"[..], b"stream"]);
             }
             let r = must(&mut client, &scan).as_array();
@@ -383,8 +384,8 @@ fn snapshot(server: &Server, dbs: usize, streams_only: bool) -> Vec<BTreeMap<Vec
             .unwrap_or_else(|e| panic!("pipeline on {}: {e}", server.addr()));
         for (k, r) in keys.into_iter().zip(replies.chunks(3)) {
             let kind = r[0].as_str();
-            if kind == "none" {
-                continue; // expired or deleted since SCAN
+            if kind == "none" || (streams_only && kind != "stream") {
+                continue; // expired or deleted since SCAN, or not a stream
             }
             let digest = match &r[1] {
                 Reply::Array(Some(items)) if !items.is_empty() => items[0].as_str(),

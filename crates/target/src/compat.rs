@@ -1,0 +1,538 @@
+//! Writing any source version into any target version: which snapshot entries the target
+//! can `RESTORE` (and with which payload version), which must be rewritten into plain
+//! commands ([`crate::rewrite`]), and which replicated commands an older target lacks.
+
+use bytes::Bytes;
+use ferry_rdb::consts::*;
+use ferry_source::Event;
+use tracing::{info, warn};
+
+use crate::error::TargetError;
+use crate::rewrite::{self, Capabilities, Chunker, Cmd, Rewrite, RewriteOptions};
+use crate::version::ServerVersion;
+use ferry_rdb::Value;
+
+/// Default size above which a value is written as chunks of commands instead of one
+/// `RESTORE` (a giant `RESTORE` blocks the target and needs the whole value in one buffer).
+pub const DEFAULT_BIG_VALUE_BYTES: usize = 8 * 1024 * 1024;
+
+/// The oldest RDB version that knows value type `t` (from Redis' `rdb.h` history).
+pub fn type_min_rdb(t: u8) -> u16 {
+    match t {
+        RDB_TYPE_STRING..=RDB_TYPE_HASH => 1,
+        RDB_TYPE_HASH_ZIPMAP..=RDB_TYPE_HASH_ZIPLIST => 4,
+        RDB_TYPE_LIST_QUICKLIST => 7,
+        RDB_TYPE_ZSET_2 | RDB_TYPE_MODULE_2 => 8,
+        RDB_TYPE_STREAM_LISTPACKS => 9,
+        RDB_TYPE_HASH_LISTPACK..=RDB_TYPE_STREAM_LISTPACKS_2 => 10,
+        RDB_TYPE_SET_LISTPACK | RDB_TYPE_STREAM_LISTPACKS_3 => 11,
+        RDB_TYPE_HASH_METADATA_PRE_GA..=RDB_TYPE_HASH_LISTPACK_EX => 12,
+        _ => u16::MAX,
+    }
+}
+
+/// The newest payload version `target` accepts in a `RESTORE` of a snapshot in
+/// `source_rdb`. Valkey reads Redis RDB up to 11 only (Redis 7.4+ reused numbers Valkey did
+/// not adopt); Valkey 9 also reads its own `VALKEY080` payloads.
+pub fn restore_rdb_limit(target: &ServerVersion, source_rdb: u16) -> u16 {
+    if target.product == "valkey" {
+        if target.major >= 9 && source_rdb == 80 {
+            80
+        } else {
+            11
+        }
+    } else {
+        target.max_rdb_version()
+    }
+}
+
+/// What to do with an event.
+#[derive(Debug)]
+pub(crate) enum Routed {
+    Pass(Event),
+    /// A snapshot key written as commands; `completes_key` when these are its last.
+    Rewrite {
+        db: u32,
+        key: Bytes,
+        cmds: Vec<Cmd>,
+        completes_key: bool,
+    },
+    Drop,
+}
+
+/// Per-writer state of the version adaptation.
+#[derive(Debug)]
+pub(crate) struct Compat {
+    target: Option<ServerVersion>,
+    opts: RewriteOptions,
+    big_value_bytes: usize,
+    /// Payload version written in `RESTORE`s (the source's, lowered to what the target reads).
+    restore_rdb: u16,
+    addr: String,
+    pub rewritten: u64,
+    pub skipped: u64,
+    /// The big value being written chunk by chunk.
+    big: Option<BigKey>,
+}
+
+/// A big value in progress; `chunker` is `None` while its chunks are being dropped
+/// (expired or skipped).
+#[derive(Debug)]
+struct BigKey {
+    db: u32,
+    key: Bytes,
+    value_type: u8,
+    expire_ms: Option<i64>,
+    chunker: Option<Chunker>,
+}
+
+impl Compat {
+    pub fn new(
+        target: Option<ServerVersion>,
+        overwrite: bool,
+        skip_unsupported: bool,
+        big_value_bytes: usize,
+        addr: &str,
+    ) -> Compat {
+        let caps = target
+            .as_ref()
+            .map(Capabilities::of)
+            .unwrap_or_else(Capabilities::all);
+        let mut opts = RewriteOptions::new(caps, overwrite);
+        opts.skip_unsupported = skip_unsupported;
+        Compat {
+            target,
+            opts,
+            big_value_bytes,
+            restore_rdb: 0,
+            addr: addr.to_string(),
+            rewritten: 0,
+            skipped: 0,
+            big: None,
+        }
+    }
+
+    pub fn route(&mut self, ev: Event) -> Result<Routed, TargetError> {
+        match ev {
+            Event::SnapshotHeader { rdb_version } => {
+                let limit = self
+                    .target
+                    .as_ref()
+                    .map(|t| restore_rdb_limit(t, rdb_version))
+                    .unwrap_or(rdb_version);
+                self.restore_rdb = rdb_version.min(limit);
+                if self.restore_rdb < rdb_version {
+                    if let Some(t) = &self.target {
+                        info!(target = %self.addr, "snapshot is RDB {rdb_version}, {t} reads RDB {limit}: values of newer encodings are rewritten into commands");
+                    }
+                }
+                Ok(Routed::Pass(Event::SnapshotHeader {
+                    rdb_version: self.restore_rdb,
+                }))
+            }
+            Event::Entry(e)
+                if type_min_rdb(e.value_type) > self.restore_rdb
+                    || e.payload.len() > self.big_value_bytes =>
+            {
+                let value = ferry_rdb::decode_value(e.value_type, &e.payload).map_err(|err| {
+                    self.incompatible(format!(
+                        "cannot decode key {:?} to rewrite it for the target: {err}",
+                        lossy(&e.key)
+                    ))
+                })?;
+                let rw = rewrite::rewrite_value(&e.key, &value, e.expire_ms, now_ms(), &self.opts)
+                    .map_err(|u| {
+                        self.incompatible(format!(
+                            "key {:?} cannot be written to the target{}: {}; pass --skip-unsupported to skip such keys",
+                            lossy(&u.key),
+                            self.target_name(),
+                            u.reason
+                        ))
+                    })?;
+                match rw {
+                    Rewrite::Commands(cmds) => {
+                        self.rewritten += 1;
+                        Ok(Routed::Rewrite {
+                            db: e.db as u32,
+                            key: e.key,
+                            cmds,
+                            completes_key: true,
+                        })
+                    }
+                    Rewrite::Skipped(u) => {
+                        self.skipped += 1;
+                        warn!(target = %self.addr, key = %lossy(&u.key), "skipped: {}", u.reason);
+                        Ok(Routed::Drop)
+                    }
+                    Rewrite::Expired => Ok(Routed::Drop),
+                }
+            }
+            Event::Command { db, argv, offset } => {
+                let argv = match &self.target {
+                    Some(t) => adapt_command(t, argv).map_err(|m| self.incompatible(m))?,
+                    None => argv,
+                };
+                Ok(Routed::Pass(Event::Command { db, argv, offset }))
+            }
+            Event::BigEntryStart(e) => {
+                let live = !matches!(e.expire_ms, Some(ms) if ms <= now_ms());
+                let chunker = live.then(|| Chunker::begin(&e.key, &self.opts));
+                let mut big = BigKey {
+                    db: e.db as u32,
+                    key: e.key,
+                    value_type: e.value_type,
+                    expire_ms: e.expire_ms,
+                    chunker,
+                };
+                let cmds = big.chunker.as_mut().map(Chunker::take).unwrap_or_default();
+                let routed = self.big_commands(&big, cmds, false);
+                self.big = Some(big);
+                Ok(routed)
+            }
+            Event::BigEntryChunk { payload } => {
+                let Some(mut big) = self.big.take() else {
+                    return Err(
+                        self.incompatible("a chunk of a big value came without its start".into())
+                    );
+                };
+                let routed = match big.chunker.as_mut() {
+                    None => Routed::Drop,
+                    Some(ch) => {
+                        let value =
+                            ferry_rdb::decode_value(big.value_type, &payload).map_err(|err| {
+                                self.incompatible(format!(
+                                    "cannot decode a chunk of key {:?}: {err}",
+                                    lossy(&big.key)
+                                ))
+                            })?;
+                        match rewrite::supported(&big.key, &value, &self.opts) {
+                            Ok(()) => {
+                                add_chunk(ch, &value);
+                                let cmds = ch.take();
+                                self.big_commands(&big, cmds, false)
+                            }
+                            Err(u) if self.opts.skip_unsupported => {
+                                // The value only ever lived under its temporary name.
+                                self.skipped += 1;
+                                warn!(target = %self.addr, key = %lossy(&u.key), "skipped: {}", u.reason);
+                                let tmp = rewrite::tmp_key(&big.key);
+                                big.chunker = None;
+                                let del = Cmd { argv: vec![Bytes::from_static(b"DEL"), tmp], check: rewrite::Check::Ok };
+                                self.big_commands(&big, vec![del], false)
+                            }
+                            Err(u) => {
+                                return Err(self.incompatible(format!(
+                                    "key {:?} cannot be written to the target{}: {}; pass --skip-unsupported to skip such keys",
+                                    lossy(&u.key),
+                                    self.target_name(),
+                                    u.reason
+                                )))
+                            }
+                        }
+                    }
+                };
+                self.big = Some(big);
+                Ok(routed)
+            }
+            Event::BigEntryEnd { payload } => {
+                let Some(mut big) = self.big.take() else {
+                    return Err(
+                        self.incompatible("the end of a big value came without its start".into())
+                    );
+                };
+                let Some(mut ch) = big.chunker.take() else {
+                    return Ok(Routed::Drop);
+                };
+                if let Some(p) = payload {
+                    match ferry_rdb::decode_value(big.value_type, &p) {
+                        Ok(Value::Stream(meta)) => ch.stream_meta(&meta),
+                        Ok(_) => {}
+                        Err(err) => {
+                            return Err(self.incompatible(format!(
+                                "cannot decode the metadata of stream {:?}: {err}",
+                                lossy(&big.key)
+                            )))
+                        }
+                    }
+                }
+                self.rewritten += 1;
+                let cmds = ch.finish(big.expire_ms);
+                Ok(self.big_commands(&big, cmds, true))
+            }
+            ev => Ok(Routed::Pass(ev)),
+        }
+    }
+
+    fn big_commands(&self, big: &BigKey, cmds: Vec<Cmd>, completes_key: bool) -> Routed {
+        if cmds.is_empty() {
+            return Routed::Drop;
+        }
+        Routed::Rewrite {
+            db: big.db,
+            key: big.key.clone(),
+            cmds,
+            completes_key,
+        }
+    }
+
+    fn target_name(&self) -> String {
+        self.target
+            .as_ref()
+            .map(|t| format!(" ({t})"))
+            .unwrap_or_default()
+    }
+
+    fn incompatible(&self, message: String) -> TargetError {
+        TargetError::Incompatible {
+            addr: self.addr.clone(),
+            message,
+        }
+    }
+}
+
+/// Feeds one decoded chunk of a big value to its chunker.
+fn add_chunk(ch: &mut Chunker, v: &Value) {
+    match v {
+        Value::String(s) => ch.string_part(s),
+        Value::List(v) => ch.list(v),
+        Value::Set(v) => ch.set(v),
+        Value::SortedSet(v) => ch.zset(v),
+        Value::Hash(v) => ch.hash(v),
+        Value::HashWithTtl(v) => ch.hash_with_ttl(v),
+        Value::Stream(s) => ch.stream_entries(&s.entries),
+        Value::Module { .. } => {}
+    }
+}
+
+fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0)
+}
+
+fn lossy(b: &[u8]) -> String {
+    String::from_utf8_lossy(&b[..b.len().min(200)]).into_owned()
+}
+
+/// The Redis version whose command set `t` has (Valkey forked from Redis 7.2).
+fn redis_level(t: &ServerVersion) -> (u32, u32) {
+    if t.product == "valkey" {
+        (7, 2)
+    } else {
+        (t.major, t.minor)
+    }
+}
+
+/// Commands that appeared in a Redis version, and for Valkey the first major that has them
+/// when it is not in Valkey's Redis 7.2 base.
+const INTRODUCED: &[(&str, (u32, u32), u32)] = &[
+    ("HEXPIRE", (7, 4), 9),
+    ("HPEXPIRE", (7, 4), 9),
+    ("HEXPIREAT", (7, 4), 9),
+    ("HPEXPIREAT", (7, 4), 9),
+    ("HPERSIST", (7, 4), 9),
+    ("HSETEX", (8, 0), 9),
+    ("HGETEX", (8, 0), 9),
+    ("HGETDEL", (8, 0), 9),
+    ("LMPOP", (7, 0), 0),
+    ("BLMPOP", (7, 0), 0),
+    ("ZMPOP", (7, 0), 0),
+    ("BZMPOP", (7, 0), 0),
+    ("FUNCTION", (7, 0), 0),
+    ("FCALL", (7, 0), 0),
+    ("COPY", (6, 2), 0),
+    ("GETDEL", (6, 2), 0),
+    ("GETEX", (6, 2), 0),
+    ("LMOVE", (6, 2), 0),
+    ("BLMOVE", (6, 2), 0),
+    ("ZRANGESTORE", (6, 2), 0),
+    ("XAUTOCLAIM", (6, 2), 0),
+];
+
+/// Makes a replicated command acceptable to an older target where that is easy, or says
+/// which command the target lacks.
+///
+/// Translated: `SET … PXAT|EXAT` → `SET … PX` (relative to now) and `SET … GET` → `SET`
+/// before 6.2; `LMOVE src dst RIGHT LEFT` → `RPOPLPUSH` before 6.2; the stream counters
+/// (`XSETID … ENTRIESADDED|MAXDELETEDID`, `XGROUP CREATE|SETID … ENTRIESREAD`) dropped before
+/// 7.0 (the older target has nowhere to keep them). Everything else that is newer than the
+/// target is an error naming the command.
+pub fn adapt_command(t: &ServerVersion, mut argv: Vec<Bytes>) -> Result<Vec<Bytes>, String> {
+    let Some(name) = argv.first().map(|n| n.to_ascii_uppercase()) else {
+        return Ok(argv);
+    };
+    let name = String::from_utf8_lossy(&name).into_owned();
+    let level = redis_level(t);
+    let valkey = t.product == "valkey";
+    let lacks = |name: &str, since: (u32, u32)| {
+        format!(
+            "the source replicated {name}, which the target ({t}) does not have (Redis {}.{}+); upgrade the target",
+            since.0, since.1
+        )
+    };
+    if let Some((_, since, valkey_major)) = INTRODUCED.iter().find(|(n, ..)| *n == name) {
+        let has = if valkey && *valkey_major > 0 {
+            t.major >= *valkey_major
+        } else {
+            level >= *since
+        };
+        if !has {
+            if name == "LMOVE"
+                && argv.len() == 5
+                && argv[3].eq_ignore_ascii_case(b"RIGHT")
+                && argv[4].eq_ignore_ascii_case(b"LEFT")
+            {
+                argv.truncate(3);
+                argv[0] = Bytes::from_static(b"RPOPLPUSH");
+                return Ok(argv);
+            }
+            return Err(lacks(&name, *since));
+        }
+        return Ok(argv);
+    }
+    match name.as_str() {
+        "SET" if level < (6, 2) && argv.len() > 3 => {
+            let mut out = argv[..3].to_vec();
+            let mut i = 3;
+            while i < argv.len() {
+                let opt = argv[i].to_ascii_uppercase();
+                match opt.as_slice() {
+                    b"GET" => {}
+                    b"PXAT" | b"EXAT" => {
+                        let at = argv
+                            .get(i + 1)
+                            .and_then(|v| std::str::from_utf8(v).ok())
+                            .and_then(|v| v.parse::<i64>().ok())
+                            .ok_or_else(|| format!("SET with a malformed {}", lossy(&opt)))?;
+                        let at_ms = if opt == b"EXAT" { at * 1000 } else { at };
+                        let rel = (at_ms - now_ms()).max(1);
+                        out.push(Bytes::from_static(b"PX"));
+                        out.push(Bytes::from(rel.to_string()));
+                        i += 1;
+                    }
+                    b"KEEPTTL" if level < (6, 0) => return Err(lacks("SET … KEEPTTL", (6, 0))),
+                    _ => {
+                        out.push(argv[i].clone());
+                        if matches!(opt.as_slice(), b"EX" | b"PX") {
+                            if let Some(v) = argv.get(i + 1) {
+                                out.push(v.clone());
+                            }
+                            i += 1;
+                        }
+                    }
+                }
+                i += 1;
+            }
+            Ok(out)
+        }
+        "XSETID" if level < (7, 0) => Ok(strip_options(
+            argv,
+            3,
+            &[b"ENTRIESADDED".as_ref(), b"MAXDELETEDID"],
+        )),
+        "XGROUP" if level < (7, 0) => Ok(strip_options(argv, 5, &[b"ENTRIESREAD".as_ref()])),
+        "XADD" | "XTRIM" if level < (6, 2) => {
+            for a in argv.iter().skip(2) {
+                for opt in ["NOMKSTREAM", "MINID", "LIMIT"] {
+                    if a.eq_ignore_ascii_case(opt.as_bytes()) {
+                        return Err(lacks(&format!("{name} … {opt}"), (6, 2)));
+                    }
+                }
+            }
+            Ok(argv)
+        }
+        _ => Ok(argv),
+    }
+}
+
+/// Drops `opt value` pairs named in `opts` from `argv[from..]`.
+fn strip_options(argv: Vec<Bytes>, from: usize, opts: &[&[u8]]) -> Vec<Bytes> {
+    let mut out = Vec::with_capacity(argv.len());
+    let mut skip = false;
+    for (i, a) in argv.into_iter().enumerate() {
+        if skip {
+            skip = false;
+            continue;
+        }
+        if i >= from && opts.iter().any(|o| a.eq_ignore_ascii_case(o)) {
+            skip = true;
+            continue;
+        }
+        out.push(a);
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn v(product: &str, major: u32, minor: u32) -> ServerVersion {
+        ServerVersion {
+            product: product.into(),
+            major,
+            minor,
+            patch: 0,
+        }
+    }
+
+    fn args(s: &str) -> Vec<Bytes> {
+        s.split(' ').map(|p| Bytes::from(p.to_string())).collect()
+    }
+
+    fn text(a: &[Bytes]) -> String {
+        a.iter()
+            .map(|p| String::from_utf8_lossy(p).into_owned())
+            .collect::<Vec<_>>()
+            .join(" ")
+    }
+
+    #[test]
+    fn restore_limits() {
+        assert_eq!(restore_rdb_limit(&v("valkey", 9, 0), 12), 11);
+        assert_eq!(restore_rdb_limit(&v("valkey", 9, 0), 80), 80);
+        assert_eq!(restore_rdb_limit(&v("redis", 6, 0), 12), 9);
+        assert_eq!(type_min_rdb(RDB_TYPE_STRING), 1);
+        assert_eq!(type_min_rdb(RDB_TYPE_HASH_LISTPACK), 10);
+        assert_eq!(type_min_rdb(RDB_TYPE_HASH_LISTPACK_EX), 12);
+        assert_eq!(type_min_rdb(200), u16::MAX);
+    }
+
+    #[test]
+    fn commands_for_old_targets() {
+        let old = v("redis", 6, 0);
+        let err = adapt_command(&old, args("HEXPIRE h 10 FIELDS 1 f")).unwrap_err();
+        assert!(err.contains("HEXPIRE") && err.contains("7.4"), "{err}");
+        assert!(adapt_command(&v("valkey", 9, 0), args("HEXPIRE h 10 FIELDS 1 f")).is_ok());
+        assert!(adapt_command(&v("valkey", 8, 1), args("HPEXPIREAT h 10 FIELDS 1 f")).is_err());
+        assert_eq!(
+            text(&adapt_command(&old, args("lmove a b RIGHT LEFT")).unwrap()),
+            "RPOPLPUSH a b"
+        );
+        assert!(adapt_command(&old, args("LMOVE a b LEFT LEFT")).is_err());
+        let set = adapt_command(&old, args("SET k v PXAT 99999999999999 GET")).unwrap();
+        assert_eq!(text(&set[..4]), "SET k v PX");
+        assert_eq!(set.len(), 5);
+        assert_eq!(
+            text(&adapt_command(&old, args("SET k v EX 10 NX")).unwrap()),
+            "SET k v EX 10 NX"
+        );
+        assert_eq!(
+            text(
+                &adapt_command(&old, args("XSETID s 5-0 ENTRIESADDED 7 MAXDELETEDID 3-0")).unwrap()
+            ),
+            "XSETID s 5-0"
+        );
+        assert_eq!(
+            text(&adapt_command(&old, args("XGROUP SETID s g 5-0 ENTRIESREAD 3")).unwrap()),
+            "XGROUP SETID s g 5-0"
+        );
+        assert!(adapt_command(&v("redis", 5, 0), args("XADD s MINID 5 * f v")).is_err());
+        let new = v("redis", 7, 4);
+        assert_eq!(
+            text(&adapt_command(&new, args("SET k v PXAT 5 GET")).unwrap()),
+            "SET k v PXAT 5 GET"
+        );
+    }
+}
