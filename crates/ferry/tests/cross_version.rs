@@ -321,7 +321,11 @@ fn rewritten_keys_respect_overwrite() {
     let target = start(old);
     source.cmd(&["HSET", "h", "f", "new"]);
     target.cmd(&["HSET", "h", "old", "1"]);
-    let mut ferry = Ferry::sync(&source.url(), &target.url(), &["--mode", "full"]);
+    let mut ferry = Ferry::sync(
+        &source.url(),
+        &target.url(),
+        &["--mode", "full", "--checkpoint", "off"],
+    );
     assert!(!ferry.wait(LONG).success());
     assert!(
         ferry.output().contains("already exists"),

@@ -276,3 +276,22 @@ fn unreachable_target_exits_2_naming_the_node() {
         .unwrap_or("")
         .contains("--source"));
 }
+
+#[test]
+fn a_copy_made_by_ferry_sync_verifies_equal() {
+    let source = server(true);
+    let target = server(true);
+    populate_every_type(&source, 1);
+    let sync = Command::new(env!("CARGO_BIN_EXE_ferry"))
+        .args(["sync", "--mode", "full", "--progress", "never"])
+        .args(["--source", &source.url(), "--target", &target.url()])
+        .output()
+        .expect("run ferry sync");
+    assert!(sync.status.success(), "{}", show(&sync));
+    // The target also holds ferry's checkpoint: bookkeeping, not a difference.
+    let out = ferry_verify(&source.url(), &target.url(), &["--json"]);
+    assert_eq!(out.status.code(), Some(0), "{}", show(&out));
+    source.cmd(&["SET", "only-on-source", "1"]);
+    let out = ferry_verify(&source.url(), &target.url(), &["--rounds", "1"]);
+    assert_eq!(out.status.code(), Some(1), "{}", show(&out));
+}

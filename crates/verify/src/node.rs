@@ -144,7 +144,10 @@ impl Node {
                 let keys = keys
                     .into_iter()
                     .filter_map(|k| match k {
-                        Frame::Bulk(b) => Some(b),
+                        // ferry's checkpoints on a target are bookkeeping, not data.
+                        Frame::Bulk(b) if !ferry_target::checkpoint::is_checkpoint_key(&b) => {
+                            Some(b)
+                        }
                         _ => None,
                     })
                     .collect();

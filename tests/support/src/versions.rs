@@ -160,7 +160,12 @@ fn keys(c: &mut crate::Client) -> Vec<Vec<u8>> {
     loop {
         let r = must(c, &[b"SCAN", &cursor, b"COUNT", b"1000"]).as_array();
         cursor = r[0].as_bytes();
-        out.extend(r[1].as_array().iter().map(crate::Reply::as_bytes));
+        out.extend(
+            r[1].as_array()
+                .iter()
+                .map(crate::Reply::as_bytes)
+                .filter(|k| !k.starts_with(crate::data::FERRY_CHECKPOINT_PREFIX)),
+        );
         if cursor == b"0" {
             return out;
         }
