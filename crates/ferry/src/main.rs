@@ -58,6 +58,20 @@ struct SyncArgs {
     /// Source node: redis://[user:pass@]host:port (user and password percent-encoded).
     #[arg(long, env = "FERRY_SOURCE")]
     source: Option<String>,
+    /// Source topology: auto (default), standalone, replica-set, cluster or sentinel.
+    #[arg(long)]
+    source_type: Option<String>,
+    /// Sentinel addresses (redis://[user:pass@]h:26379,h2:26379; the credentials are the
+    /// data nodes'): the same as --source with --source-type sentinel.
+    #[arg(long, conflicts_with = "source")]
+    source_sentinel: Option<String>,
+    /// Sentinel's name of the master to copy.
+    #[arg(long)]
+    source_master: Option<String>,
+    /// Read each shard from a healthy replica when one exists (on by default), so the
+    /// masters carry no load.
+    #[arg(long, value_parser = ["on", "off"])]
+    use_replica: Option<String>,
     /// Target node: redis://[user:pass@]host:port.
     #[arg(long, env = "FERRY_TARGET")]
     target: Option<String>,
@@ -184,9 +198,17 @@ async fn sync(args: SyncArgs) -> anyhow::Result<()> {
         Some(p) => FileConfig::load(p)?,
         None => FileConfig::default(),
     };
+    let sentinel = args.source_sentinel.is_some();
     let job = file.merge(FileConfig {
         name: args.name,
-        source: args.source,
+        source: args.source.or(args.source_sentinel),
+        source_type: if sentinel {
+            Some("sentinel".into())
+        } else {
+            args.source_type
+        },
+        source_master: args.source_master,
+        use_replica: args.use_replica.map(|u| u == "on"),
         target: args.target,
         mode: args.mode,
         overwrite: args.overwrite.then_some(true),

@@ -8,9 +8,11 @@ pub mod pipe;
 pub mod ratelimit;
 pub mod replica;
 pub mod stats;
+pub mod topology;
 
 pub use error::SourceError;
 pub use event::Event;
 pub use ratelimit::RateLimiter;
 pub use replica::{replicate, ReplicaOptions};
 pub use stats::{Phase, ShardStats};
+pub use topology::{discover, Shard, SourceType};

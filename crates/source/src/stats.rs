@@ -51,6 +51,8 @@ pub struct ShardStats {
     /// (offset read up to, when) samples, at most one per 10 ms: the lag in seconds is the
     /// age of the oldest sample the target has not yet applied.
     read_marks: Mutex<VecDeque<(u64, Instant)>>,
+    /// For a job's total over several shards: the largest shard lag, in µs.
+    lag_override_us: AtomicU64,
     pub replid: Mutex<String>,
 }
 
@@ -69,6 +71,7 @@ impl Default for ShardStats {
             read_offset: AtomicU64::new(0),
             applied_offset: AtomicU64::new(0),
             read_marks: Mutex::new(VecDeque::new()),
+            lag_override_us: AtomicU64::new(0),
             replid: Mutex::new(String::new()),
         }
     }
@@ -134,8 +137,36 @@ impl ShardStats {
         }
     }
 
+    /// Sets these figures to the total of several shards' (a job reading a cluster).
+    pub fn sum_of(&self, shards: &[std::sync::Arc<ShardStats>]) {
+        let sum = |f: fn(&ShardStats) -> &AtomicU64| {
+            shards.iter().map(|s| f(s).load(Relaxed)).sum::<u64>()
+        };
+        self.rdb_size.store(sum(|s| &s.rdb_size), Relaxed);
+        self.rdb_read.store(sum(|s| &s.rdb_read), Relaxed);
+        self.expected_keys.store(sum(|s| &s.expected_keys), Relaxed);
+        self.keys_read.store(sum(|s| &s.keys_read), Relaxed);
+        self.keys_applied.store(sum(|s| &s.keys_applied), Relaxed);
+        self.records_read.store(sum(|s| &s.records_read), Relaxed);
+        self.records_applied
+            .store(sum(|s| &s.records_applied), Relaxed);
+        self.bytes_read.store(sum(|s| &s.bytes_read), Relaxed);
+        self.read_offset.store(sum(|s| &s.read_offset), Relaxed);
+        self.applied_offset
+            .store(sum(|s| &s.applied_offset), Relaxed);
+        let phase = shards.iter().map(|s| s.phase() as u8).min().unwrap_or(0);
+        self.phase.store(phase, Relaxed);
+        let lag = shards.iter().map(|s| s.lag_seconds()).fold(0.0, f64::max);
+        self.lag_override_us.store((lag * 1e6) as u64, Relaxed);
+    }
+
     /// Age of the oldest byte of the stream read but not yet applied on the target.
     pub fn lag_seconds(&self) -> f64 {
+        let over = self.lag_override_us.load(Relaxed) as f64 / 1e6;
+        over.max(self.own_lag_seconds())
+    }
+
+    fn own_lag_seconds(&self) -> f64 {
         let applied = self.applied_offset.load(Relaxed);
         let Ok(mut marks) = self.read_marks.lock() else {
             return 0.0;

@@ -9,6 +9,42 @@ use ferry_resp::Endpoint;
 use serde::Deserialize;
 
 use crate::retry::{RetryPolicy, Window};
+use ferry_source::SourceType;
+
+/// `redis://[user:pass@]h1:p1,h2:p2,…`: each address may repeat the scheme and its own
+/// credentials; those without take the first one's.
+fn parse_seeds(list: &str) -> Result<Vec<Endpoint>, ConfigError> {
+    let (scheme, rest) = match list.split_once("://") {
+        Some((s, r)) => (format!("{s}://"), r),
+        None => (String::new(), list),
+    };
+    let mut out: Vec<Endpoint> = Vec::new();
+    for (i, part) in rest.split(',').map(str::trim).enumerate() {
+        if part.is_empty() {
+            continue;
+        }
+        let text = if part.contains("://") || i > 0 && scheme.is_empty() {
+            part.to_string()
+        } else {
+            format!("{scheme}{part}")
+        };
+        let mut ep: Endpoint = text
+            .parse()
+            .map_err(|e| ConfigError::Invalid(format!("source: {e}")))?;
+        if let Some(first) = out.first() {
+            if ep.password.is_none() {
+                ep.username = first.username.clone();
+                ep.password = first.password.clone();
+            }
+            ep.tls |= first.tls;
+        }
+        out.push(ep);
+    }
+    if out.is_empty() {
+        return Err(ConfigError::Invalid("source: no address given".into()));
+    }
+    Ok(out)
+}
 
 /// What to copy.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -53,7 +89,15 @@ impl fmt::Display for Mode {
 pub struct JobConfig {
     /// Names the job's checkpoint on the target; a re-run with the same name resumes.
     pub name: String,
+    /// The first source address (see `source_seeds` for all of them).
     pub source: Endpoint,
+    /// Every source address given: any one that answers is enough to discover the rest.
+    pub source_seeds: Vec<Endpoint>,
+    pub source_type: SourceType,
+    /// Sentinel's name of the master (sentinel sources).
+    pub source_master: Option<String>,
+    /// Read each shard from a healthy replica when one exists, so masters carry no load.
+    pub use_replica: bool,
     pub target: Endpoint,
     pub mode: Mode,
     /// Replace keys and function libraries that already exist on the target.
@@ -166,7 +210,13 @@ impl RetryConfig {
 #[serde(deny_unknown_fields)]
 pub struct FileConfig {
     pub name: Option<String>,
+    /// One address, or several separated by commas (credentials of the first apply to
+    /// the others).
     pub source: Option<String>,
+    /// auto, standalone, replica-set, cluster, sentinel.
+    pub source_type: Option<String>,
+    pub source_master: Option<String>,
+    pub use_replica: Option<bool>,
     pub target: Option<String>,
     pub mode: Option<String>,
     pub overwrite: Option<bool>,
@@ -218,7 +268,18 @@ impl FileConfig {
             s.parse::<Endpoint>()
                 .map_err(|e| ConfigError::Invalid(format!("{what}: {e}")))
         };
-        let source = parse("source", &source)?;
+        let source_seeds = parse_seeds(&source)?;
+        let source = source_seeds[0].clone();
+        let source_type: SourceType = match over.source_type.or(self.source_type) {
+            Some(t) => t.parse().map_err(ConfigError::Invalid)?,
+            None => SourceType::Auto,
+        };
+        let source_master = over.source_master.or(self.source_master);
+        if source_type == SourceType::Sentinel && source_master.is_none() {
+            return Err(ConfigError::Invalid(
+                "a sentinel source needs the master's name (--source-master NAME)".into(),
+            ));
+        }
         let rate_limit = match over.rate_limit_mb.or(self.rate_limit_mb) {
             Some(mb) if mb > 0.0 && mb.is_finite() => Some(mb * 1e6),
             Some(mb) => {
@@ -241,6 +302,10 @@ impl FileConfig {
         }
         Ok(JobConfig {
             name,
+            source_seeds,
+            source_type,
+            source_master,
+            use_replica: over.use_replica.or(self.use_replica).unwrap_or(true),
             target: parse("target", &target)?,
             source,
             mode,
@@ -298,6 +363,11 @@ mod tests {
             RetryPolicy::Immediately { connection_limit: Some(d), other_limit: None } if d.as_secs() == 600
         ));
         assert!(FileConfig::default().merge(FileConfig::default()).is_err());
+        let seeds = parse_seeds("redis://:pw@a:1,b:2,redis://u:x@c:3").unwrap();
+        assert_eq!(seeds.len(), 3);
+        assert_eq!(seeds[1].addr(), "b:2");
+        assert_eq!(seeds[1].password.as_deref(), Some("pw"));
+        assert_eq!(seeds[2].username.as_deref(), Some("u"));
         assert!(toml::from_str::<FileConfig>("sorce = 1").is_err());
         assert_eq!(
             "full+incremental".parse::<Mode>().unwrap(),

@@ -6,7 +6,10 @@ use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
 use std::time::Duration;
 
-use ferry_source::{Phase, RateLimiter, ReplicaOptions, ShardStats, SourceError};
+use std::collections::HashSet;
+
+use ferry_resp::Endpoint;
+use ferry_source::{discover, Phase, RateLimiter, ReplicaOptions, ShardStats, SourceError};
 use ferry_target::checkpoint::{self, Checkpoint};
 use ferry_target::{TargetError, WriterOptions};
 use jiff::Timestamp;
@@ -16,7 +19,7 @@ use tracing::{info, warn};
 
 use crate::config::{JobConfig, Mode};
 use crate::retry::{Decision, FailureKind, RetryState};
-use crate::status::{JobState, JobStatus};
+use crate::status::{JobState, JobStatus, ShardView};
 
 /// Events waiting between the reader and the writer: the bound is the backpressure that
 /// stops the reader (and so the socket) when the target is slower.
@@ -91,21 +94,19 @@ pub async fn run(
         commands: 0,
         completed: false,
     };
-    let mut applied_before = false;
+    // Shards that applied data in an earlier attempt: a new snapshot of theirs flushes.
+    let mut applied_before: HashSet<String> = HashSet::new();
     loop {
         let progress_mark = (
             stats.records_applied.load(Relaxed),
             stats.applied_offset.load(Relaxed),
         );
         status.set_running();
-        let result = attempt(&config, &stats, limiter.clone(), applied_before, &cancel).await;
+        let result = attempt_all(&config, &status, &limiter, &mut applied_before, &cancel).await;
         let progressed = (
             stats.records_applied.load(Relaxed),
             stats.applied_offset.load(Relaxed),
         ) != progress_mark;
-        if progressed || stats.records_applied.load(Relaxed) > 0 {
-            applied_before = true;
-        }
         match result {
             Ok(outcome) => {
                 total.keys += outcome.keys;
@@ -171,10 +172,147 @@ pub async fn run(
     }
 }
 
-/// One connection of reader and writer, from the checkpoint (or a new snapshot) until
-/// the end, a stop, or the first failure.
-async fn attempt(
+/// Discovers the source's shards and runs one reader → writer pipeline per shard, all in
+/// parallel, until all end; the first failure stops the others (each drains what it has
+/// sent) and is returned, and the retry resumes every shard from its own checkpoint.
+async fn attempt_all(
     config: &JobConfig,
+    status: &Arc<JobStatus>,
+    limiter: &Option<Arc<RateLimiter>>,
+    applied_before: &mut HashSet<String>,
+    cancel: &CancellationToken,
+) -> Result<JobOutcome, JobError> {
+    status.stats.set_phase(Phase::Connecting);
+    let (kind, shards) = discover(
+        &config.source_seeds,
+        config.source_type,
+        config.source_master.as_deref(),
+    )
+    .await?;
+    let plan: Vec<String> = shards
+        .iter()
+        .map(|s| format!("{} via {}", s.id, s.reader_node(config.use_replica)))
+        .collect();
+    info!(source_type = %kind, shards = %plan.join(", "), "source discovered");
+    if shards.len() == 1 {
+        let shard = &shards[0];
+        let node = shard.reader_node(config.use_replica).clone();
+        status.set_shards(vec![ShardView {
+            id: shard.id.clone(),
+            node: node.addr(),
+            stats: status.stats.clone(),
+        }]);
+        let r = attempt_shard(
+            config,
+            &shard.id,
+            &node,
+            None,
+            &status.stats,
+            limiter.clone(),
+            applied_before.contains(&shard.id),
+            cancel,
+        )
+        .await;
+        if status.stats.records_applied.load(Relaxed) > 0 {
+            applied_before.insert(shard.id.clone());
+        }
+        return r;
+    }
+    let views: Vec<ShardView> = shards
+        .iter()
+        .map(|s| ShardView {
+            id: s.id.clone(),
+            node: s.reader_node(config.use_replica).addr(),
+            stats: status.shard_stats(&s.id),
+        })
+        .collect();
+    status.set_shards(views.clone());
+    let all: Vec<Arc<ShardStats>> = views.iter().map(|v| v.stats.clone()).collect();
+    let totals = status.stats.clone();
+    let summing = {
+        let all = all.clone();
+        tokio::spawn(async move {
+            loop {
+                totals.sum_of(&all);
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+        })
+    };
+    let stop_all = cancel.child_token();
+    let mut set = tokio::task::JoinSet::new();
+    for (shard, view) in shards.iter().zip(&views) {
+        let config = config.clone();
+        let id = shard.id.clone();
+        let node = shard.reader_node(config.use_replica).clone();
+        let slots = shard.slots.clone();
+        let stats = view.stats.clone();
+        let limiter = limiter.clone();
+        let before = applied_before.contains(&id);
+        let stop = stop_all.clone();
+        set.spawn(async move {
+            let r = attempt_shard(
+                &config,
+                &id,
+                &node,
+                Some(slots),
+                &stats,
+                limiter,
+                before,
+                &stop,
+            )
+            .await;
+            (id, stats, r)
+        });
+    }
+    let mut total = JobOutcome {
+        keys: 0,
+        commands: 0,
+        completed: true,
+    };
+    let mut first_err = None;
+    while let Some(joined) = set.join_next().await {
+        let (id, stats, r) = match joined {
+            Ok(x) => x,
+            Err(e) => std::panic::resume_unwind(e.into_panic()),
+        };
+        if stats.records_applied.load(Relaxed) > 0 {
+            applied_before.insert(id.clone());
+        }
+        match r {
+            Ok(o) => {
+                total.keys += o.keys;
+                total.commands += o.commands;
+                total.completed &= o.completed;
+            }
+            Err(e) => {
+                warn!(shard = %id, error = %e, "shard stopped; stopping the others");
+                stop_all.cancel();
+                first_err.get_or_insert(e);
+            }
+        }
+    }
+    summing.abort();
+    status.stats.sum_of(&all);
+    match first_err {
+        Some(e) => Err(e),
+        None => {
+            if total.completed {
+                status.stats.set_phase(Phase::Done);
+            }
+            Ok(total)
+        }
+    }
+}
+
+/// One connection of reader and writer for one source shard, from its checkpoint (or a
+/// new snapshot) until the end, a stop, or the first failure. `slots`: the shard's slots
+/// when the source has several shards (its new snapshot then flushes only its keys).
+#[allow(clippy::too_many_arguments)]
+async fn attempt_shard(
+    config: &JobConfig,
+    shard_id: &str,
+    node: &Endpoint,
+    slots: Option<Vec<(u16, u16)>>,
     stats: &Arc<ShardStats>,
     limiter: Option<Arc<RateLimiter>>,
     applied_before: bool,
@@ -183,12 +321,12 @@ async fn attempt(
     stats.set_phase(Phase::Connecting);
     let ckpt_key = config
         .checkpoint
-        .then(|| checkpoint::key(&config.name, "0"));
+        .then(|| checkpoint::key(&config.name, shard_id));
     let saved = match &ckpt_key {
         Some(k) => checkpoint::load(&config.target, k).await?,
         None => None,
     };
-    let mut ropts = ReplicaOptions::new(config.source.clone());
+    let mut ropts = ReplicaOptions::new(node.clone());
     ropts.rate_limit = limiter;
     ropts.read_timeout = config.source_timeout;
     // Whatever this job applied before (a checkpoint says so, or an earlier attempt) must
@@ -217,6 +355,7 @@ async fn attempt(
     wopts.overwrite = config.overwrite;
     wopts.checkpoint_key = ckpt_key;
     wopts.flush_before_snapshot = flush;
+    wopts.flush_slots = slots;
     wopts.skip_unsupported = config.skip_unsupported;
     if let Some(t) = config.big_key_threshold {
         wopts.big_value_bytes = t;
@@ -270,7 +409,7 @@ async fn attempt(
     let completed = config.mode == Mode::Full && !cancel.is_cancelled();
     if completed {
         stats.set_phase(Phase::Done);
-        info!(keys = summary.keys, "full sync complete");
+        info!(shard = shard_id, keys = summary.keys, "full sync complete");
     }
     Ok(JobOutcome {
         keys: summary.keys,

@@ -62,10 +62,23 @@ pub struct StatusView {
 
 const HISTORY_CAP: usize = 500;
 
+/// One source shard of a running job.
+#[derive(Debug, Clone)]
+pub struct ShardView {
+    /// Stable name ("0", or `slots-<first slot>` for a cluster's shard).
+    pub id: String,
+    /// The node it is read from now.
+    pub node: String,
+    pub stats: Arc<ShardStats>,
+}
+
+/// `stats` holds the job's totals; with several source shards each has its own figures in
+/// `shards` (with one shard, both are the same).
 #[derive(Debug, Default)]
 pub struct JobStatus {
     pub stats: Arc<ShardStats>,
     inner: Mutex<Inner>,
+    shards: Mutex<Vec<ShardView>>,
 }
 
 impl JobStatus {
@@ -124,6 +137,26 @@ impl JobStatus {
             Some(e) => self.record(format!("{}: {e}", state.name())),
             None => self.record(state.name()),
         }
+    }
+
+    pub fn set_shards(&self, shards: Vec<ShardView>) {
+        *self.shards.lock().unwrap_or_else(|e| e.into_inner()) = shards;
+    }
+
+    pub fn shards(&self) -> Vec<ShardView> {
+        self.shards
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+
+    /// The figures of shard `id` kept from an earlier attempt, or new ones.
+    pub fn shard_stats(&self, id: &str) -> Arc<ShardStats> {
+        self.shards()
+            .into_iter()
+            .find(|s| s.id == id)
+            .map(|s| s.stats)
+            .unwrap_or_default()
     }
 
     pub fn view(&self) -> StatusView {

@@ -4,7 +4,9 @@
 pub mod checkpoint;
 pub mod compat;
 pub mod error;
+pub mod flush;
 pub mod rewrite;
+pub mod slot;
 pub mod version;
 pub mod writer;
 

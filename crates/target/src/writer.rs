@@ -39,6 +39,9 @@ pub struct WriterOptions {
     /// Flush the target before applying a snapshot: set when the job has applied data
     /// before (a checkpoint existed), so a new snapshot must not leave stale keys behind.
     pub flush_before_snapshot: bool,
+    /// With several source shards, a shard owns only the keys of its slots: its flush
+    /// deletes those keys instead of `FLUSHALL`.
+    pub flush_slots: Option<Vec<(u16, u16)>>,
     /// A snapshot value whose payload is bigger than this is written as chunks of commands
     /// instead of one `RESTORE`.
     pub big_value_bytes: usize,
@@ -56,6 +59,7 @@ impl WriterOptions {
             max_batches_in_flight: 32,
             checkpoint_key: None,
             flush_before_snapshot: false,
+            flush_slots: None,
             big_value_bytes: crate::compat::DEFAULT_BIG_VALUE_BYTES,
             skip_unsupported: false,
         }
@@ -456,7 +460,8 @@ pub async fn write(
         rdb_version: 0,
         overwrite: opts.overwrite,
         checkpoint: opts.checkpoint_key.clone(),
-        flush_before_snapshot: opts.flush_before_snapshot,
+        // A slot-scoped flush is done here, before the snapshot's first event.
+        flush_before_snapshot: opts.flush_before_snapshot && opts.flush_slots.is_none(),
         replid: String::new(),
         snapshot_offset: 0,
         src_multi: false,
@@ -480,6 +485,11 @@ pub async fn write(
                 r = &mut replies => return Err(reply_task_result(r, &addr).err().unwrap_or_else(|| closed(&addr))),
             };
             let Some(ev) = ev else { break };
+            if let (Event::SnapshotBegin { .. }, true, Some(ranges)) =
+                (&ev, opts.flush_before_snapshot, &opts.flush_slots)
+            {
+                crate::flush::delete_slots(&opts.endpoint, ranges).await?;
+            }
             enc.route(&mut compat, ev)?;
             let mut stop = false;
             loop {

@@ -1,0 +1,71 @@
+//! Removing what one source shard put on the target, before that shard's new snapshot.
+//! With one source shard the job owns the whole target and `FLUSHALL` does it; with a
+//! cluster source, each shard owns only the keys of its slots, so those are deleted
+//! key by key and the other shards' data stays.
+
+use bytes::Bytes;
+use ferry_resp::{Connection, Endpoint, Frame};
+use tracing::info;
+
+use crate::checkpoint::is_checkpoint_key;
+use crate::error::TargetError;
+use crate::slot::{in_ranges, slot_of};
+
+/// Deletes, in every database of `target`, the keys whose slot is in `ranges`. Returns how
+/// many were deleted.
+pub async fn delete_slots(target: &Endpoint, ranges: &[(u16, u16)]) -> Result<u64, TargetError> {
+    let mut conn = Connection::connect(target).await?;
+    let dbs: Vec<u32> = conn
+        .info("keyspace")
+        .await?
+        .keyspace()
+        .into_iter()
+        .map(|(db, _)| db)
+        .collect();
+    let mut deleted = 0u64;
+    for db in dbs {
+        conn.request(&[b"SELECT".as_ref(), db.to_string().as_bytes()])
+            .await?;
+        let mut cursor = Bytes::from_static(b"0");
+        loop {
+            let reply = conn
+                .request(&[b"SCAN".as_ref(), &cursor, b"COUNT", b"1000"])
+                .await?;
+            let Frame::Array(mut parts) = reply else {
+                return Err(unexpected(target));
+            };
+            let (Some(Frame::Array(keys)), Some(Frame::Bulk(next))) = (parts.pop(), parts.pop())
+            else {
+                return Err(unexpected(target));
+            };
+            let doomed: Vec<Bytes> = keys
+                .into_iter()
+                .filter_map(|k| match k {
+                    Frame::Bulk(k) if !is_checkpoint_key(&k) && in_ranges(slot_of(&k), ranges) => {
+                        Some(k)
+                    }
+                    _ => None,
+                })
+                .collect();
+            if !doomed.is_empty() {
+                let mut args = vec![Bytes::from_static(b"UNLINK")];
+                deleted += doomed.len() as u64;
+                args.extend(doomed);
+                conn.request(&args).await?;
+            }
+            if next.as_ref() == b"0" {
+                break;
+            }
+            cursor = next;
+        }
+    }
+    info!(target = %target, deleted, "removed the shard's keys before its new snapshot");
+    Ok(deleted)
+}
+
+fn unexpected(target: &Endpoint) -> TargetError {
+    TargetError::Incompatible {
+        addr: target.addr(),
+        message: "unexpected reply to SCAN".into(),
+    }
+}
