@@ -604,7 +604,13 @@ impl Server {
                 .get("slave_repl_offset")
                 .or_else(|| r.get("master_repl_offset"));
             let m_off = m.get("master_repl_offset");
-            if link_up && right_master && r_off.is_some() && r_off == m_off {
+            // The master's side too: it lists the replica online only once it noticed the
+            // transfer end (up to a cron tick after the replica loaded it).
+            let port = format!("port={},", replica.port);
+            let online = m.iter().any(|(k, v)| {
+                k.starts_with("slave") && v.contains(&port) && v.contains("state=online")
+            });
+            if link_up && right_master && online && r_off.is_some() && r_off == m_off {
                 return;
             }
             if Instant::now() >= deadline {

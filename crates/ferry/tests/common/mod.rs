@@ -27,7 +27,10 @@ impl Ferry {
         let err = std::fs::File::create(dir.join("err")).expect("err file");
         let child = Command::new(env!("CARGO_BIN_EXE_ferry"))
             .args(args)
-            .env("RUST_LOG", "info")
+            .env(
+                "RUST_LOG",
+                std::env::var("FERRY_TEST_LOG").unwrap_or_else(|_| "info".into()),
+            )
             .stdin(Stdio::null())
             .stdout(out)
             .stderr(err)
