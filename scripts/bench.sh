@@ -129,6 +129,15 @@ alive() { [[ -r "/proc/$1/status" ]] && ! grep -q '^State:[[:space:]]*Z' "/proc/
 secs_since() { awk -v a="$1" -v b="$(now_ns)" 'BEGIN { printf "%.3f", (b - a) / 1e9 }'; }
 median() { python3 "$HELPER" median "$@"; }
 digest() { rcli "$1" DEBUG DIGEST; }
+# ferry_digest PORT: the digest of a ferry target without ferry's checkpoint keys (they are
+# bookkeeping kept in the target with the data); call it once ferry has stopped.
+ferry_digest() {
+    local k
+    rcli "$1" --scan --pattern 'ferry:checkpoint:*' | while read -r k; do
+        rcli "$1" DEL "$k" >/dev/null
+    done
+    digest "$1"
+}
 # ferry_warnings LOG: echo ferry's WARN/ERROR lines (colour escapes stripped).
 ferry_warnings() {
     sed -E 's/\x1b\[[0-9;]*m//g' "$1" | grep -E ' (WARN|ERROR) ' | sed 's/^/bench:   ferry: /' || true
@@ -210,8 +219,8 @@ for ((i = 1; i <= REPEAT; i++)); do
     start_server "ferry-full-$i"
     port="$SERVER_PORT" pid="$SERVER_PID"
     run_ferry_full "$port" "$WORK/ferry-full-$i.log"
+    d="$(ferry_digest "$port")"
     n="$(rcli "$port" DBSIZE)"
-    d="$(digest "$port")"
     if [[ "$d" == "$SRC_DIGEST" ]]; then m=MATCH; else m=MISMATCH; FULL_DIGEST=MISMATCH; fi
     summary="$(grep -o 'full sync complete.*' "$WORK/ferry-full-$i.log" | tail -n 1 || true)"
     say "full sync  ferry --mode full run $i/$REPEAT: $RUN_SECS s, peak RSS $((RUN_RSS_KB / 1024)) MB, DBSIZE $n/$SRC_KEYS, digest $m (ferry: ${summary:-no summary line})"
@@ -244,7 +253,8 @@ t0="$(now_ns)"
     --mode full+incremental --progress never >"$FERRY_LOG" 2>&1 &
 FERRY_PID=$!
 PIDS+=("$FERRY_PID")
-if ! python3 "$HELPER" wait-dbsize --port "$FER_PORT" --expect "$SRC_KEYS" --timeout "$TIMEOUT" >/dev/null; then
+# The source's keys plus ferry's checkpoint.
+if ! python3 "$HELPER" wait-dbsize --port "$FER_PORT" --expect "$((SRC_KEYS + 1))" --timeout "$TIMEOUT" >/dev/null; then
     tail -n 30 "$FERRY_LOG" >&2
     die "ferry never caught up with the snapshot"
 fi
@@ -266,16 +276,6 @@ NAT_DELAY="$(awk -F= '$1 == "native" { printf "%.1f", $2 }' <<<"$marker_out")"
 FER_DELAY="$(awk -F= '$1 == "ferry" { printf "%.1f", $2 }' <<<"$marker_out")"
 say "marker delay: native ${NAT_DELAY} ms, ferry ${FER_DELAY} ms"
 
-SRC_D2="$(digest "$SRC")"
-NAT_D2="$(digest "$NAT_PORT")"
-FER_D2="$(digest "$FER_PORT")"
-if [[ "$FER_D2" == "$SRC_D2" ]]; then INCR_DIGEST=MATCH; else INCR_DIGEST=MISMATCH; fi
-if [[ "$NAT_D2" == "$SRC_D2" ]]; then NAT_DIGEST=MATCH; else NAT_DIGEST=MISMATCH; fi
-say "digests after the marker: source $SRC_D2, ferry $FER_D2 ($INCR_DIGEST), native $NAT_D2 ($NAT_DIGEST)"
-if [[ "$INCR_DIGEST" == MISMATCH ]]; then
-    say "  DBSIZE source $(rcli "$SRC" DBSIZE), ferry target $(rcli "$FER_PORT" DBSIZE)"
-fi
-
 kill -INT "$FERRY_PID" 2>/dev/null || true
 rc=0
 for ((i = 0; i < 1000; i++)); do
@@ -292,6 +292,16 @@ if [[ "$rc" -ne 0 ]]; then
     tail -n 20 "$FERRY_LOG" | sed 's/^/bench:   ferry: /'
 else
     ferry_warnings "$FERRY_LOG"
+fi
+
+SRC_D2="$(digest "$SRC")"
+NAT_D2="$(digest "$NAT_PORT")"
+FER_D2="$(ferry_digest "$FER_PORT")"
+if [[ "$FER_D2" == "$SRC_D2" ]]; then INCR_DIGEST=MATCH; else INCR_DIGEST=MISMATCH; fi
+if [[ "$NAT_D2" == "$SRC_D2" ]]; then NAT_DIGEST=MATCH; else NAT_DIGEST=MISMATCH; fi
+say "digests after the marker: source $SRC_D2, ferry $FER_D2 ($INCR_DIGEST), native $NAT_D2 ($NAT_DIGEST)"
+if [[ "$INCR_DIGEST" == MISMATCH ]]; then
+    say "  DBSIZE source $(rcli "$SRC" DBSIZE), ferry target $(rcli "$FER_PORT" DBSIZE)"
 fi
 
 # ---------------------------------------------------------------- summary
