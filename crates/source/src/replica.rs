@@ -16,7 +16,7 @@ use bytes::{Buf, Bytes, BytesMut};
 use ferry_rdb::{Item, Parser};
 use ferry_resp::{frame, Connection, Endpoint, Frame};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
+use tokio::io::{ReadHalf, WriteHalf};
 use tokio::sync::{mpsc, Notify};
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
@@ -136,7 +136,7 @@ async fn replicate_inner(
     stats.set_phase(Phase::WaitingForSnapshot);
     let reply = read_psync_reply(&mut conn).await?;
     let (stream, mut buf, _) = conn.into_parts();
-    let (rd, wr) = stream.into_split();
+    let (rd, wr) = tokio::io::split(stream);
     let mut link = Link {
         rd,
         addr: addr.clone(),
@@ -386,7 +386,7 @@ fn parse_psync_reply(frame: &Frame, addr: &str) -> Result<PsyncReply, SourceErro
 /// timeout after which a silent source counts as gone (it PINGs every 10 s by default, and
 /// sends newlines while it forks), and the job's shared rate limit.
 struct Link {
-    rd: OwnedReadHalf,
+    rd: ReadHalf<ferry_resp::Stream>,
     addr: String,
     stats: Arc<ShardStats>,
     timeout: Duration,
@@ -806,7 +806,7 @@ async fn command_stream(
 /// Sends `REPLCONF ACK <applied offset>` every `interval`, and at once when asked
 /// (`REPLCONF GETACK`, end of snapshot).
 async fn ack_loop(
-    mut wr: OwnedWriteHalf,
+    mut wr: WriteHalf<ferry_resp::Stream>,
     addr: String,
     stats: Arc<ShardStats>,
     now: Arc<Notify>,

@@ -12,7 +12,7 @@ use bytes::{Bytes, BytesMut};
 use ferry_resp::{frame, Connection, Endpoint, Frame};
 use ferry_source::{Event, ShardStats};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::tcp::OwnedReadHalf;
+use tokio::io::ReadHalf;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info};
@@ -437,7 +437,7 @@ pub async fn write(
         info!(target = %addr, version = %v, "target connected");
     }
     let (stream, rbuf, _) = conn.into_parts();
-    let (rd, mut wr) = stream.into_split();
+    let (rd, mut wr) = tokio::io::split(stream);
     let (exp_tx, exp_rx) = mpsc::channel::<Vec<Expect>>(opts.max_batches_in_flight.max(1));
     let mut replies = tokio::spawn(read_replies(
         rd,
@@ -577,7 +577,7 @@ fn lossy(b: &[u8]) -> String {
 
 /// Reads replies in order and checks each against what its command expects.
 async fn read_replies(
-    mut rd: OwnedReadHalf,
+    mut rd: ReadHalf<ferry_resp::Stream>,
     mut buf: BytesMut,
     mut exp_rx: mpsc::Receiver<Vec<Expect>>,
     addr: String,
