@@ -23,6 +23,7 @@ use tracing::{debug, info, warn};
 
 use crate::error::SourceError;
 use crate::event::Event;
+use crate::filter::{Filter, Verdict};
 use crate::pipe::ChannelReader;
 use crate::ratelimit::RateLimiter;
 use crate::stats::{Phase, ShardStats};
@@ -58,6 +59,9 @@ pub struct ReplicaOptions {
     /// Values above these thresholds are read and sent in chunks, so that memory stays
     /// bounded however big one value is.
     pub big_values: Option<ferry_rdb::BigValues>,
+    /// Keys, databases and commands to leave out (see [`crate::filter`]); applied here,
+    /// before events leave the reader, to the snapshot and the stream alike.
+    pub filter: Option<Arc<Filter>>,
 }
 
 impl ReplicaOptions {
@@ -75,6 +79,7 @@ impl ReplicaOptions {
             rate_limit: None,
             refuse_full_resync: false,
             big_values: Some(ferry_rdb::BigValues::default()),
+            filter: None,
         }
     }
 }
@@ -230,7 +235,15 @@ async fn replicate_inner(
         0
     };
     command_stream(
-        &mut link, buf, offset, db, &tx, &ack_now, streaming, &cancel,
+        &mut link,
+        buf,
+        offset,
+        db,
+        &tx,
+        &ack_now,
+        streaming,
+        opts.filter.as_deref(),
+        &cancel,
     )
     .await
 }
@@ -493,7 +506,10 @@ async fn transfer_rdb(
         let skip = opts.skip_snapshot;
         let addr = addr.clone();
         let big = opts.big_values;
-        tokio::task::spawn_blocking(move || parse_rdb(chunk_rx, tx, stats, skip, addr, big))
+        let filter = opts.filter.clone();
+        tokio::task::spawn_blocking(move || {
+            parse_rdb(chunk_rx, tx, stats, skip, addr, big, filter)
+        })
     };
     let mut parse = AbortOnDropT(Some(parse));
     let mut chunk_tx = Some(chunk_tx);
@@ -638,7 +654,9 @@ fn parse_rdb(
     skip_entries: bool,
     addr: String,
     big_values: Option<ferry_rdb::BigValues>,
+    filter: Option<Arc<Filter>>,
 ) -> Result<ParseDone, SourceError> {
+    let mut in_dropped_big = false;
     let mut parser = Parser::new(ChannelReader::new(rx));
     parser.set_big_values(big_values);
     let rdb_err = |source| SourceError::Rdb {
@@ -696,6 +714,13 @@ fn parse_rdb(
             }
             _ => continue,
         };
+        let ev = match &filter {
+            Some(f) => match f.apply(ev, &stats, &mut in_dropped_big) {
+                Verdict::Keep(ev) => ev,
+                Verdict::Drop => continue,
+            },
+            None => ev,
+        };
         tx.blocking_send(ev).map_err(|_| downstream())?;
     }
     let rdb_version = parser.rdb_version().unwrap_or(0) as u16;
@@ -720,6 +745,7 @@ async fn command_stream(
     tx: &mpsc::Sender<Event>,
     ack_now: &Notify,
     streaming: StreamStarted<'_>,
+    filter: Option<&Filter>,
     cancel: &CancellationToken,
 ) -> Result<(), SourceError> {
     let stats = link.stats.clone();
@@ -783,7 +809,13 @@ async fn command_stream(
             }
             idle_bytes = false;
             stats.records_read.fetch_add(1, Relaxed);
-            let ev = Event::Command { db, argv, offset };
+            let mut ev = Event::Command { db, argv, offset };
+            if let Some(f) = filter {
+                match f.apply(ev, &stats, &mut false) {
+                    Verdict::Keep(kept) => ev = kept,
+                    Verdict::Drop => continue,
+                }
+            }
             tokio::select! {
                 r = tx.send(ev) => r.map_err(|_| SourceError::Downstream { addr: addr.to_string() })?,
                 _ = cancel.cancelled() => return Ok(()),

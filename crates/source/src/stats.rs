@@ -52,6 +52,12 @@ pub struct ShardStats {
     /// age of the oldest sample the target has not yet applied.
     read_marks: Mutex<VecDeque<(u64, Instant)>>,
     pub replid: Mutex<String>,
+    /// What the job's filters dropped: snapshot keys and keys cut out of multi-key
+    /// commands; whole stream commands (and snapshot functions or scripts); commands whose
+    /// keys disagreed and were kept or dropped by their first key.
+    pub filtered_keys: AtomicU64,
+    pub filtered_commands: AtomicU64,
+    pub filtered_mixed: AtomicU64,
 }
 
 impl Default for ShardStats {
@@ -70,6 +76,9 @@ impl Default for ShardStats {
             applied_offset: AtomicU64::new(0),
             read_marks: Mutex::new(VecDeque::new()),
             replid: Mutex::new(String::new()),
+            filtered_keys: AtomicU64::new(0),
+            filtered_commands: AtomicU64::new(0),
+            filtered_mixed: AtomicU64::new(0),
         }
     }
 }

@@ -3,12 +3,14 @@
 
 pub mod checkpoint;
 pub mod compat;
+pub mod dbmap;
 pub mod error;
 pub mod rewrite;
 pub mod version;
 pub mod writer;
 
 pub use checkpoint::Checkpoint;
+pub use dbmap::DbMap;
 pub use error::TargetError;
 pub use version::ServerVersion;
 pub use writer::{write, WriteSummary, WriterOptions};

@@ -19,6 +19,7 @@ use tracing::{debug, info};
 
 use crate::checkpoint::is_checkpoint_key;
 use crate::compat::{Compat, Routed};
+use crate::dbmap::DbMap;
 use crate::error::TargetError;
 use crate::rewrite::{Check, Cmd};
 use crate::version::ServerVersion;
@@ -45,6 +46,8 @@ pub struct WriterOptions {
     /// Skip (and count) keys the target cannot hold (module values, hash field TTLs on an
     /// older target) instead of stopping.
     pub skip_unsupported: bool,
+    /// Source db → target db, applied where the writer selects (see [`crate::dbmap`]).
+    pub db_map: DbMap,
 }
 
 impl WriterOptions {
@@ -58,6 +61,7 @@ impl WriterOptions {
             flush_before_snapshot: false,
             big_value_bytes: crate::compat::DEFAULT_BIG_VALUE_BYTES,
             skip_unsupported: false,
+            db_map: DbMap::default(),
         }
     }
 }
@@ -133,10 +137,18 @@ struct Encoder {
     txn_offset: Option<(u64, u32)>,
     txn_open: bool,
     txn_folded: u64,
+    /// Source db → target db.
+    db_map: DbMap,
 }
 
 impl Encoder {
+    /// Selects the target database that source database `db` maps to.
     fn select(&mut self, db: u32) {
+        self.select_target(self.db_map.target(db));
+    }
+
+    /// Selects target database `db` as it is (ferry's checkpoint lives in db 0).
+    fn select_target(&mut self, db: u32) {
         if self.db != Some(db) {
             frame::write_command(
                 &mut self.buf,
@@ -154,9 +166,13 @@ impl Encoder {
     }
 
     fn queue_select(&mut self, db: u32) {
+        self.queue_select_target(self.db_map.target(db));
+    }
+
+    fn queue_select_target(&mut self, db: u32) {
         if self.db != Some(db) {
             self.txn_names.push((Bytes::from_static(b"SELECT"), false));
-            self.select(db);
+            self.select_target(db);
         }
     }
 
@@ -183,7 +199,7 @@ impl Encoder {
             return;
         };
         if let Some((offset, db)) = self.txn_offset {
-            self.queue_select(0);
+            self.queue_select_target(0);
             let value = format!("stream {} {offset} {db}", self.replid);
             self.set_checkpoint(&key, value);
             self.txn_names
@@ -299,7 +315,7 @@ impl Encoder {
                     self.expects.push(Expect::Control { what: "FLUSHALL" });
                 }
                 if let Some(key) = self.checkpoint.clone() {
-                    self.select(0);
+                    self.select_target(0);
                     let value = format!("snapshot {} {offset}", self.replid);
                     self.set_checkpoint(&key, value);
                     self.expects.push(Expect::Control {
@@ -309,7 +325,7 @@ impl Encoder {
             }
             Event::SnapshotEnd { .. } => {
                 if let Some(key) = self.checkpoint.clone() {
-                    self.select(0);
+                    self.select_target(0);
                     // The source SELECTs before its first command after a snapshot.
                     let value = format!("stream {} {} 0", self.replid, self.snapshot_offset);
                     self.set_checkpoint(&key, value);
@@ -464,6 +480,7 @@ pub async fn write(
         txn_offset: None,
         txn_open: false,
         txn_folded: 0,
+        db_map: opts.db_map.clone(),
     };
     let mut compat = Compat::new(
         version.clone(),
