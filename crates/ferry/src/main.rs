@@ -1,6 +1,7 @@
 //! The `ferry` command: glue between the command line and the job crates.
 
 mod progress;
+mod scope_args;
 mod verify;
 
 use std::io::IsTerminal;
@@ -114,6 +115,8 @@ struct SyncArgs {
     /// Progress display.
     #[arg(long, value_enum, default_value_t = ProgressMode::Auto)]
     progress: ProgressMode,
+    #[command(flatten)]
+    scope: scope_args::ScopeArgs,
 }
 
 fn init_logging(format: LogFormat) {
@@ -184,7 +187,7 @@ async fn sync(args: SyncArgs) -> anyhow::Result<()> {
         Some(p) => FileConfig::load(p)?,
         None => FileConfig::default(),
     };
-    let job = file.merge(FileConfig {
+    let job = file.merge(args.scope.fill(FileConfig {
         name: args.name,
         source: args.source,
         target: args.target,
@@ -204,7 +207,8 @@ async fn sync(args: SyncArgs) -> anyhow::Result<()> {
         big_key_threshold: args.big_key_threshold,
         big_key_elements: args.big_key_elements,
         skip_unsupported: args.skip_unsupported.then_some(true),
-    })?;
+        ..Default::default()
+    }))?;
     info!(name = %job.name, source = %job.source, target = %job.target, mode = %job.mode,
           checkpoint = job.checkpoint, "starting sync");
     let status = JobStatus::new();

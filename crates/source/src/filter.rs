@@ -197,7 +197,8 @@ impl Filter {
     }
 
     pub fn db_allowed(&self, db: u32) -> bool {
-        self.include_dbs.as_ref().map_or(true, |s| s.contains(&db)) && !self.exclude_dbs.contains(&db)
+        self.include_dbs.as_ref().map_or(true, |s| s.contains(&db))
+            && !self.exclude_dbs.contains(&db)
     }
 
     /// `name` in upper case.
@@ -343,9 +344,7 @@ fn key_spec(upper: &str) -> KeySpec {
         | "COPY" | "GEOSEARCHSTORE" | "ZRANGESTORE" => KeySpec::Two,
         "SINTERSTORE" | "SUNIONSTORE" | "SDIFFSTORE" | "PFMERGE" => KeySpec::All,
         "BITOP" => KeySpec::From(2),
-        "EVAL" | "EVALSHA" | "EVAL_RO" | "EVALSHA_RO" | "FCALL" | "FCALL_RO" => {
-            KeySpec::NumKeys(2)
-        }
+        "EVAL" | "EVALSHA" | "EVAL_RO" | "EVALSHA_RO" | "FCALL" | "FCALL_RO" => KeySpec::NumKeys(2),
         "LMPOP" | "ZMPOP" | "SINTERCARD" | "ZINTERCARD" => KeySpec::NumKeys(1),
         "ZUNIONSTORE" | "ZINTERSTORE" | "ZDIFFSTORE" => KeySpec::DestNumKeys,
         "XGROUP" | "XINFO" | "OBJECT" => KeySpec::At(2),
@@ -488,7 +487,9 @@ mod tests {
     use super::*;
 
     fn b(v: &[&str]) -> Vec<Bytes> {
-        v.iter().map(|s| Bytes::copy_from_slice(s.as_bytes())).collect()
+        v.iter()
+            .map(|s| Bytes::copy_from_slice(s.as_bytes()))
+            .collect()
     }
 
     #[test]

@@ -507,9 +507,7 @@ async fn transfer_rdb(
         let addr = addr.clone();
         let big = opts.big_values;
         let filter = opts.filter.clone();
-        tokio::task::spawn_blocking(move || {
-            parse_rdb(chunk_rx, tx, stats, skip, addr, big, filter)
-        })
+        tokio::task::spawn_blocking(move || parse_rdb(chunk_rx, tx, stats, skip, addr, big, filter))
     };
     let mut parse = AbortOnDropT(Some(parse));
     let mut chunk_tx = Some(chunk_tx);

@@ -9,6 +9,7 @@ use ferry_resp::Endpoint;
 use serde::Deserialize;
 
 use crate::retry::{RetryPolicy, Window};
+use crate::scope::{self, FilterConfig, TlsConfig};
 
 /// What to copy.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -74,6 +75,10 @@ pub struct JobConfig {
     pub big_key_elements: Option<u64>,
     /// Skip keys the target cannot hold (module values, hash field TTLs on an old target).
     pub skip_unsupported: bool,
+    /// Keys, databases and commands to leave out; `None` copies everything.
+    pub filter: Option<std::sync::Arc<ferry_source::Filter>>,
+    /// Source db → target db.
+    pub db_map: ferry_target::DbMap,
 }
 
 /// Retry settings as written in TOML or given as flags.
@@ -180,6 +185,14 @@ pub struct FileConfig {
     pub big_key_threshold: Option<usize>,
     pub big_key_elements: Option<u64>,
     pub skip_unsupported: Option<bool>,
+    #[serde(default)]
+    pub filter: FilterConfig,
+    /// "source:target,…", e.g. "0:0,1:0,5:3".
+    pub db_map: Option<String>,
+    #[serde(default)]
+    pub source_tls: TlsConfig,
+    #[serde(default)]
+    pub target_tls: TlsConfig,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -218,7 +231,14 @@ impl FileConfig {
             s.parse::<Endpoint>()
                 .map_err(|e| ConfigError::Invalid(format!("{what}: {e}")))
         };
-        let source = parse("source", &source)?;
+        let mut source = parse("source", &source)?;
+        over.source_tls
+            .or(self.source_tls)
+            .apply("source", &mut source)?;
+        let mut target = parse("target", &target)?;
+        over.target_tls
+            .or(self.target_tls)
+            .apply("target", &mut target)?;
         let rate_limit = match over.rate_limit_mb.or(self.rate_limit_mb) {
             Some(mb) if mb > 0.0 && mb.is_finite() => Some(mb * 1e6),
             Some(mb) => {
@@ -241,7 +261,7 @@ impl FileConfig {
         }
         Ok(JobConfig {
             name,
-            target: parse("target", &target)?,
+            target,
             source,
             mode,
             overwrite: over.overwrite.or(self.overwrite).unwrap_or(false),
@@ -255,6 +275,8 @@ impl FileConfig {
                 .skip_unsupported
                 .or(self.skip_unsupported)
                 .unwrap_or(false),
+            filter: over.filter.or(self.filter).resolve()?,
+            db_map: scope::parse_db_map(over.db_map.or(self.db_map))?,
         })
     }
 }
