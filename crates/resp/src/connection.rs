@@ -137,10 +137,7 @@ impl Connection {
         self.stream
             .write_all(buf)
             .await
-            .map_err(|source| Error::Io {
-                addr: self.addr.clone(),
-                source,
-            })
+            .map_err(|source| io_error(&self.addr, source))
     }
 
     /// Reads one reply (waiting at most the timeout); returns it with its length in bytes.
@@ -178,10 +175,7 @@ impl Connection {
             .stream
             .read_buf(&mut self.rbuf)
             .await
-            .map_err(|source| Error::Io {
-                addr: self.addr.clone(),
-                source,
-            })?;
+            .map_err(|source| io_error(&self.addr, source))?;
         if n == 0 {
             return Err(Error::Closed {
                 addr: self.addr.clone(),
@@ -207,6 +201,19 @@ impl Connection {
         let reply = self.request(&["INFO", section]).await?;
         let text = reply.to_text();
         Ok(Info::parse(&text))
+    }
+}
+
+fn io_error(addr: &str, source: std::io::Error) -> Error {
+    match tls::tls_failure(&source) {
+        Some(message) => Error::Tls {
+            addr: addr.to_string(),
+            message,
+        },
+        None => Error::Io {
+            addr: addr.to_string(),
+            source,
+        },
     }
 }
 

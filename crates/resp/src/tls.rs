@@ -127,10 +127,18 @@ pub(crate) enum HandshakeError {
     Handshake(String),
 }
 
+/// The TLS failure inside an I/O error, if that is what it is. With TLS 1.3 a server's
+/// refusal of the client certificate arrives with the first reply, after the handshake.
+pub(crate) fn tls_failure(e: &io::Error) -> Option<String> {
+    e.get_ref()
+        .and_then(|i| i.downcast_ref::<rustls::Error>())
+        .map(|_| describe(e))
+}
+
 fn describe(e: &io::Error) -> String {
     match e.get_ref().and_then(|i| i.downcast_ref::<rustls::Error>()) {
         Some(rustls::Error::InvalidCertificate(c)) => format!("certificate verify failed: {c:?}"),
-        Some(rustls::Error::AlertReceived(a)) => format!("the server refused: {a:?} alert"),
+        Some(rustls::Error::AlertReceived(a)) => format!("the server refused us: {a:?}"),
         Some(other) => other.to_string(),
         None => e.to_string(),
     }

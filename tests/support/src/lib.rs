@@ -11,6 +11,7 @@ mod client;
 mod data;
 pub mod proxy;
 mod server;
+pub mod tls;
 pub mod versions;
 
 pub use client::{escape_bytes, read_reply, Client, Reply, DEFAULT_IO_TIMEOUT};
