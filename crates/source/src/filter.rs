@@ -197,15 +197,12 @@ impl Filter {
     }
 
     pub fn db_allowed(&self, db: u32) -> bool {
-        self.include_dbs.as_ref().map_or(true, |s| s.contains(&db))
-            && !self.exclude_dbs.contains(&db)
+        !matches!(&self.include_dbs, Some(s) if !s.contains(&db)) && !self.exclude_dbs.contains(&db)
     }
 
     /// `name` in upper case.
     pub fn command_allowed(&self, name: &str) -> bool {
-        self.include_commands
-            .as_ref()
-            .map_or(true, |s| s.contains(name))
+        !matches!(&self.include_commands, Some(s) if !s.contains(name))
             && !self.exclude_commands.contains(name)
     }
 
