@@ -62,6 +62,13 @@ pub struct ScopeArgs {
     #[arg(long, value_name = "SRC:DST,…", help_heading = "Filters")]
     db_map: Option<String>,
 
+    #[command(flatten)]
+    tls: TlsArgs,
+}
+
+/// `--source-tls-…` and `--target-tls-…`: for `ferry sync` and `ferry verify`.
+#[derive(clap::Args, Default)]
+pub struct TlsArgs {
     /// CA certificate (PEM) to verify the source with (rediss://).
     #[arg(long, value_name = "FILE", help_heading = "TLS")]
     source_tls_ca: Option<PathBuf>,
@@ -94,6 +101,28 @@ pub struct ScopeArgs {
     target_tls_insecure: bool,
 }
 
+impl TlsArgs {
+    pub fn source(&self) -> TlsConfig {
+        TlsConfig {
+            ca_file: self.source_tls_ca.clone(),
+            cert_file: self.source_tls_cert.clone(),
+            key_file: self.source_tls_key.clone(),
+            server_name: self.source_tls_server_name.clone(),
+            insecure: self.source_tls_insecure.then_some(true),
+        }
+    }
+
+    pub fn target(&self) -> TlsConfig {
+        TlsConfig {
+            ca_file: self.target_tls_ca.clone(),
+            cert_file: self.target_tls_cert.clone(),
+            key_file: self.target_tls_key.clone(),
+            server_name: self.target_tls_server_name.clone(),
+            insecure: self.target_tls_insecure.then_some(true),
+        }
+    }
+}
+
 fn list<T>(v: Vec<T>) -> Option<Vec<T>> {
     (!v.is_empty()).then_some(v)
 }
@@ -114,20 +143,8 @@ impl ScopeArgs {
             exclude_commands: list(self.exclude_commands),
         };
         over.db_map = self.db_map;
-        over.source_tls = TlsConfig {
-            ca_file: self.source_tls_ca,
-            cert_file: self.source_tls_cert,
-            key_file: self.source_tls_key,
-            server_name: self.source_tls_server_name,
-            insecure: self.source_tls_insecure.then_some(true),
-        };
-        over.target_tls = TlsConfig {
-            ca_file: self.target_tls_ca,
-            cert_file: self.target_tls_cert,
-            key_file: self.target_tls_key,
-            server_name: self.target_tls_server_name,
-            insecure: self.target_tls_insecure.then_some(true),
-        };
+        over.source_tls = self.tls.source();
+        over.target_tls = self.tls.target();
         over
     }
 }

@@ -115,6 +115,19 @@ fn tls_sync_converges_under_writes() {
     let writes = writer.join().expect("churn");
     assert!(writes > 0);
     wait_caught_up(&source, &target, "t", LONG);
+    // `ferry verify` reaches both over TLS too.
+    let mut verify = Ferry::start(&[
+        "verify",
+        "--source",
+        &source_url,
+        "--target",
+        &target_url,
+        "--source-tls-ca",
+        &ca,
+        "--target-tls-ca",
+        &ca,
+    ]);
+    assert!(verify.wait(LONG).success(), "{}", verify.output());
     target.cmd(&["DEL", "ferry:checkpoint:t:0"]);
     assert_same_data(&source, &target);
     assert!(ferry.is_running(), "{}", ferry.output());

@@ -110,7 +110,7 @@ impl TlsConfig {
     }
 
     /// Puts these options on `ep`, checking that its files can be read.
-    pub(crate) fn apply(self, what: &str, ep: &mut Endpoint) -> Result<(), ConfigError> {
+    pub fn apply(self, what: &str, ep: &mut Endpoint) -> Result<(), ConfigError> {
         if !ep.tls {
             if self.is_set() {
                 return Err(ConfigError::Invalid(format!(
