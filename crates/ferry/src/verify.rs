@@ -23,7 +23,7 @@ pub enum VerifyMode {
 #[derive(clap::Args)]
 pub struct VerifyArgs {
     #[command(flatten)]
-    tls: crate::scope_args::TlsArgs,
+    tls: Box<crate::scope_args::TlsArgs>,
     /// Source node: redis://[user:pass@]host:port[/db].
     #[arg(long, env = "FERRY_SOURCE")]
     source: String,
