@@ -1,6 +1,7 @@
 //! The `ferry` command: glue between the command line and the job crates.
 
 mod progress;
+mod scope_args;
 mod verify;
 
 use std::io::IsTerminal;
@@ -128,6 +129,8 @@ struct SyncArgs {
     /// Progress display.
     #[arg(long, value_enum, default_value_t = ProgressMode::Auto)]
     progress: ProgressMode,
+    #[command(flatten)]
+    scope: scope_args::ScopeArgs,
 }
 
 fn init_logging(format: LogFormat) {
@@ -199,7 +202,7 @@ async fn sync(args: SyncArgs) -> anyhow::Result<()> {
         None => FileConfig::default(),
     };
     let sentinel = args.source_sentinel.is_some();
-    let job = file.merge(FileConfig {
+    let job = file.merge(args.scope.fill(FileConfig {
         name: args.name,
         source: args.source.or(args.source_sentinel),
         source_type: if sentinel {
@@ -226,7 +229,8 @@ async fn sync(args: SyncArgs) -> anyhow::Result<()> {
         big_key_threshold: args.big_key_threshold,
         big_key_elements: args.big_key_elements,
         skip_unsupported: args.skip_unsupported.then_some(true),
-    })?;
+        ..Default::default()
+    }))?;
     info!(name = %job.name, source = %job.source, target = %job.target, mode = %job.mode,
           checkpoint = job.checkpoint, "starting sync");
     let status = JobStatus::new();

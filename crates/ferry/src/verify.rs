@@ -22,6 +22,8 @@ pub enum VerifyMode {
 
 #[derive(clap::Args)]
 pub struct VerifyArgs {
+    #[command(flatten)]
+    tls: Box<crate::scope_args::TlsArgs>,
     /// Source node: redis://[user:pass@]host:port[/db].
     #[arg(long, env = "FERRY_SOURCE")]
     source: String,
@@ -83,14 +85,20 @@ fn fail(json: bool, message: &str) -> ExitCode {
 }
 
 pub async fn run(args: VerifyArgs) -> ExitCode {
-    let source: Endpoint = match args.source.parse() {
+    let mut source: Endpoint = match args.source.parse() {
         Ok(e) => e,
         Err(e) => return fail(args.json, &format!("--source: {e}")),
     };
-    let target: Endpoint = match args.target.parse() {
+    let mut target: Endpoint = match args.target.parse() {
         Ok(e) => e,
         Err(e) => return fail(args.json, &format!("--target: {e}")),
     };
+    if let Err(e) = args.tls.source().apply("source", &mut source) {
+        return fail(args.json, &e.to_string());
+    }
+    if let Err(e) = args.tls.target().apply("target", &mut target) {
+        return fail(args.json, &e.to_string());
+    }
     let mut config = Config::new(source.clone(), target.clone());
     config.mode = match args.mode {
         VerifyMode::Keys => Mode::Keys,

@@ -8,12 +8,14 @@ use bytes::BytesMut;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
+use crate::tls::{self, HandshakeError, Stream};
+
 use crate::endpoint::Endpoint;
 use crate::error::{describe_command, Error};
 use crate::frame::{self, Frame};
 
 pub struct Connection {
-    stream: TcpStream,
+    stream: Stream,
     rbuf: BytesMut,
     addr: String,
     timeout: Duration,
@@ -30,9 +32,6 @@ impl Connection {
 
     pub async fn connect_timeout(ep: &Endpoint, timeout: Duration) -> Result<Connection, Error> {
         let addr = ep.addr();
-        if ep.tls {
-            return Err(Error::TlsUnsupported { addr });
-        }
         let stream =
             match tokio::time::timeout(timeout, TcpStream::connect((ep.host.as_str(), ep.port)))
                 .await
@@ -47,6 +46,27 @@ impl Connection {
                 }
             };
         let _ = stream.set_nodelay(true);
+        let stream = if ep.tls {
+            match tokio::time::timeout(timeout, tls::handshake(stream, &ep.host, &ep.tls_options))
+                .await
+            {
+                Ok(Ok(s)) => Stream::Tls(Box::new(s)),
+                Ok(Err(HandshakeError::Handshake(message))) => {
+                    return Err(Error::Tls { addr, message })
+                }
+                Ok(Err(HandshakeError::Config(message))) => {
+                    return Err(Error::TlsConfig { addr, message })
+                }
+                Err(_) => {
+                    return Err(Error::Timeout {
+                        addr,
+                        what: "in the TLS handshake".into(),
+                    })
+                }
+            }
+        } else {
+            Stream::Plain(stream)
+        };
         let mut conn = Connection {
             stream,
             rbuf: BytesMut::with_capacity(16 * 1024),
@@ -117,10 +137,7 @@ impl Connection {
         self.stream
             .write_all(buf)
             .await
-            .map_err(|source| Error::Io {
-                addr: self.addr.clone(),
-                source,
-            })
+            .map_err(|source| io_error(&self.addr, source))
     }
 
     /// Reads one reply (waiting at most the timeout); returns it with its length in bytes.
@@ -158,10 +175,7 @@ impl Connection {
             .stream
             .read_buf(&mut self.rbuf)
             .await
-            .map_err(|source| Error::Io {
-                addr: self.addr.clone(),
-                source,
-            })?;
+            .map_err(|source| io_error(&self.addr, source))?;
         if n == 0 {
             return Err(Error::Closed {
                 addr: self.addr.clone(),
@@ -176,8 +190,9 @@ impl Connection {
         &mut self.rbuf
     }
 
-    /// The socket and whatever was already read past the last reply.
-    pub fn into_parts(self) -> (TcpStream, BytesMut, String) {
+    /// The stream (plain or TLS; split it with `tokio::io::split`) and whatever was
+    /// already read past the last reply.
+    pub fn into_parts(self) -> (Stream, BytesMut, String) {
         (self.stream, self.rbuf, self.addr)
     }
 
@@ -186,6 +201,19 @@ impl Connection {
         let reply = self.request(&["INFO", section]).await?;
         let text = reply.to_text();
         Ok(Info::parse(&text))
+    }
+}
+
+fn io_error(addr: &str, source: std::io::Error) -> Error {
+    match tls::tls_failure(&source) {
+        Some(message) => Error::Tls {
+            addr: addr.to_string(),
+            message,
+        },
+        None => Error::Io {
+            addr: addr.to_string(),
+            source,
+        },
     }
 }
 

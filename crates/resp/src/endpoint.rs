@@ -3,6 +3,8 @@
 use std::fmt;
 use std::str::FromStr;
 
+use crate::tls::TlsOptions;
+
 /// One Redis node and how to log in to it. `Display` never shows the password.
 #[derive(Clone, PartialEq, Eq)]
 pub struct Endpoint {
@@ -11,7 +13,9 @@ pub struct Endpoint {
     pub username: Option<String>,
     pub password: Option<String>,
     pub db: Option<u32>,
+    /// `rediss://`: speak TLS, as `tls_options` says.
     pub tls: bool,
+    pub tls_options: TlsOptions,
 }
 
 impl fmt::Debug for Endpoint {
@@ -22,6 +26,7 @@ impl fmt::Debug for Endpoint {
             .field("password", &self.password.as_ref().map(|_| "<redacted>"))
             .field("db", &self.db)
             .field("tls", &self.tls)
+            .field("tls_options", &self.tls_options)
             .finish()
     }
 }
@@ -35,6 +40,7 @@ impl Endpoint {
             password: None,
             db: None,
             tls: false,
+            tls_options: TlsOptions::default(),
         }
     }
 
@@ -131,6 +137,7 @@ impl FromStr for Endpoint {
             password,
             db,
             tls,
+            tls_options: TlsOptions::default(),
         })
     }
 }

@@ -45,8 +45,13 @@ pub enum Error {
         command: String,
         reply: String,
     },
-    #[error("{addr}: TLS is not supported by this build (rediss:// given)")]
-    TlsUnsupported { addr: String },
+    /// The TLS handshake failed (bad certificate, wrong CA, refused client certificate):
+    /// a connection failure, retried like one.
+    #[error("{addr}: TLS handshake failed: {message}")]
+    Tls { addr: String, message: String },
+    /// TLS cannot be set up on our side (unreadable CA, certificate or key file).
+    #[error("{addr}: TLS configuration: {message}")]
+    TlsConfig { addr: String, message: String },
 }
 
 impl Error {
@@ -54,7 +59,11 @@ impl Error {
     pub fn is_connection(&self) -> bool {
         matches!(
             self,
-            Error::Connect { .. } | Error::Io { .. } | Error::Closed { .. } | Error::Timeout { .. }
+            Error::Connect { .. }
+                | Error::Io { .. }
+                | Error::Closed { .. }
+                | Error::Timeout { .. }
+                | Error::Tls { .. }
         )
     }
 
@@ -69,7 +78,8 @@ impl Error {
             | Error::Auth { addr, .. }
             | Error::Reply { addr, .. }
             | Error::Unexpected { addr, .. }
-            | Error::TlsUnsupported { addr } => addr,
+            | Error::Tls { addr, .. }
+            | Error::TlsConfig { addr, .. } => addr,
         }
     }
 }

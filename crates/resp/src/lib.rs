@@ -11,8 +11,10 @@ pub mod connection;
 pub mod endpoint;
 pub mod error;
 pub mod frame;
+pub mod tls;
 
 pub use connection::{Connection, Info};
 pub use endpoint::Endpoint;
 pub use error::Error;
 pub use frame::{DecodeError, Frame};
+pub use tls::{Stream, TlsOptions};

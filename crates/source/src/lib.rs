@@ -4,6 +4,7 @@
 
 pub mod error;
 pub mod event;
+pub mod filter;
 pub mod pipe;
 pub mod ratelimit;
 pub mod replica;
@@ -12,6 +13,7 @@ pub mod topology;
 
 pub use error::SourceError;
 pub use event::Event;
+pub use filter::{Filter, FilterError, FilterRules};
 pub use ratelimit::RateLimiter;
 pub use replica::{replicate, ReplicaOptions};
 pub use stats::{Phase, ShardStats};

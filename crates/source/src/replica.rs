@@ -16,13 +16,14 @@ use bytes::{Buf, Bytes, BytesMut};
 use ferry_rdb::{Item, Parser};
 use ferry_resp::{frame, Connection, Endpoint, Frame};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
+use tokio::io::{ReadHalf, WriteHalf};
 use tokio::sync::{mpsc, Notify};
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
 use crate::error::SourceError;
 use crate::event::Event;
+use crate::filter::{Filter, Verdict};
 use crate::pipe::ChannelReader;
 use crate::ratelimit::RateLimiter;
 use crate::stats::{Phase, ShardStats};
@@ -58,6 +59,9 @@ pub struct ReplicaOptions {
     /// Values above these thresholds are read and sent in chunks, so that memory stays
     /// bounded however big one value is.
     pub big_values: Option<ferry_rdb::BigValues>,
+    /// Keys, databases and commands to leave out (see [`crate::filter`]); applied here,
+    /// before events leave the reader, to the snapshot and the stream alike.
+    pub filter: Option<Arc<Filter>>,
 }
 
 impl ReplicaOptions {
@@ -75,6 +79,7 @@ impl ReplicaOptions {
             rate_limit: None,
             refuse_full_resync: false,
             big_values: Some(ferry_rdb::BigValues::default()),
+            filter: None,
         }
     }
 }
@@ -136,7 +141,7 @@ async fn replicate_inner(
     stats.set_phase(Phase::WaitingForSnapshot);
     let reply = read_psync_reply(&mut conn).await?;
     let (stream, mut buf, _) = conn.into_parts();
-    let (rd, wr) = stream.into_split();
+    let (rd, wr) = tokio::io::split(stream);
     let mut link = Link {
         rd,
         addr: addr.clone(),
@@ -230,7 +235,15 @@ async fn replicate_inner(
         0
     };
     command_stream(
-        &mut link, buf, offset, db, &tx, &ack_now, streaming, &cancel,
+        &mut link,
+        buf,
+        offset,
+        db,
+        &tx,
+        &ack_now,
+        streaming,
+        opts.filter.as_deref(),
+        &cancel,
     )
     .await
 }
@@ -386,7 +399,7 @@ fn parse_psync_reply(frame: &Frame, addr: &str) -> Result<PsyncReply, SourceErro
 /// timeout after which a silent source counts as gone (it PINGs every 10 s by default, and
 /// sends newlines while it forks), and the job's shared rate limit.
 struct Link {
-    rd: OwnedReadHalf,
+    rd: ReadHalf<ferry_resp::Stream>,
     addr: String,
     stats: Arc<ShardStats>,
     timeout: Duration,
@@ -493,7 +506,8 @@ async fn transfer_rdb(
         let skip = opts.skip_snapshot;
         let addr = addr.clone();
         let big = opts.big_values;
-        tokio::task::spawn_blocking(move || parse_rdb(chunk_rx, tx, stats, skip, addr, big))
+        let filter = opts.filter.clone();
+        tokio::task::spawn_blocking(move || parse_rdb(chunk_rx, tx, stats, skip, addr, big, filter))
     };
     let mut parse = AbortOnDropT(Some(parse));
     let mut chunk_tx = Some(chunk_tx);
@@ -638,7 +652,9 @@ fn parse_rdb(
     skip_entries: bool,
     addr: String,
     big_values: Option<ferry_rdb::BigValues>,
+    filter: Option<Arc<Filter>>,
 ) -> Result<ParseDone, SourceError> {
+    let mut in_dropped_big = false;
     let mut parser = Parser::new(ChannelReader::new(rx));
     parser.set_big_values(big_values);
     let rdb_err = |source| SourceError::Rdb {
@@ -696,6 +712,13 @@ fn parse_rdb(
             }
             _ => continue,
         };
+        let ev = match &filter {
+            Some(f) => match f.apply(ev, &stats, &mut in_dropped_big) {
+                Verdict::Keep(ev) => ev,
+                Verdict::Drop => continue,
+            },
+            None => ev,
+        };
         tx.blocking_send(ev).map_err(|_| downstream())?;
     }
     let rdb_version = parser.rdb_version().unwrap_or(0) as u16;
@@ -720,6 +743,7 @@ async fn command_stream(
     tx: &mpsc::Sender<Event>,
     ack_now: &Notify,
     streaming: StreamStarted<'_>,
+    filter: Option<&Filter>,
     cancel: &CancellationToken,
 ) -> Result<(), SourceError> {
     let stats = link.stats.clone();
@@ -783,7 +807,13 @@ async fn command_stream(
             }
             idle_bytes = false;
             stats.records_read.fetch_add(1, Relaxed);
-            let ev = Event::Command { db, argv, offset };
+            let mut ev = Event::Command { db, argv, offset };
+            if let Some(f) = filter {
+                match f.apply(ev, &stats, &mut false) {
+                    Verdict::Keep(kept) => ev = kept,
+                    Verdict::Drop => continue,
+                }
+            }
             tokio::select! {
                 r = tx.send(ev) => r.map_err(|_| SourceError::Downstream { addr: addr.to_string() })?,
                 _ = cancel.cancelled() => return Ok(()),
@@ -806,7 +836,7 @@ async fn command_stream(
 /// Sends `REPLCONF ACK <applied offset>` every `interval`, and at once when asked
 /// (`REPLCONF GETACK`, end of snapshot).
 async fn ack_loop(
-    mut wr: OwnedWriteHalf,
+    mut wr: WriteHalf<ferry_resp::Stream>,
     addr: String,
     stats: Arc<ShardStats>,
     now: Arc<Notify>,

@@ -54,6 +54,12 @@ pub struct ShardStats {
     /// For a job's total over several shards: the largest shard lag, in µs.
     lag_override_us: AtomicU64,
     pub replid: Mutex<String>,
+    /// What the job's filters dropped: snapshot keys and keys cut out of multi-key
+    /// commands; whole stream commands (and snapshot functions or scripts); commands whose
+    /// keys disagreed and were kept or dropped by their first key.
+    pub filtered_keys: AtomicU64,
+    pub filtered_commands: AtomicU64,
+    pub filtered_mixed: AtomicU64,
 }
 
 impl Default for ShardStats {
@@ -73,6 +79,9 @@ impl Default for ShardStats {
             read_marks: Mutex::new(VecDeque::new()),
             lag_override_us: AtomicU64::new(0),
             replid: Mutex::new(String::new()),
+            filtered_keys: AtomicU64::new(0),
+            filtered_commands: AtomicU64::new(0),
+            filtered_mixed: AtomicU64::new(0),
         }
     }
 }

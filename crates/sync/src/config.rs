@@ -45,6 +45,7 @@ fn parse_seeds(list: &str) -> Result<Vec<Endpoint>, ConfigError> {
     }
     Ok(out)
 }
+use crate::scope::{self, FilterConfig, TlsConfig};
 
 /// What to copy.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -118,6 +119,10 @@ pub struct JobConfig {
     pub big_key_elements: Option<u64>,
     /// Skip keys the target cannot hold (module values, hash field TTLs on an old target).
     pub skip_unsupported: bool,
+    /// Keys, databases and commands to leave out; `None` copies everything.
+    pub filter: Option<std::sync::Arc<ferry_source::Filter>>,
+    /// Source db → target db.
+    pub db_map: ferry_target::DbMap,
 }
 
 /// Retry settings as written in TOML or given as flags.
@@ -230,6 +235,14 @@ pub struct FileConfig {
     pub big_key_threshold: Option<usize>,
     pub big_key_elements: Option<u64>,
     pub skip_unsupported: Option<bool>,
+    #[serde(default)]
+    pub filter: FilterConfig,
+    /// "source:target,…", e.g. "0:0,1:0,5:3".
+    pub db_map: Option<String>,
+    #[serde(default)]
+    pub source_tls: TlsConfig,
+    #[serde(default)]
+    pub target_tls: TlsConfig,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -268,7 +281,11 @@ impl FileConfig {
             s.parse::<Endpoint>()
                 .map_err(|e| ConfigError::Invalid(format!("{what}: {e}")))
         };
-        let source_seeds = parse_seeds(&source)?;
+        let source_tls = over.source_tls.or(self.source_tls);
+        let mut source_seeds = parse_seeds(&source)?;
+        for ep in &mut source_seeds {
+            source_tls.clone().apply("source", ep)?;
+        }
         let source = source_seeds[0].clone();
         let source_type: SourceType = match over.source_type.or(self.source_type) {
             Some(t) => t.parse().map_err(ConfigError::Invalid)?,
@@ -280,6 +297,10 @@ impl FileConfig {
                 "a sentinel source needs the master's name (--source-master NAME)".into(),
             ));
         }
+        let mut target = parse("target", &target)?;
+        over.target_tls
+            .or(self.target_tls)
+            .apply("target", &mut target)?;
         let rate_limit = match over.rate_limit_mb.or(self.rate_limit_mb) {
             Some(mb) if mb > 0.0 && mb.is_finite() => Some(mb * 1e6),
             Some(mb) => {
@@ -306,7 +327,7 @@ impl FileConfig {
             source_type,
             source_master,
             use_replica: over.use_replica.or(self.use_replica).unwrap_or(true),
-            target: parse("target", &target)?,
+            target,
             source,
             mode,
             overwrite: over.overwrite.or(self.overwrite).unwrap_or(false),
@@ -320,6 +341,8 @@ impl FileConfig {
                 .skip_unsupported
                 .or(self.skip_unsupported)
                 .unwrap_or(false),
+            filter: over.filter.or(self.filter).resolve()?,
+            db_map: scope::parse_db_map(over.db_map.or(self.db_map))?,
         })
     }
 }

@@ -96,6 +96,8 @@ pub async fn run(
     };
     // Shards that applied data in an earlier attempt: a new snapshot of theirs flushes.
     let mut applied_before: HashSet<String> = HashSet::new();
+    crate::scope::log_scope(config.filter.as_deref(), &config.db_map);
+    let _log_filtered = LogFilteredOnDrop(stats.clone());
     loop {
         let progress_mark = (
             stats.records_applied.load(Relaxed),
@@ -369,6 +371,8 @@ async fn attempt_shard(
         big.nodes = (n / 50).max(1);
     }
     ropts.big_values = Some(big);
+    ropts.filter = config.filter.clone();
+    wopts.db_map = config.db_map.clone();
 
     let (tx, rx) = mpsc::channel(EVENT_QUEUE);
     // Reader and writer stop on their own tokens so that a reader failure lets the writer
@@ -416,6 +420,14 @@ async fn attempt_shard(
         commands: summary.commands,
         completed,
     })
+}
+
+/// Logs the filter counts however the job ends.
+struct LogFilteredOnDrop(Arc<ShardStats>);
+impl Drop for LogFilteredOnDrop {
+    fn drop(&mut self) {
+        crate::scope::log_filtered(&self.0);
+    }
 }
 
 fn joined<T>(r: Result<T, tokio::task::JoinError>) -> T {

@@ -5,10 +5,12 @@
 pub mod config;
 pub mod job;
 pub mod retry;
+pub mod scope;
 pub mod status;
 
 pub use config::{FileConfig, JobConfig, Mode, RetryConfig};
 pub use ferry_source::{Phase, ShardStats};
 pub use job::{run, JobError, JobOutcome};
 pub use retry::{RetryPolicy, Window};
+pub use scope::{FilterConfig, TlsConfig};
 pub use status::{JobState, JobStatus, StatusView};

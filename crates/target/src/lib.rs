@@ -3,6 +3,7 @@
 
 pub mod checkpoint;
 pub mod compat;
+pub mod dbmap;
 pub mod error;
 pub mod flush;
 pub mod rewrite;
@@ -11,6 +12,7 @@ pub mod version;
 pub mod writer;
 
 pub use checkpoint::Checkpoint;
+pub use dbmap::DbMap;
 pub use error::TargetError;
 pub use version::ServerVersion;
 pub use writer::{write, WriteSummary, WriterOptions};

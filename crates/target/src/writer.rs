@@ -11,14 +11,15 @@ use std::sync::Arc;
 use bytes::{Bytes, BytesMut};
 use ferry_resp::{frame, Connection, Endpoint, Frame};
 use ferry_source::{Event, ShardStats};
+use tokio::io::ReadHalf;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::tcp::OwnedReadHalf;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info};
 
 use crate::checkpoint::is_checkpoint_key;
 use crate::compat::{Compat, Routed};
+use crate::dbmap::DbMap;
 use crate::error::TargetError;
 use crate::rewrite::{Check, Cmd};
 use crate::version::ServerVersion;
@@ -48,6 +49,8 @@ pub struct WriterOptions {
     /// Skip (and count) keys the target cannot hold (module values, hash field TTLs on an
     /// older target) instead of stopping.
     pub skip_unsupported: bool,
+    /// Source db → target db, applied where the writer selects (see [`crate::dbmap`]).
+    pub db_map: DbMap,
 }
 
 impl WriterOptions {
@@ -62,6 +65,7 @@ impl WriterOptions {
             flush_slots: None,
             big_value_bytes: crate::compat::DEFAULT_BIG_VALUE_BYTES,
             skip_unsupported: false,
+            db_map: DbMap::default(),
         }
     }
 }
@@ -137,10 +141,18 @@ struct Encoder {
     txn_offset: Option<(u64, u32)>,
     txn_open: bool,
     txn_folded: u64,
+    /// Source db → target db.
+    db_map: DbMap,
 }
 
 impl Encoder {
+    /// Selects the target database that source database `db` maps to.
     fn select(&mut self, db: u32) {
+        self.select_target(self.db_map.target(db));
+    }
+
+    /// Selects target database `db` as it is (ferry's checkpoint lives in db 0).
+    fn select_target(&mut self, db: u32) {
         if self.db != Some(db) {
             frame::write_command(
                 &mut self.buf,
@@ -158,9 +170,13 @@ impl Encoder {
     }
 
     fn queue_select(&mut self, db: u32) {
+        self.queue_select_target(self.db_map.target(db));
+    }
+
+    fn queue_select_target(&mut self, db: u32) {
         if self.db != Some(db) {
             self.txn_names.push((Bytes::from_static(b"SELECT"), false));
-            self.select(db);
+            self.select_target(db);
         }
     }
 
@@ -187,7 +203,7 @@ impl Encoder {
             return;
         };
         if let Some((offset, db)) = self.txn_offset {
-            self.queue_select(0);
+            self.queue_select_target(0);
             let value = format!("stream {} {offset} {db}", self.replid);
             self.set_checkpoint(&key, value);
             self.txn_names
@@ -303,7 +319,7 @@ impl Encoder {
                     self.expects.push(Expect::Control { what: "FLUSHALL" });
                 }
                 if let Some(key) = self.checkpoint.clone() {
-                    self.select(0);
+                    self.select_target(0);
                     let value = format!("snapshot {} {offset}", self.replid);
                     self.set_checkpoint(&key, value);
                     self.expects.push(Expect::Control {
@@ -313,7 +329,7 @@ impl Encoder {
             }
             Event::SnapshotEnd { .. } => {
                 if let Some(key) = self.checkpoint.clone() {
-                    self.select(0);
+                    self.select_target(0);
                     // The source SELECTs before its first command after a snapshot.
                     let value = format!("stream {} {} 0", self.replid, self.snapshot_offset);
                     self.set_checkpoint(&key, value);
@@ -441,7 +457,7 @@ pub async fn write(
         info!(target = %addr, version = %v, "target connected");
     }
     let (stream, rbuf, _) = conn.into_parts();
-    let (rd, mut wr) = stream.into_split();
+    let (rd, mut wr) = tokio::io::split(stream);
     let (exp_tx, exp_rx) = mpsc::channel::<Vec<Expect>>(opts.max_batches_in_flight.max(1));
     let mut replies = tokio::spawn(read_replies(
         rd,
@@ -469,6 +485,7 @@ pub async fn write(
         txn_offset: None,
         txn_open: false,
         txn_folded: 0,
+        db_map: opts.db_map.clone(),
     };
     let mut compat = Compat::new(
         version.clone(),
@@ -587,7 +604,7 @@ fn lossy(b: &[u8]) -> String {
 
 /// Reads replies in order and checks each against what its command expects.
 async fn read_replies(
-    mut rd: OwnedReadHalf,
+    mut rd: ReadHalf<ferry_resp::Stream>,
     mut buf: BytesMut,
     mut exp_rx: mpsc::Receiver<Vec<Expect>>,
     addr: String,

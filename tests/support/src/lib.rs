@@ -12,6 +12,7 @@ pub mod cluster;
 mod data;
 pub mod proxy;
 mod server;
+pub mod tls;
 pub mod versions;
 
 pub use client::{escape_bytes, read_reply, Client, Reply, DEFAULT_IO_TIMEOUT};
