@@ -1,5 +1,6 @@
 //! The `ferry` command: glue between the command line and the job crates.
 
+mod check;
 mod progress;
 mod verify;
 
@@ -48,6 +49,8 @@ enum Command {
     Sync(Box<SyncArgs>),
     /// Compare source and target key by key; exit 0 equal, 1 differences, 2 error.
     Verify(verify::VerifyArgs),
+    /// Test connectivity and pre-check a job (same flags as sync); exit 0 pass, 1 warn, 2 fail.
+    Check(Box<SyncArgs>),
 }
 
 #[derive(clap::Args)]
@@ -146,6 +149,7 @@ fn main() -> ExitCode {
         match cli.command {
             Command::Sync(args) => sync(*args).await.map(|()| ExitCode::SUCCESS),
             Command::Verify(args) => Ok(verify::run(args).await),
+            Command::Check(args) => Ok(check::run(*args).await),
         }
     });
     match result {

@@ -4,11 +4,13 @@
 
 pub mod config;
 pub mod job;
+pub mod precheck;
 pub mod retry;
 pub mod status;
 
 pub use config::{FileConfig, JobConfig, Mode, RetryConfig};
 pub use ferry_source::{Phase, ShardStats};
 pub use job::{run, JobError, JobOutcome};
+pub use precheck::{precheck, Check, Level};
 pub use retry::{RetryPolicy, Window};
 pub use status::{JobState, JobStatus, StatusView};

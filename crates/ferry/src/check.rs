@@ -1,0 +1,79 @@
+//! `ferry check`: the pre-check of a job, as a table; the exit code is the worst level
+//! (0 all pass, 1 a warning, 2 a failure), so scripts can gate a migration on it.
+
+use std::process::ExitCode;
+
+use ferry_sync::{FileConfig, Level, RetryConfig};
+use tracing::error;
+
+use crate::SyncArgs;
+
+/// The job settings the flags (and `--config`) describe, as `ferry sync` reads them.
+pub(crate) fn job_file(args: &SyncArgs) -> anyhow::Result<(FileConfig, FileConfig)> {
+    let file = match &args.config {
+        Some(p) => FileConfig::load(p)?,
+        None => FileConfig::default(),
+    };
+    let flags = FileConfig {
+        name: args.name.clone(),
+        source: args.source.clone(),
+        target: args.target.clone(),
+        mode: args.mode.clone(),
+        overwrite: args.overwrite.then_some(true),
+        checkpoint: args.checkpoint.as_ref().map(|c| c == "on"),
+        rate_limit_mb: args.rate_limit,
+        source_timeout: args.source_timeout.clone(),
+        retry: RetryConfig {
+            policy: args.retry.clone(),
+            connection_limit: args.retry_connection_limit.clone(),
+            other_limit: args.retry_other_limit.clone(),
+            connection_window: args.retry_connection_window.clone(),
+            other_window: args.retry_other_window.clone(),
+            time_zone: args.retry_time_zone.clone(),
+        },
+        big_key_threshold: args.big_key_threshold,
+        big_key_elements: args.big_key_elements,
+        skip_unsupported: args.skip_unsupported.then_some(true),
+    };
+    Ok((file, flags))
+}
+
+pub async fn run(args: SyncArgs) -> ExitCode {
+    let config = match job_file(&args).and_then(|(file, flags)| Ok(file.merge(flags)?)) {
+        Ok(c) => c,
+        Err(e) => {
+            error!("{e:#}");
+            return ExitCode::from(2);
+        }
+    };
+    let checks = ferry_sync::precheck(&config).await;
+    print!("{}", table(&checks));
+    match ferry_sync::precheck::worst(&checks) {
+        Level::Pass => ExitCode::SUCCESS,
+        Level::Warn => ExitCode::from(1),
+        Level::Fail => ExitCode::from(2),
+    }
+}
+
+/// Checks as aligned columns; the fix goes on its own indented line.
+fn table(checks: &[ferry_sync::Check]) -> String {
+    let width = checks
+        .iter()
+        .map(|c| c.name.len())
+        .max()
+        .unwrap_or(5)
+        .max(5);
+    let mut out = format!("{:<6} {:<width$}  RESULT\n", "LEVEL", "CHECK");
+    for c in checks {
+        out.push_str(&format!(
+            "{:<6} {:<width$}  {}\n",
+            c.level.name().to_uppercase(),
+            c.name,
+            c.message
+        ));
+        if let Some(fix) = &c.fix {
+            out.push_str(&format!("{:<6} {:<width$}  fix: {fix}\n", "", ""));
+        }
+    }
+    out
+}
