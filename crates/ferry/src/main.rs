@@ -1,7 +1,9 @@
 //! The `ferry` command: glue between the command line and the job crates.
 
 mod check;
+mod jobcmd;
 mod progress;
+mod serve;
 mod verify;
 
 use std::io::IsTerminal;
@@ -51,6 +53,10 @@ enum Command {
     Verify(verify::VerifyArgs),
     /// Test connectivity and pre-check a job (same flags as sync); exit 0 pass, 1 warn, 2 fail.
     Check(Box<SyncArgs>),
+    /// Run the job service: REST API, web console and /metrics.
+    Serve(serve::ServeArgs),
+    /// Manage the jobs of a running service.
+    Job(jobcmd::JobArgs),
 }
 
 #[derive(clap::Args)]
@@ -150,6 +156,8 @@ fn main() -> ExitCode {
             Command::Sync(args) => sync(*args).await.map(|()| ExitCode::SUCCESS),
             Command::Verify(args) => Ok(verify::run(args).await),
             Command::Check(args) => Ok(check::run(*args).await),
+            Command::Serve(args) => serve::run(args).await.map(|()| ExitCode::SUCCESS),
+            Command::Job(args) => Ok(jobcmd::run(args).await),
         }
     });
     match result {
