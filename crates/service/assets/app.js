@@ -180,6 +180,7 @@ async function testConnectivity() {
   try {
     const r = await api("POST", "/connectivity", { source: endpoint("source"), target: endpoint("target") });
     connectivityOk = r.ok;
+    if (r.ok) $("#wizard-error").textContent = "";
     out.replaceChildren(...r.results.map((x) => el("div", { class: "conn" },
       el("span", { class: "level " + (x.ok ? "pass" : "fail") }, x.ok ? "ok" : "failed"), " ",
       `${x.role} ${x.address}: `, x.ok ? (x.version || "reachable") : x.error)));

@@ -594,7 +594,7 @@ async fn replication_buffers(source: &mut Node, rate: Option<f64>) -> Vec<Check>
             (Some(r), Some(at)) if (b as f64) < r * 60.0 => out.push(Check::warn(
                 name,
                 format!("repl-backlog-size is {}: less than a minute at {at}; a longer break forces a new full sync", mb(b)),
-                format!("CONFIG SET repl-backlog-size {} on the source", ((r * 60.0) as u64).max(64 << 20)),
+                format!("CONFIG SET repl-backlog-size {}mb on the source", ((r * 60.0 / 1048576.0).ceil() as u64).max(64)),
             )),
             _ => out.push(Check::pass(name, format!("repl-backlog-size is {}", mb(b)))),
         },
