@@ -574,3 +574,45 @@ async fn openapi_lists_every_route() {
     assert!(doc["paths"]["/metrics"]["get"].is_object());
     api.stop().await;
 }
+
+/// The same store code on PostgreSQL, when `FERRY_TEST_POSTGRES_URL` names a database
+/// (skipped otherwise): create, name clash, restart, resume, delete.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_store_keeps_and_resumes_jobs() {
+    let Ok(url) = std::env::var("FERRY_TEST_POSTGRES_URL") else {
+        eprintln!("FERRY_TEST_POSTGRES_URL not set: skipped");
+        return;
+    };
+    let source = Server::builder().password(SECRET).start();
+    let target = Server::start();
+    source.cmd(&["SET", "before", "1"]);
+    let name = format!("pg-{}", source.port());
+    let api = Api::start(&url, None).await;
+    let (status, v) = api
+        .post("/api/v1/jobs?start=true", spec(&name, &source, &target))
+        .await;
+    assert_eq!(status, 201, "{v}");
+    let (status, _) = api
+        .post("/api/v1/jobs", spec(&name, &source, &target))
+        .await;
+    assert_eq!(status, 409);
+    api.wait_job(&name, "reached incremental", |v| {
+        v["state"] == "incremental"
+    })
+    .await;
+    api.stop().await;
+    source.cmd(&["SET", "meanwhile", "2"]);
+    let api = Api::start(&url, None).await;
+    api.wait_job(&name, "resumed", |v| v["state"] == "incremental")
+        .await;
+    wait_value(&target, "meanwhile", "2").await;
+    let (status, _) = api
+        .json(
+            reqwest::Method::DELETE,
+            &format!("/api/v1/jobs/{name}"),
+            None,
+        )
+        .await;
+    assert_eq!(status, 200);
+    api.stop().await;
+}
