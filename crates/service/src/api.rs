@@ -256,7 +256,6 @@ struct JobView {
 }
 
 fn view(row: &JobRow, running: Option<Arc<Running>>) -> JobView {
-    use std::sync::atomic::Ordering::Relaxed;
     let mode = row
         .spec
         .mode
@@ -297,6 +296,12 @@ fn view(row: &JobRow, running: Option<Arc<Running>>) -> JobView {
     if row.desired_state == "completed" {
         v.progress_percent = 100.0;
     }
+    let totals = running.as_ref().map(|r| r.totals()).unwrap_or(row.totals);
+    v.source_transactions = totals.records_read;
+    v.target_transactions = totals.records_applied;
+    v.keys_read = totals.keys_read;
+    v.keys_applied = totals.keys_applied;
+    v.bytes_read = totals.bytes_read;
     if let Some(r) = running {
         let s = &r.status.stats;
         let status = r.status.view();
@@ -307,11 +312,6 @@ fn view(row: &JobRow, running: Option<Arc<Running>>) -> JobView {
             status.state.name().into()
         };
         v.progress_percent = (s.progress_percent() * 10.0).round() / 10.0;
-        v.source_transactions = s.records_read.load(Relaxed);
-        v.target_transactions = s.records_applied.load(Relaxed);
-        v.keys_read = s.keys_read.load(Relaxed);
-        v.keys_applied = s.keys_applied.load(Relaxed);
-        v.bytes_read = s.bytes_read.load(Relaxed);
         if !finished {
             v.lag_bytes = s.lag_bytes();
             v.lag_seconds = s.lag_seconds();
@@ -385,7 +385,8 @@ async fn create_job(
     let id = app.store.create_job(&spec, desired).await?;
     if q.start {
         app.store.event(id, "started").await?;
-        app.manager.start(id, config);
+        app.manager
+            .start(id, config, crate::store::Totals::default());
     }
     let row = find(&app, &id.to_string()).await?;
     Ok((StatusCode::CREATED, Json(view(&row, app.manager.get(id)))))
@@ -464,7 +465,7 @@ async fn start(app: &App, row: &JobRow, event: &str) -> ApiResult<()> {
     gate(&config).await?;
     app.store.set_desired(row.id, "running", None).await?;
     app.store.event(row.id, event).await?;
-    app.manager.start(row.id, config);
+    app.manager.start(row.id, config, row.totals);
     Ok(())
 }
 

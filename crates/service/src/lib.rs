@@ -62,7 +62,7 @@ impl Service {
                 Ok(config) => {
                     info!(job = %row.spec.name, "resuming job");
                     let _ = store.event(row.id, "resumed after a service restart").await;
-                    manager.start(row.id, config);
+                    manager.start(row.id, config, row.totals);
                 }
                 Err(e) => warn!(job = %row.spec.name, error = %e, "cannot resume job"),
             }
@@ -72,6 +72,9 @@ impl Service {
             manager,
             token: opts.token.filter(|t| !t.is_empty()),
         });
+        if !opts.listen.ip().is_loopback() && app.token.is_none() {
+            warn!(listen = %opts.listen, "listening beyond loopback without a token: anyone who can reach it can read and change jobs");
+        }
         let listener = tokio::net::TcpListener::bind(opts.listen)
             .await
             .map_err(|source| ServiceError::Listen {

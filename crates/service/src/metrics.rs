@@ -81,11 +81,12 @@ pub fn render(jobs: &[std::sync::Arc<Running>]) -> String {
         let _ = writeln!(out, "# TYPE {} {}", f.name, f.kind);
         for r in jobs {
             let stats = &r.status.stats;
+            let totals = r.totals();
             let labels = format!("job=\"{}\",shard=\"0\"", label(&r.name));
             let value = match f.name {
-                "ferry_records_read_total" => stats.records_read.load(Relaxed).to_string(),
-                "ferry_records_applied_total" => stats.records_applied.load(Relaxed).to_string(),
-                "ferry_bytes_read_total" => stats.bytes_read.load(Relaxed).to_string(),
+                "ferry_records_read_total" => totals.records_read.to_string(),
+                "ferry_records_applied_total" => totals.records_applied.to_string(),
+                "ferry_bytes_read_total" => totals.bytes_read.to_string(),
                 "ferry_lag_bytes" => stats.lag_bytes().to_string(),
                 "ferry_lag_seconds" => format!("{:.3}", stats.lag_seconds()),
                 "ferry_retries_total" => r.retries_total.load(Relaxed).to_string(),

@@ -14,7 +14,7 @@ use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
-use crate::store::{now_ms, Store};
+use crate::store::{now_ms, Store, Totals};
 
 /// Points kept for the chart: five minutes at one a second.
 const SAMPLES: usize = 300;
@@ -36,6 +36,8 @@ pub struct Sample {
 
 pub struct Running {
     pub name: String,
+    /// Counts of the job's earlier runs.
+    pub base: Totals,
     pub status: Arc<JobStatus>,
     cancel: CancellationToken,
     finished: AtomicBool,
@@ -48,6 +50,18 @@ pub struct Running {
 }
 
 impl Running {
+    /// The job's counts, earlier runs included.
+    pub fn totals(&self) -> Totals {
+        let s = &self.status.stats;
+        self.base.plus(Totals {
+            records_read: s.records_read.load(Relaxed),
+            records_applied: s.records_applied.load(Relaxed),
+            keys_read: s.keys_read.load(Relaxed),
+            keys_applied: s.keys_applied.load(Relaxed),
+            bytes_read: s.bytes_read.load(Relaxed),
+        })
+    }
+
     pub fn is_finished(&self) -> bool {
         self.finished.load(Relaxed)
     }
@@ -115,13 +129,14 @@ impl Manager {
     }
 
     /// Starts the job (resuming from its checkpoint); a running job is left alone.
-    pub fn start(&self, id: i64, config: JobConfig) {
+    pub fn start(&self, id: i64, config: JobConfig, base: Totals) {
         if self.is_running(id) {
             return;
         }
         let status = JobStatus::new();
         let running = Arc::new(Running {
             name: config.name.clone(),
+            base,
             status: status.clone(),
             cancel: CancellationToken::new(),
             finished: AtomicBool::new(false),
@@ -197,6 +212,8 @@ impl Manager {
 async fn sample(r: Arc<Running>, store: Store, id: i64) {
     let mut persisted_until = now_ms();
     let mut last_attempts = 0;
+    let mut saved = r.base;
+    let mut tick = 0u64;
     loop {
         let done = r.is_finished();
         let stats = &r.status.stats;
@@ -241,6 +258,14 @@ async fn sample(r: Arc<Running>, store: Store, id: i64) {
                 }
             }
             samples.push_back(s);
+        }
+        tick += 1;
+        let totals = r.totals();
+        if totals != saved && (done || tick % 5 == 0) {
+            match store.save_totals(id, totals).await {
+                Ok(()) => saved = totals,
+                Err(e) => warn!(job = id, error = %e, "cannot store the job's counts"),
+            }
         }
         if done {
             return;

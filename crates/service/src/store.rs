@@ -23,8 +23,14 @@ pub enum StoreError {
 }
 
 /// Schema versions, applied in order; each backend has its own SQL.
-const SQLITE: &[(i64, &str)] = &[(1, include_str!("../migrations/sqlite/0001_init.sql"))];
-const POSTGRES: &[(i64, &str)] = &[(1, include_str!("../migrations/postgres/0001_init.sql"))];
+const SQLITE: &[(i64, &str)] = &[
+    (1, include_str!("../migrations/sqlite/0001_init.sql")),
+    (2, include_str!("../migrations/sqlite/0002_totals.sql")),
+];
+const POSTGRES: &[(i64, &str)] = &[
+    (1, include_str!("../migrations/postgres/0001_init.sql")),
+    (2, include_str!("../migrations/postgres/0002_totals.sql")),
+];
 
 #[derive(Clone)]
 pub struct Store {
@@ -41,6 +47,30 @@ pub struct JobRow {
     pub last_error: Option<String>,
     pub created_at: i64,
     pub updated_at: i64,
+    /// Counts of the job's earlier runs, so the figures add up across restarts.
+    pub totals: Totals,
+}
+
+/// A job's cumulative counts (the seed's "transactions executed").
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Totals {
+    pub records_read: u64,
+    pub records_applied: u64,
+    pub keys_read: u64,
+    pub keys_applied: u64,
+    pub bytes_read: u64,
+}
+
+impl Totals {
+    pub fn plus(self, o: Totals) -> Totals {
+        Totals {
+            records_read: self.records_read + o.records_read,
+            records_applied: self.records_applied + o.records_applied,
+            keys_read: self.keys_read + o.keys_read,
+            keys_applied: self.keys_applied + o.keys_applied,
+            bytes_read: self.bytes_read + o.bytes_read,
+        }
+    }
 }
 
 #[derive(Debug, Clone, serde::Serialize)]
@@ -284,6 +314,22 @@ impl Store {
         Ok(())
     }
 
+    pub async fn save_totals(&self, id: i64, t: Totals) -> Result<(), StoreError> {
+        let n = |v: u64| i64::try_from(v).unwrap_or(i64::MAX);
+        sqlx::query(
+            "UPDATE jobs SET records_read = $1, records_applied = $2, keys_read = $3, keys_applied = $4, bytes_read = $5 WHERE id = $6",
+        )
+        .bind(n(t.records_read))
+        .bind(n(t.records_applied))
+        .bind(n(t.keys_read))
+        .bind(n(t.keys_applied))
+        .bind(n(t.bytes_read))
+        .bind(id)
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
     pub async fn delete_job(&self, id: i64) -> Result<(), StoreError> {
         let mut tx = self.pool.begin().await?;
         sqlx::query("DELETE FROM job_events WHERE job_id = $1")
@@ -386,6 +432,18 @@ fn job_row(r: &AnyRow) -> Result<JobRow, StoreError> {
         last_error: r.try_get("last_error")?,
         created_at: r.try_get("created_at")?,
         updated_at: r.try_get("updated_at")?,
+        totals: {
+            let n = |k: &str| -> Result<u64, sqlx::Error> {
+                Ok(u64::try_from(r.try_get::<i64, _>(k)?).unwrap_or(0))
+            };
+            Totals {
+                records_read: n("records_read")?,
+                records_applied: n("records_applied")?,
+                keys_read: n("keys_read")?,
+                keys_applied: n("keys_applied")?,
+                bytes_read: n("bytes_read")?,
+            }
+        },
     })
 }
 
