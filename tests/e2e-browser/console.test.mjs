@@ -94,9 +94,14 @@ async function main() {
   const target = await redisServer("target");
   for (let i = 0; i < KEYS; i++) await redis(source, "SET", `key:${i}`, `value ${i}`);
 
-  const port = await freePort();
-  const base = `http://127.0.0.1:${port}`;
-  start(ferryBin, ["serve", "--listen", `127.0.0.1:${port}`, "--store", `sqlite://${path.join(work, "ferry.db")}`], "ferry");
+  // Port 0: the service picks a free port and prints its address.
+  start(ferryBin, ["serve", "--listen", "127.0.0.1:0", "--store", `sqlite://${path.join(work, "ferry.db")}`], "ferry");
+  let base = null;
+  await until("ferry serve to print its address", async () => {
+    const m = fs.readFileSync(path.join(work, "ferry.log"), "utf8").match(/ferry service on (http:\/\/[0-9.:]+)\//);
+    base = m && m[1];
+    return base !== null;
+  });
   await until("ferry serve to answer", async () => (await fetch(base + "/api/v1/jobs")).ok);
 
   // A fresh profile each run (playwright passes it to Chromium as --user-data-dir).

@@ -6,7 +6,7 @@ use std::process::Command;
 use std::time::Duration;
 
 use common::{wait_until, Ferry};
-use ferry_testkit::{free_port, Server};
+use ferry_testkit::Server;
 
 /// Runs `ferry job --server URL <args>` to completion; returns (success, stdout+stderr).
 fn job(server: &str, args: &[&str]) -> (bool, String) {
@@ -32,14 +32,24 @@ fn job_commands_drive_a_running_service() {
         source.cmd(&["SET", &format!("k{i}"), "v"]);
     }
     let dir = tempfile::tempdir().expect("tempdir");
-    let port = free_port();
-    let server = format!("http://127.0.0.1:{port}");
     let store = format!("sqlite://{}", dir.path().join("ferry.db").display());
-    let listen = format!("127.0.0.1:{port}");
+    // Port 0: the service picks a free port and prints it.
     let mut serve = Ferry::start(&[
-        "serve", "--listen", &listen, "--store", &store, "--token", "t0ken",
+        "serve",
+        "--listen",
+        "127.0.0.1:0",
+        "--store",
+        &store,
+        "--token",
+        "t0ken",
     ]);
-    serve.wait_for_output("ferry service on", Duration::from_secs(20));
+    serve.wait_for_output("ferry service on http://", Duration::from_secs(20));
+    let printed = serve.output();
+    let server = printed
+        .lines()
+        .find_map(|l| l.strip_prefix("ferry service on "))
+        .map(|u| u.trim_end_matches('/').to_string())
+        .expect("service address");
 
     let config = dir.path().join("job.toml");
     std::fs::write(

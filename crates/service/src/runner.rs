@@ -261,7 +261,8 @@ async fn sample(r: Arc<Running>, store: Store, id: i64) {
         }
         tick += 1;
         let totals = r.totals();
-        if totals != saved && (done || tick % 5 == 0) {
+        if totals != saved && (done || tick >= 5) {
+            tick = 0;
             match store.save_totals(id, totals).await {
                 Ok(()) => saved = totals,
                 Err(e) => warn!(job = id, error = %e, "cannot store the job's counts"),
