@@ -1,7 +1,10 @@
 //! The `ferry` command: glue between the command line and the job crates.
 
+mod check;
+mod jobcmd;
 mod progress;
 mod scope_args;
+mod serve;
 mod verify;
 
 use std::io::IsTerminal;
@@ -49,6 +52,12 @@ enum Command {
     Sync(Box<SyncArgs>),
     /// Compare source and target key by key; exit 0 equal, 1 differences, 2 error.
     Verify(verify::VerifyArgs),
+    /// Test connectivity and pre-check a job (same flags as sync); exit 0 pass, 1 warn, 2 fail.
+    Check(Box<SyncArgs>),
+    /// Run the job service: REST API, web console and /metrics.
+    Serve(serve::ServeArgs),
+    /// Manage the jobs of a running service.
+    Job(jobcmd::JobArgs),
 }
 
 #[derive(clap::Args)]
@@ -163,6 +172,9 @@ fn main() -> ExitCode {
         match cli.command {
             Command::Sync(args) => sync(*args).await.map(|()| ExitCode::SUCCESS),
             Command::Verify(args) => Ok(verify::run(args).await),
+            Command::Check(args) => Ok(check::run(*args).await),
+            Command::Serve(args) => serve::run(args).await.map(|()| ExitCode::SUCCESS),
+            Command::Job(args) => Ok(jobcmd::run(args).await),
         }
     });
     match result {
@@ -196,41 +208,49 @@ fn stop_on_signals(cancel: CancellationToken) {
     });
 }
 
-async fn sync(args: SyncArgs) -> anyhow::Result<()> {
+/// The job settings the flags (and `--config`) describe: the file's, and the flags' that
+/// override them. `ferry sync` and `ferry check` read a job the same way.
+pub(crate) fn job_file(args: &SyncArgs) -> anyhow::Result<(FileConfig, FileConfig)> {
     let file = match &args.config {
         Some(p) => FileConfig::load(p)?,
         None => FileConfig::default(),
     };
     let sentinel = args.source_sentinel.is_some();
-    let job = file.merge(args.scope.fill(FileConfig {
-        name: args.name,
-        source: args.source.or(args.source_sentinel),
+    let flags = args.scope.clone().fill(FileConfig {
+        name: args.name.clone(),
+        source: args.source.clone().or(args.source_sentinel.clone()),
         source_type: if sentinel {
             Some("sentinel".into())
         } else {
-            args.source_type
+            args.source_type.clone()
         },
-        source_master: args.source_master,
-        use_replica: args.use_replica.map(|u| u == "on"),
-        target: args.target,
-        mode: args.mode,
+        source_master: args.source_master.clone(),
+        use_replica: args.use_replica.as_ref().map(|u| u == "on"),
+        target: args.target.clone(),
+        mode: args.mode.clone(),
         overwrite: args.overwrite.then_some(true),
-        checkpoint: args.checkpoint.map(|c| c == "on"),
+        checkpoint: args.checkpoint.as_ref().map(|c| c == "on"),
         rate_limit_mb: args.rate_limit,
-        source_timeout: args.source_timeout,
+        source_timeout: args.source_timeout.clone(),
         retry: RetryConfig {
-            policy: args.retry,
-            connection_limit: args.retry_connection_limit,
-            other_limit: args.retry_other_limit,
-            connection_window: args.retry_connection_window,
-            other_window: args.retry_other_window,
-            time_zone: args.retry_time_zone,
+            policy: args.retry.clone(),
+            connection_limit: args.retry_connection_limit.clone(),
+            other_limit: args.retry_other_limit.clone(),
+            connection_window: args.retry_connection_window.clone(),
+            other_window: args.retry_other_window.clone(),
+            time_zone: args.retry_time_zone.clone(),
         },
         big_key_threshold: args.big_key_threshold,
         big_key_elements: args.big_key_elements,
         skip_unsupported: args.skip_unsupported.then_some(true),
         ..Default::default()
-    }))?;
+    });
+    Ok((file, flags))
+}
+
+async fn sync(args: SyncArgs) -> anyhow::Result<()> {
+    let (file, flags) = job_file(&args)?;
+    let job = file.merge(flags)?;
     info!(name = %job.name, source = %job.source, target = %job.target, mode = %job.mode,
           checkpoint = job.checkpoint, "starting sync");
     let status = JobStatus::new();

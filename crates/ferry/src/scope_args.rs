@@ -5,7 +5,7 @@ use std::path::PathBuf;
 
 use ferry_sync::{FileConfig, FilterConfig, TlsConfig};
 
-#[derive(clap::Args, Default)]
+#[derive(clap::Args, Default, Clone)]
 pub struct ScopeArgs {
     /// Copy only keys matching this Redis-style glob (repeatable; any match includes).
     #[arg(long, value_name = "GLOB", help_heading = "Filters")]
@@ -67,7 +67,7 @@ pub struct ScopeArgs {
 }
 
 /// `--source-tls-…` and `--target-tls-…`: for `ferry sync` and `ferry verify`.
-#[derive(clap::Args, Default)]
+#[derive(clap::Args, Default, Clone)]
 pub struct TlsArgs {
     /// CA certificate (PEM) to verify the source with (rediss://).
     #[arg(long, value_name = "FILE", help_heading = "TLS")]

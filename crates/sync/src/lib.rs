@@ -4,6 +4,7 @@
 
 pub mod config;
 pub mod job;
+pub mod precheck;
 pub mod retry;
 pub mod scope;
 pub mod status;
@@ -11,6 +12,7 @@ pub mod status;
 pub use config::{FileConfig, JobConfig, Mode, RetryConfig};
 pub use ferry_source::{Phase, ShardStats};
 pub use job::{run, JobError, JobOutcome};
+pub use precheck::{precheck, Check, Level};
 pub use retry::{RetryPolicy, Window};
 pub use scope::{FilterConfig, TlsConfig};
 pub use status::{JobState, JobStatus, StatusView};

@@ -1,0 +1,380 @@
+//! `ferry job …`: the jobs of a running `ferry serve`, over its REST API.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::{bail, Context};
+use ferry_sync::FileConfig;
+use serde_json::{json, Value};
+
+#[derive(clap::Args)]
+pub struct JobArgs {
+    /// The service's address.
+    #[arg(
+        long,
+        global = true,
+        env = "FERRY_SERVER",
+        default_value = "http://127.0.0.1:7379"
+    )]
+    server: String,
+    /// The service's token, if it has one.
+    #[arg(long, global = true, env = "FERRY_TOKEN", hide_env_values = true)]
+    token: Option<String>,
+    #[command(subcommand)]
+    command: JobCommand,
+}
+
+#[derive(clap::Subcommand)]
+enum JobCommand {
+    /// The jobs, one a line.
+    List,
+    /// One job's figures and history.
+    Show {
+        name: String,
+    },
+    /// Create a job from a TOML file (as for `ferry sync --config`, plus `description`)
+    /// or a JSON job spec (`.json`).
+    Create {
+        #[arg(long)]
+        config: PathBuf,
+        /// Start it right away (after a passing pre-check).
+        #[arg(long)]
+        start: bool,
+    },
+    Start {
+        name: String,
+    },
+    Stop {
+        name: String,
+    },
+    Pause {
+        name: String,
+    },
+    Resume {
+        name: String,
+    },
+    /// Stop the job, delete its checkpoint on the target, and forget it.
+    Delete {
+        name: String,
+    },
+    /// Run the job's pre-check.
+    Precheck {
+        name: String,
+    },
+}
+
+struct Client {
+    http: reqwest::Client,
+    base: String,
+    token: Option<String>,
+}
+
+impl Client {
+    async fn call(
+        &self,
+        method: reqwest::Method,
+        path: &str,
+        body: Option<Value>,
+    ) -> anyhow::Result<Value> {
+        let url = format!("{}/api/v1{path}", self.base.trim_end_matches('/'));
+        let mut req = self.http.request(method, &url);
+        if let Some(t) = &self.token {
+            req = req.bearer_auth(t);
+        }
+        if let Some(b) = body {
+            req = req.json(&b);
+        }
+        let resp = req
+            .send()
+            .await
+            .with_context(|| format!("cannot reach the service at {}", self.base))?;
+        let status = resp.status();
+        let value: Value = resp.json().await.unwrap_or(Value::Null);
+        if !status.is_success() {
+            let mut msg = value["error"]
+                .as_str()
+                .unwrap_or("request failed")
+                .to_string();
+            if let Some(checks) = value["checks"].as_array() {
+                msg.push('\n');
+                msg.push_str(&checks_table(checks));
+            }
+            bail!("{status}: {msg}");
+        }
+        Ok(value)
+    }
+}
+
+pub async fn run(args: JobArgs) -> ExitCode {
+    match go(args).await {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("ferry job: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn path_name(name: &str) -> String {
+    percent_encoding::utf8_percent_encode(name, percent_encoding::NON_ALPHANUMERIC).to_string()
+}
+
+async fn go(args: JobArgs) -> anyhow::Result<()> {
+    let client = Client {
+        http: reqwest::Client::new(),
+        base: args.server,
+        token: args.token,
+    };
+    use reqwest::Method;
+    let post = |action: &'static str, name: String| {
+        let c = &client;
+        async move {
+            c.call(
+                Method::POST,
+                &format!("/jobs/{}/{action}", path_name(&name)),
+                None,
+            )
+            .await
+        }
+    };
+    match args.command {
+        JobCommand::List => {
+            let v = client.call(Method::GET, "/jobs", None).await?;
+            print!(
+                "{}",
+                list_table(v["jobs"].as_array().map(Vec::as_slice).unwrap_or(&[]))
+            );
+        }
+        JobCommand::Show { name } => {
+            let v = client
+                .call(Method::GET, &format!("/jobs/{}", path_name(&name)), None)
+                .await?;
+            print!("{}", show(&v));
+        }
+        JobCommand::Create { config, start } => {
+            let body = spec_from_file(&config)?;
+            let q = if start { "?start=true" } else { "" };
+            let v = client
+                .call(Method::POST, &format!("/jobs{q}"), Some(body))
+                .await?;
+            println!(
+                "created job {} ({})",
+                v["name"].as_str().unwrap_or(""),
+                v["state"].as_str().unwrap_or("")
+            );
+        }
+        JobCommand::Start { name } => report(&post("start", name).await?),
+        JobCommand::Stop { name } => report(&post("stop", name).await?),
+        JobCommand::Pause { name } => report(&post("pause", name).await?),
+        JobCommand::Resume { name } => report(&post("resume", name).await?),
+        JobCommand::Precheck { name } => {
+            let v = post("precheck", name).await?;
+            print!(
+                "{}",
+                checks_table(v["checks"].as_array().map(Vec::as_slice).unwrap_or(&[]))
+            );
+        }
+        JobCommand::Delete { name } => {
+            let v = client
+                .call(Method::DELETE, &format!("/jobs/{}", path_name(&name)), None)
+                .await?;
+            println!("deleted job {}", v["deleted"].as_str().unwrap_or(&name));
+            if let Some(w) = v["warning"].as_str() {
+                eprintln!("warning: {w}");
+            }
+        }
+    }
+    Ok(())
+}
+
+fn report(v: &Value) {
+    println!(
+        "{}: {}",
+        v["name"].as_str().unwrap_or(""),
+        v["state"].as_str().unwrap_or("")
+    );
+}
+
+/// A job spec from `ferry sync`'s TOML (URLs for source and target) or a JSON spec.
+fn spec_from_file(path: &std::path::Path) -> anyhow::Result<Value> {
+    let text =
+        std::fs::read_to_string(path).with_context(|| format!("cannot read {}", path.display()))?;
+    if path.extension().is_some_and(|e| e == "json") {
+        return serde_json::from_str(&text).with_context(|| format!("{}", path.display()));
+    }
+    let mut table: toml::Table =
+        toml::from_str(&text).with_context(|| format!("{}", path.display()))?;
+    let description = table.remove("description");
+    let file: FileConfig = table
+        .try_into()
+        .with_context(|| format!("{}", path.display()))?;
+    let endpoint = |what: &str, url: Option<String>| -> anyhow::Result<Value> {
+        let url = url.with_context(|| format!("{}: no {what}", path.display()))?;
+        let ep: ferry_resp::Endpoint = url.parse().map_err(|e| anyhow::anyhow!("{what}: {e}"))?;
+        Ok(json!({
+            "addresses": [ep.addr()], "username": ep.username, "password": ep.password, "tls": ep.tls,
+        }))
+    };
+    let mut spec = json!({
+        "name": file.name.clone().with_context(|| format!("{}: give the job a name", path.display()))?,
+        "source": endpoint("source", file.source.clone())?,
+        "target": endpoint("target", file.target.clone())?,
+        "mode": file.mode, "overwrite": file.overwrite, "checkpoint": file.checkpoint,
+        "rate_limit_mb": file.rate_limit_mb, "source_timeout": file.source_timeout,
+        "big_key_threshold": file.big_key_threshold, "big_key_elements": file.big_key_elements,
+        "skip_unsupported": file.skip_unsupported,
+        "retry": {
+            "policy": file.retry.policy, "connection_limit": file.retry.connection_limit,
+            "other_limit": file.retry.other_limit, "connection_window": file.retry.connection_window,
+            "other_window": file.retry.other_window, "time_zone": file.retry.time_zone,
+        },
+    });
+    if let Some(d) = description.and_then(|d| d.as_str().map(str::to_string)) {
+        spec["description"] = json!(d);
+    }
+    strip_nulls(&mut spec);
+    Ok(spec)
+}
+
+fn strip_nulls(v: &mut Value) {
+    if let Value::Object(m) = v {
+        m.retain(|_, v| !v.is_null());
+        m.values_mut().for_each(strip_nulls);
+    }
+}
+
+fn num(v: &Value) -> String {
+    match v.as_f64() {
+        Some(f) if f.fract() == 0.0 => format!("{f:.0}"),
+        Some(f) => format!("{f:.1}"),
+        None => "-".into(),
+    }
+}
+
+fn list_table(jobs: &[Value]) -> String {
+    let mut rows = vec![[
+        "NAME", "STATE", "PROGRESS", "MODE", "SOURCE", "TARGET", "READ", "APPLIED", "LAG(s)",
+    ]
+    .map(String::from)];
+    for j in jobs {
+        let nodes = |k: &str| {
+            j[k].as_array()
+                .map(|a| {
+                    a.iter()
+                        .filter_map(|v| v.as_str())
+                        .collect::<Vec<_>>()
+                        .join(",")
+                })
+                .unwrap_or_default()
+        };
+        rows.push([
+            j["name"].as_str().unwrap_or("").to_string(),
+            j["state"].as_str().unwrap_or("").to_string(),
+            format!("{}%", num(&j["progress_percent"])),
+            j["mode"].as_str().unwrap_or("").to_string(),
+            nodes("source_nodes"),
+            nodes("target_nodes"),
+            num(&j["source_transactions"]),
+            num(&j["target_transactions"]),
+            format!("{:.1}", j["lag_seconds"].as_f64().unwrap_or(0.0)),
+        ]);
+    }
+    let widths: Vec<usize> = (0..9)
+        .map(|i| rows.iter().map(|r| r[i].len()).max().unwrap_or(0))
+        .collect();
+    let mut out = String::new();
+    for r in rows {
+        let cells: Vec<String> = r
+            .iter()
+            .zip(&widths)
+            .map(|(c, w)| format!("{c:<w$}"))
+            .collect();
+        out.push_str(cells.join("  ").trim_end());
+        out.push('\n');
+    }
+    out
+}
+
+fn show(v: &Value) -> String {
+    let mut out = String::new();
+    let line = |out: &mut String, k: &str, val: String| out.push_str(&format!("{k:<30} {val}\n"));
+    let s = |k: &str| v[k].as_str().unwrap_or("-").to_string();
+    let nodes = |k: &str| {
+        v[k].as_array()
+            .map(|a| {
+                a.iter()
+                    .filter_map(|x| x.as_str())
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            })
+            .unwrap_or_default()
+    };
+    line(&mut out, "Name", s("name"));
+    line(&mut out, "Description", s("description"));
+    line(&mut out, "Source node", nodes("source_nodes"));
+    line(&mut out, "Target node", nodes("target_nodes"));
+    line(&mut out, "Status", s("state"));
+    line(&mut out, "Sync progress (%)", num(&v["progress_percent"]));
+    line(&mut out, "Mode", s("mode"));
+    line(
+        &mut out,
+        "Source transactions executed",
+        num(&v["source_transactions"]),
+    );
+    line(
+        &mut out,
+        "Target transactions executed",
+        num(&v["target_transactions"]),
+    );
+    line(
+        &mut out,
+        "Lag",
+        format!(
+            "{} bytes, {:.1} s",
+            num(&v["lag_bytes"]),
+            v["lag_seconds"].as_f64().unwrap_or(0.0)
+        ),
+    );
+    line(
+        &mut out,
+        "Rate",
+        format!("{} records/s applied", num(&v["apply_rate"])),
+    );
+    line(&mut out, "Attempts", num(&v["attempts"]));
+    if let Some(n) = v["next_attempt"].as_str() {
+        line(&mut out, "Next attempt", n.to_string());
+    }
+    if let Some(e) = v["last_error"].as_str() {
+        line(&mut out, "Last error", e.to_string());
+    }
+    if let Some(h) = v["history"].as_array() {
+        out.push_str("History:\n");
+        for e in h {
+            let at = e["at"]
+                .as_i64()
+                .and_then(|ms| jiff::Timestamp::from_millisecond(ms).ok());
+            out.push_str(&format!(
+                "  {}  {}\n",
+                at.map(|t| t.to_string()).unwrap_or_default(),
+                e["message"].as_str().unwrap_or("")
+            ));
+        }
+    }
+    out
+}
+
+fn checks_table(checks: &[Value]) -> String {
+    let mut out = String::new();
+    for c in checks {
+        out.push_str(&format!(
+            "{:<5} {:<32} {}\n",
+            c["level"].as_str().unwrap_or("").to_uppercase(),
+            c["name"].as_str().unwrap_or(""),
+            c["message"].as_str().unwrap_or("")
+        ));
+        if let Some(f) = c["fix"].as_str() {
+            out.push_str(&format!("{:<5} {:<32} fix: {f}\n", "", ""));
+        }
+    }
+    out
+}

@@ -1,0 +1,119 @@
+//! `ferry check` against real redis-servers: the exit code and the table name what is wrong.
+
+mod common;
+
+use std::time::Duration;
+
+use common::Ferry;
+use ferry_testkit::{free_port, Server};
+
+/// Runs `ferry check` and returns its exit code and output.
+fn check(source: &str, target: &str, extra: &[&str]) -> (i32, String) {
+    let mut args = vec!["check", "--source", source, "--target", target];
+    args.extend_from_slice(extra);
+    let mut f = Ferry::start(&args);
+    let status = f.wait(Duration::from_secs(30));
+    (status.code().unwrap_or(-1), f.output())
+}
+
+/// The table's line for a check.
+fn line<'a>(out: &'a str, check: &str) -> &'a str {
+    out.lines()
+        .find(|l| l.contains(check))
+        .unwrap_or_else(|| panic!("no line for {check:?}\n{out}"))
+}
+
+#[test]
+fn clean_pair_passes() {
+    let source = Server::start();
+    let target = Server::start();
+    source.cmd(&["SET", "k", "v"]);
+    let (code, out) = check(&source.url(), &target.url(), &[]);
+    assert_eq!(code, 0, "{out}");
+    assert!(line(&out, "target empty").starts_with("PASS"), "{out}");
+    assert!(line(&out, "PSYNC allowed").starts_with("PASS"), "{out}");
+}
+
+#[test]
+fn non_empty_target_fails_unless_overwrite() {
+    let source = Server::start();
+    let target = Server::start();
+    target.cmd(&["SET", "already", "here"]);
+    // ferry's own checkpoints do not count as data.
+    target.cmd(&["SET", "ferry:checkpoint:old:0", "stream x 1 0"]);
+    let (code, out) = check(&source.url(), &target.url(), &[]);
+    assert_eq!(code, 2, "{out}");
+    let l = line(&out, "target empty");
+    assert!(l.starts_with("FAIL") && l.contains("1 keys"), "{out}");
+    let (code, out) = check(&source.url(), &target.url(), &["--overwrite"]);
+    assert_eq!(code, 1, "{out}");
+    assert!(line(&out, "target empty").starts_with("WARN"), "{out}");
+}
+
+#[test]
+fn checkpoint_keys_alone_leave_the_target_empty() {
+    let source = Server::start();
+    let target = Server::start();
+    target.cmd(&["SET", "ferry:checkpoint:old:0", "stream x 1 0"]);
+    let (code, out) = check(&source.url(), &target.url(), &[]);
+    assert_eq!(code, 0, "{out}");
+}
+
+#[test]
+fn too_few_databases_fails() {
+    let source = Server::start();
+    let target = Server::builder().arg("databases", "2").start();
+    source.cmd(&["SELECT", "5"]);
+    source.cmd(&["SET", "in-db5", "v"]);
+    source.cmd(&["SELECT", "0"]);
+    let (code, out) = check(&source.url(), &target.url(), &[]);
+    assert_eq!(code, 2, "{out}");
+    let l = line(&out, "databases");
+    assert!(
+        l.starts_with("FAIL") && l.contains("db5") && l.contains("only 2"),
+        "{out}"
+    );
+    assert!(out.contains("databases 6"), "{out}");
+}
+
+#[test]
+fn wrong_password_fails_naming_the_node() {
+    let source = Server::builder().password("right").start();
+    let target = Server::start();
+    let wrong = format!("redis://:Wr0ngPw@{}", source.addr());
+    let (code, out) = check(&wrong, &target.url(), &[]);
+    assert_eq!(code, 2, "{out}");
+    let l = line(&out, &format!("source {} reachable", source.addr()));
+    assert!(
+        l.starts_with("FAIL") && l.contains("authentication failed"),
+        "{out}"
+    );
+    // The first line echoes the arguments; nothing ferry printed may hold the password.
+    let printed: Vec<&str> = out.lines().skip(1).collect();
+    assert!(
+        !printed.join("\n").contains("Wr0ngPw"),
+        "the password is printed\n{out}"
+    );
+}
+
+#[test]
+fn unreachable_node_fails() {
+    let source = Server::start();
+    let gone = format!("127.0.0.1:{}", free_port());
+    let (code, out) = check(&source.url(), &gone, &[]);
+    assert_eq!(code, 2, "{out}");
+    let l = line(&out, &format!("target {gone} reachable"));
+    assert!(
+        l.starts_with("FAIL") && l.contains("cannot connect"),
+        "{out}"
+    );
+}
+
+#[test]
+fn slow_rate_limit_warns() {
+    let source = Server::start();
+    let target = Server::start();
+    let (code, out) = check(&source.url(), &target.url(), &["--rate-limit", "0.5"]);
+    assert_eq!(code, 1, "{out}");
+    assert!(line(&out, "source backlog").starts_with("WARN"), "{out}");
+}

@@ -1,0 +1,112 @@
+//! `ferry serve` as a process, driven by `ferry job …`: the CLI's view of the service.
+
+mod common;
+
+use std::process::Command;
+use std::time::Duration;
+
+use common::{wait_until, Ferry};
+use ferry_testkit::Server;
+
+/// Runs `ferry job --server URL <args>` to completion; returns (success, stdout+stderr).
+fn job(server: &str, args: &[&str]) -> (bool, String) {
+    let out = Command::new(env!("CARGO_BIN_EXE_ferry"))
+        .args(["job", "--server", server])
+        .args(args)
+        .env("FERRY_TOKEN", "t0ken")
+        .output()
+        .expect("run ferry job");
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    (out.status.success(), text)
+}
+
+#[test]
+fn job_commands_drive_a_running_service() {
+    let source = Server::builder().password("pw'1").start();
+    let target = Server::start();
+    for i in 0..100 {
+        source.cmd(&["SET", &format!("k{i}"), "v"]);
+    }
+    let dir = tempfile::tempdir().expect("tempdir");
+    let store = format!("sqlite://{}", dir.path().join("ferry.db").display());
+    // Port 0: the service picks a free port and prints it.
+    let mut serve = Ferry::start(&[
+        "serve",
+        "--listen",
+        "127.0.0.1:0",
+        "--store",
+        &store,
+        "--token",
+        "t0ken",
+    ]);
+    serve.wait_for_output("ferry service on http://", Duration::from_secs(20));
+    let printed = serve.output();
+    let server = printed
+        .lines()
+        .find_map(|l| l.strip_prefix("ferry service on "))
+        .map(|u| u.trim_end_matches('/').to_string())
+        .expect("service address");
+
+    let config = dir.path().join("job.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "name = \"cli\"\ndescription = \"from the CLI\"\nsource = \"{}\"\ntarget = \"{}\"\n",
+            source.url(),
+            target.url()
+        ),
+    )
+    .expect("write job.toml");
+    let cfg = config.display().to_string();
+    let (ok, out) = job(&server, &["create", "--config", &cfg, "--start"]);
+    assert!(ok, "{out}");
+    let mut last = String::new();
+    wait_until("the job to be incremental", Duration::from_secs(60), || {
+        last = job(&server, &["list"]).1;
+        last.contains("incremental")
+    });
+    assert!(
+        last.contains("NAME") && last.contains("cli") && last.contains("100%"),
+        "{last}"
+    );
+    let (ok, out) = job(&server, &["show", "cli"]);
+    assert!(ok, "{out}");
+    assert!(out.contains("Target transactions executed"), "{out}");
+    assert!(!out.contains("pw'1"), "{out}");
+
+    // A second job of the same name is refused.
+    let (ok, out) = job(&server, &["create", "--config", &cfg]);
+    assert!(!ok && out.contains("409"), "{out}");
+
+    let (ok, out) = job(&server, &["stop", "cli"]);
+    assert!(ok && out.contains("stopped"), "{out}");
+    let (ok, out) = job(&server, &["start", "cli"]);
+    assert!(ok, "{out}");
+    let (ok, out) = job(&server, &["delete", "cli"]);
+    assert!(ok && out.contains("deleted job cli"), "{out}");
+    assert_eq!(
+        target.cmd(&["EXISTS", "ferry:checkpoint:cli:0"]).as_int(),
+        0
+    );
+    let (ok, out) = job(&server, &["show", "cli"]);
+    assert!(!ok && out.contains("404"), "{out}");
+
+    // Without the token the service refuses.
+    let out = Command::new(env!("CARGO_BIN_EXE_ferry"))
+        .args(["job", "--server", &server, "list"])
+        .env_remove("FERRY_TOKEN")
+        .output()
+        .expect("run ferry job");
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("401"));
+    serve.signal("TERM");
+    assert!(
+        !serve.output().contains("pw'1"),
+        "a password is logged\n{}",
+        serve.output()
+    );
+}

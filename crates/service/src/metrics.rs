@@ -1,0 +1,111 @@
+//! `/metrics` in the Prometheus text format, written out from the jobs' live counters on
+//! each scrape. No global recorder: a deleted job's series disappear with it, and the
+//! figures are exactly the ones the API shows.
+
+use std::fmt::Write;
+use std::sync::atomic::Ordering::Relaxed;
+
+use crate::runner::Running;
+
+/// States a job can show; `ferry_job_state` has one series per state, 1 for the current.
+const STATES: [&str; 7] = [
+    "starting",
+    "full-sync",
+    "incremental",
+    "retrying",
+    "completed",
+    "stopped",
+    "failed",
+];
+
+struct Family {
+    name: &'static str,
+    kind: &'static str,
+    help: &'static str,
+}
+
+const FAMILIES: [Family; 8] = [
+    Family {
+        name: "ferry_records_read_total",
+        kind: "counter",
+        help: "Records (snapshot keys and commands) read from the source.",
+    },
+    Family {
+        name: "ferry_records_applied_total",
+        kind: "counter",
+        help: "Records applied on the target.",
+    },
+    Family {
+        name: "ferry_bytes_read_total",
+        kind: "counter",
+        help: "Bytes received from the source.",
+    },
+    Family {
+        name: "ferry_lag_bytes",
+        kind: "gauge",
+        help: "Replication bytes read but not yet applied.",
+    },
+    Family {
+        name: "ferry_lag_seconds",
+        kind: "gauge",
+        help: "Age of the oldest write read but not yet applied.",
+    },
+    Family {
+        name: "ferry_job_state",
+        kind: "gauge",
+        help: "1 for the job's current state.",
+    },
+    Family {
+        name: "ferry_retries_total",
+        kind: "counter",
+        help: "Attempts retried after a failure.",
+    },
+    Family {
+        name: "ferry_errors_total",
+        kind: "counter",
+        help: "Failures seen (retried or final).",
+    },
+];
+
+/// Escapes a label value as the text format requires.
+fn label(v: &str) -> String {
+    v.replace('\\', "\\\\")
+        .replace('"', "\\\"")
+        .replace('\n', "\\n")
+}
+
+pub fn render(jobs: &[std::sync::Arc<Running>]) -> String {
+    let mut out = String::new();
+    for f in &FAMILIES {
+        let _ = writeln!(out, "# HELP {} {}", f.name, f.help);
+        let _ = writeln!(out, "# TYPE {} {}", f.name, f.kind);
+        for r in jobs {
+            let stats = &r.status.stats;
+            let totals = r.totals();
+            let labels = format!("job=\"{}\",shard=\"0\"", label(&r.name));
+            let value = match f.name {
+                "ferry_records_read_total" => totals.records_read.to_string(),
+                "ferry_records_applied_total" => totals.records_applied.to_string(),
+                "ferry_bytes_read_total" => totals.bytes_read.to_string(),
+                "ferry_lag_bytes" => stats.lag_bytes().to_string(),
+                "ferry_lag_seconds" => format!("{:.3}", stats.lag_seconds()),
+                "ferry_retries_total" => r.retries_total.load(Relaxed).to_string(),
+                "ferry_errors_total" => r.errors_total.load(Relaxed).to_string(),
+                _ => {
+                    let current = r.status.view().state.name();
+                    for s in STATES {
+                        let _ = writeln!(
+                            out,
+                            "{}{{{labels},state=\"{s}\"}} {}",
+                            f.name,
+                            u8::from(s == current)
+                        );
+                    }
+                    continue;
+                }
+            };
+            let _ = writeln!(out, "{}{{{labels}}} {value}", f.name);
+        }
+    }
+    out
+}

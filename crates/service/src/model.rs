@@ -1,0 +1,312 @@
+//! What the API takes and gives: saved endpoints (instances) and job specs, in the seed's
+//! terms (topology type, addresses, username, password). Passwords are write-only: they
+//! deserialize but never serialize, so no response or log line can carry one.
+
+use std::collections::BTreeMap;
+
+use ferry_sync::{FileConfig, JobConfig, RetryConfig};
+use percent_encoding::{utf8_percent_encode, AsciiSet, NON_ALPHANUMERIC};
+use serde::{Deserialize, Serialize};
+
+/// Userinfo characters that must be escaped in a `redis://` URL.
+const USERINFO: &AsciiSet = &NON_ALPHANUMERIC
+    .remove(b'-')
+    .remove(b'.')
+    .remove(b'_')
+    .remove(b'~');
+
+/// Topologies the wizard offers (sources: all of them; targets: standalone for now).
+pub const TOPOLOGIES: [&str; 4] = ["standalone", "replica-set", "cluster", "sentinel"];
+
+/// One Redis deployment: how to reach it and log in.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EndpointSpec {
+    /// A saved instance to take the fields below from.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub instance: Option<String>,
+    #[serde(default = "standalone")]
+    pub topology: String,
+    /// `host:port`, one or more seeds.
+    #[serde(default)]
+    pub addresses: Vec<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub username: Option<String>,
+    #[serde(default, skip_serializing)]
+    pub password: Option<String>,
+    /// Whether a password is stored (the only thing said about it); ignored on input.
+    #[serde(default)]
+    pub password_set: bool,
+    #[serde(default)]
+    pub tls: bool,
+    /// Sentinel's name of the master (sentinel topology).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub master_name: Option<String>,
+}
+
+fn standalone() -> String {
+    "standalone".into()
+}
+
+impl EndpointSpec {
+    pub fn validate(&self, role: &str) -> Result<(), String> {
+        if !TOPOLOGIES.contains(&self.topology.as_str()) {
+            return Err(format!(
+                "{role}: unknown topology {:?}: use one of {}",
+                self.topology,
+                TOPOLOGIES.join(", ")
+            ));
+        }
+        if role == "target" && self.topology != "standalone" {
+            return Err(format!(
+                "{role}: a {} target is not supported by this build yet; use standalone",
+                self.topology
+            ));
+        }
+        if self.topology == "sentinel" && self.master_name.as_deref().unwrap_or("").is_empty() {
+            return Err(format!(
+                "{role}: a sentinel topology needs the master's name (master_name)"
+            ));
+        }
+        if self.addresses.is_empty() {
+            return Err(format!("{role}: give at least one address (host:port)"));
+        }
+        for a in &self.addresses {
+            self.url_for(a)
+                .parse::<ferry_resp::Endpoint>()
+                .map_err(|e| format!("{role}: {e}"))?;
+        }
+        Ok(())
+    }
+
+    /// The `redis://` URL of one of the addresses, credentials included.
+    pub fn url_for(&self, addr: &str) -> String {
+        let scheme = if self.tls { "rediss" } else { "redis" };
+        let enc = |s: &str| utf8_percent_encode(s, USERINFO).to_string();
+        let auth = match (&self.username, &self.password) {
+            (Some(u), Some(p)) => format!("{}:{}@", enc(u), enc(p)),
+            (None, Some(p)) => format!(":{}@", enc(p)),
+            (Some(u), None) => format!("{}@", enc(u)),
+            (None, None) => String::new(),
+        };
+        format!("{scheme}://{auth}{}", addr.trim())
+    }
+
+    pub fn url(&self) -> String {
+        self.url_for(self.addresses.first().map(String::as_str).unwrap_or(""))
+    }
+
+    /// Every address, comma-separated after the first's scheme and credentials (the form
+    /// `ferry sync --source` takes for several seeds).
+    pub fn url_all(&self) -> String {
+        let mut url = self.url();
+        for a in self.addresses.iter().skip(1) {
+            url.push(',');
+            url.push_str(a.trim());
+        }
+        url
+    }
+
+    pub fn endpoint(&self) -> Result<ferry_resp::Endpoint, String> {
+        self.url().parse().map_err(|e| format!("{e}"))
+    }
+
+    /// For responses: the password dropped, its presence said.
+    pub fn public(&self) -> EndpointSpec {
+        EndpointSpec {
+            password: None,
+            password_set: self.password.as_deref().is_some_and(|p| !p.is_empty()),
+            ..self.clone()
+        }
+    }
+}
+
+/// A saved endpoint, reusable by jobs (`"instance": "name"` in a job's source or target).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Instance {
+    #[serde(default, skip_deserializing)]
+    pub id: i64,
+    pub name: String,
+    pub endpoint: EndpointSpec,
+    #[serde(default)]
+    pub labels: BTreeMap<String, String>,
+}
+
+impl Instance {
+    pub fn validate(&self) -> Result<(), String> {
+        if self.name.is_empty() || self.name.len() > 128 {
+            return Err("instance name: 1 to 128 characters".into());
+        }
+        if self.endpoint.instance.is_some() {
+            return Err("an instance cannot refer to another instance".into());
+        }
+        self.endpoint.validate("endpoint")
+    }
+
+    pub fn public(&self) -> Instance {
+        Instance {
+            endpoint: self.endpoint.public(),
+            ..self.clone()
+        }
+    }
+}
+
+/// Retry settings as the wizard shows them.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RetrySpec {
+    /// "immediately" (default) or "scheduled".
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub policy: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub connection_limit: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub other_limit: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub connection_window: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub other_window: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub time_zone: Option<String>,
+}
+
+/// A job as created, stored and shown: every field of [`FileConfig`] plus the
+/// description and the endpoints in the seed's form.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct JobSpec {
+    pub name: String,
+    #[serde(default)]
+    pub description: String,
+    pub source: EndpointSpec,
+    pub target: EndpointSpec,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mode: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub overwrite: Option<bool>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub checkpoint: Option<bool>,
+    /// MB/s read from the source; absent means unlimited.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rate_limit_mb: Option<f64>,
+    /// Read from a replica of the source (seed: "use slave node").
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub use_replica: Option<bool>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub source_timeout: Option<String>,
+    #[serde(default)]
+    pub retry: RetrySpec,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub big_key_threshold: Option<usize>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub big_key_elements: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub skip_unsupported: Option<bool>,
+}
+
+impl JobSpec {
+    /// Checks every field the way `ferry sync` would, returning the job it describes.
+    pub fn config(&self) -> Result<JobConfig, String> {
+        if self.name.is_empty()
+            || self.name.len() > 128
+            || !self
+                .name
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c))
+        {
+            return Err(format!(
+                "job name {:?}: use 1 to 128 letters, digits, '-', '_' or '.'",
+                self.name
+            ));
+        }
+        if self.description.len() > 1024 {
+            return Err("description: at most 1024 characters".into());
+        }
+        self.source.validate("source")?;
+        self.target.validate("target")?;
+        let file = FileConfig {
+            name: Some(self.name.clone()),
+            source: Some(self.source.url_all()),
+            source_type: Some(self.source.topology.clone()),
+            source_master: self.source.master_name.clone(),
+            use_replica: self.use_replica,
+            target: Some(self.target.url()),
+            mode: self.mode.clone(),
+            overwrite: self.overwrite,
+            checkpoint: self.checkpoint,
+            rate_limit_mb: self.rate_limit_mb,
+            source_timeout: self.source_timeout.clone(),
+            retry: RetryConfig {
+                policy: self.retry.policy.clone(),
+                connection_limit: self.retry.connection_limit.clone(),
+                other_limit: self.retry.other_limit.clone(),
+                connection_window: self.retry.connection_window.clone(),
+                other_window: self.retry.other_window.clone(),
+                time_zone: self.retry.time_zone.clone(),
+            },
+            big_key_threshold: self.big_key_threshold,
+            big_key_elements: self.big_key_elements,
+            skip_unsupported: self.skip_unsupported,
+            ..Default::default()
+        };
+        file.merge(FileConfig::default()).map_err(|e| e.to_string())
+    }
+
+    pub fn public(&self) -> JobSpec {
+        JobSpec {
+            source: self.source.public(),
+            target: self.target.public(),
+            ..self.clone()
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn spec() -> JobSpec {
+        serde_json::from_value(serde_json::json!({
+            "name": "j1",
+            "source": {"addresses": ["127.0.0.1:1"], "password": "it's@:/"},
+            "target": {"addresses": ["127.0.0.1:2"], "username": "u", "password": "p"},
+            "rate_limit_mb": 5,
+            "retry": {"policy": "immediately", "connection_limit": "10m"}
+        }))
+        .unwrap()
+    }
+
+    #[test]
+    fn passwords_are_write_only() {
+        let s = spec();
+        let text = serde_json::to_string(&s.public()).unwrap();
+        assert!(!text.contains("it's") && !text.contains("\"p\""), "{text}");
+        assert!(text.contains("\"password_set\":true"), "{text}");
+    }
+
+    #[test]
+    fn config_round_trips_credentials() {
+        let c = spec().config().unwrap();
+        assert_eq!(c.source.password.as_deref(), Some("it's@:/"));
+        assert_eq!(c.target.username.as_deref(), Some("u"));
+        assert_eq!(c.rate_limit, Some(5e6));
+    }
+
+    #[test]
+    fn rejects_bad_fields() {
+        let mut s = spec();
+        s.mode = Some("fast".into());
+        assert!(s.config().unwrap_err().contains("mode"));
+        let mut s = spec();
+        s.name = "a b".into();
+        assert!(s.config().unwrap_err().contains("job name"));
+        let mut s = spec();
+        s.source.addresses.clear();
+        assert!(s.config().unwrap_err().contains("source"));
+        assert!(serde_json::from_value::<JobSpec>(
+            serde_json::json!({"name":"x","source":{},"target":{},"sorce":1})
+        )
+        .is_err());
+    }
+}

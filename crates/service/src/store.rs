@@ -1,0 +1,485 @@
+//! The job store: instances, jobs and their history, in SQLite (a file, created 0600
+//! because it holds passwords) or PostgreSQL (shared by several workers). One code path
+//! through sqlx's `Any` driver: runtime queries with `$n` placeholders (both backends take
+//! them), timestamps as i64 milliseconds, booleans as integers.
+
+use std::collections::BTreeMap;
+
+use sqlx::any::{AnyPoolOptions, AnyRow};
+use sqlx::{AnyPool, Row};
+
+use crate::model::{EndpointSpec, Instance, JobSpec};
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("{0}")]
+    Db(#[from] sqlx::Error),
+    #[error("stored data is corrupt: {0}")]
+    Corrupt(String),
+    #[error("store {url}: {message}")]
+    Open { url: String, message: String },
+    #[error("a {what} named {name:?} already exists")]
+    Exists { what: &'static str, name: String },
+}
+
+/// Schema versions, applied in order; each backend has its own SQL.
+const SQLITE: &[(i64, &str)] = &[
+    (1, include_str!("../migrations/sqlite/0001_init.sql")),
+    (2, include_str!("../migrations/sqlite/0002_totals.sql")),
+];
+const POSTGRES: &[(i64, &str)] = &[
+    (1, include_str!("../migrations/postgres/0001_init.sql")),
+    (2, include_str!("../migrations/postgres/0002_totals.sql")),
+];
+
+#[derive(Clone)]
+pub struct Store {
+    pool: AnyPool,
+}
+
+/// A stored job.
+#[derive(Debug, Clone)]
+pub struct JobRow {
+    pub id: i64,
+    pub spec: JobSpec,
+    /// running, stopped, paused, completed, failed, created.
+    pub desired_state: String,
+    pub last_error: Option<String>,
+    pub created_at: i64,
+    pub updated_at: i64,
+    /// Counts of the job's earlier runs, so the figures add up across restarts.
+    pub totals: Totals,
+}
+
+/// A job's cumulative counts (the seed's "transactions executed").
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Totals {
+    pub records_read: u64,
+    pub records_applied: u64,
+    pub keys_read: u64,
+    pub keys_applied: u64,
+    pub bytes_read: u64,
+}
+
+impl Totals {
+    pub fn plus(self, o: Totals) -> Totals {
+        Totals {
+            records_read: self.records_read + o.records_read,
+            records_applied: self.records_applied + o.records_applied,
+            keys_read: self.keys_read + o.keys_read,
+            keys_applied: self.keys_applied + o.keys_applied,
+            bytes_read: self.bytes_read + o.bytes_read,
+        }
+    }
+}
+
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct Event {
+    pub at: i64,
+    pub message: String,
+}
+
+pub fn now_ms() -> i64 {
+    jiff::Timestamp::now().as_millisecond()
+}
+
+impl Store {
+    /// Opens (creating if needed) and migrates the store at `url`: `sqlite://PATH`,
+    /// `sqlite::memory:` or `postgres://…`.
+    pub async fn open(url: &str) -> Result<Store, StoreError> {
+        sqlx::any::install_default_drivers();
+        let open_err = |message: String| StoreError::Open {
+            url: redact(url),
+            message,
+        };
+        let postgres = url.starts_with("postgres://") || url.starts_with("postgresql://");
+        let mut opts = AnyPoolOptions::new();
+        if !postgres {
+            let path = url
+                .strip_prefix("sqlite://")
+                .or_else(|| url.strip_prefix("sqlite:"))
+                .ok_or_else(|| open_err("use sqlite://PATH or postgres://…".into()))?;
+            if path != ":memory:" {
+                create_private(path).map_err(|e| open_err(e.to_string()))?;
+            }
+            // One writer at a time is what SQLite allows; a single connection avoids
+            // "database is locked" and keeps an in-memory database one database.
+            opts = opts.max_connections(1);
+        }
+        let pool = opts
+            .connect(url)
+            .await
+            .map_err(|e| open_err(e.to_string()))?;
+        let store = Store { pool };
+        if !postgres {
+            sqlx::query("PRAGMA foreign_keys = ON")
+                .execute(&store.pool)
+                .await?;
+        }
+        store
+            .migrate(if postgres { POSTGRES } else { SQLITE })
+            .await?;
+        Ok(store)
+    }
+
+    pub async fn close(&self) {
+        self.pool.close().await;
+    }
+
+    async fn migrate(&self, steps: &'static [(i64, &'static str)]) -> Result<(), StoreError> {
+        sqlx::query("CREATE TABLE IF NOT EXISTS ferry_schema (version BIGINT NOT NULL)")
+            .execute(&self.pool)
+            .await?;
+        let row = sqlx::query("SELECT MAX(version) AS v FROM ferry_schema")
+            .fetch_one(&self.pool)
+            .await?;
+        let current: i64 = row.try_get::<Option<i64>, _>("v")?.unwrap_or(0);
+        for (version, sql) in steps.iter().filter(|(v, _)| *v > current) {
+            let mut tx = self.pool.begin().await?;
+            for stmt in sql.split(';').map(str::trim).filter(|s| !s.is_empty()) {
+                sqlx::query(stmt).execute(&mut *tx).await?;
+            }
+            sqlx::query("INSERT INTO ferry_schema (version) VALUES ($1)")
+                .bind(*version)
+                .execute(&mut *tx)
+                .await?;
+            tx.commit().await?;
+        }
+        Ok(())
+    }
+
+    // ---- instances ----
+
+    pub async fn create_instance(&self, i: &Instance) -> Result<i64, StoreError> {
+        let now = now_ms();
+        let r = sqlx::query(
+            "INSERT INTO instances (name, topology, addresses, username, password, tls, labels, created_at, updated_at) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9) RETURNING id",
+        )
+        .bind(i.name.clone())
+        .bind(i.endpoint.topology.clone())
+        .bind(json(&i.endpoint.addresses))
+        .bind(i.endpoint.username.clone())
+        .bind(i.endpoint.password.clone())
+        .bind(i.endpoint.tls as i64)
+        .bind(json(&i.labels))
+        .bind(now)
+        .bind(now)
+        .fetch_one(&self.pool)
+        .await
+        .map_err(|e| exists(e, "instance", &i.name))?;
+        Ok(r.try_get("id")?)
+    }
+
+    pub async fn instances(&self) -> Result<Vec<Instance>, StoreError> {
+        let rows = sqlx::query("SELECT * FROM instances ORDER BY name")
+            .fetch_all(&self.pool)
+            .await?;
+        rows.iter().map(instance_row).collect()
+    }
+
+    pub async fn instance(&self, name: &str) -> Result<Option<Instance>, StoreError> {
+        let row = sqlx::query("SELECT * FROM instances WHERE name = $1")
+            .bind(name.to_string())
+            .fetch_optional(&self.pool)
+            .await?;
+        row.as_ref().map(instance_row).transpose()
+    }
+
+    /// Replaces an instance; a missing password keeps the stored one.
+    pub async fn update_instance(&self, name: &str, i: &Instance) -> Result<bool, StoreError> {
+        let r = sqlx::query(
+            "UPDATE instances SET name = $1, topology = $2, addresses = $3, username = $4, \
+             password = COALESCE($5, password), tls = $6, labels = $7, updated_at = $8 WHERE name = $9",
+        )
+        .bind(i.name.clone())
+        .bind(i.endpoint.topology.clone())
+        .bind(json(&i.endpoint.addresses))
+        .bind(i.endpoint.username.clone())
+        .bind(i.endpoint.password.clone())
+        .bind(i.endpoint.tls as i64)
+        .bind(json(&i.labels))
+        .bind(now_ms())
+        .bind(name.to_string())
+        .execute(&self.pool)
+        .await
+        .map_err(|e| exists(e, "instance", &i.name))?;
+        Ok(r.rows_affected() > 0)
+    }
+
+    pub async fn delete_instance(&self, name: &str) -> Result<bool, StoreError> {
+        let r = sqlx::query("DELETE FROM instances WHERE name = $1")
+            .bind(name.to_string())
+            .execute(&self.pool)
+            .await?;
+        Ok(r.rows_affected() > 0)
+    }
+
+    // ---- jobs ----
+
+    pub async fn create_job(&self, spec: &JobSpec, desired: &str) -> Result<i64, StoreError> {
+        let now = now_ms();
+        let mut tx = self.pool.begin().await?;
+        let r = sqlx::query(
+            "INSERT INTO jobs (name, description, desired_state, spec, source_password, target_password, created_at, updated_at) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8) RETURNING id",
+        )
+        .bind(spec.name.clone())
+        .bind(spec.description.clone())
+        .bind(desired.to_string())
+        .bind(json(spec))
+        .bind(spec.source.password.clone())
+        .bind(spec.target.password.clone())
+        .bind(now)
+        .bind(now)
+        .fetch_one(&mut *tx)
+        .await
+        .map_err(|e| exists(e, "job", &spec.name))?;
+        let id: i64 = r.try_get("id")?;
+        sqlx::query("INSERT INTO job_events (job_id, at, message) VALUES ($1, $2, $3)")
+            .bind(id)
+            .bind(now)
+            .bind("created".to_string())
+            .execute(&mut *tx)
+            .await?;
+        tx.commit().await?;
+        Ok(id)
+    }
+
+    pub async fn jobs(&self) -> Result<Vec<JobRow>, StoreError> {
+        let rows = sqlx::query("SELECT * FROM jobs ORDER BY id")
+            .fetch_all(&self.pool)
+            .await?;
+        rows.iter().map(job_row).collect()
+    }
+
+    /// By numeric id or by name.
+    pub async fn job(&self, id_or_name: &str) -> Result<Option<JobRow>, StoreError> {
+        let row = match id_or_name.parse::<i64>() {
+            Ok(id) => {
+                sqlx::query("SELECT * FROM jobs WHERE id = $1")
+                    .bind(id)
+                    .fetch_optional(&self.pool)
+                    .await?
+            }
+            Err(_) => None,
+        };
+        let row = match row {
+            Some(r) => Some(r),
+            None => {
+                sqlx::query("SELECT * FROM jobs WHERE name = $1")
+                    .bind(id_or_name.to_string())
+                    .fetch_optional(&self.pool)
+                    .await?
+            }
+        };
+        row.as_ref().map(job_row).transpose()
+    }
+
+    /// Replaces a job's spec; a missing password keeps the stored one.
+    pub async fn update_job(&self, id: i64, spec: &JobSpec) -> Result<(), StoreError> {
+        sqlx::query(
+            "UPDATE jobs SET name = $1, description = $2, spec = $3, \
+             source_password = COALESCE($4, source_password), target_password = COALESCE($5, target_password), \
+             updated_at = $6 WHERE id = $7",
+        )
+        .bind(spec.name.clone())
+        .bind(spec.description.clone())
+        .bind(json(spec))
+        .bind(spec.source.password.clone())
+        .bind(spec.target.password.clone())
+        .bind(now_ms())
+        .bind(id)
+        .execute(&self.pool)
+        .await
+        .map_err(|e| exists(e, "job", &spec.name))?;
+        self.event(id, "updated").await
+    }
+
+    pub async fn set_desired(
+        &self,
+        id: i64,
+        state: &str,
+        error: Option<&str>,
+    ) -> Result<(), StoreError> {
+        sqlx::query(
+            "UPDATE jobs SET desired_state = $1, last_error = COALESCE($2, last_error), updated_at = $3 WHERE id = $4",
+        )
+        .bind(state.to_string())
+        .bind(error.map(str::to_string))
+        .bind(now_ms())
+        .bind(id)
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    pub async fn save_totals(&self, id: i64, t: Totals) -> Result<(), StoreError> {
+        let n = |v: u64| i64::try_from(v).unwrap_or(i64::MAX);
+        sqlx::query(
+            "UPDATE jobs SET records_read = $1, records_applied = $2, keys_read = $3, keys_applied = $4, bytes_read = $5 WHERE id = $6",
+        )
+        .bind(n(t.records_read))
+        .bind(n(t.records_applied))
+        .bind(n(t.keys_read))
+        .bind(n(t.keys_applied))
+        .bind(n(t.bytes_read))
+        .bind(id)
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    pub async fn delete_job(&self, id: i64) -> Result<(), StoreError> {
+        let mut tx = self.pool.begin().await?;
+        sqlx::query("DELETE FROM job_events WHERE job_id = $1")
+            .bind(id)
+            .execute(&mut *tx)
+            .await?;
+        sqlx::query("DELETE FROM jobs WHERE id = $1")
+            .bind(id)
+            .execute(&mut *tx)
+            .await?;
+        tx.commit().await?;
+        Ok(())
+    }
+
+    pub async fn event(&self, id: i64, message: &str) -> Result<(), StoreError> {
+        self.event_at(id, now_ms(), message).await
+    }
+
+    pub async fn event_at(&self, id: i64, at: i64, message: &str) -> Result<(), StoreError> {
+        sqlx::query("INSERT INTO job_events (job_id, at, message) VALUES ($1, $2, $3)")
+            .bind(id)
+            .bind(at)
+            .bind(message.to_string())
+            .execute(&self.pool)
+            .await?;
+        Ok(())
+    }
+
+    /// The latest `limit` events, oldest first.
+    pub async fn events(&self, id: i64, limit: i64) -> Result<Vec<Event>, StoreError> {
+        let rows = sqlx::query(
+            "SELECT at, message FROM job_events WHERE job_id = $1 ORDER BY id DESC LIMIT $2",
+        )
+        .bind(id)
+        .bind(limit)
+        .fetch_all(&self.pool)
+        .await?;
+        let mut out = rows
+            .iter()
+            .map(|r| {
+                Ok(Event {
+                    at: r.try_get("at")?,
+                    message: r.try_get("message")?,
+                })
+            })
+            .collect::<Result<Vec<_>, sqlx::Error>>()?;
+        out.reverse();
+        Ok(out)
+    }
+}
+
+fn json<T: serde::Serialize>(v: &T) -> String {
+    serde_json::to_string(v).unwrap_or_else(|_| "null".into())
+}
+
+fn exists(e: sqlx::Error, what: &'static str, name: &str) -> StoreError {
+    match &e {
+        sqlx::Error::Database(d) if d.is_unique_violation() => StoreError::Exists {
+            what,
+            name: name.to_string(),
+        },
+        _ => StoreError::Db(e),
+    }
+}
+
+fn instance_row(r: &AnyRow) -> Result<Instance, StoreError> {
+    let addresses: String = r.try_get("addresses")?;
+    let labels: String = r.try_get("labels")?;
+    let tls: i64 = r.try_get("tls")?;
+    Ok(Instance {
+        id: r.try_get("id")?,
+        name: r.try_get("name")?,
+        endpoint: EndpointSpec {
+            instance: None,
+            topology: r.try_get("topology")?,
+            addresses: serde_json::from_str(&addresses)
+                .map_err(|e| StoreError::Corrupt(format!("instance addresses: {e}")))?,
+            username: r.try_get("username")?,
+            password: r.try_get("password")?,
+            password_set: false,
+            tls: tls != 0,
+            // Not a column of saved instances: a job names Sentinel's master itself.
+            master_name: None,
+        },
+        labels: serde_json::from_str::<BTreeMap<String, String>>(&labels)
+            .map_err(|e| StoreError::Corrupt(format!("instance labels: {e}")))?,
+    })
+}
+
+fn job_row(r: &AnyRow) -> Result<JobRow, StoreError> {
+    let spec: String = r.try_get("spec")?;
+    let mut spec: JobSpec =
+        serde_json::from_str(&spec).map_err(|e| StoreError::Corrupt(format!("job spec: {e}")))?;
+    spec.source.password = r.try_get("source_password")?;
+    spec.target.password = r.try_get("target_password")?;
+    spec.source.password_set = false;
+    spec.target.password_set = false;
+    Ok(JobRow {
+        id: r.try_get("id")?,
+        spec,
+        desired_state: r.try_get("desired_state")?,
+        last_error: r.try_get("last_error")?,
+        created_at: r.try_get("created_at")?,
+        updated_at: r.try_get("updated_at")?,
+        totals: {
+            let n = |k: &str| -> Result<u64, sqlx::Error> {
+                Ok(u64::try_from(r.try_get::<i64, _>(k)?).unwrap_or(0))
+            };
+            Totals {
+                records_read: n("records_read")?,
+                records_applied: n("records_applied")?,
+                keys_read: n("keys_read")?,
+                keys_applied: n("keys_applied")?,
+                bytes_read: n("bytes_read")?,
+            }
+        },
+    })
+}
+
+/// Creates the SQLite file readable by its owner only (it holds passwords), or narrows
+/// an existing one to that.
+fn create_private(path: &str) -> std::io::Result<()> {
+    let path = std::path::Path::new(path);
+    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+        std::fs::create_dir_all(dir)?;
+    }
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+        std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .mode(0o600)
+            .open(path)?;
+        std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))?;
+    }
+    #[cfg(not(unix))]
+    {
+        std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(path)?;
+    }
+    Ok(())
+}
+
+/// The URL without its password, for messages.
+fn redact(url: &str) -> String {
+    match (url.find("://"), url.rfind('@')) {
+        (Some(i), Some(at)) if at > i => format!("{}***{}", &url[..i + 3], &url[at..]),
+        _ => url.to_string(),
+    }
+}

@@ -1,0 +1,625 @@
+//! The service's REST API against real redis-servers, with the service started in-process
+//! on a free port and its SQLite store in a temporary folder.
+
+use std::time::{Duration, Instant};
+
+use ferry_service::{ServeOptions, Service};
+use ferry_testkit::{free_port, Server};
+use serde_json::{json, Value};
+
+const LONG: Duration = Duration::from_secs(60);
+const SECRET: &str = "s3cr3t-Pw'd";
+
+struct Api {
+    service: Option<Service>,
+    http: reqwest::Client,
+    base: String,
+    token: Option<String>,
+}
+
+impl Api {
+    async fn start(store: &str, token: Option<&str>) -> Api {
+        let service = Service::start(ServeOptions {
+            listen: "127.0.0.1:0".parse().expect("addr"),
+            store: store.to_string(),
+            token: token.map(str::to_string),
+        })
+        .await
+        .expect("service starts");
+        let base = format!("http://{}", service.addr());
+        Api {
+            service: Some(service),
+            http: reqwest::Client::new(),
+            base,
+            token: token.map(str::to_string),
+        }
+    }
+
+    async fn stop(mut self) {
+        if let Some(s) = self.service.take() {
+            s.shutdown().await;
+        }
+    }
+
+    async fn call(
+        &self,
+        method: reqwest::Method,
+        path: &str,
+        body: Option<Value>,
+    ) -> (u16, String) {
+        let mut req = self.http.request(method, format!("{}{path}", self.base));
+        if let Some(t) = &self.token {
+            req = req.bearer_auth(t);
+        }
+        if let Some(b) = body {
+            req = req.json(&b);
+        }
+        let resp = req.send().await.expect("request");
+        let status = resp.status().as_u16();
+        let text = resp.text().await.expect("body");
+        assert!(
+            !text.contains(SECRET),
+            "a response holds a password: {path} → {text}"
+        );
+        (status, text)
+    }
+
+    async fn json(&self, method: reqwest::Method, path: &str, body: Option<Value>) -> (u16, Value) {
+        let (status, text) = self.call(method, path, body).await;
+        let v = serde_json::from_str(&text).unwrap_or(Value::String(text));
+        (status, v)
+    }
+
+    async fn get(&self, path: &str) -> Value {
+        let (status, v) = self.json(reqwest::Method::GET, path, None).await;
+        assert_eq!(status, 200, "GET {path}: {v}");
+        v
+    }
+
+    async fn post(&self, path: &str, body: Value) -> (u16, Value) {
+        self.json(reqwest::Method::POST, path, Some(body)).await
+    }
+
+    /// Polls the job until `f` holds on its view.
+    async fn wait_job(&self, name: &str, what: &str, f: impl Fn(&Value) -> bool) -> Value {
+        let deadline = Instant::now() + LONG;
+        loop {
+            let v = self.get(&format!("/api/v1/jobs/{name}")).await;
+            if f(&v) {
+                return v;
+            }
+            assert!(Instant::now() < deadline, "job {name} never {what}: {v:#}");
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+}
+
+fn endpoint(s: &Server) -> Value {
+    match s.password() {
+        Some(p) => json!({"addresses": [s.addr()], "password": p}),
+        None => json!({"addresses": [s.addr()]}),
+    }
+}
+
+fn spec(name: &str, source: &Server, target: &Server) -> Value {
+    json!({
+        "name": name,
+        "description": "copy for the test",
+        "source": endpoint(source),
+        "target": endpoint(target),
+        "mode": "full+incremental",
+        "retry": {"policy": "immediately"},
+    })
+}
+
+fn store_url(dir: &tempfile::TempDir) -> String {
+    format!("sqlite://{}", dir.path().join("ferry.db").display())
+}
+
+async fn wait_value(target: &Server, key: &str, want: &str) {
+    let deadline = Instant::now() + LONG;
+    loop {
+        let v = target.cmd(&["GET", key]);
+        if !v.is_nil() && v.as_str() == want {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{key} never became {want:?} on the target"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn job_reaches_incremental_and_follows_writes() {
+    let source = Server::builder().password(SECRET).start();
+    let target = Server::builder().password(SECRET).start();
+    for i in 0..200 {
+        source.cmd(&["SET", &format!("key:{i}"), &i.to_string()]);
+    }
+    let dir = tempfile::tempdir().expect("tempdir");
+    let api = Api::start(&store_url(&dir), None).await;
+    let (status, v) = api
+        .post("/api/v1/jobs?start=true", spec("copy", &source, &target))
+        .await;
+    assert_eq!(status, 201, "{v}");
+    assert_eq!(v["spec"]["source"]["password_set"], json!(true), "{v}");
+    let v = api
+        .wait_job("copy", "reached incremental", |v| {
+            v["state"] == "incremental"
+        })
+        .await;
+    assert_eq!(v["progress_percent"], json!(100.0), "{v}");
+    assert!(v["keys_applied"].as_u64().unwrap_or(0) >= 200, "{v}");
+    assert!(v["target_transactions"].as_u64().unwrap_or(0) >= 200, "{v}");
+    assert!(v["source_transactions"].as_u64().unwrap_or(0) >= 200, "{v}");
+    assert_eq!(v["source_nodes"], json!([source.addr()]));
+    assert_eq!(v["target_nodes"], json!([target.addr()]));
+    assert_eq!(
+        target.cmd(&["DBSIZE"]).as_int(),
+        201,
+        "200 keys and the checkpoint"
+    );
+
+    source.cmd(&["SET", "later", "write"]);
+    wait_value(&target, "later", "write").await;
+    let v = api
+        .wait_job("copy", "counted the write", |v| {
+            v["target_transactions"].as_u64().unwrap_or(0) >= 201
+        })
+        .await;
+    assert!(
+        v["history"].as_array().is_some_and(|h| !h.is_empty()),
+        "{v}"
+    );
+
+    let list = api.get("/api/v1/jobs").await;
+    assert_eq!(list["jobs"][0]["name"], "copy", "{list}");
+    let (status, metrics) = api.call(reqwest::Method::GET, "/metrics", None).await;
+    assert_eq!(status, 200);
+    assert!(
+        metrics.contains("ferry_records_applied_total{job=\"copy\",shard=\"0\"}"),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains("ferry_job_state{job=\"copy\",shard=\"0\",state=\"incremental\"} 1"),
+        "{metrics}"
+    );
+
+    // Pause, then resume: writes made while paused arrive.
+    let (status, v) = api.post("/api/v1/jobs/copy/pause", json!({})).await;
+    assert_eq!(status, 200, "{v}");
+    assert_eq!(v["state"], "paused", "{v}");
+    source.cmd(&["SET", "while-paused", "1"]);
+    let (status, v) = api.post("/api/v1/jobs/copy/resume", json!({})).await;
+    assert_eq!(status, 200, "{v}");
+    wait_value(&target, "while-paused", "1").await;
+
+    // Changing a running job is refused; stopped, it can be changed.
+    let (status, _) = api
+        .json(
+            reqwest::Method::PUT,
+            "/api/v1/jobs/copy",
+            Some(spec("copy", &source, &target)),
+        )
+        .await;
+    assert_eq!(status, 409);
+    let (status, v) = api.post("/api/v1/jobs/copy/stop", json!({})).await;
+    assert_eq!(status, 200, "{v}");
+    assert_eq!(v["state"], "stopped", "{v}");
+    let mut changed = spec("copy", &source, &target);
+    changed["description"] = json!("changed");
+    changed["source"] = json!({"addresses": [source.addr()]}); // password kept
+    let (status, v) = api
+        .json(reqwest::Method::PUT, "/api/v1/jobs/copy", Some(changed))
+        .await;
+    assert_eq!(status, 200, "{v}");
+    assert_eq!(v["description"], "changed");
+    assert_eq!(v["spec"]["source"]["password_set"], json!(true), "{v}");
+
+    // Delete removes the checkpoint from the target and the job from the store.
+    let (status, v) = api
+        .json(reqwest::Method::DELETE, "/api/v1/jobs/copy", None)
+        .await;
+    assert_eq!(status, 200, "{v}");
+    assert_eq!(v["checkpoint_deleted"], json!(true), "{v}");
+    assert!(target.cmd(&["EXISTS", "ferry:checkpoint:copy:0"]).as_int() == 0);
+    let (status, _) = api
+        .json(reqwest::Method::GET, "/api/v1/jobs/copy", None)
+        .await;
+    assert_eq!(status, 404);
+    api.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn precheck_catches_what_would_break_a_job() {
+    let source = Server::start();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let api = Api::start(&store_url(&dir), None).await;
+    let level = |v: &Value, name: &str| -> String {
+        v["checks"]
+            .as_array()
+            .and_then(|c| {
+                c.iter()
+                    .find(|c| c["name"].as_str().is_some_and(|n| n.contains(name)))
+            })
+            .map(|c| c["level"].as_str().unwrap_or("").to_string())
+            .unwrap_or_else(|| panic!("no check {name:?}: {v:#}"))
+    };
+
+    // Non-empty target.
+    let full = Server::start();
+    full.cmd(&["SET", "here", "already"]);
+    let (status, v) = api
+        .post("/api/v1/precheck", spec("a", &source, &full))
+        .await;
+    assert_eq!(status, 200, "{v}");
+    assert_eq!(v["result"], "fail", "{v}");
+    assert_eq!(level(&v, "target empty"), "fail");
+
+    // Too few databases.
+    let small = Server::builder().arg("databases", "2").start();
+    source.cmd(&["SELECT", "5"]);
+    source.cmd(&["SET", "in5", "x"]);
+    source.cmd(&["SELECT", "0"]);
+    let (_, v) = api
+        .post("/api/v1/precheck", spec("a", &source, &small))
+        .await;
+    assert_eq!(level(&v, "databases"), "fail", "{v}");
+
+    // Wrong password, naming the node.
+    let locked = Server::builder().password("right").start();
+    let mut s = spec("a", &source, &locked);
+    s["target"]["password"] = json!(SECRET);
+    let (_, v) = api.post("/api/v1/precheck", s.clone()).await;
+    assert_eq!(
+        level(&v, &format!("target {} reachable", locked.addr())),
+        "fail",
+        "{v}"
+    );
+
+    // Unreachable node.
+    let gone = format!("127.0.0.1:{}", free_port());
+    let mut s2 = spec("a", &source, &small);
+    s2["target"] = json!({"addresses": [gone]});
+    let (_, v) = api.post("/api/v1/precheck", s2).await;
+    assert_eq!(
+        level(&v, &format!("target {gone} reachable")),
+        "fail",
+        "{v}"
+    );
+
+    // Connectivity test of one endpoint before saving.
+    let (status, v) = api
+        .post(
+            "/api/v1/connectivity",
+            json!({"source": endpoint(&source), "target": s["target"]}),
+        )
+        .await;
+    assert_eq!(status, 200, "{v}");
+    assert_eq!(v["ok"], json!(false), "{v}");
+    assert_eq!(v["results"][0]["ok"], json!(true), "{v}");
+    assert!(
+        v["results"][1]["error"]
+            .as_str()
+            .is_some_and(|e| e.contains(&locked.addr())),
+        "{v}"
+    );
+
+    // A job whose pre-check fails is not started, and with ?start=true not even created.
+    let (status, v) = api
+        .post("/api/v1/jobs?start=true", spec("a", &source, &full))
+        .await;
+    assert_eq!(status, 409, "{v}");
+    assert!(v["checks"].is_array(), "{v}");
+    assert_eq!(api.get("/api/v1/jobs").await["jobs"], json!([]));
+    let (status, _) = api.post("/api/v1/jobs", spec("a", &source, &full)).await;
+    assert_eq!(status, 201);
+    let (status, v) = api.post("/api/v1/jobs/a/start", json!({})).await;
+    assert_eq!(status, 409, "{v}");
+    let (status, v) = api.post("/api/v1/jobs/a/precheck", json!({})).await;
+    assert_eq!(status, 200);
+    assert_eq!(level(&v, "target empty"), "fail");
+    api.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn restarted_service_resumes_its_jobs() {
+    let source = Server::start();
+    let target = Server::start();
+    source.cmd(&["SET", "before", "1"]);
+    let dir = tempfile::tempdir().expect("tempdir");
+    let api = Api::start(&store_url(&dir), None).await;
+    let (status, v) = api
+        .post("/api/v1/jobs?start=true", spec("keep", &source, &target))
+        .await;
+    assert_eq!(status, 201, "{v}");
+    api.wait_job("keep", "reached incremental", |v| {
+        v["state"] == "incremental"
+    })
+    .await;
+    wait_value(&target, "before", "1").await;
+    let before = api.get("/api/v1/jobs/keep").await;
+    api.stop().await;
+
+    source.cmd(&["SET", "meanwhile", "2"]);
+    let api = Api::start(&store_url(&dir), None).await;
+    let v = api
+        .wait_job("keep", "resumed", |v| v["state"] == "incremental")
+        .await;
+    wait_value(&target, "meanwhile", "2").await;
+    let history: Vec<&str> = v["history"]
+        .as_array()
+        .map(|h| h.iter().filter_map(|e| e["message"].as_str()).collect())
+        .unwrap_or_default();
+    assert!(
+        history.contains(&"resumed after a service restart"),
+        "{history:?}"
+    );
+    // Resumed from the checkpoint: no new snapshot, so no key was read again; the counts
+    // go on from where they were.
+    let v = api
+        .wait_job("keep", "counted the write", |v| {
+            v["target_transactions"].as_u64() > before["target_transactions"].as_u64()
+        })
+        .await;
+    assert_eq!(v["keys_read"], before["keys_read"], "{v}");
+    assert_eq!(v["keys_read"], json!(1), "{v}");
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let mode = std::fs::metadata(dir.path().join("ferry.db"))
+            .expect("store file")
+            .permissions()
+            .mode();
+        assert_eq!(mode & 0o777, 0o600);
+    }
+    api.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn invalid_requests_are_400_with_a_reason() {
+    let source = Server::start();
+    let target = Server::start();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let api = Api::start(&store_url(&dir), None).await;
+    let cases: Vec<(Value, &str)> = vec![
+        (
+            {
+                let mut s = spec("x", &source, &target);
+                s["mode"] = json!("fast");
+                s
+            },
+            "mode",
+        ),
+        (
+            {
+                let mut s = spec("x", &source, &target);
+                s["name"] = json!("has space");
+                s
+            },
+            "job name",
+        ),
+        (
+            {
+                let mut s = spec("x", &source, &target);
+                s["rate_limit_mb"] = json!(-1);
+                s
+            },
+            "rate limit",
+        ),
+        (
+            {
+                let mut s = spec("x", &source, &target);
+                s["retry"] = json!({"policy": "scheduled"});
+                s
+            },
+            "window",
+        ),
+        (
+            {
+                let mut s = spec("x", &source, &target);
+                s["retry"] = json!({"connection_limit": "soon"});
+                s
+            },
+            "connection limit",
+        ),
+        (
+            {
+                let mut s = spec("x", &source, &target);
+                s["source"]["addresses"] = json!([]);
+                s
+            },
+            "address",
+        ),
+        (
+            {
+                let mut s = spec("x", &source, &target);
+                s["source"]["topology"] = json!("ring");
+                s
+            },
+            "topology",
+        ),
+        (
+            {
+                let mut s = spec("x", &source, &target);
+                s["sorce"] = json!(1);
+                s
+            },
+            "unknown field",
+        ),
+        (
+            {
+                let mut s = spec("x", &source, &target);
+                s["source"]["instance"] = json!("nope");
+                s
+            },
+            "no saved instance",
+        ),
+    ];
+    for (body, needle) in cases {
+        let (status, v) = api.post("/api/v1/jobs", body.clone()).await;
+        assert_eq!(status, 400, "{body} → {v}");
+        let msg = v["error"].as_str().unwrap_or("");
+        assert!(msg.contains(needle), "{needle:?} not in {msg:?}");
+    }
+    let resp = reqwest::Client::new()
+        .post(format!("{}/api/v1/jobs", api.base))
+        .header("content-type", "application/json")
+        .body("{not json")
+        .send()
+        .await
+        .expect("request");
+    assert_eq!(resp.status().as_u16(), 400);
+    assert_eq!(
+        api.get("/api/v1/jobs").await["jobs"],
+        json!([]),
+        "nothing half-created"
+    );
+
+    let (status, _) = api.post("/api/v1/jobs", spec("x", &source, &target)).await;
+    assert_eq!(status, 201);
+    let (status, v) = api.post("/api/v1/jobs", spec("x", &source, &target)).await;
+    assert_eq!(status, 409, "{v}");
+    let (status, _) = api
+        .json(reqwest::Method::GET, "/api/v1/jobs/nope", None)
+        .await;
+    assert_eq!(status, 404);
+    api.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn instances_keep_passwords_to_themselves() {
+    let source = Server::builder().password(SECRET).start();
+    let target = Server::start();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let api = Api::start(&store_url(&dir), None).await;
+    let (status, v) = api
+        .post(
+            "/api/v1/instances",
+            json!({"name": "src", "endpoint": endpoint(&source), "labels": {"env": "test"}}),
+        )
+        .await;
+    assert_eq!(status, 201, "{v}");
+    assert_eq!(v["endpoint"]["password_set"], json!(true), "{v}");
+    let list = api.get("/api/v1/instances").await;
+    assert_eq!(list["instances"][0]["labels"]["env"], "test", "{list}");
+    let mut s = spec("via-instance", &source, &target);
+    s["source"] = json!({"instance": "src"});
+    let (status, v) = api
+        .post(
+            "/api/v1/connectivity",
+            json!({"source": {"instance": "src"}}),
+        )
+        .await;
+    assert_eq!((status, &v["ok"]), (200, &json!(true)), "{v}");
+    let (status, v) = api.post("/api/v1/jobs?start=true", s).await;
+    assert_eq!(status, 201, "{v}");
+    api.wait_job("via-instance", "reached incremental", |v| {
+        v["state"] == "incremental"
+    })
+    .await;
+    let (status, _) = api
+        .json(reqwest::Method::DELETE, "/api/v1/instances/src", None)
+        .await;
+    assert_eq!(status, 204);
+    api.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn token_guards_api_and_metrics_but_not_the_console() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let api = Api::start(&store_url(&dir), Some("tok")).await;
+    let anon = reqwest::Client::new();
+    for path in ["/api/v1/jobs", "/metrics", "/api/v1/openapi.json"] {
+        let r = anon
+            .get(format!("{}{path}", api.base))
+            .send()
+            .await
+            .expect("request");
+        assert_eq!(r.status().as_u16(), 401, "{path}");
+    }
+    let r = anon
+        .get(format!("{}/", api.base))
+        .send()
+        .await
+        .expect("request");
+    assert_eq!(r.status().as_u16(), 200);
+    assert_eq!(api.get("/api/v1/jobs").await["jobs"], json!([]));
+    api.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn openapi_lists_every_route() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let api = Api::start(&store_url(&dir), None).await;
+    let doc = api.get("/api/v1/openapi.json").await;
+    let routes = [
+        ("/instances", vec!["get", "post"]),
+        ("/instances/{name}", vec!["get", "put", "delete"]),
+        ("/jobs", vec!["get", "post"]),
+        ("/jobs/{id}", vec!["get", "put", "delete"]),
+        ("/jobs/{id}/start", vec!["post"]),
+        ("/jobs/{id}/stop", vec!["post"]),
+        ("/jobs/{id}/pause", vec!["post"]),
+        ("/jobs/{id}/resume", vec!["post"]),
+        ("/jobs/{id}/precheck", vec!["post"]),
+        ("/connectivity", vec!["post"]),
+        ("/precheck", vec!["post"]),
+        ("/openapi.json", vec!["get"]),
+    ];
+    for (path, methods) in routes {
+        let full = format!("/api/v1{path}");
+        for m in methods {
+            assert!(
+                doc["paths"][&full][m].is_object(),
+                "{m} {full} missing from the OpenAPI document"
+            );
+        }
+    }
+    assert!(doc["paths"]["/metrics"]["get"].is_object());
+    api.stop().await;
+}
+
+/// The same store code on PostgreSQL, when `FERRY_TEST_POSTGRES_URL` names a database
+/// (skipped otherwise): create, name clash, restart, resume, delete.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_store_keeps_and_resumes_jobs() {
+    let Ok(url) = std::env::var("FERRY_TEST_POSTGRES_URL") else {
+        eprintln!("FERRY_TEST_POSTGRES_URL not set: skipped");
+        return;
+    };
+    let source = Server::builder().password(SECRET).start();
+    let target = Server::start();
+    source.cmd(&["SET", "before", "1"]);
+    let name = format!("pg-{}", source.port());
+    let api = Api::start(&url, None).await;
+    let (status, v) = api
+        .post("/api/v1/jobs?start=true", spec(&name, &source, &target))
+        .await;
+    assert_eq!(status, 201, "{v}");
+    let (status, _) = api
+        .post("/api/v1/jobs", spec(&name, &source, &target))
+        .await;
+    assert_eq!(status, 409);
+    api.wait_job(&name, "reached incremental", |v| {
+        v["state"] == "incremental"
+    })
+    .await;
+    api.stop().await;
+    source.cmd(&["SET", "meanwhile", "2"]);
+    let api = Api::start(&url, None).await;
+    api.wait_job(&name, "resumed", |v| v["state"] == "incremental")
+        .await;
+    wait_value(&target, "meanwhile", "2").await;
+    let (status, _) = api
+        .json(
+            reqwest::Method::DELETE,
+            &format!("/api/v1/jobs/{name}"),
+            None,
+        )
+        .await;
+    assert_eq!(status, 200);
+    api.stop().await;
+}
