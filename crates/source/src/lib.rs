@@ -2,11 +2,17 @@
 //! ([`replica::replicate`]); the events it yields ([`Event`]) are the one type every later
 //! stage (filters, writers) consumes.
 
+mod aof;
 pub mod error;
 pub mod event;
+pub mod file;
+pub mod node;
 pub mod pipe;
 pub mod ratelimit;
+mod rdb_events;
 pub mod replica;
+pub mod scan;
+pub mod spec;
 pub mod stats;
 
 pub use error::SourceError;
@@ -14,3 +20,6 @@ pub use event::Event;
 pub use ratelimit::RateLimiter;
 pub use replica::{replicate, ReplicaOptions};
 pub use stats::{Phase, ShardStats};
+pub use file::{read_file, FileOptions};
+pub use node::read_node;
+pub use spec::{SourceMethod, SourceSpec};
