@@ -55,9 +55,20 @@ struct SyncArgs {
     /// Job settings in TOML (source, target, mode, overwrite); flags override them.
     #[arg(long)]
     config: Option<PathBuf>,
-    /// Source node: redis://[user:pass@]host:port (user and password percent-encoded).
+    /// Source node: redis://[user:pass@]host:port (user and password percent-encoded);
+    /// or files a Redis wrote: rdb:/path/dump.rdb, aof:/path/appendonlydir.
     #[arg(long, env = "FERRY_SOURCE")]
     source: Option<String>,
+    /// How a live source is read: psync (as its replica), scan (SCAN + keyspace
+    /// notifications, for sources that refuse PSYNC), auto (psync, scan if refused).
+    #[arg(long, value_parser = ["psync", "scan", "auto"])]
+    source_method: Option<String>,
+    /// The name PSYNC goes by on the source, where a provider renamed it.
+    #[arg(long, value_name = "NAME")]
+    psync_command: Option<String>,
+    /// AOF source: stop at the first timestamp annotation (#TS:) later than this.
+    #[arg(long, value_name = "UNIX_SECONDS")]
+    aof_until: Option<i64>,
     /// Target node: redis://[user:pass@]host:port.
     #[arg(long, env = "FERRY_TARGET")]
     target: Option<String>,
@@ -204,6 +215,9 @@ async fn sync(args: SyncArgs) -> anyhow::Result<()> {
         big_key_threshold: args.big_key_threshold,
         big_key_elements: args.big_key_elements,
         skip_unsupported: args.skip_unsupported.then_some(true),
+        source_method: args.source_method,
+        psync_command: args.psync_command,
+        aof_until: args.aof_until,
     })?;
     info!(name = %job.name, source = %job.source, target = %job.target, mode = %job.mode,
           checkpoint = job.checkpoint, "starting sync");

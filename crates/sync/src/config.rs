@@ -6,6 +6,7 @@ use std::str::FromStr;
 use std::time::Duration;
 
 use ferry_resp::Endpoint;
+use ferry_source::{SourceMethod, SourceSpec};
 use serde::Deserialize;
 
 use crate::retry::{RetryPolicy, Window};
@@ -53,7 +54,14 @@ impl fmt::Display for Mode {
 pub struct JobConfig {
     /// Names the job's checkpoint on the target; a re-run with the same name resumes.
     pub name: String,
-    pub source: Endpoint,
+    /// A Redis node, or files a Redis wrote (`rdb:PATH`, `aof:PATH`).
+    pub source: SourceSpec,
+    /// How a live source is read: PSYNC, SCAN, or PSYNC falling back to SCAN.
+    pub source_method: SourceMethod,
+    /// The name PSYNC goes by on the source, where a provider renamed it.
+    pub psync_command: Option<String>,
+    /// AOF source: stop at the first `#TS:` annotation later than this (unix seconds).
+    pub aof_until: Option<i64>,
     pub target: Endpoint,
     pub mode: Mode,
     /// Replace keys and function libraries that already exist on the target.
@@ -180,6 +188,10 @@ pub struct FileConfig {
     pub big_key_threshold: Option<usize>,
     pub big_key_elements: Option<u64>,
     pub skip_unsupported: Option<bool>,
+    /// "psync", "scan" or "auto" (default).
+    pub source_method: Option<String>,
+    pub psync_command: Option<String>,
+    pub aof_until: Option<i64>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -218,7 +230,28 @@ impl FileConfig {
             s.parse::<Endpoint>()
                 .map_err(|e| ConfigError::Invalid(format!("{what}: {e}")))
         };
-        let source = parse("source", &source)?;
+        let source: SourceSpec = source
+            .parse()
+            .map_err(|e| ConfigError::Invalid(format!("source: {e}")))?;
+        if source.is_file() && mode == Mode::Incremental {
+            return Err(ConfigError::Invalid(format!(
+                "source {source} is a file: it is copied whole (mode full), not incrementally"
+            )));
+        }
+        let source_method = match over.source_method.or(self.source_method) {
+            Some(m) => m.parse().map_err(ConfigError::Invalid)?,
+            None => SourceMethod::default(),
+        };
+        let aof_until = over.aof_until.or(self.aof_until);
+        if aof_until.is_some() && !matches!(source, SourceSpec::Aof(_)) {
+            return Err(ConfigError::Invalid(
+                "--aof-until applies to an aof: source".into(),
+            ));
+        }
+        let psync_command = over.psync_command.or(self.psync_command);
+        if psync_command.as_deref().is_some_and(|c| c.is_empty() || c.contains(char::is_whitespace)) {
+            return Err(ConfigError::Invalid("the PSYNC command name must be one word".into()));
+        }
         let rate_limit = match over.rate_limit_mb.or(self.rate_limit_mb) {
             Some(mb) if mb > 0.0 && mb.is_finite() => Some(mb * 1e6),
             Some(mb) => {
@@ -233,7 +266,10 @@ impl FileConfig {
                 .map_err(|e| ConfigError::Invalid(format!("source timeout {t:?}: {e}")))?,
             None => Duration::from_secs(60),
         };
-        let name = over.name.or(self.name).unwrap_or_else(|| source.addr());
+        let name = over
+            .name
+            .or(self.name)
+            .unwrap_or_else(|| source.default_name());
         if name.is_empty() || name.chars().any(|c| c.is_whitespace() || c.is_control()) {
             return Err(ConfigError::Invalid(format!(
                 "job name {name:?} must be non-empty, without spaces"
@@ -243,6 +279,9 @@ impl FileConfig {
             name,
             target: parse("target", &target)?,
             source,
+            source_method,
+            psync_command,
+            aof_until,
             mode,
             overwrite: over.overwrite.or(self.overwrite).unwrap_or(false),
             checkpoint: over.checkpoint.or(self.checkpoint).unwrap_or(true),
@@ -276,7 +315,10 @@ mod tests {
             })
             .unwrap();
         assert_eq!(job.mode, Mode::Incremental);
-        assert_eq!(job.source.password.as_deref(), Some("it's"));
+        assert_eq!(
+            job.source.endpoint().and_then(|e| e.password.as_deref()),
+            Some("it's")
+        );
         assert_eq!(job.target.port, 2);
         assert!(!job.overwrite);
         assert!(job.checkpoint);

@@ -6,7 +6,8 @@ use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
 use std::time::Duration;
 
-use ferry_source::{Phase, RateLimiter, ReplicaOptions, ShardStats, SourceError};
+use ferry_resp::Endpoint;
+use ferry_source::{Phase, RateLimiter, ReplicaOptions, ShardStats, SourceError, SourceSpec};
 use ferry_target::checkpoint::{self, Checkpoint};
 use ferry_target::{TargetError, WriterOptions};
 use jiff::Timestamp;
@@ -128,7 +129,8 @@ pub async fn run(
                 if progressed {
                     retry.on_progress();
                 }
-                if e.is_permanent() {
+                // A file does not get better by reading it again.
+                if e.is_permanent() || (config.source.is_file() && matches!(e, JobError::Source(_))) {
                     status.finish(JobState::Failed, Some(e.to_string()));
                     return Err(e);
                 }
@@ -188,13 +190,23 @@ async fn attempt(
         Some(k) => checkpoint::load(&config.target, k).await?,
         None => None,
     };
-    let mut ropts = ReplicaOptions::new(config.source.clone());
+    let mut ropts = ReplicaOptions::new(match &config.source {
+        SourceSpec::Redis(e) => e.clone(),
+        // Unused: a file reader takes only the snapshot options.
+        _ => Endpoint::new("file", 0),
+    });
+    if let Some(name) = &config.psync_command {
+        ropts.psync_command = name.clone();
+    }
     ropts.rate_limit = limiter;
     ropts.read_timeout = config.source_timeout;
     // Whatever this job applied before (a checkpoint says so, or an earlier attempt) must
     // not outlive a new snapshot: the target is flushed before one.
     let mut flush = saved.is_some() || applied_before;
     match (config.mode, &saved) {
+        // Files and SCAN have no offsets to resume from: a restart reads everything
+        // again, after the flush.
+        _ if config.source.is_file() => ropts.stop_after_snapshot = true,
         (Mode::Full, _) => ropts.stop_after_snapshot = true,
         (_, Some(Checkpoint::Stream { replid, offset, db })) => {
             info!(%replid, offset, db, "resuming from the checkpoint");
@@ -242,7 +254,8 @@ async fn attempt(
         stats.clone(),
         writer_cancel.clone(),
     ));
-    let mut reader = tokio::spawn(ferry_source::replicate(
+    let mut reader = tokio::spawn(crate::source::read(
+        config.clone(),
         ropts,
         tx,
         stats.clone(),
@@ -267,7 +280,8 @@ async fn attempt(
     // writer failure makes the reader's sends fail: the writer's error is the cause.
     let summary = written?;
     read?;
-    let completed = config.mode == Mode::Full && !cancel.is_cancelled();
+    let completed =
+        (config.mode == Mode::Full || config.source.is_file()) && !cancel.is_cancelled();
     if completed {
         stats.set_phase(Phase::Done);
         info!(keys = summary.keys, "full sync complete");

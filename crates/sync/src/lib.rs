@@ -5,6 +5,7 @@
 pub mod config;
 pub mod job;
 pub mod retry;
+mod source;
 pub mod status;
 
 pub use config::{FileConfig, JobConfig, Mode, RetryConfig};
