@@ -320,6 +320,16 @@ async fn read_psync_reply(conn: &mut Connection) -> Result<PsyncReply, SourceErr
     let addr = conn.addr().to_string();
     let frame = loop {
         skip_newlines(conn.buffer());
+        if conn.buffer().first() == Some(&b'$') {
+            // A renamed PSYNC runs as the old SYNC (Redis tells them apart by the name
+            // called): the RDB transfer comes at once, with no replid or offset. Offsets
+            // count from 0 under a made-up replid; a restart takes a new snapshot.
+            warn!(source = %addr, "the source answered as to SYNC (PSYNC renamed?): full copy without a resumable position");
+            return Ok(PsyncReply::FullResync {
+                replid: "sync".into(),
+                offset: 0,
+            });
+        }
         match frame::parse(conn.buffer()) {
             Ok(Some((f, _))) => break f,
             Ok(None) => {
