@@ -18,7 +18,10 @@ const LONG: Duration = Duration::from_secs(60);
 /// builder keeps one `rename-command`, so the second rides in its values.)
 fn source_without_psync() -> Server {
     Server::builder()
-        .arg_values("rename-command", &["PSYNC", "", "--rename-command", "SYNC", ""])
+        .arg_values(
+            "rename-command",
+            &["PSYNC", "", "--rename-command", "SYNC", ""],
+        )
         .start()
 }
 
@@ -31,6 +34,8 @@ fn auto_falls_back_to_scan_and_follows_writes() {
     let source = source_without_psync();
     let target = Server::start();
     populate_every_type(&source, 2);
+    let lib = "#!lua name=scanlib\nredis.register_function('scan_one', function() return 1 end)";
+    source.cmd(&["FUNCTION", "LOAD", lib]);
     source.cmd(&["SET", "gone:soon", "x"]);
     let stop = Arc::new(AtomicBool::new(false));
     let writer = churn(&source, stop.clone());
@@ -52,6 +57,8 @@ fn auto_falls_back_to_scan_and_follows_writes() {
     // The expired key is gone from the target too, whatever expired it there.
     target.cmd(&["SELECT", "0"]);
     assert!(target.cmd(&["EXISTS", "expires"]).as_int() == 0);
+    let functions = |s: &Server| format!("{:?}", s.cmd(&["FUNCTION", "LIST", "WITHCODE"]));
+    assert_eq!(functions(&source), functions(&target));
     ferry.signal("INT");
 }
 
@@ -130,7 +137,11 @@ fn rdb_file_restores_exactly() {
     let spec = format!("rdb:{}", path.display());
     let mut ferry = Ferry::sync(&spec, &target.url(), &["--name", "backup"]);
     assert!(ferry.wait(LONG).success(), "{}", ferry.output());
-    assert!(ferry.output().contains("full sync complete"), "{}", ferry.output());
+    assert!(
+        ferry.output().contains("full sync complete"),
+        "{}",
+        ferry.output()
+    );
     assert_same_data(&source, &target);
     // A re-run redoes the copy (no offsets in a file): flushed, then the same data.
     target.cmd(&["SELECT", "0"]);
@@ -190,7 +201,11 @@ fn aof_directory_restores_exactly() {
     }
     let mut ferry = Ferry::sync(&aof_dir(&source), &target.url(), &[]);
     assert!(ferry.wait(LONG).success(), "{}", ferry.output());
-    assert!(ferry.output().contains("full sync complete"), "{}", ferry.output());
+    assert!(
+        ferry.output().contains("full sync complete"),
+        "{}",
+        ferry.output()
+    );
     assert_same_data(&source, &target);
 }
 

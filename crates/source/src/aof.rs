@@ -84,17 +84,17 @@ fn find_manifest(dir: &Path) -> Result<Option<PathBuf>, SourceError> {
 }
 
 fn files_of_manifest(manifest: &Path, dir: &Path) -> Result<Vec<PathBuf>, SourceError> {
-    let text = std::fs::read_to_string(manifest).map_err(|e| file_error(manifest, "cannot read", e))?;
+    let text =
+        std::fs::read_to_string(manifest).map_err(|e| file_error(manifest, "cannot read", e))?;
     let entries = parse_manifest(&text).map_err(|m| file_error(manifest, "bad AOF manifest", m))?;
     let mut base = None;
     let mut incr = Vec::new();
     for e in entries {
         match e.kind {
-            'b' => {
-                if base.replace(e).is_some() {
-                    return Err(file_error(manifest, "bad AOF manifest", "two base files"));
-                }
+            'b' if base.is_some() => {
+                return Err(file_error(manifest, "bad AOF manifest", "two base files"))
             }
+            'b' => base = Some(e),
             'i' => incr.push(e),
             _ => {} // history: already folded into the base
         }
@@ -116,7 +116,10 @@ fn parse_manifest(text: &str) -> Result<Vec<ManifestEntry>, String> {
         }
         let args = split_args(line).ok_or_else(|| format!("line {}: unbalanced quotes", n + 1))?;
         if args.len() < 6 || args.len() % 2 != 0 {
-            return Err(format!("line {}: expected `file <name> seq <n> type <t>`", n + 1));
+            return Err(format!(
+                "line {}: expected `file <name> seq <n> type <t>`",
+                n + 1
+            ));
         }
         let (mut name, mut seq, mut kind) = (None, None, None);
         for pair in args.chunks(2) {
@@ -331,7 +334,11 @@ impl Commands<'_> {
         self.stats.mark_read(self.offset);
         if is_multi {
             if self.multi.is_some() {
-                return Err(file_error(path, "nested MULTI", format!("before byte {}", self.offset)));
+                return Err(file_error(
+                    path,
+                    "nested MULTI",
+                    format!("before byte {}", self.offset),
+                ));
             }
             self.multi = Some(vec![ev]);
             return Ok(());
@@ -413,7 +420,13 @@ pub(crate) fn read_aof(
             info!(file = %file.display(), keys, "AOF RDB preamble read");
             stats.set_phase(Phase::Incremental);
             let (mut reader, buffered) = parser.into_parts();
-            cmds.read(&mut reader, BytesMut::from(&buffered[..]), file, last, cancel)?
+            cmds.read(
+                &mut reader,
+                BytesMut::from(&buffered[..]),
+                file,
+                last,
+                cancel,
+            )?
         } else {
             if i == 0 {
                 // A base of commands: nothing to restore, the commands rebuild everything.
@@ -424,7 +437,11 @@ pub(crate) fn read_aof(
                 .map_err(|_| SourceError::Downstream { addr: name.clone() })?;
                 stats.set_phase(Phase::Incremental);
             } else if preamble {
-                return Err(file_error(file, "unexpected RDB", "only the base file of an AOF may hold an RDB"));
+                return Err(file_error(
+                    file,
+                    "unexpected RDB",
+                    "only the base file of an AOF may hold an RDB",
+                ));
             }
             cmds.read(&mut reader, BytesMut::new(), file, last, cancel)?
         };
@@ -452,7 +469,10 @@ mod tests {
         assert!(parse_manifest("file x seq 1\n").is_err());
         assert!(parse_manifest("file ../x seq 1 type b\n").is_err());
         assert!(parse_manifest("").is_err());
-        assert_eq!(split_args("a \"x\\x41\" 'c d'").unwrap(), ["a", "xA", "c d"]);
+        assert_eq!(
+            split_args("a \"x\\x41\" 'c d'").unwrap(),
+            ["a", "xA", "c d"]
+        );
         assert!(split_args("\"open").is_none());
     }
 
@@ -472,7 +492,13 @@ mod tests {
         let aof = b"#TS:50\r\n*2\r\n$6\r\nSELECT\r\n$1\r\n3\r\n*3\r\n$3\r\nSET\r\n$1\r\nk\r\n$1\r\nv\r\n*1\r\n$5\r\nMULTI\r\n*2\r\n$4\r\nINCR\r\n$1\r\nn\r\n*1\r\n$4\r\nEXEC\r\n#TS:101\r\n*2\r\n$3\r\nDEL\r\n$1\r\nk\r\n";
         let mut r = &aof[..];
         let flow = c
-            .read(&mut r, BytesMut::new(), Path::new("x"), true, &CancellationToken::new())
+            .read(
+                &mut r,
+                BytesMut::new(),
+                Path::new("x"),
+                true,
+                &CancellationToken::new(),
+            )
             .unwrap();
         assert!(matches!(flow, Flow::Stop));
         drop(tx);

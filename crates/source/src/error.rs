@@ -30,7 +30,9 @@ pub enum SourceError {
     BacklogGone { addr: String, offset: u64 },
     #[error("{path}: {message}")]
     File { path: String, message: String },
-    #[error("{addr}: keyspace notifications, which the SCAN method follows writes with: {message}")]
+    #[error(
+        "{addr}: keyspace notifications, which the SCAN method follows writes with: {message}"
+    )]
     Notifications { addr: String, message: String },
     #[error("the pipeline behind the reader of {addr} stopped")]
     Downstream { addr: String },

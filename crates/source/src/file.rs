@@ -9,7 +9,7 @@
 
 use std::fs::File;
 use std::io::{BufReader, Read};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
 
@@ -95,7 +95,7 @@ impl<R: Read> Read for Counting<R> {
 }
 
 fn read_rdb_file(
-    path: &PathBuf,
+    path: &Path,
     opts: &FileOptions,
     tx: &mpsc::Sender<Event>,
     stats: &Arc<ShardStats>,

@@ -17,9 +17,9 @@ pub mod stats;
 
 pub use error::SourceError;
 pub use event::Event;
-pub use ratelimit::RateLimiter;
-pub use replica::{replicate, ReplicaOptions};
-pub use stats::{Phase, ShardStats};
 pub use file::{read_file, FileOptions};
 pub use node::read_node;
+pub use ratelimit::RateLimiter;
+pub use replica::{replicate, ReplicaOptions};
 pub use spec::{SourceMethod, SourceSpec};
+pub use stats::{Phase, ShardStats};

@@ -123,6 +123,9 @@ async fn scan_inner(
         })
         .await?;
         stats.set_phase(Phase::Snapshot);
+        for code in function_libraries(&mut conn).await? {
+            send(Event::Function { code }).await?;
+        }
         let mut version = None;
         let mut seen = HashSet::new();
         let mut keys = 0u64;
@@ -198,7 +201,7 @@ async fn scan_inner(
             let mut set = dirty.keys.lock().unwrap_or_else(|e| e.into_inner());
             set.drain().collect()
         };
-        changed.sort_unstable_by(|a, b| a.0.cmp(&b.0));
+        changed.sort_unstable_by_key(|k| k.0);
         for chunk in changed.chunks(BATCH) {
             let values = read_changed(&mut conn, chunk, &mut db_selected).await?;
             for ((db, key), value) in chunk.iter().zip(values) {
@@ -231,6 +234,29 @@ async fn scan_inner(
             }
         }
     }
+}
+
+/// The code of every function library (none before Redis 7, where `FUNCTION` is unknown).
+async fn function_libraries(conn: &mut Connection) -> Result<Vec<Bytes>, SourceError> {
+    let reply = conn.request_raw(&["FUNCTION", "LIST", "WITHCODE"]).await?;
+    let Frame::Array(libs) = reply else {
+        return Ok(Vec::new());
+    };
+    let mut out = Vec::new();
+    for lib in libs {
+        let Frame::Array(fields) = lib else { continue };
+        for pair in fields.chunks(2) {
+            if let [name, Frame::Bulk(code)] = pair {
+                if name
+                    .as_bytes()
+                    .is_some_and(|n| n.as_ref() == b"library_code")
+                {
+                    out.push(code.clone());
+                }
+            }
+        }
+    }
+    Ok(out)
 }
 
 fn now_ms() -> i64 {

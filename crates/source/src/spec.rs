@@ -113,15 +113,21 @@ impl fmt::Display for SourceMethod {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::path::Path;
 
     #[test]
     fn parses_sources() {
-        assert!(matches!("rdb:/a/dump.rdb".parse(), Ok(SourceSpec::Rdb(p)) if p == PathBuf::from("/a/dump.rdb")));
-        assert!(matches!("aof:dir".parse(), Ok(SourceSpec::Aof(p)) if p == PathBuf::from("dir")));
+        assert!(
+            matches!("rdb:/a/dump.rdb".parse(), Ok(SourceSpec::Rdb(p)) if p == Path::new("/a/dump.rdb"))
+        );
+        assert!(matches!("aof:dir".parse(), Ok(SourceSpec::Aof(p)) if p == Path::new("dir")));
         assert!(matches!("redis://h:1".parse(), Ok(SourceSpec::Redis(e)) if e.port == 1));
         assert!("rdb:".parse::<SourceSpec>().is_err());
         assert!("ftp://x".parse::<SourceSpec>().is_err());
-        assert_eq!("aof:/x".parse::<SourceSpec>().unwrap().to_string(), "aof:/x");
+        assert_eq!(
+            "aof:/x".parse::<SourceSpec>().unwrap().to_string(),
+            "aof:/x"
+        );
         assert_eq!("SCAN".parse::<SourceMethod>(), Ok(SourceMethod::Scan));
         assert!("dump".parse::<SourceMethod>().is_err());
     }

@@ -249,8 +249,13 @@ impl FileConfig {
             ));
         }
         let psync_command = over.psync_command.or(self.psync_command);
-        if psync_command.as_deref().is_some_and(|c| c.is_empty() || c.contains(char::is_whitespace)) {
-            return Err(ConfigError::Invalid("the PSYNC command name must be one word".into()));
+        if psync_command
+            .as_deref()
+            .is_some_and(|c| c.is_empty() || c.contains(char::is_whitespace))
+        {
+            return Err(ConfigError::Invalid(
+                "the PSYNC command name must be one word".into(),
+            ));
         }
         let rate_limit = match over.rate_limit_mb.or(self.rate_limit_mb) {
             Some(mb) if mb > 0.0 && mb.is_finite() => Some(mb * 1e6),

@@ -130,7 +130,8 @@ pub async fn run(
                     retry.on_progress();
                 }
                 // A file does not get better by reading it again.
-                if e.is_permanent() || (config.source.is_file() && matches!(e, JobError::Source(_))) {
+                if e.is_permanent() || (config.source.is_file() && matches!(e, JobError::Source(_)))
+                {
                     status.finish(JobState::Failed, Some(e.to_string()));
                     return Err(e);
                 }
