@@ -265,6 +265,43 @@ impl Commands<'_> {
         }
     }
 
+    /// Reads the annotation lines at the start of a file.
+    fn leading_annotations<R: BufRead>(
+        &mut self,
+        r: &mut R,
+        path: &Path,
+    ) -> Result<Flow, SourceError> {
+        loop {
+            let head = r
+                .fill_buf()
+                .map_err(|e| file_error(path, "read failed", e))?;
+            if head.first() != Some(&b'#') {
+                return Ok(Flow::Next);
+            }
+            let mut line = Vec::new();
+            r.read_until(b'\n', &mut line)
+                .map_err(|e| file_error(path, "read failed", e))?;
+            self.offset += line.len() as u64;
+            if self.past_until(&line, path) {
+                return Ok(Flow::Stop);
+            }
+        }
+    }
+
+    /// Whether `line` is a timestamp annotation later than `--aof-until`.
+    fn past_until(&mut self, line: &[u8], path: &Path) -> bool {
+        match (timestamp(line), self.until) {
+            (Some(ts), Some(until)) if ts > until => {
+                info!(file = %path.display(), annotation = ts, until, "stopping at the AOF timestamp annotation");
+                if self.multi.take().is_some() {
+                    warn!("a transaction cut by --aof-until was dropped");
+                }
+                true
+            }
+            _ => false,
+        }
+    }
+
     /// Handles every whole command and annotation in `buf`.
     fn drain(&mut self, buf: &mut BytesMut, path: &Path) -> Result<Flow, SourceError> {
         loop {
@@ -274,14 +311,8 @@ impl Commands<'_> {
                 };
                 let line = buf.split_to(nl + 1);
                 self.offset += line.len() as u64;
-                if let (Some(ts), Some(until)) = (timestamp(&line), self.until) {
-                    if ts > until {
-                        info!(file = %path.display(), annotation = ts, until, "stopping at the AOF timestamp annotation");
-                        if self.multi.take().is_some() {
-                            warn!("a transaction cut by --aof-until was dropped");
-                        }
-                        return Ok(Flow::Stop);
-                    }
+                if self.past_until(&line, path) {
+                    return Ok(Flow::Stop);
                 }
                 continue;
             }
@@ -408,6 +439,17 @@ pub(crate) fn read_aof(
             },
         );
         let last = i + 1 == files.len();
+        // A rewrite may put a `#TS:` annotation before the base's RDB preamble.
+        if let Flow::Stop = cmds.leading_annotations(&mut reader, file)? {
+            if i == 0 {
+                tx.blocking_send(Event::SnapshotEnd {
+                    rdb_version: 0,
+                    keys: 0,
+                })
+                .map_err(|_| SourceError::Downstream { addr: name.clone() })?;
+            }
+            break;
+        }
         let head = reader
             .fill_buf()
             .map_err(|e| file_error(file, "read failed", e))?;
@@ -509,5 +551,41 @@ mod tests {
         }
         assert_eq!(names, ["SET", "MULTI", "INCR", "EXEC"]);
         assert_eq!(timestamp(b"#TS:1700000000\r\n"), Some(1_700_000_000));
+    }
+
+    fn read_file_until(until: i64) -> Vec<String> {
+        let path =
+            std::env::temp_dir().join(format!("ferry-aof-{}-{until}.aof", std::process::id()));
+        std::fs::write(
+            &path,
+            b"#TS:10\r\n*3\r\n$3\r\nSET\r\n$1\r\na\r\n$1\r\n1\r\n#TS:20\r\n*3\r\n$3\r\nSET\r\n$1\r\nb\r\n$1\r\n2\r\n",
+        )
+        .unwrap();
+        let (tx, mut rx) = mpsc::channel(100);
+        let opts = FileOptions {
+            big_values: None,
+            aof_until: Some(until),
+        };
+        let stats = Arc::new(ShardStats::default());
+        read_aof(&path, &opts, &tx, &stats, &CancellationToken::new()).unwrap();
+        drop(tx);
+        let _ = std::fs::remove_file(&path);
+        let mut out = Vec::new();
+        while let Ok(ev) = rx.try_recv() {
+            out.push(match ev {
+                Event::Command { argv, .. } => String::from_utf8_lossy(&argv[1]).into_owned(),
+                Event::SnapshotBegin { .. } => "begin".into(),
+                Event::SnapshotEnd { .. } => "end".into(),
+                other => format!("{other:?}"),
+            });
+        }
+        out
+    }
+
+    #[test]
+    fn stops_at_leading_and_later_annotations() {
+        assert_eq!(read_file_until(5), ["begin", "end"]);
+        assert_eq!(read_file_until(15), ["begin", "end", "a"]);
+        assert_eq!(read_file_until(25), ["begin", "end", "a", "b"]);
     }
 }
