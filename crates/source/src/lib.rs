@@ -1,6 +1,8 @@
-//! Sources: where events come from. Today, one Redis node read as its replica
-//! ([`replica::replicate`]); the events it yields ([`Event`]) are the one type every later
-//! stage (filters, writers) consumes.
+//! Sources: where events come from. A Redis node read as its replica
+//! ([`replica::replicate`]) or, where it refuses `PSYNC`, by `SCAN` and keyspace
+//! notifications ([`scan::scan`]), chosen by [`read_node`]; or files a Redis wrote, an RDB
+//! or an AOF ([`read_file`]). The events they yield ([`Event`]) are the one type every
+//! later stage (filters, writers) consumes.
 
 mod aof;
 pub mod error;
