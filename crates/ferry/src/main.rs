@@ -65,7 +65,8 @@ struct SyncArgs {
     /// Job settings in TOML (source, target, mode, overwrite); flags override them.
     #[arg(long)]
     config: Option<PathBuf>,
-    /// Source node: redis://[user:pass@]host:port (user and password percent-encoded).
+    /// Source node: redis://[user:pass@]host:port (user and password percent-encoded);
+    /// or files a Redis wrote: rdb:/path/dump.rdb, aof:/path/appendonlydir.
     #[arg(long, env = "FERRY_SOURCE")]
     source: Option<String>,
     /// Source topology: auto (default), standalone, replica-set, cluster or sentinel.
@@ -82,6 +83,16 @@ struct SyncArgs {
     /// masters carry no load.
     #[arg(long, value_parser = ["on", "off"])]
     use_replica: Option<String>,
+    /// How a live source is read: psync (as its replica), scan (SCAN + keyspace
+    /// notifications, for sources that refuse PSYNC), auto (psync, scan if refused).
+    #[arg(long, value_parser = ["psync", "scan", "auto"])]
+    source_method: Option<String>,
+    /// The name PSYNC goes by on the source, where a provider renamed it.
+    #[arg(long, value_name = "NAME")]
+    psync_command: Option<String>,
+    /// AOF source: stop at the first timestamp annotation (#TS:) later than this.
+    #[arg(long, value_name = "UNIX_SECONDS")]
+    aof_until: Option<i64>,
     /// Target node: redis://[user:pass@]host:port.
     #[arg(long, env = "FERRY_TARGET")]
     target: Option<String>,
@@ -243,6 +254,9 @@ pub(crate) fn job_file(args: &SyncArgs) -> anyhow::Result<(FileConfig, FileConfi
         big_key_threshold: args.big_key_threshold,
         big_key_elements: args.big_key_elements,
         skip_unsupported: args.skip_unsupported.then_some(true),
+        source_method: args.source_method.clone(),
+        psync_command: args.psync_command.clone(),
+        aof_until: args.aof_until,
         ..Default::default()
     });
     Ok((file, flags))

@@ -154,7 +154,10 @@ fn psync_renamed_is_a_clear_error() {
         .arg_values("rename-command", &["PSYNC", ""])
         .start();
     let target = Server::start();
-    let mut ferry = Ferry::sync(&source.url(), &target.url(), &full_no_retry());
+    // (The default method, auto, falls back to SCAN here: see tests/sources.rs.)
+    let mut args = full_no_retry();
+    args.extend_from_slice(&["--source-method", "psync"]);
+    let mut ferry = Ferry::sync(&source.url(), &target.url(), &args);
     assert!(!ferry.wait(LONG).success());
     let out = ferry.output();
     assert!(out.contains("refused replication (PSYNC)"), "{out}");

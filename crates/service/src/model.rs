@@ -288,7 +288,7 @@ mod tests {
     #[test]
     fn config_round_trips_credentials() {
         let c = spec().config().unwrap();
-        assert_eq!(c.source.password.as_deref(), Some("it's@:/"));
+        assert_eq!(c.source_seeds[0].password.as_deref(), Some("it's@:/"));
         assert_eq!(c.target.username.as_deref(), Some("u"));
         assert_eq!(c.rate_limit, Some(5e6));
     }

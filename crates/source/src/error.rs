@@ -6,7 +6,7 @@ use ferry_rdb::RdbError;
 pub enum SourceError {
     #[error(transparent)]
     Node(#[from] ferry_resp::Error),
-    #[error("{addr}: the source refused replication ({command}): {message}")]
+    #[error("{addr}: the source refused replication ({command}): {message}; if the provider renamed PSYNC pass --psync-command NAME, otherwise --source-method scan (or auto) copies without PSYNC")]
     PsyncRefused {
         addr: String,
         command: String,
@@ -28,6 +28,12 @@ pub enum SourceError {
     Protocol { addr: String, message: String },
     #[error("{addr}: the source no longer holds its stream from offset {offset} (backlog too small or restarted) and offers only a new snapshot, which incremental mode does not apply; run full+incremental to copy it")]
     BacklogGone { addr: String, offset: u64 },
+    #[error("{path}: {message}")]
+    File { path: String, message: String },
+    #[error(
+        "{addr}: keyspace notifications, which the SCAN method follows writes with: {message}"
+    )]
+    Notifications { addr: String, message: String },
     #[error("the pipeline behind the reader of {addr} stopped")]
     Downstream { addr: String },
 }

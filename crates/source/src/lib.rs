@@ -1,20 +1,31 @@
-//! Sources: where events come from. Today, one Redis node read as its replica
-//! ([`replica::replicate`]); the events it yields ([`Event`]) are the one type every later
-//! stage (filters, writers) consumes.
+//! Sources: where events come from. A Redis node read as its replica
+//! ([`replica::replicate`]) or, where it refuses `PSYNC`, by `SCAN` and keyspace
+//! notifications ([`scan::scan`]), chosen by [`read_node`]; or files a Redis wrote, an RDB
+//! or an AOF ([`read_file`]). The events they yield ([`Event`]) are the one type every
+//! later stage (filters, writers) consumes.
 
+mod aof;
 pub mod error;
 pub mod event;
+pub mod file;
 pub mod filter;
+pub mod node;
 pub mod pipe;
 pub mod ratelimit;
+mod rdb_events;
 pub mod replica;
+pub mod scan;
+pub mod spec;
 pub mod stats;
 pub mod topology;
 
 pub use error::SourceError;
 pub use event::Event;
+pub use file::{read_file, FileOptions};
 pub use filter::{Filter, FilterError, FilterRules};
+pub use node::read_node;
 pub use ratelimit::RateLimiter;
 pub use replica::{replicate, ReplicaOptions};
+pub use spec::{SourceMethod, SourceSpec};
 pub use stats::{Phase, ShardStats};
 pub use topology::{discover, Shard, SourceType};

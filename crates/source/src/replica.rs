@@ -13,7 +13,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::{Buf, Bytes, BytesMut};
-use ferry_rdb::{Item, Parser};
+use ferry_rdb::Parser;
 use ferry_resp::{frame, Connection, Endpoint, Frame};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::io::{ReadHalf, WriteHalf};
@@ -26,6 +26,7 @@ use crate::event::Event;
 use crate::filter::{Filter, Verdict};
 use crate::pipe::ChannelReader;
 use crate::ratelimit::RateLimiter;
+use crate::rdb_events::send_rdb_events;
 use crate::stats::{Phase, ShardStats};
 
 /// What to ask the source for.
@@ -62,6 +63,8 @@ pub struct ReplicaOptions {
     /// Keys, databases and commands to leave out (see [`crate::filter`]); applied here,
     /// before events leave the reader, to the snapshot and the stream alike.
     pub filter: Option<Arc<Filter>>,
+    /// The name `PSYNC` goes by on this source (a provider may rename it).
+    pub psync_command: String,
 }
 
 impl ReplicaOptions {
@@ -80,6 +83,7 @@ impl ReplicaOptions {
             refuse_full_resync: false,
             big_values: Some(ferry_rdb::BigValues::default()),
             filter: None,
+            psync_command: "PSYNC".into(),
         }
     }
 }
@@ -131,11 +135,11 @@ async fn replicate_inner(
 
     let psync_args = match &opts.resume {
         Some((replid, offset)) => vec![
-            "PSYNC".to_string(),
+            opts.psync_command.clone(),
             replid.clone(),
             (offset + 1).to_string(),
         ],
-        None => vec!["PSYNC".into(), "?".into(), "-1".into()],
+        None => vec![opts.psync_command.clone(), "?".into(), "-1".into()],
     };
     conn.send(&psync_args).await?;
     stats.set_phase(Phase::WaitingForSnapshot);
@@ -329,6 +333,16 @@ async fn read_psync_reply(conn: &mut Connection) -> Result<PsyncReply, SourceErr
     let addr = conn.addr().to_string();
     let frame = loop {
         skip_newlines(conn.buffer());
+        if conn.buffer().first() == Some(&b'$') {
+            // A renamed PSYNC runs as the old SYNC (Redis tells them apart by the name
+            // called): the RDB transfer comes at once, with no replid or offset. Offsets
+            // count from 0 under a made-up replid; a restart takes a new snapshot.
+            warn!(source = %addr, "the source answered as to SYNC (PSYNC renamed?): full copy without a resumable position");
+            return Ok(PsyncReply::FullResync {
+                replid: "sync".into(),
+                offset: 0,
+            });
+        }
         match frame::parse(conn.buffer()) {
             Ok(Some((f, _))) => break f,
             Ok(None) => {
@@ -641,9 +655,6 @@ impl Drop for AbortOnDropT {
     }
 }
 
-/// Most events waiting in the queue before the parser sends a big value's next chunk.
-const BIG_CHUNKS_QUEUED: usize = 16;
-
 /// The parser thread: RDB items → events.
 fn parse_rdb(
     rx: mpsc::Receiver<Bytes>,
@@ -654,77 +665,17 @@ fn parse_rdb(
     big_values: Option<ferry_rdb::BigValues>,
     filter: Option<Arc<Filter>>,
 ) -> Result<ParseDone, SourceError> {
-    let mut in_dropped_big = false;
     let mut parser = Parser::new(ChannelReader::new(rx));
     parser.set_big_values(big_values);
-    let rdb_err = |source| SourceError::Rdb {
-        addr: addr.clone(),
-        source,
-    };
-    let downstream = || SourceError::Downstream { addr: addr.clone() };
-    let mut keys = 0u64;
-    let mut header_sent = false;
-    while let Some(item) = parser.next_item().map_err(rdb_err)? {
-        if !header_sent {
-            header_sent = true;
-            let rdb_version = parser.rdb_version().unwrap_or(0) as u16;
-            tx.blocking_send(Event::SnapshotHeader { rdb_version })
-                .map_err(|_| downstream())?;
-        }
-        let ev = match item {
-            Item::Entry(e) => {
-                keys += 1;
-                stats.keys_read.fetch_add(1, Relaxed);
-                stats.records_read.fetch_add(1, Relaxed);
-                if skip_entries {
-                    continue;
-                }
-                Event::Entry(e)
-            }
-            Item::BigEntryStart(e) => {
-                keys += 1;
-                stats.keys_read.fetch_add(1, Relaxed);
-                stats.records_read.fetch_add(1, Relaxed);
-                if skip_entries {
-                    continue;
-                }
-                Event::BigEntryStart(e)
-            }
-            Item::BigEntryChunk { .. } | Item::BigEntryEnd { .. } if skip_entries => continue,
-            Item::BigEntryChunk { payload } => {
-                // The event queue is bounded in events, not bytes: let only a few chunks
-                // (each up to a megabyte) wait, so a giant value never sits in memory.
-                while tx.max_capacity() - tx.capacity() > BIG_CHUNKS_QUEUED && !tx.is_closed() {
-                    std::thread::sleep(std::time::Duration::from_millis(1));
-                }
-                Event::BigEntryChunk { payload }
-            }
-            Item::BigEntryEnd { payload } => Event::BigEntryEnd { payload },
-            Item::Function { code } => Event::Function { code },
-            Item::Aux { key, value } if key.as_ref() == b"lua" => Event::Script { body: value },
-            Item::Aux { key, value } => {
-                debug!(source = %addr, key = %String::from_utf8_lossy(&key), value = %String::from_utf8_lossy(&value), "RDB aux");
-                continue;
-            }
-            Item::ModuleAux { module_id, .. } => {
-                warn!(source = %addr, module_id, "module aux data in the snapshot is not carried");
-                continue;
-            }
-            _ => continue,
-        };
-        let ev = match &filter {
-            Some(f) => match f.apply(ev, &stats, &mut in_dropped_big) {
-                Verdict::Keep(ev) => ev,
-                Verdict::Drop => continue,
-            },
-            None => ev,
-        };
-        tx.blocking_send(ev).map_err(|_| downstream())?;
-    }
-    let rdb_version = parser.rdb_version().unwrap_or(0) as u16;
+    send_rdb_events(
+        &mut parser,
+        &tx,
+        &stats,
+        skip_entries,
+        &addr,
+        filter.as_deref(),
+    )?;
     let rdb_len = parser.offset();
-    tx.blocking_send(Event::SnapshotEnd { rdb_version, keys })
-        .map_err(|_| downstream())?;
     let (reader, buffered) = parser.into_parts();
     let mut leftover = Vec::new();
     if !buffered.is_empty() {

@@ -6,6 +6,7 @@ use std::str::FromStr;
 use std::time::Duration;
 
 use ferry_resp::Endpoint;
+use ferry_source::{SourceMethod, SourceSpec};
 use serde::Deserialize;
 
 use crate::retry::{RetryPolicy, Window};
@@ -90,15 +91,22 @@ impl fmt::Display for Mode {
 pub struct JobConfig {
     /// Names the job's checkpoint on the target; a re-run with the same name resumes.
     pub name: String,
-    /// The first source address (see `source_seeds` for all of them).
-    pub source: Endpoint,
-    /// Every source address given: any one that answers is enough to discover the rest.
+    /// A Redis deployment, or files a Redis wrote (`rdb:PATH`, `aof:PATH`).
+    pub source: SourceSpec,
+    /// Every source address given (none for files): any one that answers is enough to
+    /// discover the rest.
     pub source_seeds: Vec<Endpoint>,
     pub source_type: SourceType,
     /// Sentinel's name of the master (sentinel sources).
     pub source_master: Option<String>,
     /// Read each shard from a healthy replica when one exists, so masters carry no load.
     pub use_replica: bool,
+    /// How a live source is read: PSYNC, SCAN, or PSYNC falling back to SCAN.
+    pub source_method: SourceMethod,
+    /// The name PSYNC goes by on the source, where a provider renamed it.
+    pub psync_command: Option<String>,
+    /// AOF source: stop at the first `#TS:` annotation later than this (unix seconds).
+    pub aof_until: Option<i64>,
     pub target: Endpoint,
     pub mode: Mode,
     /// Replace keys and function libraries that already exist on the target.
@@ -243,6 +251,10 @@ pub struct FileConfig {
     pub source_tls: TlsConfig,
     #[serde(default)]
     pub target_tls: TlsConfig,
+    /// "psync", "scan" or "auto" (default).
+    pub source_method: Option<String>,
+    pub psync_command: Option<String>,
+    pub aof_until: Option<i64>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -282,11 +294,19 @@ impl FileConfig {
                 .map_err(|e| ConfigError::Invalid(format!("{what}: {e}")))
         };
         let source_tls = over.source_tls.or(self.source_tls);
-        let mut source_seeds = parse_seeds(&source)?;
-        for ep in &mut source_seeds {
-            source_tls.clone().apply("source", ep)?;
-        }
-        let source = source_seeds[0].clone();
+        let source_is_file = source.starts_with("rdb:") || source.starts_with("aof:");
+        let (source, source_seeds) = if source_is_file {
+            let spec: SourceSpec = source
+                .parse()
+                .map_err(|e| ConfigError::Invalid(format!("source: {e}")))?;
+            (spec, Vec::new())
+        } else {
+            let mut seeds = parse_seeds(&source)?;
+            for ep in &mut seeds {
+                source_tls.clone().apply("source", ep)?;
+            }
+            (SourceSpec::Redis(seeds[0].clone()), seeds)
+        };
         let source_type: SourceType = match over.source_type.or(self.source_type) {
             Some(t) => t.parse().map_err(ConfigError::Invalid)?,
             None => SourceType::Auto,
@@ -301,6 +321,30 @@ impl FileConfig {
         over.target_tls
             .or(self.target_tls)
             .apply("target", &mut target)?;
+        if source.is_file() && mode == Mode::Incremental {
+            return Err(ConfigError::Invalid(format!(
+                "source {source} is a file: it is copied whole (mode full), not incrementally"
+            )));
+        }
+        let source_method = match over.source_method.or(self.source_method) {
+            Some(m) => m.parse().map_err(ConfigError::Invalid)?,
+            None => SourceMethod::default(),
+        };
+        let aof_until = over.aof_until.or(self.aof_until);
+        if aof_until.is_some() && !matches!(source, SourceSpec::Aof(_)) {
+            return Err(ConfigError::Invalid(
+                "--aof-until applies to an aof: source".into(),
+            ));
+        }
+        let psync_command = over.psync_command.or(self.psync_command);
+        if psync_command
+            .as_deref()
+            .is_some_and(|c| c.is_empty() || c.contains(char::is_whitespace))
+        {
+            return Err(ConfigError::Invalid(
+                "the PSYNC command name must be one word".into(),
+            ));
+        }
         let rate_limit = match over.rate_limit_mb.or(self.rate_limit_mb) {
             Some(mb) if mb > 0.0 && mb.is_finite() => Some(mb * 1e6),
             Some(mb) => {
@@ -315,7 +359,10 @@ impl FileConfig {
                 .map_err(|e| ConfigError::Invalid(format!("source timeout {t:?}: {e}")))?,
             None => Duration::from_secs(60),
         };
-        let name = over.name.or(self.name).unwrap_or_else(|| source.addr());
+        let name = over
+            .name
+            .or(self.name)
+            .unwrap_or_else(|| source.default_name());
         if name.is_empty() || name.chars().any(|c| c.is_whitespace() || c.is_control()) {
             return Err(ConfigError::Invalid(format!(
                 "job name {name:?} must be non-empty, without spaces"
@@ -329,6 +376,9 @@ impl FileConfig {
             use_replica: over.use_replica.or(self.use_replica).unwrap_or(true),
             target,
             source,
+            source_method,
+            psync_command,
+            aof_until,
             mode,
             overwrite: over.overwrite.or(self.overwrite).unwrap_or(false),
             checkpoint: over.checkpoint.or(self.checkpoint).unwrap_or(true),
@@ -364,7 +414,10 @@ mod tests {
             })
             .unwrap();
         assert_eq!(job.mode, Mode::Incremental);
-        assert_eq!(job.source.password.as_deref(), Some("it's"));
+        assert_eq!(
+            job.source.endpoint().and_then(|e| e.password.as_deref()),
+            Some("it's")
+        );
         assert_eq!(job.target.port, 2);
         assert!(!job.overwrite);
         assert!(job.checkpoint);

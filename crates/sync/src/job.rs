@@ -9,7 +9,10 @@ use std::time::Duration;
 use std::collections::HashSet;
 
 use ferry_resp::Endpoint;
-use ferry_source::{discover, Phase, RateLimiter, ReplicaOptions, ShardStats, SourceError};
+use ferry_source::{
+    discover, Phase, RateLimiter, ReplicaOptions, Shard, ShardStats, SourceError, SourceSpec,
+    SourceType,
+};
 use ferry_target::checkpoint::{self, Checkpoint};
 use ferry_target::{TargetError, WriterOptions};
 use jiff::Timestamp;
@@ -131,7 +134,9 @@ pub async fn run(
                 if progressed {
                     retry.on_progress();
                 }
-                if e.is_permanent() {
+                // A file does not get better by reading it again.
+                if e.is_permanent() || (config.source.is_file() && matches!(e, JobError::Source(_)))
+                {
                     status.finish(JobState::Failed, Some(e.to_string()));
                     return Err(e);
                 }
@@ -185,12 +190,26 @@ async fn attempt_all(
     cancel: &CancellationToken,
 ) -> Result<JobOutcome, JobError> {
     status.stats.set_phase(Phase::Connecting);
-    let (kind, shards) = discover(
-        &config.source_seeds,
-        config.source_type,
-        config.source_master.as_deref(),
-    )
-    .await?;
+    let (kind, shards) = match &config.source {
+        // Files are one shard; their reader takes no node.
+        SourceSpec::Rdb(_) | SourceSpec::Aof(_) => (
+            SourceType::Standalone,
+            vec![Shard {
+                id: "0".into(),
+                master: Endpoint::new("file", 0),
+                replicas: Vec::new(),
+                slots: Vec::new(),
+            }],
+        ),
+        SourceSpec::Redis(_) => {
+            discover(
+                &config.source_seeds,
+                config.source_type,
+                config.source_master.as_deref(),
+            )
+            .await?
+        }
+    };
     let plan: Vec<String> = shards
         .iter()
         .map(|s| format!("{} via {}", s.id, s.reader_node(config.use_replica)))
@@ -329,12 +348,18 @@ async fn attempt_shard(
         None => None,
     };
     let mut ropts = ReplicaOptions::new(node.clone());
+    if let Some(name) = &config.psync_command {
+        ropts.psync_command = name.clone();
+    }
     ropts.rate_limit = limiter;
     ropts.read_timeout = config.source_timeout;
     // Whatever this job applied before (a checkpoint says so, or an earlier attempt) must
     // not outlive a new snapshot: the target is flushed before one.
     let mut flush = saved.is_some() || applied_before;
     match (config.mode, &saved) {
+        // Files and SCAN have no offsets to resume from: a restart reads everything
+        // again, after the flush.
+        _ if config.source.is_file() => ropts.stop_after_snapshot = true,
         (Mode::Full, _) => ropts.stop_after_snapshot = true,
         (_, Some(Checkpoint::Stream { replid, offset, db })) => {
             info!(%replid, offset, db, "resuming from the checkpoint");
@@ -385,7 +410,8 @@ async fn attempt_shard(
         stats.clone(),
         writer_cancel.clone(),
     ));
-    let mut reader = tokio::spawn(ferry_source::replicate(
+    let mut reader = tokio::spawn(crate::source::read(
+        config.clone(),
         ropts,
         tx,
         stats.clone(),
@@ -410,7 +436,8 @@ async fn attempt_shard(
     // writer failure makes the reader's sends fail: the writer's error is the cause.
     let summary = written?;
     read?;
-    let completed = config.mode == Mode::Full && !cancel.is_cancelled();
+    let completed =
+        (config.mode == Mode::Full || config.source.is_file()) && !cancel.is_cancelled();
     if completed {
         stats.set_phase(Phase::Done);
         info!(shard = shard_id, keys = summary.keys, "full sync complete");

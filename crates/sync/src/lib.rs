@@ -7,6 +7,7 @@ pub mod job;
 pub mod precheck;
 pub mod retry;
 pub mod scope;
+mod source;
 pub mod status;
 
 pub use config::{FileConfig, JobConfig, Mode, RetryConfig};

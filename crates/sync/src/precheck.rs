@@ -141,20 +141,45 @@ fn unreachable(name: String, e: &ferry_resp::Error) -> Check {
     Check::fail(name, e.to_string(), fix)
 }
 
+/// A source read from files: the files must be there; the target is checked as usual.
+async fn file_source_checks(config: &JobConfig) -> Vec<Check> {
+    let mut checks = Vec::new();
+    let path = match &config.source {
+        ferry_source::SourceSpec::Rdb(p) | ferry_source::SourceSpec::Aof(p) => p.clone(),
+        ferry_source::SourceSpec::Redis(_) => return checks,
+    };
+    checks.push(if path.exists() {
+        Check::pass("source files", format!("{} is there", config.source))
+    } else {
+        Check::fail(
+            "source files",
+            format!("{} does not exist", path.display()),
+            "give the path of the RDB file or the AOF directory",
+        )
+    });
+    let (dst_check, target) = reach("target", &config.target).await;
+    checks.push(dst_check);
+    if let Some(mut target) = target {
+        checks.push(target_role(&target));
+        checks.push(target_empty(&mut target, config.overwrite).await);
+    }
+    checks
+}
+
 /// Runs every check; never fails itself — what cannot be checked is a warning.
 pub async fn precheck(config: &JobConfig) -> Vec<Check> {
     let mut checks = Vec::new();
-    let (src_check, source) = reach("source", &config.source).await;
+    let Some(source_ep) = config.source.endpoint() else {
+        return file_source_checks(config).await;
+    };
+    let (src_check, source) = reach("source", source_ep).await;
     let (dst_check, target) = reach("target", &config.target).await;
     checks.push(src_check);
     checks.push(dst_check);
-    if config.source.host == config.target.host && config.source.port == config.target.port {
+    if source_ep.host == config.target.host && source_ep.port == config.target.port {
         checks.push(Check::fail(
             "source and target differ",
-            format!(
-                "source and target are the same node {}",
-                config.source.addr()
-            ),
+            format!("source and target are the same node {}", source_ep.addr()),
             "give a different target",
         ));
     }
@@ -162,7 +187,7 @@ pub async fn precheck(config: &JobConfig) -> Vec<Check> {
         return checks;
     };
     checks.push(versions(&source, &target));
-    checks.extend(psync_allowed(&mut source, &config.source).await);
+    checks.extend(psync_allowed(&mut source, source_ep).await);
     checks.push(target_role(&target));
     checks.push(target_empty(&mut target, config.overwrite).await);
     checks.push(databases(&source, &mut target).await);

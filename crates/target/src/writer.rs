@@ -415,7 +415,8 @@ impl Encoder {
             }
             Event::Function { code } => {
                 let mut args: Vec<&[u8]> = vec![b"FUNCTION", b"LOAD"];
-                if self.overwrite {
+                // FLUSHALL keeps libraries: a snapshot taken again replaces its own.
+                if self.overwrite || self.flush_before_snapshot {
                     args.push(b"REPLACE");
                 }
                 args.push(&code);
