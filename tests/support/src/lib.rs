@@ -8,12 +8,16 @@
 //! and compares servers with `DEBUG DIGEST` / `DEBUG DIGEST-VALUE`.
 
 mod client;
+pub mod cluster;
 mod data;
 pub mod proxy;
 mod server;
 pub mod versions;
 
 pub use client::{escape_bytes, read_reply, Client, Reply, DEFAULT_IO_TIMEOUT};
+pub use cluster::{
+    assert_same_data_cluster, populate_db0, wait_same_data_cluster, Cluster, DataSide,
+};
 pub use data::{
     assert_same_data, populate_every_type, same_data, wait_same_data, PTTL_TOLERANCE_MS,
 };
