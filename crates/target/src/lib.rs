@@ -2,13 +2,16 @@
 //! through one pipelined connection ([`writer::write`]).
 
 pub mod checkpoint;
+pub mod cluster;
 pub mod compat;
 pub mod error;
 pub mod rewrite;
+pub mod slot;
 pub mod version;
 pub mod writer;
 
 pub use checkpoint::Checkpoint;
+pub use cluster::{delete_cluster_checkpoint, is_cluster, load_cluster_checkpoint, write_cluster};
 pub use error::TargetError;
 pub use version::ServerVersion;
 pub use writer::{write, WriteSummary, WriterOptions};
