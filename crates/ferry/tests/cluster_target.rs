@@ -10,9 +10,7 @@ use std::thread;
 use std::time::{Duration, Instant};
 
 use common::{wait_until, Ferry};
-use ferry_testkit::{
-    assert_same_data_cluster, populate_db0, Cluster, Server,
-};
+use ferry_testkit::{assert_same_data_cluster, populate_db0, Cluster, Server};
 
 const LONG: Duration = Duration::from_secs(90);
 const NAME: &str = "cluster-test";
@@ -64,7 +62,10 @@ impl Churn {
 
     fn stop(mut self) -> u64 {
         self.stop.store(true, Ordering::Relaxed);
-        self.handle.take().map(|h| h.join().expect("churn")).unwrap_or(0)
+        self.handle
+            .take()
+            .map(|h| h.join().expect("churn"))
+            .unwrap_or(0)
     }
 }
 
@@ -171,7 +172,11 @@ fn standalone_to_cluster_full_and_incremental_with_churn_then_resume() {
     wait_caught_up(&source, &cluster, LONG);
     assert_exact(&source, &cluster);
     assert!(ferry.signal("INT").success(), "{}", ferry.output());
-    assert!(ferry.output().contains("spanning slots"), "{}", ferry.output());
+    assert!(
+        ferry.output().contains("spanning slots"),
+        "{}",
+        ferry.output()
+    );
 
     // Resume from the checkpoints: no new snapshot, nothing doubled.
     let churn = Churn::start(&source);
@@ -218,10 +223,17 @@ fn target_resharding_mid_sync() {
     assert_exact(&source, &cluster);
     assert_eq!(owner_index(&cluster, slot), to);
     assert!(ferry.signal("INT").success(), "{}", ferry.output());
+    assert!(
+        ferry.output().contains("slot map refreshed after MOVED"),
+        "{}",
+        ferry.output()
+    );
 }
 
 fn owner_index(cluster: &Cluster, slot: u16) -> usize {
-    let r = cluster.node(cluster.master_indices()[0]).cmd(&["CLUSTER", "SLOTS"]);
+    let r = cluster
+        .node(cluster.master_indices()[0])
+        .cmd(&["CLUSTER", "SLOTS"]);
     for range in r.as_array() {
         let range = range.as_array();
         if range[0].as_int() <= slot as i64 && slot as i64 <= range[1].as_int() {
@@ -248,6 +260,11 @@ fn target_master_fails_over_mid_stream() {
     wait_caught_up(&source, &cluster, LONG);
     assert_exact(&source, &cluster);
     assert!(ferry.signal("INT").success(), "{}", ferry.output());
+    assert!(
+        ferry.output().contains("slot map refreshed"),
+        "{}",
+        ferry.output()
+    );
 }
 
 #[test]
@@ -266,6 +283,11 @@ fn target_master_killed_mid_stream() {
     wait_caught_up(&source, &cluster, LONG);
     assert_exact(&source, &cluster);
     assert!(ferry.signal("INT").success(), "{}", ferry.output());
+    assert!(
+        ferry.output().contains("lost a target master"),
+        "{}",
+        ferry.output()
+    );
 }
 
 #[test]
@@ -312,7 +334,12 @@ fn cross_slot_msetnx_is_a_clear_error() {
     let mut ferry = sync(
         &source,
         &cluster,
-        &["--retry-connection-limit", "0s", "--retry-other-limit", "0s"],
+        &[
+            "--retry-connection-limit",
+            "0s",
+            "--retry-other-limit",
+            "0s",
+        ],
     );
     ferry.wait_for_output("snapshot applied", LONG);
     source.cmd(&["MSETNX", "a", "1", "b", "2"]);
@@ -343,9 +370,9 @@ fn data_outside_db0_without_mapping_is_a_clear_error() {
     let status = ferry.wait(LONG);
     assert!(!status.success(), "{}", ferry.output());
     assert!(
-        ferry
-            .output()
-            .contains("source data in db 3: a cluster target has only db 0; map it with --db-map 3:0"),
+        ferry.output().contains(
+            "source data in db 3: a cluster target has only db 0; map it with --db-map 3:0"
+        ),
         "{}",
         ferry.output()
     );

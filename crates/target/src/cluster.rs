@@ -477,12 +477,21 @@ pub async fn write_cluster(
         streaming: false,
         summary: WriteSummary::default(),
         compat,
+        moved: 0,
+        asked: 0,
     };
     let result = w.run(&mut rx, &cancel).await;
     if w.summary.cross_slot_transactions > 0 {
         info!(
             count = w.summary.cross_slot_transactions,
             "source transactions spanning slots were applied as one transaction per slot"
+        );
+    }
+    if w.moved > 0 || w.asked > 0 {
+        info!(
+            moved = w.moved,
+            ask_or_tryagain = w.asked,
+            "requests resent after the target redirected them"
         );
     }
     if w.compat.rewritten > 0 || w.compat.skipped > 0 {
@@ -530,6 +539,9 @@ struct ClusterWriter {
     streaming: bool,
     summary: WriteSummary,
     compat: Compat,
+    /// Units resent after `MOVED` / after `ASK`, `TRYAGAIN`, `CLUSTERDOWN`.
+    moved: u64,
+    asked: u64,
 }
 
 impl ClusterWriter {
@@ -1194,10 +1206,12 @@ impl ClusterWriter {
                             let message = match &r {
                                 Refusal::Moved(m) => {
                                     refresh = true;
+                                    self.moved += 1;
                                     m
                                 }
                                 Refusal::Later(m) => {
                                     later = true;
+                                    self.asked += 1;
                                     m
                                 }
                             };
@@ -1296,6 +1310,10 @@ impl ClusterWriter {
         candidates.push(self.seed.clone());
         let map = slot::fetch_any(&candidates).await?;
         if map.unassigned() == 0 {
+            info!(
+                masters = map.masters.len(),
+                "slot map refreshed after MOVED"
+            );
             self.map = map;
         }
         Ok(())
