@@ -221,6 +221,9 @@ struct Flight {
     weight: usize,
 }
 
+/// A transaction being built: its bytes, expectations, queued names, and the unit's figures.
+type OpenTxn = (BytesMut, Vec<Expect>, Vec<(Bytes, bool)>, Unit);
+
 struct NodeBatch {
     id: u64,
     bytes: Vec<Bytes>,
@@ -675,7 +678,7 @@ impl ClusterWriter {
             .checkpoint_key
             .as_ref()
             .map(|k| slot_checkpoint_key(k, slot));
-        let mut txn: Option<(BytesMut, Vec<Expect>, Vec<(Bytes, bool)>, Unit)> = None;
+        let mut txn: Option<OpenTxn> = None;
         let mut last = (0u64, 0u32);
         for item in items {
             match item {
@@ -749,12 +752,7 @@ impl ClusterWriter {
 
     fn close_txn(
         &self,
-        (mut buf, mut expects, mut names, mut unit): (
-            BytesMut,
-            Vec<Expect>,
-            Vec<(Bytes, bool)>,
-            Unit,
-        ),
+        (mut buf, mut expects, mut names, mut unit): OpenTxn,
         ckpt_key: Option<&Bytes>,
         (offset, db): (u64, u32),
     ) -> Unit {
