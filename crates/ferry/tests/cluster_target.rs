@@ -158,6 +158,33 @@ fn standalone_to_cluster_full() {
 }
 
 #[test]
+fn big_values_written_as_commands_land_in_their_slot() {
+    let source = Server::start();
+    let cluster = Cluster::start(3, 0);
+    populate_db0(&source, 1);
+    let mut ferry = sync(
+        &source,
+        &cluster,
+        &[
+            "--mode",
+            "full",
+            "--big-key-elements",
+            "100",
+            "--big-key-threshold",
+            "1000",
+        ],
+    );
+    let status = ferry.wait(LONG);
+    assert!(status.success(), "{}", ferry.output());
+    assert!(
+        ferry.output().contains("plain commands"),
+        "{}",
+        ferry.output()
+    );
+    assert_same_data_cluster(&source, &cluster);
+}
+
+#[test]
 fn standalone_to_cluster_full_and_incremental_with_churn_then_resume() {
     let source = Server::start();
     let cluster = Cluster::start(3, 0);
