@@ -608,8 +608,12 @@ impl ClusterWriter {
     fn dispatch_slot(&mut self, slot: u16) -> Result<(), TargetError> {
         let st = &mut self.slots[slot as usize];
         st.not_before = None;
+        // Queued work leaves `outstanding` here and comes back as the flight's weight.
         let units: Vec<Unit> = if !st.retry.is_empty() {
-            st.retry.drain(..).collect()
+            let units: Vec<Unit> = st.retry.drain(..).collect();
+            let size: usize = units.iter().map(|u| u.bytes.len()).sum();
+            self.outstanding = self.outstanding.saturating_sub(size);
+            units
         } else {
             let mut items = Vec::new();
             let mut size = 0;
@@ -620,6 +624,7 @@ impl ClusterWriter {
                     break;
                 }
             }
+            self.outstanding = self.outstanding.saturating_sub(size);
             self.units_of(slot, items)
         };
         let st = &mut self.slots[slot as usize];
@@ -657,6 +662,7 @@ impl ClusterWriter {
         // A node whose task ended reports its loss; the flight is recovered then.
         let _ = node.send(batch);
         let weight = units.iter().map(|u| u.bytes.len()).sum();
+        self.outstanding += weight;
         self.flights.insert(
             id,
             Flight {
@@ -975,7 +981,7 @@ impl ClusterWriter {
             return Ok(());
         }
         match route_command(argv.clone(), &self.addr)? {
-            Route::Broadcast => self.broadcast(argv, Some(offset)).await?,
+            Route::Broadcast => self.broadcast(argv, Some((offset, db))).await?,
             Route::Slots(parts) => {
                 for (i, (slot, part)) in parts.into_iter().enumerate() {
                     let records = u64::from(i == 0);
@@ -1004,7 +1010,7 @@ impl ClusterWriter {
                     for (slot, cmds) in per_slot.drain(..) {
                         self.queue_cmds(slot, cmds, offset, db, 0, true);
                     }
-                    self.broadcast(argv, Some(offset)).await?;
+                    self.broadcast(argv, Some((offset, db))).await?;
                 }
                 Route::Slots(parts) => {
                     for (slot, part) in parts {
@@ -1121,7 +1127,7 @@ impl ClusterWriter {
     async fn broadcast(
         &mut self,
         argv: Vec<Bytes>,
-        offset: Option<u64>,
+        at: Option<(u64, u32)>,
     ) -> Result<(), TargetError> {
         self.drain().await?;
         let what = describe(&argv);
@@ -1129,18 +1135,31 @@ impl ClusterWriter {
         frame::write_command(&mut buf, &argv);
         let bytes = buf.freeze();
         let name = argv[0].to_ascii_uppercase();
+        let flush = matches!(name.as_slice(), b"FLUSHALL" | b"FLUSHDB");
         // Flushing twice or loading a script twice changes nothing.
-        let idempotent = matches!(name.as_slice(), b"FLUSHALL" | b"FLUSHDB" | b"SCRIPT");
-        let masters = self.map.masters.clone();
+        let idempotent = flush || name.as_slice() == b"SCRIPT";
+        let mut masters = self.map.masters.clone();
+        // A replicated flush takes the checkpoints with it: the master holding the global
+        // checkpoint flushes last, in one transaction with the checkpoint of the flush.
+        let last = match (flush, at, &self.opts.checkpoint_key, self.global_slot) {
+            (true, Some((offset, db)), Some(key), Some(slot)) => {
+                let owner = self.map.endpoint(slot).map(Endpoint::addr);
+                masters
+                    .iter()
+                    .position(|m| Some(m.addr()) == owner)
+                    .map(|i| (masters.remove(i), offset, db, key.clone()))
+            }
+            _ => None,
+        };
         for (i, ep) in masters.iter().enumerate() {
             let expect = match name.as_slice() {
                 b"FUNCTION"
                     if argv.get(1).is_some_and(|a| a.eq_ignore_ascii_case(b"LOAD"))
-                        && offset.is_none() =>
+                        && at.is_none() =>
                 {
                     Expect::FunctionLoad
                 }
-                b"SCRIPT" if offset.is_none() => Expect::ScriptLoad,
+                b"SCRIPT" if at.is_none() => Expect::ScriptLoad,
                 _ => Expect::Command {
                     name: argv[0].clone(),
                     key: None,
@@ -1149,18 +1168,52 @@ impl ClusterWriter {
             };
             let mut u = Unit::new(bytes.clone(), vec![expect], what.clone());
             u.idempotent = idempotent;
-            if let Some(o) = offset {
+            if let Some((o, _)) = at {
                 u.offsets.push(o);
                 *self.unacked.entry(o).or_default() += 1;
-                u.records = u64::from(i == 0);
+                u.records = u64::from(i == 0 && last.is_none());
             }
-            self.outstanding += u.bytes.len();
             self.send(ep, vec![u], None);
         }
         self.drain().await?;
-        if name.as_slice() == b"FLUSHALL" || name.as_slice() == b"FLUSHDB" {
-            // The flush took the checkpoints with it: the global one is written again as
-            // soon as the stream moves on.
+        if let Some((ep, offset, db, key)) = last {
+            let c = Checkpoint::Stream {
+                replid: self.replid.clone(),
+                offset,
+                db,
+            };
+            let value = c.encode();
+            let mut buf = BytesMut::new();
+            frame::write_command(&mut buf, &[b"MULTI"]);
+            frame::write_command(&mut buf, &argv);
+            frame::write_command(&mut buf, &[b"SET".as_ref(), &key, value.as_bytes()]);
+            frame::write_command(&mut buf, &[b"EXEC"]);
+            let checkpoint = Bytes::from_static(b"SET checkpoint");
+            let expects = vec![
+                Expect::Control { what: "MULTI" },
+                Expect::Queued {
+                    name: argv[0].clone(),
+                },
+                Expect::Queued {
+                    name: checkpoint.clone(),
+                },
+                Expect::Exec {
+                    names: vec![(argv[0].clone(), true), (checkpoint, false)],
+                    offset: None,
+                    folded: 0,
+                },
+            ];
+            let mut u = Unit::new(buf.freeze(), expects, what);
+            u.idempotent = true;
+            u.offsets.push(offset);
+            *self.unacked.entry(offset).or_default() += 1;
+            u.records = 1;
+            u.global = Some(c);
+            self.global_pending = true;
+            self.send(&ep, vec![u], None);
+            self.drain().await?;
+        } else if flush {
+            // The global checkpoint is written again as soon as the stream moves on.
             self.global_written = None;
         }
         Ok(())
@@ -1272,7 +1325,6 @@ impl ClusterWriter {
                     .find(|m| m.addr() == addr)
                     .cloned()
                     .unwrap_or_else(|| self.seed.clone());
-                self.outstanding += units.iter().map(|u| u.bytes.len()).sum::<usize>();
                 self.send(&ep, units, None);
             }
         }
