@@ -222,6 +222,54 @@ fn standalone_to_cluster_full_and_incremental_with_churn_then_resume() {
     assert!(ferry.signal("INT").success(), "{}", ferry.output());
 }
 
+/// The global checkpoint set back to the snapshot's offset: the resumed stream replays
+/// everything since, and each slot's own checkpoint must keep its commands from being
+/// applied twice.
+#[test]
+fn resume_from_an_older_global_checkpoint_applies_nothing_twice() {
+    let source = Server::builder().arg("repl-backlog-size", "64mb").start();
+    let cluster = Cluster::start(3, 0);
+    populate_db0(&source, 1);
+    let churn = Churn::start(&source);
+    let mut ferry = sync(&source, &cluster, &[]);
+    ferry.wait_for_output("snapshot applied", LONG);
+    thread::sleep(Duration::from_millis(1000));
+    churn.stop();
+    wait_caught_up(&source, &cluster, LONG);
+    assert!(ferry.signal("INT").success(), "{}", ferry.output());
+    let out = ferry.output();
+    let line = out
+        .lines()
+        .find(|l| l.contains("full resync"))
+        .expect("full resync logged");
+    let snapshot_offset: u64 = line
+        .split("offset=")
+        .nth(1)
+        .and_then(|r| r.split(|c: char| !c.is_ascii_digit()).next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("no offset in {line:?}"));
+    let key = format!("ferry:checkpoint:{NAME}:0");
+    let saved = cluster.cmd_routed_str(&["GET", &key]).as_str();
+    let f: Vec<&str> = saved.split(' ').collect();
+    assert!(
+        f[2].parse::<u64>().expect("offset") > snapshot_offset + 1000,
+        "{saved}"
+    );
+    let older = format!("stream {} {snapshot_offset} 0", f[1]);
+    cluster.cmd_routed_str(&["SET", &key, &older]);
+
+    let mut ferry = sync(&source, &cluster, &[]);
+    wait_until("resumed", LONG, || ferry.output().contains("resuming"));
+    wait_caught_up(&source, &cluster, LONG);
+    assert_exact(&source, &cluster);
+    assert!(ferry.signal("INT").success(), "{}", ferry.output());
+    assert!(
+        !ferry.output().contains("snapshot applied"),
+        "{}",
+        ferry.output()
+    );
+}
+
 #[test]
 fn target_resharding_mid_sync() {
     let source = Server::start();
