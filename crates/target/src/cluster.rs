@@ -659,7 +659,9 @@ impl ClusterWriter {
             bytes: units.iter().map(|u| u.bytes.clone()).collect(),
             expects: units.iter().map(|u| u.expects.clone()).collect(),
         };
-        // A node whose task ended reports its loss; the flight is recovered then.
+        // A node task that ended has reported its loss (or a failure), still queued for
+        // `report`: the recovery then takes this flight too. A new connection must not, or
+        // a batch could be applied twice.
         let _ = node.send(batch);
         let weight = units.iter().map(|u| u.bytes.len()).sum();
         self.outstanding += weight;

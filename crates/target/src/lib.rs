@@ -1,5 +1,6 @@
-//! Targets: where events are applied. Today a standalone Redis or Valkey node, written
-//! through one pipelined connection ([`writer::write`]).
+//! Targets: where events are applied. A standalone Redis or Valkey node, written through
+//! one pipelined connection ([`writer::write`]), or a Redis Cluster, written by slot through
+//! one pipelined connection per master ([`cluster::write_cluster`]).
 
 pub mod checkpoint;
 pub mod cluster;
