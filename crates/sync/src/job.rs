@@ -343,9 +343,19 @@ async fn attempt_shard(
     let ckpt_key = config
         .checkpoint
         .then(|| checkpoint::key(&config.name, shard_id));
-    let saved = match &ckpt_key {
-        Some(k) => checkpoint::load(&config.target, k).await?,
-        None => None,
+    // A cluster target keeps a checkpoint per slot besides the job's own (ferry_target::cluster).
+    let cluster = ferry_target::is_cluster(&config.target).await?;
+    let (saved, slot_offsets) = match &ckpt_key {
+        Some(_) if cluster => {
+            match ferry_target::load_cluster_checkpoint(&config.target, &config.name, shard_id)
+                .await?
+            {
+                Some((c, slots)) => (Some(c), Some(Arc::new(slots))),
+                None => (None, None),
+            }
+        }
+        Some(k) => (checkpoint::load(&config.target, k).await?, None),
+        None => (None, None),
     };
     let mut ropts = ReplicaOptions::new(node.clone());
     if let Some(name) = &config.psync_command {
@@ -384,6 +394,7 @@ async fn attempt_shard(
     wopts.flush_before_snapshot = flush;
     wopts.flush_slots = slots;
     wopts.skip_unsupported = config.skip_unsupported;
+    wopts.slot_offsets = slot_offsets;
     if let Some(t) = config.big_key_threshold {
         wopts.big_value_bytes = t;
     }
@@ -404,12 +415,21 @@ async fn attempt_shard(
     // drain first.
     let writer_cancel = cancel.child_token();
     let reader_cancel = cancel.child_token();
-    let mut writer = tokio::spawn(ferry_target::write(
-        wopts,
-        rx,
-        stats.clone(),
-        writer_cancel.clone(),
-    ));
+    let mut writer = if cluster {
+        tokio::spawn(ferry_target::write_cluster(
+            wopts,
+            rx,
+            stats.clone(),
+            writer_cancel.clone(),
+        ))
+    } else {
+        tokio::spawn(ferry_target::write(
+            wopts,
+            rx,
+            stats.clone(),
+            writer_cancel.clone(),
+        ))
+    };
     let mut reader = tokio::spawn(crate::source::read(
         config.clone(),
         ropts,

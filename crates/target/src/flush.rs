@@ -9,7 +9,7 @@ use tracing::info;
 
 use crate::checkpoint::is_checkpoint_key;
 use crate::error::TargetError;
-use crate::slot::{in_ranges, slot_of};
+use crate::slot::{in_ranges, key_slot};
 
 /// Deletes, in every database of `target`, the keys whose slot is in `ranges`. Returns how
 /// many were deleted.
@@ -41,18 +41,28 @@ pub async fn delete_slots(target: &Endpoint, ranges: &[(u16, u16)]) -> Result<u6
             let doomed: Vec<Bytes> = keys
                 .into_iter()
                 .filter_map(|k| match k {
-                    Frame::Bulk(k) if !is_checkpoint_key(&k) && in_ranges(slot_of(&k), ranges) => {
+                    Frame::Bulk(k) if !is_checkpoint_key(&k) && in_ranges(key_slot(&k), ranges) => {
                         Some(k)
                     }
                     _ => None,
                 })
                 .collect();
-            if !doomed.is_empty() {
-                let mut args = vec![Bytes::from_static(b"UNLINK")];
-                deleted += doomed.len() as u64;
-                args.extend(doomed);
-                conn.request(&args).await?;
+            // One UNLINK per key, pipelined: on a cluster node keys of different slots
+            // cannot share a command.
+            for k in &doomed {
+                conn.send(&[b"UNLINK".as_ref(), k]).await?;
             }
+            for _ in &doomed {
+                let (reply, _) = conn.read_frame("UNLINK").await?;
+                if let Frame::Error(e) = reply {
+                    return Err(TargetError::Rejected {
+                        addr: target.addr(),
+                        command: "UNLINK".into(),
+                        message: String::from_utf8_lossy(&e).into_owned(),
+                    });
+                }
+            }
+            deleted += doomed.len() as u64;
             if next.as_ref() == b"0" {
                 break;
             }

@@ -1,7 +1,9 @@
-//! Targets: where events are applied. Today a standalone Redis or Valkey node, written
-//! through one pipelined connection ([`writer::write`]).
+//! Targets: where events are applied. A standalone Redis or Valkey node, written through
+//! one pipelined connection ([`writer::write`]), or a Redis Cluster, written by slot through
+//! one pipelined connection per master ([`cluster::write_cluster`]).
 
 pub mod checkpoint;
+pub mod cluster;
 pub mod compat;
 pub mod dbmap;
 pub mod error;
@@ -12,6 +14,7 @@ pub mod version;
 pub mod writer;
 
 pub use checkpoint::Checkpoint;
+pub use cluster::{delete_cluster_checkpoint, is_cluster, load_cluster_checkpoint, write_cluster};
 pub use dbmap::DbMap;
 pub use error::TargetError;
 pub use version::ServerVersion;

@@ -8,8 +8,9 @@
 //! - with `--overwrite` the old value is replaced in one step (`RENAME`);
 //! - a reader of the target never sees a half-built value.
 //!
-//! The temporary name is the key with [`TMP_SUFFIX`] appended: on a cluster target it lands
-//! in the key's slot only when the key has a hash tag (standalone targets are unaffected).
+//! The temporary name is the key with [`TMP_SUFFIX`] appended, and a hash tag of the key's
+//! slot prepended when the key has none, so that on a cluster target it lands in the key's
+//! slot.
 
 use std::collections::BTreeMap;
 
@@ -133,7 +134,14 @@ pub enum Rewrite {
 
 /// The temporary name `key` is built under.
 pub fn tmp_key(key: &[u8]) -> Bytes {
-    let mut t = Vec::with_capacity(key.len() + TMP_SUFFIX.len());
+    let mut t = Vec::with_capacity(key.len() + TMP_SUFFIX.len() + 6);
+    if crate::slot::hash_tag(key) == key {
+        // No hash tag: one naming the key's slot keeps the temporary key beside it on a
+        // cluster (RENAME cannot cross slots).
+        t.push(b'{');
+        t.extend_from_slice(crate::slot::slot_tag(crate::slot::key_slot(key)).as_bytes());
+        t.push(b'}');
+    }
     t.extend_from_slice(key);
     t.extend_from_slice(TMP_SUFFIX);
     Bytes::from(t)
@@ -563,12 +571,12 @@ mod tests {
         assert_eq!(
             cmds(&v, Some(5000), &opts()),
             [
-                "DEL k\\0ferry-rewrite",
-                "RPUSH k\\0ferry-rewrite a b",
-                "RPUSH k\\0ferry-rewrite c",
-                "PEXPIREAT k\\0ferry-rewrite 5000",
-                "RENAMENX k\\0ferry-rewrite k",
-                "DEL k\\0ferry-rewrite",
+                "DEL {k}k\\0ferry-rewrite",
+                "RPUSH {k}k\\0ferry-rewrite a b",
+                "RPUSH {k}k\\0ferry-rewrite c",
+                "PEXPIREAT {k}k\\0ferry-rewrite 5000",
+                "RENAMENX {k}k\\0ferry-rewrite k",
+                "DEL {k}k\\0ferry-rewrite",
             ]
         );
         assert_eq!(
@@ -585,15 +593,15 @@ mod tests {
         assert_eq!(
             cmds(&v, None, &o)[1..],
             [
-                "SET k\\0ferry-rewrite 01234567",
-                "APPEND k\\0ferry-rewrite 89abcdef",
-                "APPEND k\\0ferry-rewrite XYZ",
-                "RENAME k\\0ferry-rewrite k",
+                "SET {k}k\\0ferry-rewrite 01234567",
+                "APPEND {k}k\\0ferry-rewrite 89abcdef",
+                "APPEND {k}k\\0ferry-rewrite XYZ",
+                "RENAME {k}k\\0ferry-rewrite k",
             ]
         );
         assert_eq!(
             cmds(&Value::String(Bytes::new()), None, &o)[1],
-            "SET k\\0ferry-rewrite "
+            "SET {k}k\\0ferry-rewrite "
         );
     }
 
@@ -604,7 +612,7 @@ mod tests {
             (Bytes::from_static(b"b"), Bytes::from_static(b"2"), None),
         ]);
         let c = cmds(&v, None, &opts());
-        assert_eq!(c[2], "HPEXPIREAT k\\0ferry-rewrite 99 FIELDS 1 a");
+        assert_eq!(c[2], "HPEXPIREAT {k}k\\0ferry-rewrite 99 FIELDS 1 a");
         let mut o = opts();
         o.caps.hash_field_ttl = false;
         let err = rewrite_value(&Bytes::from_static(b"k"), &v, None, 0, &o).unwrap_err();
@@ -647,7 +655,7 @@ mod tests {
             }],
         };
         let c = cmds(&Value::Stream(s.clone()), None, &opts());
-        let t = "k\\0ferry-rewrite";
+        let t = "{k}k\\0ferry-rewrite";
         assert_eq!(
             c[1..c.len() - 2],
             [

@@ -4,7 +4,7 @@
 //! Every command is written to one connection in source order, so the target applies them
 //! in that order; the pipeline depth is bounded (batches in flight), which bounds memory.
 
-use std::collections::VecDeque;
+use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
 
@@ -51,6 +51,9 @@ pub struct WriterOptions {
     pub skip_unsupported: bool,
     /// Source db → target db, applied where the writer selects (see [`crate::dbmap`]).
     pub db_map: DbMap,
+    /// Cluster target, resuming: per slot, the source offset that slot's own checkpoint
+    /// records; commands of the slot up to it are already applied and are skipped.
+    pub slot_offsets: Option<Arc<HashMap<u16, u64>>>,
 }
 
 impl WriterOptions {
@@ -66,13 +69,14 @@ impl WriterOptions {
             big_value_bytes: crate::compat::DEFAULT_BIG_VALUE_BYTES,
             skip_unsupported: false,
             db_map: DbMap::default(),
+            slot_offsets: None,
         }
     }
 }
 
 /// What one command's reply means to the writer.
-#[derive(Debug)]
-enum Expect {
+#[derive(Debug, Clone)]
+pub(crate) enum Expect {
     /// A snapshot key; its name for the error message.
     Restore {
         key: Bytes,
@@ -342,48 +346,7 @@ impl Encoder {
             Event::Continue { replid, .. } => self.replid = replid,
             Event::Entry(e) => {
                 self.select(e.db as u32);
-                let mut n = 4;
-                let ttl = match e.expire_ms {
-                    Some(ms) if ms > 0 => ms,
-                    // An expiry of 0 or less is long past: keep it past, not persistent.
-                    Some(_) => 1,
-                    None => 0,
-                };
-                if ttl > 0 {
-                    n += 1;
-                }
-                if self.overwrite {
-                    n += 1;
-                }
-                if e.idle.is_some() || e.freq.is_some() {
-                    n += 2;
-                }
-                frame::write_array_header(&mut self.buf, n);
-                frame::write_bulk(&mut self.buf, b"RESTORE");
-                frame::write_bulk(&mut self.buf, &e.key);
-                frame::write_bulk_int(&mut self.buf, ttl);
-                let len = ferry_rdb::dump_payload_len(e.payload.len());
-                frame::write_bulk_header(&mut self.buf, len);
-                ferry_rdb::write_dump_payload(
-                    &mut self.buf,
-                    e.value_type,
-                    &e.payload,
-                    self.rdb_version,
-                );
-                self.buf.extend_from_slice(b"\r\n");
-                if self.overwrite {
-                    frame::write_bulk(&mut self.buf, b"REPLACE");
-                }
-                if ttl > 0 {
-                    frame::write_bulk(&mut self.buf, b"ABSTTL");
-                }
-                if let Some(idle) = e.idle {
-                    frame::write_bulk(&mut self.buf, b"IDLETIME");
-                    frame::write_bulk_int(&mut self.buf, idle as i64);
-                } else if let Some(freq) = e.freq {
-                    frame::write_bulk(&mut self.buf, b"FREQ");
-                    frame::write_bulk_int(&mut self.buf, freq as i64);
-                }
+                write_restore(&mut self.buf, &e, self.overwrite, self.rdb_version);
                 self.expects.push(Expect::Restore { key: e.key });
             }
             Event::Command { db, argv, offset } => {
@@ -435,11 +398,61 @@ impl Encoder {
     }
 }
 
+/// `RESTORE key ttl payload [REPLACE] [ABSTTL] [IDLETIME n | FREQ n]` for one snapshot entry,
+/// the payload framed as a DUMP of `rdb_version`. Shared by the standalone and cluster writers.
+pub(crate) fn write_restore(
+    buf: &mut BytesMut,
+    e: &ferry_rdb::Entry,
+    overwrite: bool,
+    rdb_version: u16,
+) {
+    let mut n = 4;
+    let ttl = match e.expire_ms {
+        Some(ms) if ms > 0 => ms,
+        // An expiry of 0 or less is long past: keep it past, not persistent.
+        Some(_) => 1,
+        None => 0,
+    };
+    if ttl > 0 {
+        n += 1;
+    }
+    if overwrite {
+        n += 1;
+    }
+    if e.idle.is_some() || e.freq.is_some() {
+        n += 2;
+    }
+    frame::write_array_header(buf, n);
+    frame::write_bulk(buf, b"RESTORE");
+    frame::write_bulk(buf, &e.key);
+    frame::write_bulk_int(buf, ttl);
+    let len = ferry_rdb::dump_payload_len(e.payload.len());
+    frame::write_bulk_header(buf, len);
+    ferry_rdb::write_dump_payload(buf, e.value_type, &e.payload, rdb_version);
+    buf.extend_from_slice(b"\r\n");
+    if overwrite {
+        frame::write_bulk(buf, b"REPLACE");
+    }
+    if ttl > 0 {
+        frame::write_bulk(buf, b"ABSTTL");
+    }
+    if let Some(idle) = e.idle {
+        frame::write_bulk(buf, b"IDLETIME");
+        frame::write_bulk_int(buf, idle as i64);
+    } else if let Some(freq) = e.freq {
+        frame::write_bulk(buf, b"FREQ");
+        frame::write_bulk_int(buf, freq as i64);
+    }
+}
+
 /// Summary of a writer's run.
 #[derive(Debug, Default, Clone)]
 pub struct WriteSummary {
     pub keys: u64,
     pub commands: u64,
+    /// Cluster target: source transactions whose commands spanned slots, applied as one
+    /// transaction per slot.
+    pub cross_slot_transactions: u64,
 }
 
 /// Connects to the target and applies events until `rx` closes (the source is done) or
@@ -598,7 +611,7 @@ fn reply_task_result(
     }
 }
 
-fn lossy(b: &[u8]) -> String {
+pub(crate) fn lossy(b: &[u8]) -> String {
     let b = &b[..b.len().min(200)];
     String::from_utf8_lossy(b).into_owned()
 }
@@ -703,7 +716,7 @@ async fn read_replies(
     }
 }
 
-fn check_reply(expect: &Expect, reply: &Frame, addr: &str) -> Result<(), TargetError> {
+pub(crate) fn check_reply(expect: &Expect, reply: &Frame, addr: &str) -> Result<(), TargetError> {
     let rejected = |command: String, message: String| TargetError::Rejected {
         addr: addr.to_string(),
         command,

