@@ -241,3 +241,30 @@ fn sentinel_names_the_master_to_copy() {
     assert_same_data(&master, &target);
     thread::sleep(Duration::from_millis(10));
 }
+
+fn cluster_into_cluster(target_masters: usize) {
+    let source = Cluster::start(3, 0);
+    fill_cluster(&source, 600);
+    let target = Cluster::start(target_masters, 0);
+    let mut ferry = Ferry::sync(&source.seed_url(), &target.seed_url(), &["--name", "c2c"]);
+    wait_until("every shard's snapshot", LONG, || {
+        ferry.output().matches("snapshot applied").count() >= 3
+    });
+    for i in 0..300 {
+        source.cmd_routed_str(&["INCR", &format!("counter:{}", i % 13)]);
+        source.cmd_routed_str(&["RPUSH", &format!("log:{}", i % 5), &i.to_string()]);
+    }
+    source.cmd_routed_str(&["DEL", "key:2"]);
+    wait_same_data_cluster(DataSide::Cluster(&source), DataSide::Cluster(&target), LONG);
+    assert!(ferry.signal("INT").success(), "{}", ferry.output());
+}
+
+#[test]
+fn cluster_of_three_into_a_cluster_of_three() {
+    cluster_into_cluster(3);
+}
+
+#[test]
+fn cluster_of_three_into_a_cluster_of_two() {
+    cluster_into_cluster(2);
+}

@@ -15,7 +15,7 @@ const USERINFO: &AsciiSet = &NON_ALPHANUMERIC
     .remove(b'_')
     .remove(b'~');
 
-/// Topologies the wizard offers (sources: all of them; targets: standalone for now).
+/// Topologies the wizard offers (sources: all of them; targets: standalone or cluster).
 pub const TOPOLOGIES: [&str; 4] = ["standalone", "replica-set", "cluster", "sentinel"];
 
 /// One Redis deployment: how to reach it and log in.
@@ -57,9 +57,9 @@ impl EndpointSpec {
                 TOPOLOGIES.join(", ")
             ));
         }
-        if role == "target" && self.topology != "standalone" {
+        if role == "target" && !matches!(self.topology.as_str(), "standalone" | "cluster") {
             return Err(format!(
-                "{role}: a {} target is not supported by this build yet; use standalone",
+                "{role}: a {} target is not supported by this build yet; use standalone or cluster",
                 self.topology
             ));
         }
