@@ -4,32 +4,24 @@
 
 mod common;
 
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
+use std::sync::atomic::Ordering;
 use std::thread;
 use std::time::{Duration, Instant};
 
-use common::{wait_until, Ferry};
+use common::{wait_until, Churn, Ferry};
 use ferry_testkit::{assert_same_data_cluster, populate_db0, Cluster, Server};
 
 const LONG: Duration = Duration::from_secs(90);
 const NAME: &str = "cluster-test";
 
-/// Writes on the source's db 0 until dropped: counters, lists, appends, streams, a source
+/// Writes on the source's db 0 until stopped: counters, lists, appends, streams, a source
 /// transaction spanning slots, and a new key per round (spread over every slot).
-struct Churn {
-    stop: Arc<AtomicBool>,
-    handle: Option<thread::JoinHandle<u64>>,
-}
-
-impl Churn {
-    fn start(source: &Server) -> Churn {
-        let stop = Arc::new(AtomicBool::new(false));
-        let mut c = source.client();
-        let flag = stop.clone();
-        let handle = thread::spawn(move || {
+fn db0_churn(source: &Server) -> Churn {
+    let mut c = source.client();
+    Churn::with(move |stop| {
+        thread::spawn(move || {
             let mut n = 0u64;
-            while !flag.load(Ordering::Relaxed) {
+            while !stop.load(Ordering::Relaxed) {
                 let i = n.to_string();
                 let key = format!("churn:key:{i}");
                 let cmds: Vec<Vec<Vec<u8>>> = [
@@ -53,26 +45,8 @@ impl Churn {
                 thread::sleep(Duration::from_millis(2));
             }
             n
-        });
-        Churn {
-            stop,
-            handle: Some(handle),
-        }
-    }
-
-    fn stop(mut self) -> u64 {
-        self.stop.store(true, Ordering::Relaxed);
-        self.handle
-            .take()
-            .map(|h| h.join().expect("churn"))
-            .unwrap_or(0)
-    }
-}
-
-impl Drop for Churn {
-    fn drop(&mut self) {
-        self.stop.store(true, Ordering::Relaxed);
-    }
+        })
+    })
 }
 
 fn sync(source: &Server, cluster: &Cluster, extra: &[&str]) -> Ferry {
@@ -190,7 +164,7 @@ fn standalone_to_cluster_full_and_incremental_with_churn_then_resume() {
     let cluster = Cluster::start(3, 0);
     populate_db0(&source, 5);
     source.cmd(&["DEBUG", "POPULATE", "20000", "bulk", "32"]);
-    let churn = Churn::start(&source);
+    let churn = db0_churn(&source);
     let mut ferry = sync(&source, &cluster, &[]);
     ferry.wait_for_output("snapshot applied", LONG);
     thread::sleep(Duration::from_millis(1500));
@@ -206,7 +180,7 @@ fn standalone_to_cluster_full_and_incremental_with_churn_then_resume() {
     );
 
     // Resume from the checkpoints: no new snapshot, nothing doubled.
-    let churn = Churn::start(&source);
+    let churn = db0_churn(&source);
     thread::sleep(Duration::from_millis(300));
     let mut ferry = sync(&source, &cluster, &[]);
     wait_until("resumed", LONG, || ferry.output().contains("resuming"));
@@ -230,7 +204,7 @@ fn resume_from_an_older_global_checkpoint_applies_nothing_twice() {
     let source = Server::builder().arg("repl-backlog-size", "64mb").start();
     let cluster = Cluster::start(3, 0);
     populate_db0(&source, 1);
-    let churn = Churn::start(&source);
+    let churn = db0_churn(&source);
     let mut ferry = sync(&source, &cluster, &[]);
     ferry.wait_for_output("snapshot applied", LONG);
     thread::sleep(Duration::from_millis(1000));
@@ -275,7 +249,7 @@ fn target_resharding_mid_sync() {
     let source = Server::start();
     let cluster = Cluster::start(3, 0);
     populate_db0(&source, 5);
-    let churn = Churn::start(&source);
+    let churn = db0_churn(&source);
     let mut ferry = sync(&source, &cluster, &[]);
     ferry.wait_for_output("snapshot applied", LONG);
     // Move the hottest slot and its neighbours while writes hit them.
@@ -324,7 +298,7 @@ fn target_master_fails_over_mid_stream() {
     let source = Server::start();
     let cluster = Cluster::start(3, 1);
     populate_db0(&source, 2);
-    let churn = Churn::start(&source);
+    let churn = db0_churn(&source);
     let mut ferry = sync(&source, &cluster, &[]);
     ferry.wait_for_output("snapshot applied", LONG);
     thread::sleep(Duration::from_millis(500));
@@ -347,7 +321,7 @@ fn target_master_killed_mid_stream() {
     let source = Server::start();
     let mut cluster = Cluster::start(3, 1);
     populate_db0(&source, 2);
-    let churn = Churn::start(&source);
+    let churn = db0_churn(&source);
     let mut ferry = sync(&source, &cluster, &[]);
     ferry.wait_for_output("snapshot applied", LONG);
     thread::sleep(Duration::from_millis(500));

@@ -4,44 +4,14 @@
 
 mod common;
 
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
 use std::thread;
 use std::time::{Duration, Instant};
 
-use common::{assert_exact_copy_with_checkpoint, churn, wait_caught_up, wait_until, Ferry};
+use common::{assert_exact_copy_with_checkpoint, wait_caught_up, wait_until, Churn, Ferry};
 use ferry_testkit::{assert_same_data, populate_every_type, Direction, Proxy, Server};
 
 const LONG: Duration = Duration::from_secs(60);
 const NAME: &str = "resume-test";
-
-/// Writes on the source until dropped.
-struct Churn {
-    stop: Arc<AtomicBool>,
-    handle: Option<thread::JoinHandle<u64>>,
-}
-
-impl Churn {
-    fn start(source: &Server) -> Churn {
-        let stop = Arc::new(AtomicBool::new(false));
-        let handle = Some(churn(source, stop.clone()));
-        Churn { stop, handle }
-    }
-
-    fn stop(mut self) -> u64 {
-        self.stop.store(true, Ordering::Relaxed);
-        self.handle
-            .take()
-            .map(|h| h.join().expect("churn"))
-            .unwrap_or(0)
-    }
-}
-
-impl Drop for Churn {
-    fn drop(&mut self) {
-        self.stop.store(true, Ordering::Relaxed);
-    }
-}
 
 /// A source whose backlog outlasts a few seconds of the churn writer (~15 MB/s).
 fn source_builder() -> ferry_testkit::ServerBuilder {

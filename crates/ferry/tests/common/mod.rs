@@ -223,3 +223,38 @@ pub fn churn(source: &Server, stop: Arc<AtomicBool>) -> std::thread::JoinHandle<
         n
     })
 }
+
+/// A writer thread on a source, stopped when dropped or by [`Churn::stop`] (which returns
+/// how many rounds it wrote).
+pub struct Churn {
+    stop: Arc<AtomicBool>,
+    handle: Option<std::thread::JoinHandle<u64>>,
+}
+
+impl Churn {
+    /// [`churn`]: writes in databases 0–2.
+    pub fn start(source: &Server) -> Churn {
+        Churn::with(|stop| churn(source, stop))
+    }
+
+    /// Any writer thread that runs until its flag is set.
+    pub fn with(spawn: impl FnOnce(Arc<AtomicBool>) -> std::thread::JoinHandle<u64>) -> Churn {
+        let stop = Arc::new(AtomicBool::new(false));
+        let handle = Some(spawn(stop.clone()));
+        Churn { stop, handle }
+    }
+
+    pub fn stop(mut self) -> u64 {
+        self.stop.store(true, Ordering::Relaxed);
+        self.handle
+            .take()
+            .map(|h| h.join().expect("churn"))
+            .unwrap_or(0)
+    }
+}
+
+impl Drop for Churn {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+    }
+}
