@@ -210,20 +210,6 @@ if [[ -z "$caught_up" ]]; then
 fi
 say "target caught up (db0 $(rcli "$DST" -n 0 DBSIZE) keys, db1 $(rcli "$DST" -n 1 DBSIZE) keys)"
 
-SRC_DIGEST="$(rcli "$SRC" DEBUG DIGEST)"
-DST_DIGEST="$(rcli "$DST" DEBUG DIGEST)"
-echo
-printf '  source  %s  (db0 %s keys, db1 %s keys)\n' "$SRC_DIGEST" "$(rcli "$SRC" -n 0 DBSIZE)" "$(rcli "$SRC" -n 1 DBSIZE)"
-printf '  target  %s  (db0 %s keys, db1 %s keys)\n' "$DST_DIGEST" "$(rcli "$DST" -n 0 DBSIZE)" "$(rcli "$DST" -n 1 DBSIZE)"
-if [[ "$SRC_DIGEST" == "$DST_DIGEST" ]]; then
-    status=0
-    echo "  — identical"
-else
-    status=1
-    echo "  — DIFFERENT"
-fi
-echo
-
 kill -INT "$FERRY_PID" 2>/dev/null || true
 for ((i = 0; i < 1000; i++)); do
     alive "$FERRY_PID" || break
@@ -236,8 +222,31 @@ fi
 rc=0
 wait "$FERRY_PID" || rc=$?
 say "stopped ferry with SIGINT (exit status $rc); its log:"
-# (ferry colours its log even into a file: strip the escapes)
 sed -E 's/\x1b\[[0-9;]*m//g; s/^/    /' "$FERRY_LOG"
+
+# ferry keeps its checkpoint in the target (a re-run resumes from it).
+CKPT_KEY="ferry:checkpoint:127.0.0.1:$SRC:0"
+say "checkpoint on the target: $CKPT_KEY = \"$(rcli "$DST" -n 0 GET "$CKPT_KEY")\""
+
+say "ferry verify (key by key; checkpoint keys are not data):"
+status=0
+"$FERRY" verify --source "redis://127.0.0.1:$SRC" --target "redis://127.0.0.1:$DST" \
+    | sed 's/^/    /' || status=1
+
+# Without the checkpoint the two data sets are byte for byte the same.
+rcli "$DST" -n 0 DEL "$CKPT_KEY" >/dev/null
+SRC_DIGEST="$(rcli "$SRC" DEBUG DIGEST)"
+DST_DIGEST="$(rcli "$DST" DEBUG DIGEST)"
+echo
+printf '  source  %s  (db0 %s keys, db1 %s keys)\n' "$SRC_DIGEST" "$(rcli "$SRC" -n 0 DBSIZE)" "$(rcli "$SRC" -n 1 DBSIZE)"
+printf '  target  %s  (db0 %s keys, db1 %s keys)\n' "$DST_DIGEST" "$(rcli "$DST" -n 0 DBSIZE)" "$(rcli "$DST" -n 1 DBSIZE)"
+if [[ "$SRC_DIGEST" == "$DST_DIGEST" ]]; then
+    echo "  — identical"
+else
+    status=1
+    echo "  — DIFFERENT"
+fi
+echo
 
 if [[ "$status" -ne 0 ]]; then
     die "source and target digests differ"
