@@ -93,6 +93,13 @@ struct SyncArgs {
     /// AOF source: stop at the first timestamp annotation (#TS:) later than this.
     #[arg(long, value_name = "UNIX_SECONDS")]
     aof_until: Option<i64>,
+    /// Target topology: auto (default), standalone, replica-set (writes go to its current
+    /// master, followed through a failover), cluster or sentinel.
+    #[arg(long)]
+    target_type: Option<String>,
+    /// Sentinel's name of the target's master.
+    #[arg(long)]
+    target_master: Option<String>,
     /// Target node: redis://[user:pass@]host:port.
     #[arg(long, env = "FERRY_TARGET")]
     target: Option<String>,
@@ -238,6 +245,8 @@ pub(crate) fn job_file(args: &SyncArgs) -> anyhow::Result<(FileConfig, FileConfi
         source_master: args.source_master.clone(),
         use_replica: args.use_replica.as_ref().map(|u| u == "on"),
         target: args.target.clone(),
+        target_type: args.target_type.clone(),
+        target_master: args.target_master.clone(),
         mode: args.mode.clone(),
         overwrite: args.overwrite.then_some(true),
         checkpoint: args.checkpoint.as_ref().map(|c| c == "on"),

@@ -268,3 +268,42 @@ fn cluster_of_three_into_a_cluster_of_three() {
 fn cluster_of_three_into_a_cluster_of_two() {
     cluster_into_cluster(2);
 }
+
+#[test]
+fn replica_set_target_failover_is_followed() {
+    let source = Server::builder().arg("repl-backlog-size", "64mb").start();
+    populate_every_type(&source, 1);
+    let mut target_master = Server::start();
+    let target_replica = Server::builder().replica_of(&target_master).start();
+    target_master.wait_replica_synced(&target_replica, LONG);
+    let seeds = format!("redis://{},{}", target_master.addr(), target_replica.addr());
+    let mut ferry = Ferry::sync(
+        &source.url(),
+        &seeds,
+        &["--name", "tfo", "--target-type", "replica-set"],
+    );
+    ferry.wait_for_output("snapshot applied", LONG);
+    for i in 0..200 {
+        source.cmd(&["INCR", &format!("c:{}", i % 5)]);
+        source.cmd(&["RPUSH", "l", &i.to_string()]);
+    }
+    wait_caught_up(&source, &target_master, "tfo", LONG);
+    target_master.wait_replica_synced(&target_replica, LONG);
+    // The target's master dies; its replica (which holds the data and the checkpoint, as
+    // replicated together) is promoted, and ferry goes on writing there.
+    target_master.kill();
+    target_replica.cmd(&["REPLICAOF", "NO", "ONE"]);
+    for i in 0..200 {
+        source.cmd(&["INCR", &format!("c:{}", i % 5)]);
+        source.cmd(&["RPUSH", "l", &format!("after-{i}")]);
+    }
+    wait_caught_up(&source, &target_replica, "tfo", LONG);
+    assert_same_data(&source, &target_replica);
+    let out = ferry.output();
+    assert!(
+        out.contains(&format!("node={}", target_replica.addr())),
+        "{out}"
+    );
+    assert!(out.contains("partial resync (+CONTINUE)"), "{out}");
+    assert!(ferry.signal("INT").success(), "{}", ferry.output());
+}

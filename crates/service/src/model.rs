@@ -15,7 +15,7 @@ const USERINFO: &AsciiSet = &NON_ALPHANUMERIC
     .remove(b'_')
     .remove(b'~');
 
-/// Topologies the wizard offers (sources: all of them; targets: standalone or cluster).
+/// Topologies the wizard offers, for sources and targets alike.
 pub const TOPOLOGIES: [&str; 4] = ["standalone", "replica-set", "cluster", "sentinel"];
 
 /// One Redis deployment: how to reach it and log in.
@@ -55,12 +55,6 @@ impl EndpointSpec {
                 "{role}: unknown topology {:?}: use one of {}",
                 self.topology,
                 TOPOLOGIES.join(", ")
-            ));
-        }
-        if role == "target" && !matches!(self.topology.as_str(), "standalone" | "cluster") {
-            return Err(format!(
-                "{role}: a {} target is not supported by this build yet; use standalone or cluster",
-                self.topology
             ));
         }
         if self.topology == "sentinel" && self.master_name.as_deref().unwrap_or("").is_empty() {
@@ -231,7 +225,9 @@ impl JobSpec {
             source_type: Some(self.source.topology.clone()),
             source_master: self.source.master_name.clone(),
             use_replica: self.use_replica,
-            target: Some(self.target.url()),
+            target: Some(self.target.url_all()),
+            target_type: Some(self.target.topology.clone()),
+            target_master: self.target.master_name.clone(),
             mode: self.mode.clone(),
             overwrite: self.overwrite,
             checkpoint: self.checkpoint,

@@ -14,7 +14,7 @@ use ferry_source::SourceType;
 
 /// `redis://[user:pass@]h1:p1,h2:p2,…`: each address may repeat the scheme and its own
 /// credentials; those without take the first one's.
-fn parse_seeds(list: &str) -> Result<Vec<Endpoint>, ConfigError> {
+fn parse_seeds(what: &str, list: &str) -> Result<Vec<Endpoint>, ConfigError> {
     let (scheme, rest) = match list.split_once("://") {
         Some((s, r)) => (format!("{s}://"), r),
         None => (String::new(), list),
@@ -31,7 +31,7 @@ fn parse_seeds(list: &str) -> Result<Vec<Endpoint>, ConfigError> {
         };
         let mut ep: Endpoint = text
             .parse()
-            .map_err(|e| ConfigError::Invalid(format!("source: {e}")))?;
+            .map_err(|e| ConfigError::Invalid(format!("{what}: {e}")))?;
         if let Some(first) = out.first() {
             if ep.password.is_none() {
                 ep.username = first.username.clone();
@@ -42,7 +42,7 @@ fn parse_seeds(list: &str) -> Result<Vec<Endpoint>, ConfigError> {
         out.push(ep);
     }
     if out.is_empty() {
-        return Err(ConfigError::Invalid("source: no address given".into()));
+        return Err(ConfigError::Invalid(format!("{what}: no address given")));
     }
     Ok(out)
 }
@@ -107,7 +107,14 @@ pub struct JobConfig {
     pub psync_command: Option<String>,
     /// AOF source: stop at the first `#TS:` annotation later than this (unix seconds).
     pub aof_until: Option<i64>,
+    /// The first target address (see `target_seeds`); the node written to is resolved
+    /// from the seeds at every attempt, so a target failover is followed.
     pub target: Endpoint,
+    pub target_seeds: Vec<Endpoint>,
+    /// auto (default), standalone, replica-set (writes go to its master), cluster, sentinel.
+    pub target_type: SourceType,
+    /// Sentinel's name of the target's master (sentinel targets).
+    pub target_master: Option<String>,
     pub mode: Mode,
     /// Replace keys and function libraries that already exist on the target.
     pub overwrite: bool,
@@ -230,7 +237,11 @@ pub struct FileConfig {
     pub source_type: Option<String>,
     pub source_master: Option<String>,
     pub use_replica: Option<bool>,
+    /// One address, or several separated by commas.
     pub target: Option<String>,
+    /// auto, standalone, replica-set, cluster, sentinel.
+    pub target_type: Option<String>,
+    pub target_master: Option<String>,
     pub mode: Option<String>,
     pub overwrite: Option<bool>,
     pub checkpoint: Option<bool>,
@@ -289,10 +300,6 @@ impl FileConfig {
             Some(m) => m.parse().map_err(ConfigError::Invalid)?,
             None => Mode::default(),
         };
-        let parse = |what: &str, s: &str| {
-            s.parse::<Endpoint>()
-                .map_err(|e| ConfigError::Invalid(format!("{what}: {e}")))
-        };
         let source_tls = over.source_tls.or(self.source_tls);
         let source_is_file = source.starts_with("rdb:") || source.starts_with("aof:");
         let (source, source_seeds) = if source_is_file {
@@ -301,7 +308,7 @@ impl FileConfig {
                 .map_err(|e| ConfigError::Invalid(format!("source: {e}")))?;
             (spec, Vec::new())
         } else {
-            let mut seeds = parse_seeds(&source)?;
+            let mut seeds = parse_seeds("source", &source)?;
             for ep in &mut seeds {
                 source_tls.clone().apply("source", ep)?;
             }
@@ -317,10 +324,22 @@ impl FileConfig {
                 "a sentinel source needs the master's name (--source-master NAME)".into(),
             ));
         }
-        let mut target = parse("target", &target)?;
-        over.target_tls
-            .or(self.target_tls)
-            .apply("target", &mut target)?;
+        let target_tls = over.target_tls.or(self.target_tls);
+        let mut target_seeds = parse_seeds("target", &target)?;
+        for ep in &mut target_seeds {
+            target_tls.clone().apply("target", ep)?;
+        }
+        let target = target_seeds[0].clone();
+        let target_type: SourceType = match over.target_type.or(self.target_type) {
+            Some(t) => t.parse().map_err(ConfigError::Invalid)?,
+            None => SourceType::Auto,
+        };
+        let target_master = over.target_master.or(self.target_master);
+        if target_type == SourceType::Sentinel && target_master.is_none() {
+            return Err(ConfigError::Invalid(
+                "a sentinel target needs the master's name (--target-master NAME)".into(),
+            ));
+        }
         if source.is_file() && mode == Mode::Incremental {
             return Err(ConfigError::Invalid(format!(
                 "source {source} is a file: it is copied whole (mode full), not incrementally"
@@ -375,6 +394,9 @@ impl FileConfig {
             source_master,
             use_replica: over.use_replica.or(self.use_replica).unwrap_or(true),
             target,
+            target_seeds,
+            target_type,
+            target_master,
             source,
             source_method,
             psync_command,
@@ -439,7 +461,7 @@ mod tests {
             RetryPolicy::Immediately { connection_limit: Some(d), other_limit: None } if d.as_secs() == 600
         ));
         assert!(FileConfig::default().merge(FileConfig::default()).is_err());
-        let seeds = parse_seeds("redis://:pw@a:1,b:2,redis://u:x@c:3").unwrap();
+        let seeds = parse_seeds("source", "redis://:pw@a:1,b:2,redis://u:x@c:3").unwrap();
         assert_eq!(seeds.len(), 3);
         assert_eq!(seeds[1].addr(), "b:2");
         assert_eq!(seeds[1].password.as_deref(), Some("pw"));

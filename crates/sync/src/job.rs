@@ -210,6 +210,7 @@ async fn attempt_all(
             .await?
         }
     };
+    let target = resolve_target(config).await?;
     let plan: Vec<String> = shards
         .iter()
         .map(|s| format!("{} via {}", s.id, s.reader_node(config.use_replica)))
@@ -225,6 +226,7 @@ async fn attempt_all(
         }]);
         let r = attempt_shard(
             config,
+            &target,
             &shard.id,
             &node,
             None,
@@ -263,6 +265,7 @@ async fn attempt_all(
     let mut set = tokio::task::JoinSet::new();
     for (shard, view) in shards.iter().zip(&views) {
         let config = config.clone();
+        let target = target.clone();
         let id = shard.id.clone();
         let node = shard.reader_node(config.use_replica).clone();
         let slots = shard.slots.clone();
@@ -273,6 +276,7 @@ async fn attempt_all(
         set.spawn(async move {
             let r = attempt_shard(
                 &config,
+                &target,
                 &id,
                 &node,
                 Some(slots),
@@ -325,12 +329,48 @@ async fn attempt_all(
     }
 }
 
+/// The node to write to: for a replica-set or sentinel target its current master (found
+/// again at every attempt, so a target failover is followed), for a cluster any node that
+/// answers (the cluster writer learns the rest), else the first address.
+async fn resolve_target(config: &JobConfig) -> Result<Endpoint, JobError> {
+    if config.target_type == SourceType::Standalone {
+        return Ok(config.target.clone());
+    }
+    let found = discover(
+        &config.target_seeds,
+        config.target_type,
+        config.target_master.as_deref(),
+    )
+    .await;
+    let (kind, shards) = match found {
+        Ok(r) => r,
+        Err(SourceError::Node(e)) => return Err(JobError::Target(TargetError::Node(e))),
+        // Retried like any refusal: a failover may be under way.
+        Err(e) => {
+            return Err(JobError::Target(TargetError::Rejected {
+                addr: config.target.addr(),
+                command: "topology discovery".into(),
+                message: e.to_string(),
+            }))
+        }
+    };
+    let node = shards
+        .first()
+        .map(|s| s.master.clone())
+        .unwrap_or_else(|| config.target.clone());
+    if node != config.target {
+        info!(target_type = %kind, node = %node, "writing to the target's master");
+    }
+    Ok(node)
+}
+
 /// One connection of reader and writer for one source shard, from its checkpoint (or a
 /// new snapshot) until the end, a stop, or the first failure. `slots`: the shard's slots
 /// when the source has several shards (its new snapshot then flushes only its keys).
 #[allow(clippy::too_many_arguments)]
 async fn attempt_shard(
     config: &JobConfig,
+    target: &Endpoint,
     shard_id: &str,
     node: &Endpoint,
     slots: Option<Vec<(u16, u16)>>,
@@ -344,17 +384,15 @@ async fn attempt_shard(
         .checkpoint
         .then(|| checkpoint::key(&config.name, shard_id));
     // A cluster target keeps a checkpoint per slot besides the job's own (ferry_target::cluster).
-    let cluster = ferry_target::is_cluster(&config.target).await?;
+    let cluster = ferry_target::is_cluster(target).await?;
     let (saved, slot_offsets) = match &ckpt_key {
         Some(_) if cluster => {
-            match ferry_target::load_cluster_checkpoint(&config.target, &config.name, shard_id)
-                .await?
-            {
+            match ferry_target::load_cluster_checkpoint(target, &config.name, shard_id).await? {
                 Some((c, slots)) => (Some(c), Some(Arc::new(slots))),
                 None => (None, None),
             }
         }
-        Some(k) => (checkpoint::load(&config.target, k).await?, None),
+        Some(k) => (checkpoint::load(target, k).await?, None),
         None => (None, None),
     };
     let mut ropts = ReplicaOptions::new(node.clone());
@@ -388,7 +426,7 @@ async fn attempt_shard(
         }
         (Mode::FullIncremental, _) => {}
     }
-    let mut wopts = WriterOptions::new(config.target.clone());
+    let mut wopts = WriterOptions::new(target.clone());
     wopts.overwrite = config.overwrite;
     wopts.checkpoint_key = ckpt_key;
     wopts.flush_before_snapshot = flush;
