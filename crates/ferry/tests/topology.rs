@@ -307,3 +307,18 @@ fn replica_set_target_failover_is_followed() {
     assert!(out.contains("partial resync (+CONTINUE)"), "{out}");
     assert!(ferry.signal("INT").success(), "{}", ferry.output());
 }
+
+#[test]
+fn cluster_source_full_mode_completes_when_every_shard_has() {
+    let cluster = Cluster::start(3, 0);
+    fill_cluster(&cluster, 300);
+    let target = Server::start();
+    let mut ferry = Ferry::sync(&cluster.seed_url(), &target.url(), &["--mode", "full"]);
+    assert!(ferry.wait(LONG).success(), "{}", ferry.output());
+    assert!(
+        ferry.output().contains("full sync complete"),
+        "{}",
+        ferry.output()
+    );
+    wait_same_data_cluster(DataSide::Cluster(&cluster), DataSide::Server(&target), LONG);
+}
