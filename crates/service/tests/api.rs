@@ -23,6 +23,7 @@ impl Api {
             listen: "127.0.0.1:0".parse().expect("addr"),
             store: store.to_string(),
             token: token.map(str::to_string),
+            ..ServeOptions::new("127.0.0.1:0".parse().expect("addr"), store.to_string())
         })
         .await
         .expect("service starts");
