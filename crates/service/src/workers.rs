@@ -273,7 +273,7 @@ impl Workers {
                 .map(|mut r| r.remove(&row.id))
                 .unwrap_or(false);
             let event = match (&lease.owner, restarted) {
-                (_, true) => format!("resumed after a service restart, on worker {}", self.id),
+                (_, true) => "resumed after a service restart".to_string(),
                 (Some(old), false) => format!(
                     "taken over by worker {} (the lease of worker {old} expired)",
                     self.id
