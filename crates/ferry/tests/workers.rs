@@ -169,7 +169,9 @@ fn writer(source: &Server, stop: Arc<AtomicBool>) -> JoinHandle<u64> {
 #[test]
 fn workers_share_jobs_and_survive_kill_freeze_join_and_drain() {
     let Ok(base) = std::env::var("FERRY_TEST_POSTGRES_URL") else {
-        eprintln!("FERRY_TEST_POSTGRES_URL not set: skipped (scripts/start-test-postgres.sh starts one)");
+        eprintln!(
+            "FERRY_TEST_POSTGRES_URL not set: skipped (scripts/start-test-postgres.sh starts one)"
+        );
         return;
     };
     let http = Http {
@@ -203,15 +205,19 @@ fn workers_share_jobs_and_survive_kill_freeze_join_and_drain() {
     }
 
     // 1. The jobs spread: one per worker, every worker sees every job and its runner.
-    wait_for("the jobs to spread over the three workers", Duration::from_secs(30), || {
-        let owners = http.owners(&workers[1].url);
-        let distinct: HashSet<_> = owners.values().flatten().collect();
-        if owners.len() == 3 && owners.values().all(Option::is_some) && distinct.len() == 3 {
-            Ok(())
-        } else {
-            Err(format!("{owners:?}"))
-        }
-    });
+    wait_for(
+        "the jobs to spread over the three workers",
+        Duration::from_secs(30),
+        || {
+            let owners = http.owners(&workers[1].url);
+            let distinct: HashSet<_> = owners.values().flatten().collect();
+            if owners.len() == 3 && owners.values().all(Option::is_some) && distinct.len() == 3 {
+                Ok(())
+            } else {
+                Err(format!("{owners:?}"))
+            }
+        },
+    );
     for name in &names {
         wait_for("the job to be incremental", Duration::from_secs(60), || {
             let v = http.job(&workers[2].url, name);
@@ -226,29 +232,40 @@ fn workers_share_jobs_and_survive_kill_freeze_join_and_drain() {
     // 2. kill -9 the worker running job0: another worker runs it within the lease time.
     let owners = http.owners(&workers[0].url);
     let victim_id = owners[&names[0]].clone().expect("job0 runs");
-    let victim = workers.iter().position(|w| w.id == victim_id).expect("victim");
+    let victim = workers
+        .iter()
+        .position(|w| w.id == victim_id)
+        .expect("victim");
     let mut dead = workers.remove(victim);
     dead.proc.signal("KILL");
     let killed_at = Instant::now();
-    wait_for("another worker to take job0 over", Duration::from_secs(LEASE * 3), || {
-        let owners = http.owners(&workers[0].url);
-        match &owners[&names[0]] {
-            Some(w) if *w != victim_id => Ok(()),
-            other => Err(format!("{other:?}")),
-        }
-    });
+    wait_for(
+        "another worker to take job0 over",
+        Duration::from_secs(LEASE * 3),
+        || {
+            let owners = http.owners(&workers[0].url);
+            match &owners[&names[0]] {
+                Some(w) if *w != victim_id => Ok(()),
+                other => Err(format!("{other:?}")),
+            }
+        },
+    );
     eprintln!("job0 taken over {:?} after the kill", killed_at.elapsed());
     drop(dead);
 
     // 3. SIGSTOP a worker past its lease: the other takes its jobs; woken up, it sees
     // its lease lost (or not renewed in time) and stops its job.
-    let frozen_id = http.owners(&workers[0].url)
+    let frozen_id = http
+        .owners(&workers[0].url)
         .values()
         .flatten()
         .next()
         .cloned()
         .expect("some job runs");
-    let frozen = workers.iter().position(|w| w.id == frozen_id).expect("frozen");
+    let frozen = workers
+        .iter()
+        .position(|w| w.id == frozen_id)
+        .expect("frozen");
     let awake = 1 - frozen;
     let pid = workers[frozen].proc.pid().to_string();
     let sig = |s: &str| {
@@ -262,51 +279,80 @@ fn workers_share_jobs_and_survive_kill_freeze_join_and_drain() {
     sig("-STOP");
     let awake_url = workers[awake].url.clone();
     let awake_id = workers[awake].id.clone();
-    wait_for("the awake worker to run every job", Duration::from_secs(LEASE * 4), || {
-        let owners = http.owners(&awake_url);
-        if owners.values().all(|o| o.as_deref() == Some(awake_id.as_str())) {
-            Ok(())
-        } else {
-            Err(format!("{owners:?}"))
-        }
-    });
+    wait_for(
+        "the awake worker to run every job",
+        Duration::from_secs(LEASE * 4),
+        || {
+            let owners = http.owners(&awake_url);
+            if owners
+                .values()
+                .all(|o| o.as_deref() == Some(awake_id.as_str()))
+            {
+                Ok(())
+            } else {
+                Err(format!("{owners:?}"))
+            }
+        },
+    );
     sig("-CONT");
-    wait_for("the woken worker to stop its job", Duration::from_secs(LEASE * 2), || {
-        let log = workers[frozen].proc.stderr();
-        if log.contains("lease was lost") || log.contains("could not be renewed in time") {
-            Ok(())
-        } else {
-            Err(log.lines().rev().take(5).collect::<Vec<_>>().join("\n"))
-        }
-    });
+    wait_for(
+        "the woken worker to stop its job",
+        Duration::from_secs(LEASE * 2),
+        || {
+            let log = workers[frozen].proc.stderr();
+            if log.contains("lease was lost") || log.contains("could not be renewed in time") {
+                Ok(())
+            } else {
+                Err(log.lines().rev().take(5).collect::<Vec<_>>().join("\n"))
+            }
+        },
+    );
 
     // 4. A fourth worker (started with --drain) joins: it receives a job.
     let joiner = worker(&store, &["--drain"]);
     let joiner_id = joiner.id.clone();
-    wait_for("the new worker to receive a job", Duration::from_secs(LEASE * 6), || {
-        let owners = http.owners(&joiner.url);
-        if owners.values().any(|o| o.as_deref() == Some(joiner_id.as_str())) {
-            Ok(())
-        } else {
-            Err(format!("{owners:?}"))
-        }
-    });
+    wait_for(
+        "the new worker to receive a job",
+        Duration::from_secs(LEASE * 6),
+        || {
+            let owners = http.owners(&joiner.url);
+            if owners
+                .values()
+                .any(|o| o.as_deref() == Some(joiner_id.as_str()))
+            {
+                Ok(())
+            } else {
+                Err(format!("{owners:?}"))
+            }
+        },
+    );
     workers.push(joiner);
 
     // 5. Drained, it hands its job over and exits 0.
     let mut joiner = workers.pop().expect("joiner");
     let status = joiner.proc.signal("TERM");
     assert!(status.success(), "{status}\n{}", joiner.proc.output());
-    assert!(joiner.proc.stderr().contains("worker drained"), "{}", joiner.proc.output());
-    wait_for("every job to run on the remaining workers", Duration::from_secs(LEASE * 4), || {
-        let owners = http.owners(&workers[0].url);
-        let live: HashSet<&str> = workers.iter().map(|w| w.id.as_str()).collect();
-        if owners.values().all(|o| o.as_deref().is_some_and(|w| live.contains(w))) {
-            Ok(())
-        } else {
-            Err(format!("{owners:?}"))
-        }
-    });
+    assert!(
+        joiner.proc.stderr().contains("worker drained"),
+        "{}",
+        joiner.proc.output()
+    );
+    wait_for(
+        "every job to run on the remaining workers",
+        Duration::from_secs(LEASE * 4),
+        || {
+            let owners = http.owners(&workers[0].url);
+            let live: HashSet<&str> = workers.iter().map(|w| w.id.as_str()).collect();
+            if owners
+                .values()
+                .all(|o| o.as_deref().is_some_and(|w| live.contains(w)))
+            {
+                Ok(())
+            } else {
+                Err(format!("{owners:?}"))
+            }
+        },
+    );
 
     // The writers stop; every target catches up and equals its source exactly.
     stop.store(true, Ordering::Relaxed);

@@ -307,9 +307,7 @@ fn view(row: &JobRow, running: Option<Arc<Running>>, lease: Option<&Lease>) -> J
         v.worker = l.owner.clone();
         v.worker_address = l.address.clone();
         // Run by another worker: its state as last reported.
-        if let (Some(state), None, "running") =
-            (&l.state, &running, row.desired_state.as_str())
-        {
+        if let (Some(state), None, "running") = (&l.state, &running, row.desired_state.as_str()) {
             v.state = state.clone();
         }
     }
@@ -350,7 +348,12 @@ fn local(app: &App, id: i64) -> Option<Arc<Running>> {
 }
 
 async fn lease_of(app: &App, id: i64) -> ApiResult<Option<Lease>> {
-    Ok(app.store.leases().await?.into_iter().find(|l| l.job_id == id))
+    Ok(app
+        .store
+        .leases()
+        .await?
+        .into_iter()
+        .find(|l| l.job_id == id))
 }
 
 async fn list_workers(State(app): Shared) -> ApiResult<Json<Value>> {
@@ -372,7 +375,9 @@ async fn list_workers(State(app): Shared) -> ApiResult<Json<Value>> {
             })
         })
         .collect();
-    Ok(Json(json!({ "workers": list, "lease_seconds": app.workers.lease().as_secs_f64() })))
+    Ok(Json(
+        json!({ "workers": list, "lease_seconds": app.workers.lease().as_secs_f64() }),
+    ))
 }
 
 async fn list_jobs(State(app): Shared) -> ApiResult<Json<Value>> {
@@ -565,9 +570,7 @@ async fn halt(app: &App, id: &str, state: &str) -> ApiResult<i64> {
 async fn stop_anywhere(app: &App, id: i64) -> ApiResult<()> {
     app.workers.stop_local(id).await;
     let until = std::time::Instant::now() + app.workers.lease() * 4 / 3;
-    while lease_of(app, id).await?.is_some_and(|l| l.live)
-        && std::time::Instant::now() < until
-    {
+    while lease_of(app, id).await?.is_some_and(|l| l.live) && std::time::Instant::now() < until {
         tokio::time::sleep(std::time::Duration::from_millis(100)).await;
     }
     Ok(())

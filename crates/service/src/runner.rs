@@ -138,7 +138,14 @@ impl Manager {
 
     /// Starts the job (resuming from its checkpoint); a running job is left alone. With a
     /// lease (owner, generation), how the job ends is stored only while that lease is held.
-    pub fn start(&self, id: i64, config: JobConfig, base: Totals, lease: Option<(String, i64)>) {
+    /// A fence (from the lease) stops the job's writes once it lapses.
+    pub fn start(
+        &self,
+        id: i64,
+        mut config: JobConfig,
+        base: Totals,
+        lease: Option<(String, i64, Arc<ferry_sync::Fence>)>,
+    ) {
         if self.is_running(id) {
             return;
         }
@@ -147,7 +154,10 @@ impl Manager {
             name: config.name.clone(),
             base,
             status: status.clone(),
-            cancel: CancellationToken::new(),
+            cancel: lease
+                .as_ref()
+                .map(|(_, _, f)| f.token())
+                .unwrap_or_default(),
             finished: AtomicBool::new(false),
             fenced: AtomicBool::new(false),
             samples: Mutex::new(VecDeque::with_capacity(SAMPLES)),
@@ -155,6 +165,8 @@ impl Manager {
             errors_total: AtomicU64::new(0),
             task: Mutex::new(None),
         });
+        config.fence = lease.as_ref().map(|(_, _, f)| f.clone());
+        let lease = lease.map(|(owner, generation, _)| (owner, generation));
         info!(job = %config.name, "starting job");
         let store = self.store.clone();
         let r = running.clone();

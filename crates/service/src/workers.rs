@@ -37,9 +37,11 @@ use crate::runner::Manager;
 use crate::store::{Store, StoreError};
 
 /// A lease this worker holds.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 struct Held {
     generation: i64,
+    /// Lets the job write while the lease holds (extended on each renewal).
+    fence: Arc<ferry_sync::Fence>,
     /// When the watchdog cancels the job if no renewal succeeded since.
     deadline: Instant,
     /// The watchdog cancelled it already.
@@ -204,15 +206,24 @@ impl Workers {
                 self.hand_back(id, h.generation, why).await;
                 continue;
             }
-            self.renew(id, h, local.as_ref().map_or("starting", |r| r.state_name()), limit)
-                .await;
+            self.renew(
+                id,
+                h,
+                local.as_ref().map_or("starting", |r| r.state_name()),
+                limit,
+            )
+            .await;
         }
 
         // Fair share.
         let workers = tokio::time::timeout(limit, self.store.workers(self.lease_ms()))
             .await
             .map_err(timed("workers"))??;
-        let live = workers.iter().filter(|w| w.live && !w.draining).count().max(1);
+        let live = workers
+            .iter()
+            .filter(|w| w.live && !w.draining)
+            .count()
+            .max(1);
         let share = if draining {
             0
         } else {
@@ -222,7 +233,7 @@ impl Workers {
         mine.sort_unstable();
         while mine.len() > share {
             let Some(id) = mine.pop() else { break };
-            if let Some(h) = self.held().get(&id).copied() {
+            if let Some(h) = self.held().get(&id).cloned() {
                 let why = if draining {
                     "handed over: the worker is draining"
                 } else {
@@ -282,17 +293,24 @@ impl Workers {
             };
             info!(worker = %self.id, job = %row.spec.name, generation, "{event}");
             let _ = self.store.event(row.id, &event).await;
+            let deadline = sent + self.lease * 2 / 3;
+            let fence = ferry_sync::Fence::new(deadline, CancellationToken::new());
             self.set_held(
                 row.id,
                 Some(Held {
                     generation,
-                    deadline: sent + self.lease * 2 / 3,
+                    fence: fence.clone(),
+                    deadline,
                     fenced: false,
                 }),
             );
             self.manager.forget(row.id);
-            self.manager
-                .start(row.id, config, row.totals, Some((self.id.clone(), generation)));
+            self.manager.start(
+                row.id,
+                config,
+                row.totals,
+                Some((self.id.clone(), generation, fence)),
+            );
         }
         Ok(())
     }
@@ -303,30 +321,31 @@ impl Workers {
         let renewed = tokio::time::timeout(
             limit,
             self.store
-            .renew_lease(id, &self.id, h.generation, self.lease_ms(), state),
+                .renew_lease(id, &self.id, h.generation, self.lease_ms(), state),
         )
         .await;
         match renewed {
             Ok(Ok(true)) => {
-            let deadline = sent + self.lease * 2 / 3;
-            if let Ok(mut held) = self.held.lock() {
-                if let Some(x) = held.get_mut(&id) {
-                    x.deadline = deadline;
+                let deadline = sent + self.lease * 2 / 3;
+                if let Ok(mut held) = self.held.lock() {
+                    if let Some(x) = held.get_mut(&id) {
+                        x.deadline = deadline;
+                        x.fence.extend(deadline);
+                    }
                 }
             }
-            }
             Ok(Ok(false)) => {
-            warn!(worker = %self.id, job = id, generation = h.generation, "the job's lease was lost (expired or taken by another worker): stopping the job");
-            self.manager.fence(id);
-            self.manager.stop(id).await;
-            self.manager.forget(id);
-            self.set_held(id, None);
+                warn!(worker = %self.id, job = id, generation = h.generation, "the job's lease was lost (expired or taken by another worker): stopping the job");
+                self.manager.fence(id);
+                self.manager.stop(id).await;
+                self.manager.forget(id);
+                self.set_held(id, None);
             }
             Ok(Err(e)) => {
-            warn!(worker = %self.id, job = id, error = %e, "cannot renew the job's lease: retrying")
+                warn!(worker = %self.id, job = id, error = %e, "cannot renew the job's lease: retrying")
             }
             Err(_) => {
-            warn!(worker = %self.id, job = id, "cannot renew the job's lease: the database did not answer in time")
+                warn!(worker = %self.id, job = id, "cannot renew the job's lease: the database did not answer in time")
             }
         }
     }
@@ -335,10 +354,7 @@ impl Workers {
     async fn renew_all(&self) {
         let limit = self.heartbeat().max(Duration::from_secs(1));
         for (id, h) in self.held() {
-            let state = self
-                .manager
-                .get(id)
-                .map_or("starting", |r| r.state_name());
+            let state = self.manager.get(id).map_or("starting", |r| r.state_name());
             self.renew(id, h, state, limit).await;
         }
     }
@@ -356,9 +372,10 @@ impl Workers {
 
     /// Stops a job held here now (the user stopped, paused or deleted it).
     pub async fn stop_local(&self, id: i64) {
-        if let Some(h) = self.held().get(&id).copied() {
+        if let Some(h) = self.held().get(&id).cloned() {
             let _one = self.tick_lock.lock().await;
-            self.hand_back(id, h.generation, "stopped by the user").await;
+            self.hand_back(id, h.generation, "stopped by the user")
+                .await;
         } else {
             self.manager.stop(id).await;
         }
@@ -377,7 +394,7 @@ impl Workers {
         let mut ids: Vec<i64> = self.held().keys().copied().collect();
         ids.sort_unstable();
         for id in ids {
-            let Some(h) = self.held().get(&id).copied() else {
+            let Some(h) = self.held().get(&id).cloned() else {
                 continue;
             };
             self.hand_back(id, h.generation, "handed over: the worker is draining")
