@@ -567,6 +567,7 @@ async fn openapi_lists_every_route() {
         ("/jobs/{id}/resume", vec!["post"]),
         ("/jobs/{id}/precheck", vec!["post"]),
         ("/connectivity", vec!["post"]),
+        ("/workers", vec!["get"]),
         ("/precheck", vec!["post"]),
         ("/openapi.json", vec!["get"]),
     ];
