@@ -374,6 +374,49 @@ fn workers_share_jobs_and_survive_kill_freeze_join_and_drain() {
             "{}",
             names[i]
         );
+        let keys = |s: &Server| {
+            let mut k: Vec<String> = s
+                .cmd(&["KEYS", "*"])
+                .as_array()
+                .iter()
+                .map(|k| k.as_str())
+                .collect();
+            k.sort();
+            k
+        };
+        let (sk, tk) = (keys(&sources[i]), keys(&targets[i]));
+        for k in ["counter", "big"] {
+            assert_eq!(
+                sources[i].cmd(&["GET", k]).as_str(),
+                targets[i].cmd(&["GET", k]).as_str(),
+                "{}: {k} differs",
+                names[i]
+            );
+        }
+        let list = |s: &Server| {
+            s.cmd(&["LRANGE", "list", "0", "-1"])
+                .as_array()
+                .iter()
+                .map(|v| v.as_str())
+                .collect::<Vec<_>>()
+        };
+        let (sl, tl) = (list(&sources[i]), list(&targets[i]));
+        if sl != tl {
+            let first = sl.iter().zip(&tl).position(|(a, b)| a != b);
+            panic!(
+                "{}: lists differ (lengths {} {}), first difference at {first:?}: {:?} / {:?}",
+                names[i],
+                sl.len(),
+                tl.len(),
+                first.map(|f| &sl[f..(f + 5).min(sl.len())]),
+                first.map(|f| &tl[f..(f + 5).min(tl.len())])
+            );
+        }
+        assert!(
+            tk.len() == sk.len() + 1,
+            "{}: keys {sk:?} / {tk:?}",
+            names[i]
+        );
         assert_exact_copy_with_checkpoint(&sources[i], &targets[i], &names[i]);
     }
     for w in &mut workers {
