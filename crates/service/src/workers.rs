@@ -245,6 +245,7 @@ impl Workers {
 
         // Claim up to the share.
         if mine.len() >= share {
+            self.clear_resumed();
             return Ok(());
         }
         let leases = tokio::time::timeout(limit, self.store.leases())
@@ -312,7 +313,15 @@ impl Workers {
                 Some((self.id.clone(), generation, fence)),
             );
         }
+        self.clear_resumed();
         Ok(())
+    }
+
+    /// Only the first round's claims are restarts of this process's own jobs.
+    fn clear_resumed(&self) {
+        if let Ok(mut r) = self.resumed.lock() {
+            r.clear();
+        }
     }
 
     /// Renews one lease; a lost one stops its job.
