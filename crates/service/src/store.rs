@@ -18,6 +18,8 @@ pub enum StoreError {
     Corrupt(String),
     #[error("store {url}: {message}")]
     Open { url: String, message: String },
+    #[error("{0}: the database did not answer in time")]
+    Timeout(&'static str),
     #[error("a {what} named {name:?} already exists")]
     Exists { what: &'static str, name: String },
 }

@@ -168,9 +168,7 @@ impl Workers {
     pub async fn tick(&self) -> Result<(), StoreError> {
         let _one = self.tick_lock.lock().await;
         let limit = self.heartbeat().max(Duration::from_secs(1));
-        let timed = |what: &'static str| {
-            move |_| StoreError::Corrupt(format!("{what}: the database did not answer in time"))
-        };
+        let timed = |what: &'static str| move |_| StoreError::Timeout(what);
         let draining = self.draining.load(Relaxed);
         tokio::time::timeout(
             limit,
@@ -191,7 +189,9 @@ impl Workers {
             .map(|j| (j.id, j))
             .collect();
 
-        // Renew what we hold; hand back what should not run here any more.
+        // Renew what we hold first (a stop below may take a moment); then hand back what
+        // should not run here any more.
+        let mut done = Vec::new();
         for (id, h) in self.held() {
             let local = self.manager.get(id);
             let finished = local.as_ref().is_none_or(|r| r.is_finished());
@@ -203,7 +203,7 @@ impl Workers {
                 } else {
                     "ended"
                 };
-                self.hand_back(id, h.generation, why).await;
+                done.push((id, h.generation, why));
                 continue;
             }
             self.renew(
@@ -213,6 +213,10 @@ impl Workers {
                 limit,
             )
             .await;
+        }
+
+        for (id, generation, why) in done {
+            self.hand_back(id, generation, why).await;
         }
 
         // Fair share.

@@ -358,6 +358,17 @@ async fn restarted_service_resumes_its_jobs() {
         history.contains(&"resumed after a service restart"),
         "{history:?}"
     );
+    // One process, one worker: it runs the job and lists itself.
+    let worker = v["worker"]
+        .as_str()
+        .expect("the job names its worker")
+        .to_string();
+    let workers = api.get("/api/v1/workers").await;
+    let list = workers["workers"].as_array().expect("workers");
+    assert_eq!(list.len(), 1, "{workers}");
+    assert_eq!(list[0]["id"], json!(worker), "{workers}");
+    assert_eq!(list[0]["live"], json!(true), "{workers}");
+    assert_eq!(list[0]["jobs"], json!([v["id"]]), "{workers}");
     // Resumed from the checkpoint: no new snapshot, so no key was read again; the counts
     // go on from where they were.
     let v = api
