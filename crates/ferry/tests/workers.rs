@@ -301,6 +301,9 @@ fn workers_share_jobs_and_survive_kill_freeze_join_and_drain() {
         || {
             let log = workers[frozen].proc.stderr();
             if log.contains("lease was lost") || log.contains("could not be renewed in time") {
+                for l in log.lines().filter(|l| l.contains("lease")) {
+                    eprintln!("frozen worker: {l}");
+                }
                 Ok(())
             } else {
                 Err(log.lines().rev().take(5).collect::<Vec<_>>().join("\n"))

@@ -48,3 +48,24 @@ impl Fence {
         self.cancel.clone()
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+
+    #[test]
+    fn lapses_at_its_deadline_and_only_moves_forward() {
+        let now = Instant::now();
+        let f = Fence::new(now + Duration::from_secs(60), CancellationToken::new());
+        assert!(f.is_valid());
+        f.extend(now); // an older renewal answered late does not shorten it
+        assert!(f.is_valid());
+        let g = Fence::new(now, CancellationToken::new());
+        assert!(!g.is_valid());
+        g.extend(now + Duration::from_secs(60));
+        assert!(g.is_valid());
+        g.trip();
+        assert!(g.token().is_cancelled());
+    }
+}
