@@ -53,6 +53,10 @@ struct Worker {
 }
 
 fn worker(store: &str, extra: &[&str]) -> Worker {
+    worker_ready(spawn_worker(store, extra))
+}
+
+fn spawn_worker(store: &str, extra: &[&str]) -> Ferry {
     let lease = LEASE.to_string();
     let mut args = vec![
         "serve",
@@ -64,7 +68,10 @@ fn worker(store: &str, extra: &[&str]) -> Worker {
         &lease,
     ];
     args.extend_from_slice(extra);
-    let mut proc = Ferry::start(&args);
+    Ferry::start(&args)
+}
+
+fn worker_ready(mut proc: Ferry) -> Worker {
     proc.wait_for_output("\nworker ", Duration::from_secs(30));
     let out = proc.output();
     let url = out
@@ -185,7 +192,9 @@ fn workers_share_jobs_and_survive_kill_freeze_join_and_drain() {
     let stop = Arc::new(AtomicBool::new(false));
     let writers: Vec<_> = sources.iter().map(|s| writer(s, stop.clone())).collect();
 
-    let mut workers: Vec<Worker> = (0..3).map(|_| worker(&store, &[])).collect();
+    // Started together on the new database: they migrate it one at a time.
+    let spawned: Vec<Ferry> = (0..3).map(|_| spawn_worker(&store, &[])).collect();
+    let mut workers: Vec<Worker> = spawned.into_iter().map(worker_ready).collect();
     // Every worker registered (and counted) before the jobs come.
     std::thread::sleep(Duration::from_secs(2));
     for i in 0..3 {
@@ -300,7 +309,7 @@ fn workers_share_jobs_and_survive_kill_freeze_join_and_drain() {
         Duration::from_secs(LEASE * 2),
         || {
             let log = workers[frozen].proc.stderr();
-            if log.contains("lease was lost") || log.contains("could not be renewed in time") {
+            if log.contains("lease was lost") || log.contains("not renewed in time") {
                 for l in log.lines().filter(|l| l.contains("lease")) {
                     eprintln!("frozen worker: {l}");
                 }

@@ -163,16 +163,23 @@ impl Store {
         self.pool.close().await;
     }
 
+    /// Applies the missing schema versions in one transaction. On PostgreSQL an advisory
+    /// lock serializes workers that start together on a new or older database.
     async fn migrate(&self, steps: &'static [(i64, &'static str)]) -> Result<(), StoreError> {
+        let mut tx = self.pool.begin().await?;
+        if self.postgres {
+            sqlx::query("SELECT pg_advisory_xact_lock(7379001)")
+                .execute(&mut *tx)
+                .await?;
+        }
         sqlx::query("CREATE TABLE IF NOT EXISTS ferry_schema (version BIGINT NOT NULL)")
-            .execute(&self.pool)
+            .execute(&mut *tx)
             .await?;
         let row = sqlx::query("SELECT MAX(version) AS v FROM ferry_schema")
-            .fetch_one(&self.pool)
+            .fetch_one(&mut *tx)
             .await?;
         let current: i64 = row.try_get::<Option<i64>, _>("v")?.unwrap_or(0);
         for (version, sql) in steps.iter().filter(|(v, _)| *v > current) {
-            let mut tx = self.pool.begin().await?;
             for stmt in sql.split(';').map(str::trim).filter(|s| !s.is_empty()) {
                 sqlx::query(stmt).execute(&mut *tx).await?;
             }
@@ -180,8 +187,8 @@ impl Store {
                 .bind(*version)
                 .execute(&mut *tx)
                 .await?;
-            tx.commit().await?;
         }
+        tx.commit().await?;
         Ok(())
     }
 

@@ -155,7 +155,7 @@ impl Workers {
                 .filter(|(_, h)| !h.fenced && h.deadline <= now)
                 .collect();
             for (id, mut h) in late {
-                warn!(worker = %self.id, job = id, "the job's lease could not be renewed in time: stopping the job (fencing) before the lease expires");
+                warn!(worker = %self.id, job = id, "the job's lease was not renewed in time (the database did not answer, or this process was frozen): stopping the job (fencing)");
                 self.manager.fence(id);
                 h.fenced = true;
                 self.set_held(id, Some(h));
