@@ -18,6 +18,23 @@ use serde_json::{json, Value};
 
 const LEASE: u64 = 5;
 
+/// Drops the test's database (best effort: a failed test leaves it for inspection).
+fn drop_database(base: &str, url: &str, rt: &tokio::runtime::Runtime) {
+    use sqlx::Connection;
+    let Some(name) = url.split('?').next().and_then(|u| u.rsplit('/').next()) else {
+        return;
+    };
+    rt.block_on(async {
+        if let Ok(mut c) = sqlx::PgConnection::connect(base).await {
+            let _ = sqlx::raw_sql(sqlx::AssertSqlSafe(format!(
+                "DROP DATABASE IF EXISTS {name}"
+            )))
+            .execute(&mut c)
+            .await;
+        }
+    });
+}
+
 /// A fresh database on the test server: the URL to use.
 fn fresh_database(base: &str, rt: &tokio::runtime::Runtime) -> String {
     use sqlx::Connection;
@@ -439,4 +456,5 @@ fn workers_share_jobs_and_survive_kill_freeze_join_and_drain() {
         );
         assert_exact_copy_with_checkpoint(&sources[i], &targets[i], &names[i]);
     }
+    drop_database(&base, &store, &http.rt);
 }

@@ -265,12 +265,13 @@ impl Workers {
             if lease.live || self.holds(lease.job_id) || self.manager.is_running(lease.job_id) {
                 continue;
             }
+            // Before the claim is sent: the database counts the lease from later.
+            let sent = Instant::now();
             let claimed = self
                 .store
                 .claim_lease(lease.job_id, &self.id, self.lease_ms())
                 .await?;
             let Some(generation) = claimed else { continue };
-            let sent = Instant::now();
             let config = match row.spec.config() {
                 Ok(c) => c,
                 Err(e) => {

@@ -154,5 +154,18 @@ async fn postgres_leases_are_exclusive() {
     let url = fresh_postgres(&base).await;
     let store = Store::open(&url).await.expect("store");
     let second = Store::open(&url).await.expect("second store");
-    leases_are_exclusive(store, second).await;
+    leases_are_exclusive(store.clone(), second.clone()).await;
+    store.close().await;
+    second.close().await;
+    use sqlx::Connection;
+    if let (Ok(mut c), Some(name)) = (
+        sqlx::PgConnection::connect(&base).await,
+        url.split('?').next().and_then(|u| u.rsplit('/').next()),
+    ) {
+        let _ = sqlx::raw_sql(sqlx::AssertSqlSafe(format!(
+            "DROP DATABASE IF EXISTS {name}"
+        )))
+        .execute(&mut c)
+        .await;
+    }
 }
