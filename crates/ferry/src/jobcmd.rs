@@ -347,6 +347,10 @@ fn show(v: &Value) -> String {
     if let Some(e) = v["last_error"].as_str() {
         line(&mut out, "Last error", e.to_string());
     }
+    if let Some(w) = v["worker"].as_str() {
+        let addr = v["worker_address"].as_str().unwrap_or("?");
+        line(&mut out, "Worker", format!("{w} ({addr})"));
+    }
     if let Some(h) = v["history"].as_array() {
         out.push_str("History:\n");
         for e in h {

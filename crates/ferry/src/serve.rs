@@ -17,17 +17,27 @@ pub struct ServeArgs {
     /// Require `Authorization: Bearer TOKEN` on every API call and on /metrics.
     #[arg(long, env = "FERRY_TOKEN", hide_env_values = true)]
     token: Option<String>,
+    /// Several workers on one PostgreSQL store: a job's lease lasts this long without
+    /// renewal (renewed every third of it); a dead worker's jobs move after it.
+    #[arg(long, default_value_t = 15, value_parser = clap::value_parser!(u64).range(3..=3600))]
+    lease_seconds: u64,
+    /// On SIGINT/SIGTERM, hand the jobs over one at a time, each once another worker runs
+    /// the one before, then exit (without it: stop them all and release their leases).
+    #[arg(long)]
+    drain: bool,
 }
 
 pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
     let service = Service::start(ServeOptions {
-        listen: args.listen,
-        store: args.store,
         token: args.token,
+        lease: std::time::Duration::from_secs(args.lease_seconds),
+        drain: args.drain,
+        ..ServeOptions::new(args.listen, args.store)
     })
     .await
     .context("cannot start the service")?;
     println!("ferry service on http://{}/", service.addr());
+    println!("worker {}", service.worker_id());
     let cancel = CancellationToken::new();
     crate::stop_on_signals(cancel.clone());
     cancel.cancelled().await;

@@ -313,6 +313,7 @@ async function showJob(name) {
       figure("Throughput", `${fmt(j.apply_rate, 1)} records/s · ${fmt(j.bytes_rate / 1e6, 2)} MB/s read`),
       figure("Retries", retry),
       figure("Last error", j.last_error || "none"),
+      figure("Worker", j.worker ? `${j.worker} (${j.worker_address || "?"})` : "none", "fig-worker"),
     );
     const running = ["starting", "full-sync", "incremental", "retrying"].includes(j.state);
     for (const b of $$("#job-actions button")) {

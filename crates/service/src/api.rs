@@ -17,11 +17,12 @@ use tracing::warn;
 
 use crate::model::{EndpointSpec, Instance, JobSpec};
 use crate::runner::{Manager, Running};
-use crate::store::{JobRow, Store, StoreError};
+use crate::store::{JobRow, Lease, Store, StoreError};
 
 pub struct App {
     pub store: Store,
     pub manager: Manager,
+    pub workers: Arc<crate::workers::Workers>,
     pub token: Option<String>,
 }
 
@@ -100,6 +101,7 @@ pub fn routes(app: Arc<App>) -> Router {
         .route("/jobs/{id}/pause", post(pause_job))
         .route("/jobs/{id}/resume", post(resume_job))
         .route("/jobs/{id}/precheck", post(precheck_job))
+        .route("/workers", get(list_workers))
         .route("/connectivity", post(connectivity))
         .route("/precheck", post(precheck_spec))
         .route("/openapi.json", get(openapi));
@@ -249,13 +251,16 @@ struct JobView {
     created_at: i64,
     updated_at: i64,
     spec: JobSpec,
+    /// The worker that runs the job (holds its lease), and its address.
+    worker: Option<String>,
+    worker_address: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     history: Option<Vec<crate::store::Event>>,
     #[serde(skip_serializing_if = "Option::is_none")]
     samples: Option<Vec<crate::runner::Sample>>,
 }
 
-fn view(row: &JobRow, running: Option<Arc<Running>>) -> JobView {
+fn view(row: &JobRow, running: Option<Arc<Running>>, lease: Option<&Lease>) -> JobView {
     let mode = row
         .spec
         .mode
@@ -290,11 +295,21 @@ fn view(row: &JobRow, running: Option<Arc<Running>>) -> JobView {
         created_at: row.created_at,
         updated_at: row.updated_at,
         spec: row.spec.public(),
+        worker: None,
+        worker_address: None,
         history: None,
         samples: None,
     };
     if row.desired_state == "completed" {
         v.progress_percent = 100.0;
+    }
+    if let Some(l) = lease.filter(|l| l.live) {
+        v.worker = l.owner.clone();
+        v.worker_address = l.address.clone();
+        // Run by another worker: its state as last reported.
+        if let (Some(state), None, "running") = (&l.state, &running, row.desired_state.as_str()) {
+            v.state = state.clone();
+        }
     }
     let totals = running.as_ref().map(|r| r.totals()).unwrap_or(row.totals);
     v.source_transactions = totals.records_read;
@@ -327,14 +342,54 @@ fn view(row: &JobRow, running: Option<Arc<Running>>) -> JobView {
     v
 }
 
+/// The job as this worker runs it, if it does.
+fn local(app: &App, id: i64) -> Option<Arc<Running>> {
+    app.manager.get(id).filter(|_| app.workers.holds(id))
+}
+
+async fn lease_of(app: &App, id: i64) -> ApiResult<Option<Lease>> {
+    Ok(app
+        .store
+        .leases()
+        .await?
+        .into_iter()
+        .find(|l| l.job_id == id))
+}
+
+async fn list_workers(State(app): Shared) -> ApiResult<Json<Value>> {
+    let lease_ms = i64::try_from(app.workers.lease().as_millis()).unwrap_or(i64::MAX);
+    let workers = app.store.workers(lease_ms).await?;
+    let leases = app.store.leases().await?;
+    let list: Vec<Value> = workers
+        .iter()
+        .map(|w| {
+            let jobs: Vec<i64> = leases
+                .iter()
+                .filter(|l| l.live && l.owner.as_deref() == Some(w.id.as_str()))
+                .map(|l| l.job_id)
+                .collect();
+            json!({
+                "id": w.id, "address": w.address, "started_at": w.started_at,
+                "heartbeat_at": w.heartbeat_at, "draining": w.draining, "live": w.live,
+                "jobs": jobs, "this": w.id == app.workers.id(),
+            })
+        })
+        .collect();
+    Ok(Json(
+        json!({ "workers": list, "lease_seconds": app.workers.lease().as_secs_f64() }),
+    ))
+}
+
 async fn list_jobs(State(app): Shared) -> ApiResult<Json<Value>> {
+    let leases = app.store.leases().await?;
     let jobs: Vec<JobView> = app
         .store
         .jobs()
         .await?
         .iter()
         .map(|row| {
-            let mut v = view(row, app.manager.get(row.id));
+            let lease = leases.iter().find(|l| l.job_id == row.id);
+            let mut v = view(row, local(&app, row.id), lease);
             v.samples = None;
             v
         })
@@ -351,7 +406,8 @@ async fn find(app: &App, id: &str) -> ApiResult<JobRow> {
 
 async fn show_job(State(app): Shared, Path(id): Path<String>) -> ApiResult<Json<JobView>> {
     let row = find(&app, &id).await?;
-    let mut v = view(&row, app.manager.get(row.id));
+    let lease = lease_of(&app, row.id).await?;
+    let mut v = view(&row, local(&app, row.id), lease.as_ref());
     v.history = Some(app.store.events(row.id, 200).await?);
     Ok(Json(v))
 }
@@ -385,11 +441,14 @@ async fn create_job(
     let id = app.store.create_job(&spec, desired).await?;
     if q.start {
         app.store.event(id, "started").await?;
-        app.manager
-            .start(id, config, crate::store::Totals::default());
+        claim_now(&app).await;
     }
     let row = find(&app, &id.to_string()).await?;
-    Ok((StatusCode::CREATED, Json(view(&row, app.manager.get(id)))))
+    let lease = lease_of(&app, id).await?;
+    Ok((
+        StatusCode::CREATED,
+        Json(view(&row, local(&app, id), lease.as_ref())),
+    ))
 }
 
 async fn update_job(
@@ -398,7 +457,8 @@ async fn update_job(
     body: Bytes,
 ) -> ApiResult<Json<JobView>> {
     let row = find(&app, &id).await?;
-    if app.manager.is_running(row.id) {
+    let held = lease_of(&app, row.id).await?.is_some_and(|l| l.live);
+    if app.manager.is_running(row.id) || held || row.desired_state == "running" {
         return Err(ApiError::conflict("stop the job before changing it"));
     }
     let mut spec: JobSpec = parse(&body)?;
@@ -457,15 +517,23 @@ async fn checks_for(config: &ferry_sync::JobConfig) -> Vec<Check> {
     checks
 }
 
+/// Lets this worker claim jobs that should run now (rather than at its next heartbeat);
+/// jobs above its fair share are left to the other workers.
+async fn claim_now(app: &App) {
+    if let Err(e) = app.workers.tick().await {
+        warn!(error = %e, "cannot claim the job now: the workers will at their next heartbeat");
+    }
+}
+
 async fn start(app: &App, row: &JobRow, event: &str) -> ApiResult<()> {
-    if app.manager.is_running(row.id) {
+    if row.desired_state == "running" {
         return Ok(());
     }
     let config = row.spec.config().map_err(ApiError::bad)?;
     gate(&config).await?;
     app.store.set_desired(row.id, "running", None).await?;
     app.store.event(row.id, event).await?;
-    app.manager.start(row.id, config, row.totals);
+    claim_now(app).await;
     Ok(())
 }
 
@@ -493,8 +561,19 @@ async fn halt(app: &App, id: &str, state: &str) -> ApiResult<i64> {
     app.store
         .event(row.id, &format!("{state} by the user"))
         .await?;
-    app.manager.stop(row.id).await;
+    stop_anywhere(app, row.id).await?;
     Ok(row.id)
+}
+
+/// Stops the job here if this worker runs it, else waits (up to the lease time and a
+/// heartbeat) for the worker that runs it to stop it and release its lease.
+async fn stop_anywhere(app: &App, id: i64) -> ApiResult<()> {
+    app.workers.stop_local(id).await;
+    let until = std::time::Instant::now() + app.workers.lease() * 4 / 3;
+    while lease_of(app, id).await?.is_some_and(|l| l.live) && std::time::Instant::now() < until {
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    Ok(())
 }
 
 async fn stop_job(State(app): Shared, Path(id): Path<String>) -> ApiResult<Json<JobView>> {
@@ -509,7 +588,11 @@ async fn pause_job(State(app): Shared, Path(id): Path<String>) -> ApiResult<Json
 
 async fn delete_job(State(app): Shared, Path(id): Path<String>) -> ApiResult<Json<Value>> {
     let row = find(&app, &id).await?;
-    app.manager.stop(row.id).await;
+    if row.desired_state == "running" {
+        // The worker running it stops it when it sees it is no longer to run.
+        app.store.set_desired(row.id, "stopped", None).await?;
+    }
+    stop_anywhere(&app, row.id).await?;
     app.manager.forget(row.id);
     let mut warning = None;
     match row.spec.target.endpoint() {

@@ -9,9 +9,12 @@ pub mod metrics;
 pub mod model;
 pub mod runner;
 pub mod store;
+pub mod workers;
 
+use std::collections::HashSet;
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::time::Duration;
 
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
@@ -28,6 +31,22 @@ pub struct ServeOptions {
     pub store: String,
     /// Every API call and `/metrics` then need `Authorization: Bearer TOKEN`.
     pub token: Option<String>,
+    /// A job's lease lasts this long without renewal (renewed every third of it).
+    pub lease: Duration,
+    /// On shutdown, hand the jobs over one at a time, each once another worker runs it.
+    pub drain: bool,
+}
+
+impl ServeOptions {
+    pub fn new(listen: SocketAddr, store: String) -> ServeOptions {
+        ServeOptions {
+            listen,
+            store,
+            token: None,
+            lease: Duration::from_secs(15),
+            drain: false,
+        }
+    }
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -47,34 +66,26 @@ pub struct Service {
     app: Arc<api::App>,
     cancel: CancellationToken,
     server: JoinHandle<()>,
+    worker: JoinHandle<()>,
+    drain: bool,
 }
 
 impl Service {
     /// Opens the store, restarts the jobs that were running, and starts listening.
     pub async fn start(opts: ServeOptions) -> Result<Service, ServiceError> {
         let store = Store::open(&opts.store).await?;
+        if !store.is_postgres() {
+            // One process per SQLite store: whatever an earlier one held is void.
+            store.clear_leases().await?;
+        }
         let manager = runner::Manager::new(store.clone());
-        for row in store.jobs().await? {
-            if row.desired_state != "running" {
-                continue;
-            }
-            match row.spec.config() {
-                Ok(config) => {
-                    info!(job = %row.spec.name, "resuming job");
-                    let _ = store.event(row.id, "resumed after a service restart").await;
-                    manager.start(row.id, config, row.totals);
-                }
-                Err(e) => warn!(job = %row.spec.name, error = %e, "cannot resume job"),
-            }
-        }
-        let app = Arc::new(api::App {
-            store,
-            manager,
-            token: opts.token.filter(|t| !t.is_empty()),
-        });
-        if !opts.listen.ip().is_loopback() && app.token.is_none() {
-            warn!(listen = %opts.listen, "listening beyond loopback without a token: anyone who can reach it can read and change jobs");
-        }
+        let resumed: HashSet<i64> = store
+            .jobs()
+            .await?
+            .iter()
+            .filter(|r| r.desired_state == "running")
+            .map(|r| r.id)
+            .collect();
         let listener = tokio::net::TcpListener::bind(opts.listen)
             .await
             .map_err(|source| ServiceError::Listen {
@@ -87,6 +98,28 @@ impl Service {
                 addr: opts.listen,
                 source,
             })?;
+        let worker_id = format!(
+            "{addr}-{}-{:x}",
+            std::process::id(),
+            store::now_ms() & 0xff_ffff
+        );
+        let workers = workers::Workers::new(
+            worker_id,
+            addr.to_string(),
+            opts.lease.max(Duration::from_secs(1)),
+            store.clone(),
+            manager.clone(),
+            resumed,
+        );
+        let app = Arc::new(api::App {
+            store,
+            manager,
+            workers: workers.clone(),
+            token: opts.token.filter(|t| !t.is_empty()),
+        });
+        if !opts.listen.ip().is_loopback() && app.token.is_none() {
+            warn!(listen = %opts.listen, "listening beyond loopback without a token: anyone who can reach it can read and change jobs");
+        }
         let cancel = CancellationToken::new();
         let router = api::routes(app.clone());
         let stop = cancel.clone();
@@ -97,12 +130,15 @@ impl Service {
                 warn!(error = %e, "HTTP server ended");
             }
         });
-        info!(%addr, "ferry service listening");
+        let worker = workers.spawn(cancel.clone());
+        info!(%addr, worker = %workers.id(), "ferry service listening");
         Ok(Service {
             addr,
             app,
             cancel,
             server,
+            worker,
+            drain: opts.drain,
         })
     }
 
@@ -110,11 +146,19 @@ impl Service {
         self.addr
     }
 
+    pub fn worker_id(&self) -> &str {
+        self.app.workers.id()
+    }
+
     /// Stops listening and stops every job cleanly, leaving their stored state as it is
-    /// so that the next start resumes them.
+    /// so that another worker (or the next start) resumes them: their leases are
+    /// released. With `drain`, each job is handed over once another worker runs the one
+    /// before.
     pub async fn shutdown(self) {
         self.cancel.cancel();
         let _ = self.server.await;
+        let _ = self.worker.await;
+        self.app.workers.drain(self.drain).await;
         self.app.manager.shutdown().await;
         self.app.store.close().await;
     }

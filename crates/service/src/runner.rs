@@ -41,6 +41,9 @@ pub struct Running {
     pub status: Arc<JobStatus>,
     cancel: CancellationToken,
     finished: AtomicBool,
+    /// Its lease was lost: stop without storing anything more about the job (its new
+    /// owner does).
+    fenced: AtomicBool,
     samples: Mutex<VecDeque<Sample>>,
     /// Retries and errors seen, for the Prometheus counters (the job's own attempt count
     /// restarts after progress).
@@ -64,6 +67,11 @@ impl Running {
 
     pub fn is_finished(&self) -> bool {
         self.finished.load(Relaxed)
+    }
+
+    /// What the job is doing now (starting, full-sync, incremental, retrying, …).
+    pub fn state_name(&self) -> &'static str {
+        self.status.view().state.name()
     }
 
     pub fn samples(&self) -> Vec<Sample> {
@@ -128,8 +136,16 @@ impl Manager {
         self.get(id).is_some_and(|r| !r.is_finished())
     }
 
-    /// Starts the job (resuming from its checkpoint); a running job is left alone.
-    pub fn start(&self, id: i64, config: JobConfig, base: Totals) {
+    /// Starts the job (resuming from its checkpoint); a running job is left alone. With a
+    /// lease (owner, generation), how the job ends is stored only while that lease is held.
+    /// A fence (from the lease) stops the job's writes once it lapses.
+    pub fn start(
+        &self,
+        id: i64,
+        mut config: JobConfig,
+        base: Totals,
+        lease: Option<(String, i64, Arc<ferry_sync::Fence>)>,
+    ) {
         if self.is_running(id) {
             return;
         }
@@ -138,13 +154,19 @@ impl Manager {
             name: config.name.clone(),
             base,
             status: status.clone(),
-            cancel: CancellationToken::new(),
+            cancel: lease
+                .as_ref()
+                .map(|(_, _, f)| f.token())
+                .unwrap_or_default(),
             finished: AtomicBool::new(false),
+            fenced: AtomicBool::new(false),
             samples: Mutex::new(VecDeque::with_capacity(SAMPLES)),
             retries_total: AtomicU64::new(0),
             errors_total: AtomicU64::new(0),
             task: Mutex::new(None),
         });
+        config.fence = lease.as_ref().map(|(_, _, f)| f.clone());
+        let lease = lease.map(|(owner, generation, _)| (owner, generation));
         info!(job = %config.name, "starting job");
         let store = self.store.clone();
         let r = running.clone();
@@ -155,12 +177,23 @@ impl Manager {
             let _ = sampler.await;
             // A user's stop or pause has already stored the wanted state; a service
             // shutdown must leave "running" so the next start resumes the job.
-            let outcome = match result {
-                Ok(o) if o.completed => store.set_desired(id, "completed", None).await,
-                Ok(_) => Ok(()),
+            let end = match result {
+                Ok(o) if o.completed => Some(("completed", None)),
+                Ok(_) => None,
                 Err(e) => {
                     r.errors_total.fetch_add(1, Relaxed);
-                    store.set_desired(id, "failed", Some(&e.to_string())).await
+                    Some(("failed", Some(e.to_string())))
+                }
+            };
+            let outcome = match (end, &lease) {
+                (None, _) => Ok(()),
+                (Some(_), _) if r.fenced.load(Relaxed) => Ok(()),
+                (Some((state, error)), Some((owner, generation))) => store
+                    .finish_job(id, state, error.as_deref(), owner, *generation)
+                    .await
+                    .map(|_| ()),
+                (Some((state, error)), None) => {
+                    store.set_desired(id, state, error.as_deref()).await
                 }
             };
             if let Err(e) = outcome {
@@ -187,6 +220,15 @@ impl Manager {
             {
                 warn!(job = %r.name, "job did not stop within 60 s");
             }
+        }
+    }
+
+    /// Cancels the job without waiting (it drains in the background): its lease could
+    /// not be renewed in time, or was lost. Nothing more about it is stored from here.
+    pub fn fence(&self, id: i64) {
+        if let Some(r) = self.get(id) {
+            r.fenced.store(true, Relaxed);
+            r.cancel.cancel();
         }
     }
 
@@ -261,7 +303,7 @@ async fn sample(r: Arc<Running>, store: Store, id: i64) {
         }
         tick += 1;
         let totals = r.totals();
-        if totals != saved && (done || tick >= 5) {
+        if totals != saved && (done || tick >= 5) && !r.fenced.load(Relaxed) {
             tick = 0;
             match store.save_totals(id, totals).await {
                 Ok(()) => saved = totals,

@@ -18,6 +18,8 @@ pub enum StoreError {
     Corrupt(String),
     #[error("store {url}: {message}")]
     Open { url: String, message: String },
+    #[error("{0}: the database did not answer in time")]
+    Timeout(&'static str),
     #[error("a {what} named {name:?} already exists")]
     Exists { what: &'static str, name: String },
 }
@@ -26,15 +28,50 @@ pub enum StoreError {
 const SQLITE: &[(i64, &str)] = &[
     (1, include_str!("../migrations/sqlite/0001_init.sql")),
     (2, include_str!("../migrations/sqlite/0002_totals.sql")),
+    (3, include_str!("../migrations/sqlite/0003_workers.sql")),
 ];
 const POSTGRES: &[(i64, &str)] = &[
     (1, include_str!("../migrations/postgres/0001_init.sql")),
     (2, include_str!("../migrations/postgres/0002_totals.sql")),
+    (3, include_str!("../migrations/postgres/0003_workers.sql")),
 ];
+
+/// The database's clock in milliseconds: leases are compared with one clock (the
+/// database's), never with the workers' own, so clock skew between workers is harmless.
+const PG_NOW: &str = "CAST(EXTRACT(EPOCH FROM clock_timestamp()) * 1000 AS BIGINT)";
+const SQLITE_NOW: &str = "CAST((julianday('now') - 2440587.5) * 86400000.0 AS INTEGER)";
 
 #[derive(Clone)]
 pub struct Store {
     pool: AnyPool,
+    postgres: bool,
+}
+
+/// A job's lease: which worker runs it, until when (database clock, ms).
+#[derive(Debug, Clone)]
+pub struct Lease {
+    pub job_id: i64,
+    pub owner: Option<String>,
+    pub generation: i64,
+    pub expires_at: i64,
+    /// The job's state as its owner last reported it.
+    pub state: Option<String>,
+    /// The owner's listen address.
+    pub address: Option<String>,
+    /// Held and not expired.
+    pub live: bool,
+}
+
+/// A registered worker.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct WorkerRow {
+    pub id: String,
+    pub address: String,
+    pub started_at: i64,
+    pub heartbeat_at: i64,
+    pub draining: bool,
+    /// Heartbeat within the lease time.
+    pub live: bool,
 }
 
 /// A stored job.
@@ -110,7 +147,7 @@ impl Store {
             .connect(url)
             .await
             .map_err(|e| open_err(e.to_string()))?;
-        let store = Store { pool };
+        let store = Store { pool, postgres };
         if !postgres {
             sqlx::query("PRAGMA foreign_keys = ON")
                 .execute(&store.pool)
@@ -126,16 +163,23 @@ impl Store {
         self.pool.close().await;
     }
 
+    /// Applies the missing schema versions in one transaction. On PostgreSQL an advisory
+    /// lock serializes workers that start together on a new or older database.
     async fn migrate(&self, steps: &'static [(i64, &'static str)]) -> Result<(), StoreError> {
+        let mut tx = self.pool.begin().await?;
+        if self.postgres {
+            sqlx::query("SELECT pg_advisory_xact_lock(7379001)")
+                .execute(&mut *tx)
+                .await?;
+        }
         sqlx::query("CREATE TABLE IF NOT EXISTS ferry_schema (version BIGINT NOT NULL)")
-            .execute(&self.pool)
+            .execute(&mut *tx)
             .await?;
         let row = sqlx::query("SELECT MAX(version) AS v FROM ferry_schema")
-            .fetch_one(&self.pool)
+            .fetch_one(&mut *tx)
             .await?;
         let current: i64 = row.try_get::<Option<i64>, _>("v")?.unwrap_or(0);
         for (version, sql) in steps.iter().filter(|(v, _)| *v > current) {
-            let mut tx = self.pool.begin().await?;
             for stmt in sql.split(';').map(str::trim).filter(|s| !s.is_empty()) {
                 sqlx::query(stmt).execute(&mut *tx).await?;
             }
@@ -143,8 +187,8 @@ impl Store {
                 .bind(*version)
                 .execute(&mut *tx)
                 .await?;
-            tx.commit().await?;
         }
+        tx.commit().await?;
         Ok(())
     }
 
@@ -336,6 +380,10 @@ impl Store {
             .bind(id)
             .execute(&mut *tx)
             .await?;
+        sqlx::query("DELETE FROM job_leases WHERE job_id = $1")
+            .bind(id)
+            .execute(&mut *tx)
+            .await?;
         sqlx::query("DELETE FROM jobs WHERE id = $1")
             .bind(id)
             .execute(&mut *tx)
@@ -379,6 +427,235 @@ impl Store {
         out.reverse();
         Ok(out)
     }
+}
+
+/// Workers and leases (see `crate::workers`).
+impl Store {
+    pub fn is_postgres(&self) -> bool {
+        self.postgres
+    }
+
+    fn now(&self) -> &'static str {
+        if self.postgres {
+            PG_NOW
+        } else {
+            SQLITE_NOW
+        }
+    }
+
+    /// Registers the worker or renews its heartbeat.
+    pub async fn worker_heartbeat(
+        &self,
+        id: &str,
+        address: &str,
+        draining: bool,
+    ) -> Result<(), StoreError> {
+        let now = self.now();
+        sqlx::query(sql(format!(
+            "INSERT INTO workers (id, address, started_at, heartbeat_at, draining) VALUES ($1, $2, {now}, {now}, $3) \
+             ON CONFLICT (id) DO UPDATE SET address = $2, heartbeat_at = {now}, draining = $3"
+        )))
+        .bind(id.to_string())
+        .bind(address.to_string())
+        .bind(draining as i64)
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    pub async fn remove_worker(&self, id: &str) -> Result<(), StoreError> {
+        sqlx::query("DELETE FROM workers WHERE id = $1")
+            .bind(id.to_string())
+            .execute(&self.pool)
+            .await?;
+        Ok(())
+    }
+
+    /// Every registered worker; those silent for longer than `lease_ms` are not live,
+    /// and those silent for ten times that are forgotten.
+    pub async fn workers(&self, lease_ms: i64) -> Result<Vec<WorkerRow>, StoreError> {
+        let now = self.now();
+        sqlx::query(sql(format!(
+            "DELETE FROM workers WHERE heartbeat_at < {now} - $1"
+        )))
+        .bind(lease_ms.saturating_mul(10))
+        .execute(&self.pool)
+        .await?;
+        let rows = sqlx::query(sql(format!(
+            "SELECT id, address, started_at, heartbeat_at, draining, {now} AS now FROM workers ORDER BY started_at, id"
+        )))
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter()
+            .map(|r| {
+                let heartbeat_at: i64 = r.try_get("heartbeat_at")?;
+                let now: i64 = r.try_get("now")?;
+                Ok(WorkerRow {
+                    id: r.try_get("id")?,
+                    address: r.try_get("address")?,
+                    started_at: r.try_get("started_at")?,
+                    heartbeat_at,
+                    draining: r.try_get::<i64, _>("draining")? != 0,
+                    live: heartbeat_at >= now - lease_ms,
+                })
+            })
+            .collect::<Result<Vec<_>, sqlx::Error>>()
+            .map_err(StoreError::from)
+    }
+
+    /// Gives every job that should run a lease row (unowned) if it has none yet.
+    pub async fn ensure_leases(&self) -> Result<(), StoreError> {
+        sqlx::query(
+            "INSERT INTO job_leases (job_id, owner, generation, expires_at) \
+             SELECT id, NULL, 0, 0 FROM jobs WHERE desired_state = 'running' \
+             ON CONFLICT (job_id) DO NOTHING",
+        )
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    /// Every lease, with its owner's address.
+    pub async fn leases(&self) -> Result<Vec<Lease>, StoreError> {
+        let now = self.now();
+        let rows = sqlx::query(sql(format!(
+            "SELECT l.job_id, l.owner, l.generation, l.expires_at, l.state, w.address, {now} AS now \
+             FROM job_leases l LEFT JOIN workers w ON w.id = l.owner ORDER BY l.job_id"
+        )))
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter()
+            .map(|r| {
+                let owner: Option<String> = r.try_get("owner")?;
+                let expires_at: i64 = r.try_get("expires_at")?;
+                let now: i64 = r.try_get("now")?;
+                Ok(Lease {
+                    job_id: r.try_get("job_id")?,
+                    live: owner.is_some() && expires_at >= now,
+                    owner,
+                    generation: r.try_get("generation")?,
+                    expires_at,
+                    state: r.try_get("state")?,
+                    address: r.try_get("address")?,
+                })
+            })
+            .collect::<Result<Vec<_>, sqlx::Error>>()
+            .map_err(StoreError::from)
+    }
+
+    /// Takes the lease of a job that should run and that nobody holds (never held,
+    /// released, or expired): one `UPDATE` whose condition is evaluated again on the row
+    /// it locks, so of two workers racing for it exactly one gets a row back. Returns the
+    /// new generation.
+    pub async fn claim_lease(
+        &self,
+        job_id: i64,
+        owner: &str,
+        lease_ms: i64,
+    ) -> Result<Option<i64>, StoreError> {
+        let now = self.now();
+        let row = sqlx::query(sql(format!(
+            "UPDATE job_leases SET owner = $1, generation = generation + 1, expires_at = {now} + $2, state = NULL \
+             WHERE job_id = $3 AND (owner IS NULL OR expires_at < {now}) \
+             AND EXISTS (SELECT 1 FROM jobs WHERE jobs.id = $3 AND jobs.desired_state = 'running') \
+             RETURNING generation"
+        )))
+        .bind(owner.to_string())
+        .bind(lease_ms)
+        .bind(job_id)
+        .fetch_optional(&self.pool)
+        .await?;
+        Ok(row.map(|r| r.try_get("generation")).transpose()?)
+    }
+
+    /// Extends a lease still held by `owner` at `generation` and not expired; false when
+    /// it is lost (expired, taken by another worker, or its job deleted).
+    pub async fn renew_lease(
+        &self,
+        job_id: i64,
+        owner: &str,
+        generation: i64,
+        lease_ms: i64,
+        state: &str,
+    ) -> Result<bool, StoreError> {
+        let now = self.now();
+        let row = sqlx::query(sql(format!(
+            "UPDATE job_leases SET expires_at = {now} + $1, state = $2 \
+             WHERE job_id = $3 AND owner = $4 AND generation = $5 AND expires_at >= {now} \
+             RETURNING job_id"
+        )))
+        .bind(lease_ms)
+        .bind(state.to_string())
+        .bind(job_id)
+        .bind(owner.to_string())
+        .bind(generation)
+        .fetch_optional(&self.pool)
+        .await?;
+        Ok(row.is_some())
+    }
+
+    /// Gives a lease back (its job is stopped): another worker may take it at once.
+    pub async fn release_lease(
+        &self,
+        job_id: i64,
+        owner: &str,
+        generation: i64,
+    ) -> Result<(), StoreError> {
+        sqlx::query(
+            "UPDATE job_leases SET owner = NULL, expires_at = 0, state = NULL \
+             WHERE job_id = $1 AND owner = $2 AND generation = $3",
+        )
+        .bind(job_id)
+        .bind(owner.to_string())
+        .bind(generation)
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    /// Forgets every lease and worker: a SQLite store has one process, so whatever an
+    /// earlier process held is void.
+    pub async fn clear_leases(&self) -> Result<(), StoreError> {
+        sqlx::query("UPDATE job_leases SET owner = NULL, expires_at = 0, state = NULL")
+            .execute(&self.pool)
+            .await?;
+        sqlx::query("DELETE FROM workers")
+            .execute(&self.pool)
+            .await?;
+        Ok(())
+    }
+
+    /// Stores how a job ended, only if `owner` still holds its lease at `generation`: a
+    /// worker that lost its lease must not overwrite what the new owner decides.
+    pub async fn finish_job(
+        &self,
+        id: i64,
+        state: &str,
+        error: Option<&str>,
+        owner: &str,
+        generation: i64,
+    ) -> Result<bool, StoreError> {
+        let r = sqlx::query(
+            "UPDATE jobs SET desired_state = $1, last_error = COALESCE($2, last_error), updated_at = $3 \
+             WHERE id = $4 AND desired_state = 'running' AND EXISTS (SELECT 1 FROM job_leases \
+             WHERE job_leases.job_id = $4 AND job_leases.owner = $5 AND job_leases.generation = $6)",
+        )
+        .bind(state.to_string())
+        .bind(error.map(str::to_string))
+        .bind(now_ms())
+        .bind(id)
+        .bind(owner.to_string())
+        .bind(generation)
+        .execute(&self.pool)
+        .await?;
+        Ok(r.rows_affected() > 0)
+    }
+}
+
+/// A query built from constant SQL and the constant clock expression (`PG_NOW` or
+/// `SQLITE_NOW`): no value is ever formatted into it (values are bound).
+fn sql(s: String) -> sqlx::AssertSqlSafe<String> {
+    sqlx::AssertSqlSafe(s)
 }
 
 fn json<T: serde::Serialize>(v: &T) -> String {

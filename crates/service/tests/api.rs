@@ -23,6 +23,7 @@ impl Api {
             listen: "127.0.0.1:0".parse().expect("addr"),
             store: store.to_string(),
             token: token.map(str::to_string),
+            ..ServeOptions::new("127.0.0.1:0".parse().expect("addr"), store.to_string())
         })
         .await
         .expect("service starts");
@@ -357,6 +358,17 @@ async fn restarted_service_resumes_its_jobs() {
         history.contains(&"resumed after a service restart"),
         "{history:?}"
     );
+    // One process, one worker: it runs the job and lists itself.
+    let worker = v["worker"]
+        .as_str()
+        .expect("the job names its worker")
+        .to_string();
+    let workers = api.get("/api/v1/workers").await;
+    let list = workers["workers"].as_array().expect("workers");
+    assert_eq!(list.len(), 1, "{workers}");
+    assert_eq!(list[0]["id"], json!(worker), "{workers}");
+    assert_eq!(list[0]["live"], json!(true), "{workers}");
+    assert_eq!(list[0]["jobs"], json!([v["id"]]), "{workers}");
     // Resumed from the checkpoint: no new snapshot, so no key was read again; the counts
     // go on from where they were.
     let v = api
@@ -566,6 +578,7 @@ async fn openapi_lists_every_route() {
         ("/jobs/{id}/resume", vec!["post"]),
         ("/jobs/{id}/precheck", vec!["post"]),
         ("/connectivity", vec!["post"]),
+        ("/workers", vec!["get"]),
         ("/precheck", vec!["post"]),
         ("/openapi.json", vec!["get"]),
     ];

@@ -138,6 +138,8 @@ pub struct JobConfig {
     pub filter: Option<std::sync::Arc<ferry_source::Filter>>,
     /// Source db → target db.
     pub db_map: ferry_target::DbMap,
+    /// Run under a lease (the service's workers): nothing is written once it lapses.
+    pub fence: Option<std::sync::Arc<crate::fence::Fence>>,
 }
 
 /// Retry settings as written in TOML or given as flags.
@@ -415,6 +417,7 @@ impl FileConfig {
                 .unwrap_or(false),
             filter: over.filter.or(self.filter).resolve()?,
             db_map: scope::parse_db_map(over.db_map.or(self.db_map))?,
+            fence: None,
         })
     }
 }

@@ -24,6 +24,34 @@ use crate::config::{JobConfig, Mode};
 use crate::retry::{Decision, FailureKind, RetryState};
 use crate::status::{JobState, JobStatus, ShardView};
 
+/// Events between a job's fence and its writer: what a worker frozen past its lease may
+/// still write when it wakes up is at most this (and the writer's batch in progress).
+const FENCED_QUEUE: usize = 256;
+
+/// Hands the reader's events to the writer only while the fence holds; once it lapses,
+/// stops (the writer applies what it was handed and ends) and cancels the job.
+fn fenced(
+    mut rx: mpsc::Receiver<ferry_source::Event>,
+    fence: Arc<crate::fence::Fence>,
+) -> mpsc::Receiver<ferry_source::Event> {
+    let (tx, out) = mpsc::channel(FENCED_QUEUE);
+    tokio::spawn(async move {
+        while let Some(event) = rx.recv().await {
+            if !fence.is_valid() {
+                if !fence.token().is_cancelled() {
+                    warn!("the job's lease lapsed: writing nothing more and stopping the job");
+                }
+                fence.trip();
+                return;
+            }
+            if tx.send(event).await.is_err() {
+                return;
+            }
+        }
+    });
+    out
+}
+
 /// Events waiting between the reader and the writer: the bound is the backpressure that
 /// stops the reader (and so the socket) when the target is slower.
 const EVENT_QUEUE: usize = 8192;
@@ -449,6 +477,10 @@ async fn attempt_shard(
     wopts.db_map = config.db_map.clone();
 
     let (tx, rx) = mpsc::channel(EVENT_QUEUE);
+    let rx = match config.fence.clone() {
+        Some(fence) => fenced(rx, fence),
+        None => rx,
+    };
     // Reader and writer stop on their own tokens so that a reader failure lets the writer
     // drain first.
     let writer_cancel = cancel.child_token();

@@ -3,6 +3,7 @@
 //! drive it through [`job::run`] and read [`JobStatus`].
 
 pub mod config;
+pub mod fence;
 pub mod job;
 pub mod precheck;
 pub mod retry;
@@ -11,6 +12,7 @@ mod source;
 pub mod status;
 
 pub use config::{FileConfig, JobConfig, Mode, RetryConfig};
+pub use fence::Fence;
 pub use ferry_source::{Phase, ShardStats};
 pub use job::{run, JobError, JobOutcome};
 pub use precheck::{precheck, Check, Level};
