@@ -229,3 +229,77 @@ pub async fn compare_keys(
     }
     Ok(out)
 }
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use ferry_testkit::{Cluster, Server};
+
+    use super::*;
+
+    /// The master of `cluster` serving `key` now, and another one.
+    fn owner_and_other(cluster: &Cluster, key: &str) -> (usize, usize) {
+        let slot = cluster.keyslot(key.as_bytes());
+        let masters = cluster.master_indices();
+        let owner = masters
+            .iter()
+            .copied()
+            .find(|&i| {
+                let reply = cluster
+                    .node(i)
+                    .cmd(&["CLUSTER", "COUNTKEYSINSLOT", &slot.to_string()]);
+                reply.as_int() > 0
+            })
+            .expect("a master holds the key");
+        let other = masters
+            .into_iter()
+            .find(|&i| i != owner)
+            .expect("two masters");
+        (owner, other)
+    }
+
+    #[tokio::test]
+    async fn a_stale_slot_map_is_refreshed_on_moved() {
+        let source = Server::start();
+        let cluster = Cluster::start(2, 0);
+        source.cmd(&["SET", "foo", "bar"]);
+        cluster.cmd_routed_str(&["SET", "foo", "bar"]);
+        let ep = |url: String| url.parse::<Endpoint>().expect("url");
+        let mut src = Side::open(&[ep(source.url())], Role::Source)
+            .await
+            .expect("source");
+        let mut tgt = Side::open(&[ep(cluster.seed_url())], Role::Target)
+            .await
+            .expect("target");
+        assert!(!src.is_cluster() && tgt.is_cluster());
+        let rules = Rules {
+            values: true,
+            ttl_tolerance: Duration::from_secs(2),
+            chunk: 100,
+        };
+        let keys = [Bytes::from_static(b"foo")];
+        let before = tgt.route(b"foo");
+
+        // The slot moves after the map was read: the first read is redirected.
+        let (owner, other) = owner_and_other(&cluster, "foo");
+        let slot = cluster.keyslot(b"foo");
+        cluster.migrate_slot(slot, owner, other, Duration::ZERO);
+        let problems = compare_keys(&mut src, &mut tgt, &keys, rules)
+            .await
+            .expect("compare");
+        assert_eq!(problems, vec![Vec::<Problem>::new()]);
+        assert_ne!(tgt.route(b"foo"), before, "the map was refreshed");
+
+        // The same for a presence check routed by slot.
+        cluster.migrate_slot(slot, other, owner, Duration::ZERO);
+        assert_eq!(tgt.exists(&keys).await.expect("exists"), vec![true]);
+        assert_eq!(tgt.route(b"foo"), before);
+        assert_eq!(
+            tgt.exists(&[Bytes::from_static(b"nope")])
+                .await
+                .expect("exists"),
+            vec![false]
+        );
+    }
+}
