@@ -24,10 +24,12 @@ pub enum VerifyMode {
 pub struct VerifyArgs {
     #[command(flatten)]
     tls: Box<crate::scope_args::TlsArgs>,
-    /// Source node: redis://[user:pass@]host:port[/db].
+    /// Source node: redis://[user:pass@]host:port[/db]; any node of a Redis Cluster
+    /// (every master is then scanned, db 0 only).
     #[arg(long, env = "FERRY_SOURCE")]
     source: String,
-    /// Target node: redis://[user:pass@]host:port[/db].
+    /// Target node: redis://[user:pass@]host:port[/db]; any node of a Redis Cluster
+    /// (each key is then read on the master owning its slot).
     #[arg(long, env = "FERRY_TARGET")]
     target: String,
     /// What to compare.
@@ -195,7 +197,19 @@ fn print_text(r: &Report, source: &Endpoint, target: &Endpoint) {
         ferry_verify::ValueMethod::Digest => "values by DEBUG DIGEST-VALUE",
         ferry_verify::ValueMethod::Contents => "values by contents",
     };
-    println!("verify {source} -> {target} ({method})");
+    let kind = |cluster: bool| if cluster { " (cluster)" } else { "" };
+    println!(
+        "verify {source}{} -> {target}{} ({method})",
+        kind(r.source_cluster),
+        kind(r.target_cluster)
+    );
+    if r.source_keys_not_compared > 0 || r.target_keys_not_compared > 0 {
+        println!(
+            "  not compared        {} source and {} target keys in databases other than 0 \
+             (a cluster has only db 0)",
+            r.source_keys_not_compared, r.target_keys_not_compared
+        );
+    }
     println!("  keys compared       {}", r.keys_compared);
     println!("  equal               {}", r.keys_equal);
     println!("  missing on target   {}", r.missing_on_target);

@@ -12,14 +12,17 @@
 //! Memory is bounded by the batch and chunk sizes plus the list of candidates, never by the
 //! size of a value or of the data set.
 //!
-//! Today a source is one standalone node; [`Config::source`] is already a list of nodes
-//! scanned one after another, so a cluster's shards (each compared with the target) slot in
-//! once the target side routes by hash slot.
+//! Either side may be a Redis Cluster (see [`side`]): a cluster source is scanned master by
+//! master, and every key is read on the master owning its slot on each side; the extras
+//! scan covers every target master. A cluster has only db 0, so when either side is one only
+//! db 0 is compared, and a standalone side's keys in other databases are reported as not
+//! compared.
 
 pub mod compare;
 pub mod node;
 pub mod rate;
 pub mod report;
+pub mod side;
 
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering::Relaxed};
@@ -31,9 +34,10 @@ use serde::Serialize;
 use tracing::{debug, info};
 
 use compare::Rules;
-use node::{Node, Role};
+use node::Role;
 use rate::RateLimiter;
 pub use report::{escape_key, Difference, Problem, Report, ValueMethod};
+use side::Side;
 
 /// What is compared.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -152,18 +156,22 @@ fn sampled(key: &[u8], percent: f64) -> bool {
 /// Compares source and target and returns what differs after the rechecks.
 pub async fn verify(config: &Config, progress: &Progress) -> Result<Report, VerifyError> {
     let started = Instant::now();
-    if config.source.len() != 1 {
-        return Err(VerifyError::Config(
-            "verify compares one source node for now (cluster sources are not supported yet)"
-                .into(),
-        ));
-    }
     if !(config.sample_percent > 0.0 && config.sample_percent <= 100.0) {
         return Err(VerifyError::Config(
             "--sample must be above 0 and at most 100".into(),
         ));
     }
-    let mut tgt = Node::connect(&config.target, Role::Target).await?;
+    let mut src = Side::open(&config.source, Role::Source).await?;
+    let mut tgt = Side::open(std::slice::from_ref(&config.target), Role::Target).await?;
+    let source_db = config.source.first().and_then(|e| e.db);
+    let cluster = src.is_cluster() || tgt.is_cluster();
+    if cluster {
+        if let Some(db) = source_db.or(config.target.db).filter(|&d| d != 0) {
+            return Err(VerifyError::Config(format!(
+                "a Redis Cluster has only database 0; cannot compare db {db} with it"
+            )));
+        }
+    }
     let mut limiter = RateLimiter::new(config.rate_limit);
     let rules = Rules {
         values: config.mode == Mode::Full,
@@ -174,34 +182,49 @@ pub async fn verify(config: &Config, progress: &Progress) -> Result<Report, Veri
     let mut keys_compared = 0u64;
     let mut target_keys_scanned = 0u64;
     let mut candidates = Vec::new();
-    let mut value_method = ValueMethod::None;
+    let value_method = match (rules.values, src.digest() && tgt.digest()) {
+        (false, _) => ValueMethod::None,
+        (true, true) => ValueMethod::Digest,
+        (true, false) => ValueMethod::Contents,
+    };
+    // Against a cluster only db 0 is compared; a standalone side's other databases are
+    // counted as not compared.
+    let mut not_compared = NotCompared::default();
     progress.round.store(1, Relaxed);
 
-    let mut sources = Vec::new();
-    for ep in &config.source {
-        let mut src = Node::connect(ep, Role::Source).await?;
-        if rules.values {
-            value_method = if src.digest && tgt.digest {
-                ValueMethod::Digest
-            } else {
-                ValueMethod::Contents
-            };
-        }
-        let dbs = databases(&mut src, ep, &config.target).await?;
-        let total: u64 = dbs.iter().map(|(_, n)| n).sum();
+    for n in src.masters() {
+        let listed = src.node(n).keyspace().await?;
+        let dbs: Vec<(u32, u64)> = if cluster {
+            if !src.is_cluster() {
+                not_compared.source = listed.iter().filter(|(d, _)| *d != 0).map(|(_, k)| k).sum();
+            }
+            vec![(
+                0,
+                listed.iter().find(|(d, _)| *d == 0).map_or(0, |(_, k)| *k),
+            )]
+        } else {
+            match source_db.or(config.target.db) {
+                Some(db) => vec![(
+                    db,
+                    listed.iter().find(|(d, _)| *d == db).map_or(0, |(_, k)| *k),
+                )],
+                None => listed,
+            }
+        };
+        let total: u64 = dbs.iter().map(|(_, k)| k).sum();
         progress.source_keys_total.fetch_add(total, Relaxed);
         for (db, _) in dbs {
             src.select(db).await?;
             tgt.select(db).await?;
             let mut cursor = Bytes::from_static(b"0");
             loop {
-                let (next, keys) = src.scan(&cursor, batch).await?;
+                let (next, keys) = src.node(n).scan(&cursor, batch).await?;
                 let keys: Vec<Bytes> = keys
                     .into_iter()
                     .filter(|k| sampled(k, config.sample_percent))
                     .collect();
                 limiter.acquire(keys.len() as u64).await;
-                let results = compare::compare_keys(&mut src, &mut tgt, &keys, rules).await?;
+                let results = side::compare_keys(&mut src, &mut tgt, &keys, rules).await?;
                 keys_compared += keys.len() as u64;
                 progress
                     .source_keys_scanned
@@ -218,22 +241,28 @@ pub async fn verify(config: &Config, progress: &Progress) -> Result<Report, Veri
                 cursor = next;
             }
         }
-        // Extras: target keys that no source node has.
-        let dbs = match ep.db.or(config.target.db) {
-            Some(db) => vec![db],
-            None => tgt
-                .keyspace()
-                .await?
-                .into_iter()
-                .map(|(db, _)| db)
-                .collect(),
+    }
+
+    // Extras: keys on some target node that the source lacks.
+    for n in tgt.masters() {
+        let listed = tgt.node(n).keyspace().await?;
+        let dbs: Vec<u32> = if cluster {
+            if !tgt.is_cluster() {
+                not_compared.target = listed.iter().filter(|(d, _)| *d != 0).map(|(_, k)| k).sum();
+            }
+            vec![0]
+        } else {
+            match source_db.or(config.target.db) {
+                Some(db) => vec![db],
+                None => listed.into_iter().map(|(db, _)| db).collect(),
+            }
         };
         for db in dbs {
             src.select(db).await?;
             tgt.select(db).await?;
             let mut cursor = Bytes::from_static(b"0");
             loop {
-                let (next, keys) = tgt.scan(&cursor, batch).await?;
+                let (next, keys) = tgt.node(n).scan(&cursor, batch).await?;
                 let keys: Vec<Bytes> = keys
                     .into_iter()
                     .filter(|k| sampled(k, config.sample_percent))
@@ -243,13 +272,9 @@ pub async fn verify(config: &Config, progress: &Progress) -> Result<Report, Veri
                 progress
                     .target_keys_scanned
                     .fetch_add(keys.len() as u64, Relaxed);
-                let cmds: Vec<Vec<Bytes>> = keys
-                    .iter()
-                    .map(|k| vec![Bytes::from_static(b"EXISTS"), k.clone()])
-                    .collect();
-                let exists = src.pipeline(&cmds).await?;
+                let exists = src.exists(&keys).await?;
                 for (key, e) in keys.into_iter().zip(exists) {
-                    if e == ferry_resp::Frame::Integer(0) {
+                    if !e {
                         candidates.push(Candidate {
                             db,
                             key,
@@ -264,7 +289,6 @@ pub async fn verify(config: &Config, progress: &Progress) -> Result<Report, Veri
                 cursor = next;
             }
         }
-        sources.push(src);
     }
     info!(
         candidates = candidates.len(),
@@ -278,10 +302,7 @@ pub async fn verify(config: &Config, progress: &Progress) -> Result<Report, Veri
         rounds += 1;
         progress.round.store(rounds, Relaxed);
         let before = candidates.len();
-        let Some(src) = sources.first_mut() else {
-            break;
-        };
-        candidates = recheck(src, &mut tgt, candidates, rules, batch, &mut limiter).await?;
+        candidates = recheck(&mut src, &mut tgt, candidates, rules, batch, &mut limiter).await?;
         transient += (before - candidates.len()) as u64;
         progress.candidates.store(candidates.len() as u64, Relaxed);
         debug!(round = rounds, left = candidates.len(), "recheck done");
@@ -299,6 +320,10 @@ pub async fn verify(config: &Config, progress: &Progress) -> Result<Report, Veri
         value_differences: 0,
         ttl_differences: 0,
         target_keys_scanned,
+        source_cluster: src.is_cluster(),
+        target_cluster: tgt.is_cluster(),
+        source_keys_not_compared: not_compared.source,
+        target_keys_not_compared: not_compared.target,
         transient,
         rounds,
         duration_ms: started.elapsed().as_millis() as u64,
@@ -335,27 +360,17 @@ pub async fn verify(config: &Config, progress: &Progress) -> Result<Report, Veri
     Ok(report)
 }
 
-/// The source databases to scan: the URL's database, or every one `INFO keyspace` lists.
-/// A database is compared with the database of the same index on the target.
-async fn databases(
-    src: &mut Node,
-    source: &Endpoint,
-    target: &Endpoint,
-) -> Result<Vec<(u32, u64)>, VerifyError> {
-    let listed = src.keyspace().await?;
-    Ok(match source.db.or(target.db) {
-        Some(db) => vec![(
-            db,
-            listed.iter().find(|(d, _)| *d == db).map_or(0, |(_, n)| *n),
-        )],
-        None => listed,
-    })
+/// Keys in databases other than 0 on a standalone side compared with a cluster.
+#[derive(Default)]
+struct NotCompared {
+    source: u64,
+    target: u64,
 }
 
 /// Compares the candidates again; returns those that still differ, with their problems now.
 async fn recheck(
-    src: &mut Node,
-    tgt: &mut Node,
+    src: &mut Side,
+    tgt: &mut Side,
     candidates: Vec<Candidate>,
     rules: Rules,
     batch: usize,
@@ -374,7 +389,7 @@ async fn recheck(
         tgt.select(db).await?;
         for chunk in keys.chunks(batch) {
             limiter.acquire(chunk.len() as u64).await;
-            let results = compare::compare_keys(src, tgt, chunk, rules).await?;
+            let results = side::compare_keys(src, tgt, chunk, rules).await?;
             for (key, problems) in chunk.iter().zip(results) {
                 if !problems.is_empty() {
                     left.push(Candidate {

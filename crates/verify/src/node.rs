@@ -28,6 +28,13 @@ pub struct Node {
     db: Option<u32>,
     /// `DEBUG DIGEST-VALUE` answers here (it is refused where DEBUG is disabled).
     pub digest: bool,
+    /// A reply since the last [`Node::take_moved`] was a cluster redirection (`MOVED`/`ASK`):
+    /// the slot map the reads were routed by is stale.
+    moved: bool,
+}
+
+fn is_redirect(f: &Frame) -> bool {
+    matches!(f, Frame::Error(e) if e.starts_with(b"MOVED ") || e.starts_with(b"ASK "))
 }
 
 impl Node {
@@ -40,6 +47,7 @@ impl Node {
             role,
             db: None,
             digest: false,
+            moved: false,
         };
         let probe = node
             .request_raw(&["DEBUG", "DIGEST-VALUE", "ferry:verify:probe"])
@@ -67,7 +75,10 @@ impl Node {
     /// A read whose error reply is data (a key that changed type while being read).
     pub async fn request_raw<A: AsRef<[u8]>>(&mut self, args: &[A]) -> Result<Frame, VerifyError> {
         match self.conn.request_raw(args).await {
-            Ok(f) => Ok(f),
+            Ok(f) => {
+                self.moved |= is_redirect(&f);
+                Ok(f)
+            }
             Err(e) => Err(self.err(e)),
         }
     }
@@ -87,11 +98,32 @@ impl Node {
         let mut out = Vec::with_capacity(cmds.len());
         for _ in cmds {
             match self.conn.read_frame("pipelined reads").await {
-                Ok((f, _)) => out.push(f),
+                Ok((f, _)) => {
+                    self.moved |= is_redirect(&f);
+                    out.push(f)
+                }
                 Err(e) => return Err(self.err(e)),
             }
         }
         Ok(out)
+    }
+
+    /// Whether a redirection was seen since the last call; clears it.
+    pub fn take_moved(&mut self) -> bool {
+        std::mem::take(&mut self.moved)
+    }
+
+    /// Whether the node runs in cluster mode (`INFO server` → `redis_mode:cluster`).
+    pub async fn is_cluster(&mut self) -> Result<bool, VerifyError> {
+        match self.conn.info("server").await {
+            Ok(info) => Ok(info.get("redis_mode") == Some("cluster")),
+            Err(e) => Err(self.err(e)),
+        }
+    }
+
+    /// Records that the node is on `db` without sending `SELECT` (a cluster node, db 0).
+    pub fn assume_db(&mut self, db: u32) {
+        self.db = Some(db);
     }
 
     pub async fn select(&mut self, db: u32) -> Result<(), VerifyError> {

@@ -58,6 +58,15 @@ pub struct Report {
     pub ttl_differences: u64,
     /// Target keys scanned for extras (after sampling).
     pub target_keys_scanned: u64,
+    /// The source is a Redis Cluster (every master scanned, keys routed by slot).
+    pub source_cluster: bool,
+    /// The target is a Redis Cluster.
+    pub target_cluster: bool,
+    /// Keys in databases other than 0 on a standalone source compared with a cluster
+    /// target: a cluster has only db 0, so they are not compared.
+    pub source_keys_not_compared: u64,
+    /// The same for a standalone target compared with a cluster source.
+    pub target_keys_not_compared: u64,
     /// Differences seen in an earlier round that were gone in a recheck (keys in flight).
     pub transient: u64,
     /// Rounds run: the full pass plus the rechecks that had something to recheck.
