@@ -300,7 +300,11 @@ impl Workers {
             info!(worker = %self.id, job = %row.spec.name, generation, "{event}");
             let _ = self.store.event(row.id, &event).await;
             let deadline = sent + self.lease * 2 / 3;
-            let fence = ferry_sync::Fence::new(deadline, CancellationToken::new());
+            let fence = ferry_sync::Fence::with_generation(
+                deadline,
+                CancellationToken::new(),
+                generation as u64,
+            );
             self.set_held(
                 row.id,
                 Some(Held {

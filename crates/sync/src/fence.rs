@@ -14,15 +14,31 @@ use tokio_util::sync::CancellationToken;
 pub struct Fence {
     valid_until: Mutex<Instant>,
     cancel: CancellationToken,
+    /// The lease generation this run holds: its writer connections carry it in their
+    /// client name, so a later holder can cut them off the target (see `job.rs`).
+    generation: u64,
 }
 
 impl Fence {
     /// `cancel` is the job's own token: the fence cancels the job when it trips.
     pub fn new(valid_until: Instant, cancel: CancellationToken) -> Arc<Fence> {
+        Fence::with_generation(valid_until, cancel, 0)
+    }
+
+    pub fn with_generation(
+        valid_until: Instant,
+        cancel: CancellationToken,
+        generation: u64,
+    ) -> Arc<Fence> {
         Arc::new(Fence {
             valid_until: Mutex::new(valid_until),
             cancel,
+            generation,
         })
+    }
+
+    pub fn generation(&self) -> u64 {
+        self.generation
     }
 
     /// The lease was renewed: writes may go on until `until`.

@@ -413,6 +413,26 @@ async fn attempt_shard(
         .then(|| checkpoint::key(&config.name, shard_id));
     // A cluster target keeps a checkpoint per slot besides the job's own (ferry_target::cluster).
     let cluster = ferry_target::is_cluster(target).await?;
+    // Under a lease: cut off an earlier holder's writers before reading the checkpoint.
+    let client_name = match &config.fence {
+        Some(fence) => {
+            let nodes = if cluster {
+                ferry_target::slot::fetch_any(std::slice::from_ref(target))
+                    .await?
+                    .masters
+            } else {
+                vec![target.clone()]
+            };
+            for node in &nodes {
+                ferry_target::fence::cut_off_older(node, &config.name, fence.generation()).await?;
+            }
+            Some(ferry_target::fence::client_name(
+                &config.name,
+                fence.generation(),
+            ))
+        }
+        None => None,
+    };
     let (saved, slot_offsets) = match &ckpt_key {
         Some(_) if cluster => {
             match ferry_target::load_cluster_checkpoint(target, &config.name, shard_id).await? {
@@ -461,6 +481,7 @@ async fn attempt_shard(
     wopts.flush_slots = slots;
     wopts.skip_unsupported = config.skip_unsupported;
     wopts.slot_offsets = slot_offsets;
+    wopts.client_name = client_name;
     if let Some(t) = config.big_key_threshold {
         wopts.big_value_bytes = t;
     }

@@ -271,12 +271,25 @@ fn refusal(message: &[u8]) -> Option<Refusal> {
 fn spawn_node(
     ep: Endpoint,
     reports: mpsc::UnboundedSender<Report>,
+    client_name: Option<String>,
 ) -> mpsc::UnboundedSender<NodeBatch> {
     let (tx, mut rx) = mpsc::unbounded_channel::<NodeBatch>();
     tokio::spawn(async move {
         let addr = ep.addr();
         let conn = match Connection::connect(&ep).await {
-            Ok(c) => c,
+            Ok(mut c) => match &client_name {
+                Some(name) => match c.request(&["CLIENT", "SETNAME", name.as_str()]).await {
+                    Ok(_) => c,
+                    Err(e) => {
+                        let _ = reports.send(Report::Lost {
+                            addr,
+                            error: e.into(),
+                        });
+                        return;
+                    }
+                },
+                None => c,
+            },
             Err(e) => {
                 let _ = reports.send(Report::Lost {
                     addr,
@@ -650,10 +663,11 @@ impl ClusterWriter {
         self.next_id += 1;
         let addr = ep.addr();
         let reports = self.reports_tx.clone();
+        let name = self.opts.client_name.clone();
         let node = self
             .nodes
             .entry(addr.clone())
-            .or_insert_with(|| spawn_node(ep.clone(), reports));
+            .or_insert_with(|| spawn_node(ep.clone(), reports, name));
         let batch = NodeBatch {
             id,
             bytes: units.iter().map(|u| u.bytes.clone()).collect(),

@@ -7,6 +7,7 @@ pub mod cluster;
 pub mod compat;
 pub mod dbmap;
 pub mod error;
+pub mod fence;
 pub mod flush;
 pub mod rewrite;
 pub mod slot;

@@ -54,6 +54,8 @@ pub struct WriterOptions {
     /// Cluster target, resuming: per slot, the source offset that slot's own checkpoint
     /// records; commands of the slot up to it are already applied and are skipped.
     pub slot_offsets: Option<Arc<HashMap<u16, u64>>>,
+    /// `CLIENT SETNAME` of the writer's connections (see [`crate::fence`]).
+    pub client_name: Option<String>,
 }
 
 impl WriterOptions {
@@ -70,6 +72,7 @@ impl WriterOptions {
             skip_unsupported: false,
             db_map: DbMap::default(),
             slot_offsets: None,
+            client_name: None,
         }
     }
 }
@@ -465,6 +468,9 @@ pub async fn write(
 ) -> Result<WriteSummary, TargetError> {
     let mut conn = Connection::connect(&opts.endpoint).await?;
     let addr = conn.addr().to_string();
+    if let Some(name) = &opts.client_name {
+        conn.request(&["CLIENT", "SETNAME", name.as_str()]).await?;
+    }
     let info = conn.info("server").await?;
     let version = ServerVersion::from_info(&info);
     if let Some(v) = &version {
