@@ -168,6 +168,10 @@ async function main() {
     for (let i = 0; i < 50; i++) await redis(source, "SET", `later:${i}`, "x");
     await until("the writes on the target", async () => (await redis(target, "GET", "later:49")) === "x");
     await until("the page to count the writes", async () => (await count("#fig-target-tx")) >= before + 50);
+    // Verify from the page: the stored result says the copy is equal.
+    await page.getByRole("button", { name: "Verify" }).click();
+    await until("the verification to finish equal", async () =>
+      (await page.locator("#fig-verify").innerText()).startsWith("equal"));
     await page.waitForTimeout(3000); // a few points on the chart
     await page.screenshot({ path: path.join(shots, "5-job.png"), fullPage: true });
 

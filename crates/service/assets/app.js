@@ -292,10 +292,24 @@ function figure(label, value, id) {
   return el("div", {}, el("dt", {}, label), el("dd", id ? { id } : {}, value));
 }
 
+/// One line for the job's last `ferry verify`.
+function verificationText(v) {
+  if (!v) return "never";
+  if (v.status === "running") return "running since " + new Date(v.started_at).toLocaleTimeString();
+  if (v.status === "error") return "failed: " + v.error;
+  const r = v.report;
+  const when = new Date(v.finished_at).toLocaleString();
+  if (r.equal) return `equal: ${fmt(r.keys_compared)} keys compared (${when})`;
+  return `${fmt(r.keys_compared - r.keys_equal + r.extra_on_target)} keys differ: ` +
+    `${fmt(r.missing_on_target)} missing, ${fmt(r.extra_on_target)} extra, ` +
+    `${fmt(r.value_differences)} values, ${fmt(r.ttl_differences)} TTLs (${when})`;
+}
+
 async function showJob(name) {
   showOnly("view-job");
   const render = async () => {
     const j = await api("GET", "/jobs/" + encodeURIComponent(name));
+    const v = await api("GET", "/jobs/" + encodeURIComponent(name) + "/verify").catch(() => null);
     $("#job-title").textContent = j.name;
     $("#job-description").textContent = j.description;
     const retry = j.state === "retrying"
@@ -314,6 +328,7 @@ async function showJob(name) {
       figure("Retries", retry),
       figure("Last error", j.last_error || "none"),
       figure("Worker", j.worker ? `${j.worker} (${j.worker_address || "?"})` : "none", "fig-worker"),
+      figure("Last verification", verificationText(v), "fig-verify"),
     );
     const running = ["starting", "full-sync", "incremental", "retrying"].includes(j.state);
     for (const b of $$("#job-actions button")) {

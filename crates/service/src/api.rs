@@ -101,6 +101,7 @@ pub fn routes(app: Arc<App>) -> Router {
         .route("/jobs/{id}/pause", post(pause_job))
         .route("/jobs/{id}/resume", post(resume_job))
         .route("/jobs/{id}/precheck", post(precheck_job))
+        .route("/jobs/{id}/verify", post(verify_job).get(verification))
         .route("/workers", get(list_workers))
         .route("/connectivity", post(connectivity))
         .route("/precheck", post(precheck_spec))
@@ -611,6 +612,130 @@ async fn delete_job(State(app): Shared, Path(id): Path<String>) -> ApiResult<Jso
     Ok(Json(
         json!({ "deleted": row.spec.name, "checkpoint_deleted": warning.is_none(), "warning": warning }),
     ))
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct VerifyRequest {
+    /// "full" (default) or "keys".
+    #[serde(default)]
+    mode: Option<String>,
+    /// Share of keys compared, in percent.
+    #[serde(default)]
+    sample_percent: Option<f64>,
+    #[serde(default)]
+    rounds: Option<u32>,
+}
+
+/// Starts a `ferry verify` of the job's source against its target in the background; its
+/// result is stored with the job (`GET` the same path).
+async fn verify_job(
+    State(app): Shared,
+    Path(id): Path<String>,
+    body: Bytes,
+) -> ApiResult<impl IntoResponse> {
+    let row = find(&app, &id).await?;
+    let req: VerifyRequest = if body.is_empty() {
+        VerifyRequest::default()
+    } else {
+        parse(&body)?
+    };
+    let config = row.spec.config().map_err(ApiError::bad)?;
+    if config.source_seeds.is_empty() {
+        return Err(ApiError::bad(
+            "a job reading files has no source to verify against",
+        ));
+    }
+    if let Some(prev) = app.store.verification(row.id).await? {
+        let prev: Value = serde_json::from_str(&prev).unwrap_or(Value::Null);
+        let started = prev["started_at"].as_i64().unwrap_or(0);
+        if prev["status"] == "running" && now_ms() - started < 3_600_000 {
+            return Err(ApiError::conflict(
+                "a verification of this job is already running",
+            ));
+        }
+    }
+    let mut vc = ferry_verify::Config::new(config.source_seeds[0].clone(), config.target.clone());
+    vc.source = config.source_seeds.clone();
+    if let Some(m) = &req.mode {
+        vc.mode = match m.as_str() {
+            "full" => ferry_verify::Mode::Full,
+            "keys" => ferry_verify::Mode::Keys,
+            other => {
+                return Err(ApiError::bad(format!(
+                    "verify mode {other:?}: use full or keys"
+                )))
+            }
+        };
+    }
+    if let Some(p) = req.sample_percent {
+        if !(p > 0.0 && p <= 100.0) {
+            return Err(ApiError::bad("sample_percent must be in (0, 100]"));
+        }
+        vc.sample_percent = p;
+    }
+    if let Some(r) = req.rounds {
+        vc.rounds = r.clamp(1, 10);
+    }
+    let started_at = now_ms();
+    let running = json!({ "status": "running", "started_at": started_at });
+    app.store
+        .set_verification(row.id, &running.to_string())
+        .await?;
+    let store = app.store.clone();
+    let job_id = row.id;
+    tokio::spawn(async move {
+        let progress = ferry_verify::Progress::default();
+        let result = ferry_verify::verify(&vc, &progress).await;
+        let done = match result {
+            Ok(report) => json!({
+                "status": "done",
+                "started_at": started_at,
+                "finished_at": now_ms(),
+                "equal": report.equal,
+                "report": report,
+            }),
+            Err(e) => json!({
+                "status": "error",
+                "started_at": started_at,
+                "finished_at": now_ms(),
+                "error": e.to_string(),
+            }),
+        };
+        let summary = match done["status"].as_str() {
+            Some("done") if done["equal"] == true => {
+                "verification: source and target are equal".to_string()
+            }
+            Some("done") => "verification: differences found".to_string(),
+            _ => format!(
+                "verification failed: {}",
+                done["error"].as_str().unwrap_or("?")
+            ),
+        };
+        if let Err(e) = store.set_verification(job_id, &done.to_string()).await {
+            warn!(error = %e, "cannot store a verification");
+        }
+        let _ = store.event(job_id, &summary).await;
+    });
+    Ok((StatusCode::ACCEPTED, Json(running)))
+}
+
+async fn verification(State(app): Shared, Path(id): Path<String>) -> ApiResult<Json<Value>> {
+    let row = find(&app, &id).await?;
+    match app.store.verification(row.id).await? {
+        Some(v) => Ok(Json(serde_json::from_str(&v).unwrap_or(Value::Null))),
+        None => Err(ApiError::new(
+            StatusCode::NOT_FOUND,
+            format!("job {:?} has not been verified yet", row.spec.name),
+        )),
+    }
+}
+
+fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0)
 }
 
 async fn precheck_job(State(app): Shared, Path(id): Path<String>) -> ApiResult<Json<Value>> {

@@ -29,11 +29,13 @@ const SQLITE: &[(i64, &str)] = &[
     (1, include_str!("../migrations/sqlite/0001_init.sql")),
     (2, include_str!("../migrations/sqlite/0002_totals.sql")),
     (3, include_str!("../migrations/sqlite/0003_workers.sql")),
+    (4, include_str!("../migrations/sqlite/0004_verify.sql")),
 ];
 const POSTGRES: &[(i64, &str)] = &[
     (1, include_str!("../migrations/postgres/0001_init.sql")),
     (2, include_str!("../migrations/postgres/0002_totals.sql")),
     (3, include_str!("../migrations/postgres/0003_workers.sql")),
+    (4, include_str!("../migrations/postgres/0004_verify.sql")),
 ];
 
 /// The database's clock in milliseconds: leases are compared with one clock (the
@@ -356,6 +358,27 @@ impl Store {
         .execute(&self.pool)
         .await?;
         Ok(())
+    }
+
+    /// The job's last `ferry verify` (JSON: status, times, and the report or the error).
+    pub async fn set_verification(&self, id: i64, json: &str) -> Result<(), StoreError> {
+        sqlx::query("UPDATE jobs SET verify_report = $1 WHERE id = $2")
+            .bind(json)
+            .bind(id)
+            .execute(&self.pool)
+            .await?;
+        Ok(())
+    }
+
+    pub async fn verification(&self, id: i64) -> Result<Option<String>, StoreError> {
+        let row = sqlx::query("SELECT verify_report FROM jobs WHERE id = $1")
+            .bind(id)
+            .fetch_optional(&self.pool)
+            .await?;
+        Ok(match row {
+            Some(r) => r.try_get::<Option<String>, _>("verify_report")?,
+            None => None,
+        })
     }
 
     pub async fn save_totals(&self, id: i64, t: Totals) -> Result<(), StoreError> {

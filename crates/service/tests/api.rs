@@ -577,6 +577,7 @@ async fn openapi_lists_every_route() {
         ("/jobs/{id}/pause", vec!["post"]),
         ("/jobs/{id}/resume", vec!["post"]),
         ("/jobs/{id}/precheck", vec!["post"]),
+        ("/jobs/{id}/verify", vec!["post", "get"]),
         ("/connectivity", vec!["post"]),
         ("/workers", vec!["get"]),
         ("/precheck", vec!["post"]),
@@ -635,4 +636,76 @@ async fn postgres_store_keeps_and_resumes_jobs() {
         .await;
     assert_eq!(status, 200);
     api.stop().await;
+}
+
+/// Polls the job's verification until it is no longer running.
+async fn wait_verification(api: &Api, job: &str) -> Value {
+    for _ in 0..300 {
+        let (status, v) = api
+            .call(
+                reqwest::Method::GET,
+                &format!("/api/v1/jobs/{job}/verify"),
+                None,
+            )
+            .await;
+        if status == 200 {
+            let v: Value = serde_json::from_str(&v).expect("JSON");
+            if v["status"] != "running" {
+                return v;
+            }
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    panic!("the verification of {job} did not finish");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn verify_is_a_job_action_whose_result_is_stored() {
+    let source = Server::builder().password(SECRET).start();
+    let target = Server::builder().password(SECRET).start();
+    for i in 0..100 {
+        source.cmd(&["SET", &format!("key:{i}"), &i.to_string()]);
+    }
+    let dir = tempfile::tempdir().expect("tempdir");
+    let api = Api::start(&store_url(&dir), None).await;
+    let (status, v) = api
+        .post("/api/v1/jobs?start=true", spec("checked", &source, &target))
+        .await;
+    assert_eq!(status, 201, "{v}");
+    api.wait_job("checked", "reached incremental", |v| {
+        v["state"] == "incremental"
+    })
+    .await;
+    let (status, _) = api
+        .call(reqwest::Method::GET, "/api/v1/jobs/checked/verify", None)
+        .await;
+    assert_eq!(status, 404, "never verified yet");
+
+    let (status, v) = api.post("/api/v1/jobs/checked/verify", json!({})).await;
+    assert_eq!(status, 202, "{v}");
+    let v = wait_verification(&api, "checked").await;
+    assert_eq!(v["status"], "done", "{v}");
+    assert_eq!(v["report"]["equal"], json!(true), "{v}");
+    assert_eq!(v["report"]["keys_compared"], json!(100), "{v}");
+
+    // A difference the job does not carry (a write on the target) is found, by key.
+    target.cmd(&["SET", "key:7", "changed on the target"]);
+    let (status, v) = api
+        .post("/api/v1/jobs/checked/verify", json!({"rounds": 1}))
+        .await;
+    assert_eq!(status, 202, "{v}");
+    let v = wait_verification(&api, "checked").await;
+    assert_eq!(v["report"]["equal"], json!(false), "{v}");
+    assert_eq!(v["report"]["value_differences"], json!(1), "{v}");
+    assert_eq!(v["report"]["differences"][0]["key"], json!("key:7"), "{v}");
+    let job = api.get("/api/v1/jobs/checked").await;
+    assert!(
+        job.to_string().contains("verification: differences found"),
+        "{job}"
+    );
+    let (status, v) = api
+        .post("/api/v1/jobs/checked/verify", json!({"mode": "fast"}))
+        .await;
+    assert_eq!(status, 400, "{v}");
+    assert!(!v.to_string().contains(SECRET));
 }

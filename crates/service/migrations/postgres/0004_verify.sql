@@ -1,0 +1,1 @@
+ALTER TABLE jobs ADD COLUMN verify_report TEXT;
