@@ -47,3 +47,16 @@ impl SourceError {
         }
     }
 }
+
+/// A reader's result once it ended: after a stop, whatever the link did while winding down
+/// is no failure.
+pub(crate) fn unless_stopped(
+    result: Result<(), SourceError>,
+    cancel: &tokio_util::sync::CancellationToken,
+) -> Result<(), SourceError> {
+    if cancel.is_cancelled() {
+        Ok(())
+    } else {
+        result
+    }
+}

@@ -111,11 +111,7 @@ pub async fn replicate(
     cancel: CancellationToken,
 ) -> Result<(), SourceError> {
     let result = replicate_inner(opts, tx, stats, cancel.clone()).await;
-    // Once stopped, whatever the link did while winding down is no failure.
-    if cancel.is_cancelled() {
-        return Ok(());
-    }
-    result
+    crate::error::unless_stopped(result, &cancel)
 }
 
 async fn replicate_inner(

@@ -44,10 +44,7 @@ pub async fn scan(
     cancel: CancellationToken,
 ) -> Result<(), SourceError> {
     let result = scan_inner(opts, tx, stats, cancel.clone()).await;
-    if cancel.is_cancelled() {
-        return Ok(());
-    }
-    result
+    crate::error::unless_stopped(result, &cancel)
 }
 
 /// Keys named by notifications and not yet read again.
