@@ -14,6 +14,8 @@
 #   BENCH_NO_GNU_TIME=1  ignore /usr/bin/time, sample /proc/<pid>/status instead
 #
 # Small run (CI):  BENCH_KEYS=20000 BENCH_REPEAT=1 BENCH_INCR_OPS=50000 scripts/bench.sh
+# Rows: standalone full sync (native, ferry with checkpoints on and off), cluster 3 to 3 full
+# sync (ferry against three native replicas syncing at once), incremental marker delay.
 set -euo pipefail
 
 SCRIPT_DIR="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
@@ -82,6 +84,20 @@ trap 'exit 143' TERM
 free_port() {
     python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'
 }
+# free_cluster_port: a free port P <= 55535 whose cluster bus port P + 10000 is free too.
+free_cluster_port() {
+    python3 -c '
+import random, socket
+for _ in range(1000):
+    p = random.randint(20000, 55535)
+    try:
+        for q in (p, p + 10000):
+            s = socket.socket(); s.bind(("127.0.0.1", q)); s.close()
+    except OSError:
+        continue
+    print(p); break
+'
+}
 
 rcli() {
     local port="$1"; shift
@@ -93,16 +109,17 @@ info_field() {
     rcli "$1" INFO "$2" | tr -d '\r' | awk -F: -v k="$3" '$1 == k { print $2 }'
 }
 
-# start_server NAME: sets SERVER_PORT and SERVER_PID (not run in a subshell,
-# so the pid lands in PIDS for the exit trap).
+# start_server NAME [ARGS...]: sets SERVER_PORT and SERVER_PID (not run in a
+# subshell, so the pid lands in PIDS for the exit trap); ARGS go to redis-server.
 start_server() {
     local name="$1" dir="$WORK/$1" port i
+    shift
     mkdir -p "$dir"
-    port="$(free_port)"
+    if [[ " $* " == *" --cluster-enabled yes "* ]]; then port="$(free_cluster_port)"; else port="$(free_port)"; fi
     redis-server --port "$port" --dir "$dir" \
         --save "" --appendonly no --enable-debug-command yes \
         --repl-diskless-sync-delay 0 --bind 127.0.0.1 --daemonize no \
-        --logfile "$dir/redis.log" &
+        --logfile "$dir/redis.log" "$@" &
     SERVER_PID=$!
     PIDS+=("$SERVER_PID")
     SERVER_PORT="$port"
@@ -177,12 +194,13 @@ for ((i = 1; i <= REPEAT; i++)); do
 done
 
 # ---------------------------------------------------------------- full: ferry
-# run_ferry_full PORT LOG: sets RUN_SECS and RUN_RSS_KB.
+# run_ferry_full SOURCE_PORT TARGET_PORT LOG [FERRY ARGS...]: sets RUN_SECS and RUN_RSS_KB.
 run_ferry_full() {
-    local port="$1" log="$2" rc=0 t0 fpid v hwm=0
+    local src="$1" port="$2" log="$3" rc=0 t0 fpid v hwm=0
+    shift 3
     local -a cmd=(timeout --signal=INT --kill-after=10 "$TIMEOUT"
-        "$FERRY" sync --source "redis://127.0.0.1:$SRC" --target "redis://127.0.0.1:$port"
-        --mode full --progress never)
+        "$FERRY" sync --source "redis://127.0.0.1:$src" --target "redis://127.0.0.1:$port"
+        --mode full --progress never "$@")
     t0="$(now_ns)"
     if [[ -n "$GNU_TIME" ]]; then
         "$GNU_TIME" -v -o "$log.time" "${cmd[@]}" >"$log" 2>&1 || rc=$?
@@ -191,8 +209,8 @@ run_ferry_full() {
     else
         # Sample the high-water mark every 50 ms; a zombie has no Vm* lines,
         # which ends the loop as soon as ferry has exited.
-        "$FERRY" sync --source "redis://127.0.0.1:$SRC" --target "redis://127.0.0.1:$port" \
-            --mode full --progress never >"$log" 2>&1 &
+        "$FERRY" sync --source "redis://127.0.0.1:$src" --target "redis://127.0.0.1:$port" \
+            --mode full --progress never "$@" >"$log" 2>&1 &
         fpid=$!
         PIDS+=("$fpid")
         while v="$(awk '/^VmHWM:/ { print $2 }' "/proc/$fpid/status" 2>/dev/null)" && [[ -n "$v" ]]; do
@@ -214,28 +232,40 @@ run_ferry_full() {
 
 ferry_times=()
 ferry_rss=()
+ferry_off_times=()
 FULL_DIGEST=MATCH
+# Checkpoints on (the default) and off, alternating so both see the same noise.
 for ((i = 1; i <= REPEAT; i++)); do
-    start_server "ferry-full-$i"
-    port="$SERVER_PORT" pid="$SERVER_PID"
-    run_ferry_full "$port" "$WORK/ferry-full-$i.log"
-    d="$(ferry_digest "$port")"
-    n="$(rcli "$port" DBSIZE)"
-    if [[ "$d" == "$SRC_DIGEST" ]]; then m=MATCH; else m=MISMATCH; FULL_DIGEST=MISMATCH; fi
-    summary="$(grep -o 'full sync complete.*' "$WORK/ferry-full-$i.log" | tail -n 1 || true)"
-    say "full sync  ferry --mode full run $i/$REPEAT: $RUN_SECS s, peak RSS $((RUN_RSS_KB / 1024)) MB, DBSIZE $n/$SRC_KEYS, digest $m (ferry: ${summary:-no summary line})"
-    if [[ "$m" == MISMATCH ]]; then
-        say "  source digest $SRC_DIGEST, target digest $d"
-    fi
-    ferry_warnings "$WORK/ferry-full-$i.log"
-    stop_server "$pid"
-    ferry_times+=("$RUN_SECS")
-    ferry_rss+=("$RUN_RSS_KB")
+    for ckpt in on off; do
+        start_server "ferry-full-$ckpt-$i"
+        port="$SERVER_PORT" pid="$SERVER_PID"
+        log="$WORK/ferry-full-$ckpt-$i.log"
+        run_ferry_full "$SRC" "$port" "$log" --checkpoint "$ckpt"
+        d="$(ferry_digest "$port")"
+        n="$(rcli "$port" DBSIZE)"
+        if [[ "$d" == "$SRC_DIGEST" ]]; then m=MATCH; else m=MISMATCH; FULL_DIGEST=MISMATCH; fi
+        summary="$(grep -o 'full sync complete.*' "$log" | tail -n 1 || true)"
+        say "full sync  ferry --mode full --checkpoint $ckpt run $i/$REPEAT: $RUN_SECS s, peak RSS $((RUN_RSS_KB / 1024)) MB, DBSIZE $n/$SRC_KEYS, digest $m (ferry: ${summary:-no summary line})"
+        if [[ "$m" == MISMATCH ]]; then
+            say "  source digest $SRC_DIGEST, target digest $d"
+        fi
+        ferry_warnings "$log"
+        stop_server "$pid"
+        if [[ "$ckpt" == on ]]; then
+            ferry_times+=("$RUN_SECS")
+        else
+            ferry_off_times+=("$RUN_SECS")
+        fi
+        ferry_rss+=("$RUN_RSS_KB")
+    done
 done
 
 NATIVE_MED="$(median "${native_times[@]}")"
 FERRY_MED="$(median "${ferry_times[@]}")"
-RATIO="$(awk -v f="$FERRY_MED" -v n="$NATIVE_MED" 'BEGIN { if (n > 0) printf "%.2f", f / n; else print "n/a" }')"
+FERRY_OFF_MED="$(median "${ferry_off_times[@]}")"
+ratio() { awk -v f="$1" -v n="$2" 'BEGIN { if (n > 0) printf "%.2f", f / n; else print "n/a" }'; }
+RATIO="$(ratio "$FERRY_MED" "$NATIVE_MED")"
+RATIO_OFF="$(ratio "$FERRY_OFF_MED" "$NATIVE_MED")"
 PEAK_RSS_MB="$(printf '%s\n' "${ferry_rss[@]}" | sort -n | tail -n 1 | awk '{ printf "%d", $1 / 1024 }')"
 
 # ---------------------------------------------------------------- incremental
@@ -245,21 +275,54 @@ NAT_PORT="$SERVER_PORT"
 python3 "$HELPER" replicate --port "$NAT_PORT" --master-port "$SRC" \
     --expect "$SRC_KEYS" --timeout "$TIMEOUT" >/dev/null || die "native replica never caught up"
 
-start_server ferry-incr
-FER_PORT="$SERVER_PORT"
-FERRY_LOG="$WORK/ferry-incr.log"
-t0="$(now_ns)"
-"$FERRY" sync --source "redis://127.0.0.1:$SRC" --target "redis://127.0.0.1:$FER_PORT" \
-    --mode full+incremental --progress never >"$FERRY_LOG" 2>&1 &
-FERRY_PID=$!
-PIDS+=("$FERRY_PID")
-# The source's keys plus ferry's checkpoint.
-if ! python3 "$HELPER" wait-dbsize --port "$FER_PORT" --expect "$((SRC_KEYS + 1))" --timeout "$TIMEOUT" >/dev/null; then
-    tail -n 30 "$FERRY_LOG" >&2
-    die "ferry never caught up with the snapshot"
-fi
-kill -0 "$FERRY_PID" 2>/dev/null || { tail -n 30 "$FERRY_LOG" >&2; die "ferry exited early"; }
-say "ferry caught up with the snapshot $(secs_since "$t0") s after starting; running redis-benchmark ($INCR_OPS ops per test)"
+# start_ferry_incr CKPT: a ferry --mode full+incremental into a new server, with
+# checkpoints on or off; sets INCR_PORT, INCR_PID, INCR_LOG once it has the snapshot.
+start_ferry_incr() {
+    local ckpt="$1" t0 expect="$SRC_KEYS"
+    start_server "ferry-incr-$ckpt"
+    INCR_PORT="$SERVER_PORT"
+    INCR_LOG="$WORK/ferry-incr-$ckpt.log"
+    t0="$(now_ns)"
+    "$FERRY" sync --source "redis://127.0.0.1:$SRC" --target "redis://127.0.0.1:$INCR_PORT" \
+        --mode full+incremental --progress never --checkpoint "$ckpt" >"$INCR_LOG" 2>&1 &
+    INCR_PID=$!
+    PIDS+=("$INCR_PID")
+    # The source's keys plus ferry's checkpoint.
+    [[ "$ckpt" == on ]] && expect=$((SRC_KEYS + 1))
+    if ! python3 "$HELPER" wait-dbsize --port "$INCR_PORT" --expect "$expect" --timeout "$TIMEOUT" >/dev/null; then
+        tail -n 30 "$INCR_LOG" >&2
+        die "ferry (--checkpoint $ckpt) never caught up with the snapshot"
+    fi
+    kill -0 "$INCR_PID" 2>/dev/null || { tail -n 30 "$INCR_LOG" >&2; die "ferry exited early"; }
+    say "ferry --checkpoint $ckpt caught up with the snapshot $(secs_since "$t0") s after starting"
+}
+
+# stop_ferry PID LOG: SIGINT, wait up to 10 s, report the exit status.
+stop_ferry() {
+    local fpid="$1" log="$2" rc=0 i
+    kill -INT "$fpid" 2>/dev/null || true
+    for ((i = 0; i < 1000; i++)); do
+        alive "$fpid" || break
+        sleep 0.01
+    done
+    if alive "$fpid"; then
+        say "warning: ferry did not stop within 10 s of SIGINT; killing it"
+        kill -KILL "$fpid" 2>/dev/null || true
+    fi
+    wait "$fpid" || rc=$?
+    say "ferry stopped after SIGINT with exit status $rc"
+    if [[ "$rc" -ne 0 ]]; then
+        tail -n 20 "$log" | sed 's/^/bench:   ferry: /'
+    else
+        ferry_warnings "$log"
+    fi
+}
+
+start_ferry_incr on
+FER_PORT="$INCR_PORT" FERRY_PID="$INCR_PID" FERRY_LOG="$INCR_LOG"
+start_ferry_incr off
+OFF_PORT="$INCR_PORT" OFF_PID="$INCR_PID" OFF_LOG="$INCR_LOG"
+say "running redis-benchmark ($INCR_OPS ops per test) with the native replica and both ferries attached"
 
 t0="$(now_ns)"
 redis-benchmark -h 127.0.0.1 -p "$SRC" -t set,incr,lpush -P 16 -n "$INCR_OPS" -r 100000 -q \
@@ -270,39 +333,124 @@ OPS="$(awk -v n="$INCR_OPS" -v s="$BENCH_SECS" 'BEGIN { printf "%d", 3 * n / s }
 say "redis-benchmark: $((3 * INCR_OPS)) ops in $BENCH_SECS s = $OPS ops/s (wall clock, all three tests)"
 
 marker_out="$(python3 "$HELPER" marker --source "$SRC" \
-    --target "native=$NAT_PORT" --target "ferry=$FER_PORT" --timeout "$TIMEOUT")" \
-    || die "marker measurement failed"
+    --target "native=$NAT_PORT" --target "ferry=$FER_PORT" --target "off=$OFF_PORT" \
+    --timeout "$TIMEOUT")" || die "marker measurement failed"
 NAT_DELAY="$(awk -F= '$1 == "native" { printf "%.1f", $2 }' <<<"$marker_out")"
 FER_DELAY="$(awk -F= '$1 == "ferry" { printf "%.1f", $2 }' <<<"$marker_out")"
-say "marker delay: native ${NAT_DELAY} ms, ferry ${FER_DELAY} ms"
+OFF_DELAY="$(awk -F= '$1 == "off" { printf "%.1f", $2 }' <<<"$marker_out")"
+say "marker delay: native ${NAT_DELAY} ms, ferry ${FER_DELAY} ms (checkpoints on), ${OFF_DELAY} ms (off)"
 
-kill -INT "$FERRY_PID" 2>/dev/null || true
-rc=0
-for ((i = 0; i < 1000; i++)); do
-    alive "$FERRY_PID" || break
-    sleep 0.01
-done
-if alive "$FERRY_PID"; then
-    say "warning: ferry did not stop within 10 s of SIGINT; killing it"
-    kill -KILL "$FERRY_PID" 2>/dev/null || true
-fi
-wait "$FERRY_PID" || rc=$?
-say "ferry stopped after SIGINT with exit status $rc"
-if [[ "$rc" -ne 0 ]]; then
-    tail -n 20 "$FERRY_LOG" | sed 's/^/bench:   ferry: /'
-else
-    ferry_warnings "$FERRY_LOG"
-fi
+stop_ferry "$FERRY_PID" "$FERRY_LOG"
+stop_ferry "$OFF_PID" "$OFF_LOG"
 
 SRC_D2="$(digest "$SRC")"
 NAT_D2="$(digest "$NAT_PORT")"
 FER_D2="$(ferry_digest "$FER_PORT")"
-if [[ "$FER_D2" == "$SRC_D2" ]]; then INCR_DIGEST=MATCH; else INCR_DIGEST=MISMATCH; fi
+OFF_D2="$(digest "$OFF_PORT")"
+INCR_DIGEST=MATCH
+if [[ "$FER_D2" != "$SRC_D2" || "$OFF_D2" != "$SRC_D2" ]]; then INCR_DIGEST=MISMATCH; fi
 if [[ "$NAT_D2" == "$SRC_D2" ]]; then NAT_DIGEST=MATCH; else NAT_DIGEST=MISMATCH; fi
-say "digests after the marker: source $SRC_D2, ferry $FER_D2 ($INCR_DIGEST), native $NAT_D2 ($NAT_DIGEST)"
+say "digests after the marker: source $SRC_D2, ferry $FER_D2 / $OFF_D2 (checkpoints on / off, $INCR_DIGEST), native $NAT_D2 ($NAT_DIGEST)"
 if [[ "$INCR_DIGEST" == MISMATCH ]]; then
-    say "  DBSIZE source $(rcli "$SRC" DBSIZE), ferry target $(rcli "$FER_PORT" DBSIZE)"
+    say "  DBSIZE source $(rcli "$SRC" DBSIZE), ferry targets $(rcli "$FER_PORT" DBSIZE) / $(rcli "$OFF_PORT" DBSIZE)"
 fi
+
+# ---------------------------------------------------------------- cluster → cluster
+# Three source masters into three target masters: ferry's full sync (one reader and one
+# writer per source master, in one process) against three native replicas syncing at
+# once (one REPLICAOF per source master, each into a plain empty server).
+# start_cluster PREFIX: three masters, slots split by redis-cli; sets CLUSTER_PORTS
+# (sorted by first slot, so node i of two such clusters owns the same slots).
+start_cluster() {
+    local prefix="$1" i p nodes=() ok
+    for i in 1 2 3; do
+        start_server "$prefix-$i" --cluster-enabled yes --cluster-config-file nodes.conf
+        nodes+=("127.0.0.1:$SERVER_PORT")
+    done
+    redis-cli --cluster create "${nodes[@]}" --cluster-replicas 0 --cluster-yes >"$WORK/$prefix-create.log" 2>&1 \
+        || { cat "$WORK/$prefix-create.log" >&2; die "redis-cli --cluster create failed"; }
+    for ((i = 0; i < 500; i++)); do
+        ok=0
+        for p in "${nodes[@]}"; do
+            [[ "$(info_field "${p#*:}" cluster cluster_enabled)" == 1 ]] || continue
+            rcli "${p#*:}" CLUSTER INFO | tr -d '\r' | grep -q '^cluster_state:ok' && ok=$((ok + 1))
+        done
+        [[ "$ok" -eq 3 ]] && break
+        sleep 0.02
+    done
+    [[ "$ok" -eq 3 ]] || die "cluster $prefix never reached cluster_state:ok"
+    CLUSTER_PORTS=()
+    while read -r _ p; do CLUSTER_PORTS+=("$p"); done < <(
+        for p in "${nodes[@]}"; do
+            printf '%s %s\n' "$(rcli "${p#*:}" CLUSTER NODES | awk '/myself/ { split($9, r, "-"); print r[1] }')" "${p#*:}"
+        done | sort -n)
+}
+# slot_ranges PORT...: "a-b,c-d,..." of each node (one range each, as redis-cli made them).
+slot_ranges() {
+    local p out=()
+    for p in "$@"; do out+=("$(rcli "$p" CLUSTER NODES | awk '/myself/ { print $9 }')"); done
+    (IFS=,; echo "${out[*]}")
+}
+cluster_digests() { local p; for p in "$@"; do ferry_digest "$p"; done | tr '\n' ' '; }
+
+say "cluster: three source masters, three target masters"
+start_cluster csrc
+CSRC=("${CLUSTER_PORTS[@]}")
+t0="$(now_ns)"
+python3 "$HELPER" gen --keys "$KEYS" --slot-ranges "$(slot_ranges "${CSRC[@]}")" --out-prefix "$WORK/cluster-load"
+for i in 0 1 2; do
+    load_out="$(rcli "${CSRC[$i]}" --pipe <"$WORK/cluster-load.$i" 2>&1)" \
+        || die "loading cluster node ${CSRC[$i]} failed: $load_out"
+    grep -q 'errors: 0,' <<<"$load_out" || die "loading cluster node ${CSRC[$i]} reported errors: $load_out"
+done
+rm -f "$WORK"/cluster-load.*
+CSRC_KEYS=()
+for p in "${CSRC[@]}"; do CSRC_KEYS+=("$(rcli "$p" DBSIZE)"); done
+CSRC_DIGESTS="$(for p in "${CSRC[@]}"; do digest "$p"; done | tr '\n' ' ')"
+say "cluster source loaded in $(secs_since "$t0") s: DBSIZE per master ${CSRC_KEYS[*]}"
+
+cnative_times=()
+for ((i = 1; i <= REPEAT; i++)); do
+    rports=() rpids=() jobs_=()
+    for j in 0 1 2; do
+        start_server "cnative-$i-$j"
+        rports+=("$SERVER_PORT") rpids+=("$SERVER_PID")
+    done
+    t0="$(now_ns)"
+    for j in 0 1 2; do
+        python3 "$HELPER" replicate --port "${rports[$j]}" --master-port "${CSRC[$j]}" \
+            --expect "${CSRC_KEYS[$j]}" --timeout "$TIMEOUT" >/dev/null &
+        jobs_+=($!)
+    done
+    for j in 0 1 2; do wait "${jobs_[$j]}" || die "native replica of ${CSRC[$j]} never caught up"; done
+    t="$(secs_since "$t0")"
+    for j in 0 1 2; do
+        rcli "${rports[$j]}" REPLICAOF NO ONE >/dev/null
+        stop_server "${rpids[$j]}"
+    done
+    cnative_times+=("$t")
+    say "cluster full sync  3 native REPLICAOF at once  run $i/$REPEAT: $t s"
+done
+
+start_cluster ctgt
+CTGT=("${CLUSTER_PORTS[@]}")
+[[ "$(slot_ranges "${CTGT[@]}")" == "$(slot_ranges "${CSRC[@]}")" ]] \
+    || say "warning: the clusters' slot ranges differ; per-node digests cannot match"
+cferry_times=()
+CLUSTER_DIGEST=MATCH
+for ((i = 1; i <= REPEAT; i++)); do
+    for p in "${CTGT[@]}"; do rcli "$p" FLUSHALL >/dev/null; done
+    log="$WORK/ferry-cluster-$i.log"
+    run_ferry_full "${CSRC[0]}" "${CTGT[0]}" "$log"
+    d="$(cluster_digests "${CTGT[@]}")"
+    if [[ "$d" == "$CSRC_DIGESTS" ]]; then m=MATCH; else m=MISMATCH; CLUSTER_DIGEST=MISMATCH; fi
+    say "cluster full sync  ferry --mode full  run $i/$REPEAT: $RUN_SECS s, peak RSS $((RUN_RSS_KB / 1024)) MB, digests $m"
+    ferry_warnings "$log"
+    cferry_times+=("$RUN_SECS")
+done
+CNATIVE_MED="$(median "${cnative_times[@]}")"
+CFERRY_MED="$(median "${cferry_times[@]}")"
+CRATIO="$(ratio "$CFERRY_MED" "$CNATIVE_MED")"
 
 # ---------------------------------------------------------------- summary
 echo
@@ -310,5 +458,11 @@ printf 'ferry bench: keys=%s repeat=%s machine=%s\n' "$SRC_KEYS" "$REPEAT" "$MAC
 printf '%-16s %-17s median %.2f s   (%s)\n' "full sync" "native REPLICAOF" "$NATIVE_MED" "$SYNC_KIND"
 printf '%-16s %-17s median %.2f s   ratio %sx   peak RSS %s MB   digest %s\n' \
     "" "ferry --mode full" "$FERRY_MED" "$RATIO" "$PEAK_RSS_MB" "$FULL_DIGEST"
-printf '%-16s redis-benchmark %s ops/s      marker delay: native %s ms, ferry %s ms   digest %s\n' \
-    "incremental" "$OPS" "$NAT_DELAY" "$FER_DELAY" "$INCR_DIGEST"
+printf '%-16s %-17s median %.2f s   ratio %sx   (--checkpoint off)\n' \
+    "" "ferry --mode full" "$FERRY_OFF_MED" "$RATIO_OFF"
+printf '%-16s %-17s median %.2f s   (3 masters, 3 replicas at once)\n' \
+    "cluster 3 to 3" "native REPLICAOF" "$CNATIVE_MED"
+printf '%-16s %-17s median %.2f s   ratio %sx   digest %s\n' \
+    "" "ferry --mode full" "$CFERRY_MED" "$CRATIO" "$CLUSTER_DIGEST"
+printf '%-16s redis-benchmark %s ops/s      marker delay: native %s ms, ferry %s ms (checkpoints off %s ms)   digest %s\n' \
+    "incremental" "$OPS" "$NAT_DELAY" "$FER_DELAY" "$OFF_DELAY" "$INCR_DIGEST"

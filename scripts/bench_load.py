@@ -2,8 +2,11 @@
 """Helper for scripts/bench.sh (standard library only).
 
 Subcommands:
-  gen --keys N [--seed S]        write RESP for N mixed keys to stdout
-                                 (meant for `redis-cli --pipe`)
+  gen --keys N [--seed S] [--slot-ranges A-B,C-D,... --out-prefix P]
+                                 write RESP for N mixed keys to stdout
+                                 (meant for `redis-cli --pipe`); with
+                                 --slot-ranges, to P.0, P.1, ... instead, each
+                                 file the keys of one cluster node's slots
   replicate --port P --master-port M --expect N [--timeout T]
                                  REPLICAOF the master, print seconds until the
                                  link is up, the sync is done and DBSIZE == N
@@ -107,6 +110,27 @@ def info_fields(conn, section):
 # Subcommands
 
 
+def _crc16_table():
+    t = []
+    for i in range(256):
+        c = i << 8
+        for _ in range(8):
+            c = ((c << 1) ^ 0x1021) if c & 0x8000 else (c << 1)
+        t.append(c & 0xFFFF)
+    return t
+
+
+CRC16 = _crc16_table()
+
+
+def key_slot(key):
+    """Cluster slot of a key without hash tags (the bench's keys have none)."""
+    crc = 0
+    for b in key:
+        crc = ((crc << 8) & 0xFFFF) ^ CRC16[((crc >> 8) ^ b) & 0xFF]
+    return crc & 16383
+
+
 def cmd_gen(args):
     rng = random.Random(args.seed)
     # A pool of printable bytes to slice values from: cheap and not trivially
@@ -119,33 +143,53 @@ def cmd_gen(args):
         off = rng.randrange(plen - n)
         return pool[off:off + n]
 
-    out = sys.stdout.buffer
-    batch = []
+    if args.slot_ranges:
+        if not args.out_prefix:
+            sys.exit("gen: --slot-ranges needs --out-prefix")
+        ranges = [tuple(int(x) for x in r.split("-")) for r in args.slot_ranges.split(",")]
+        slot_node = [None] * 16384
+        for n, (lo, hi) in enumerate(ranges):
+            for slot in range(lo, hi + 1):
+                slot_node[slot] = n
+        outs = [open("%s.%d" % (args.out_prefix, n), "wb") for n in range(len(ranges))]
+    else:
+        outs = [sys.stdout.buffer]
+    batches = [[] for _ in outs]
     for i in range(args.keys):
         kind = i % 10
         if kind < 6:
-            batch.append(encode(b"SET", b"bench:str:%d" % i, val(20, 100)))
+            key = b"bench:str:%d" % i
+            cmd = encode(b"SET", key, val(20, 100))
         elif kind == 6:
-            a = [b"HSET", b"bench:hash:%d" % i]
+            key = b"bench:hash:%d" % i
+            a = [b"HSET", key]
             for f in range(5):
                 a += [b"f%d" % f, val(5, 20)]
-            batch.append(encode(*a))
+            cmd = encode(*a)
         elif kind == 7:
-            batch.append(encode(b"RPUSH", b"bench:list:%d" % i,
-                                *[val(5, 20) for _ in range(5)]))
+            key = b"bench:list:%d" % i
+            cmd = encode(b"RPUSH", key, *[val(5, 20) for _ in range(5)])
         elif kind == 8:
-            batch.append(encode(b"SADD", b"bench:set:%d" % i,
-                                *[b"m%d-%s" % (j, val(4, 12)) for j in range(5)]))
+            key = b"bench:set:%d" % i
+            cmd = encode(b"SADD", key, *[b"m%d-%s" % (j, val(4, 12)) for j in range(5)])
         else:
-            a = [b"ZADD", b"bench:zset:%d" % i]
+            key = b"bench:zset:%d" % i
+            a = [b"ZADD", key]
             for j in range(5):
                 a += [b"%d" % rng.randrange(1000000), b"m%d-%s" % (j, val(4, 12))]
-            batch.append(encode(*a))
-        if len(batch) >= 10000:
-            out.write(b"".join(batch))
-            batch = []
-    out.write(b"".join(batch))
-    out.flush()
+            cmd = encode(*a)
+        n = 0
+        if len(outs) > 1:
+            n = slot_node[key_slot(key)]
+            if n is None:
+                sys.exit("gen: slot of %r is in no --slot-ranges range" % key)
+        batches[n].append(cmd)
+        if len(batches[n]) >= 10000:
+            outs[n].write(b"".join(batches[n]))
+            batches[n] = []
+    for out, batch in zip(outs, batches):
+        out.write(b"".join(batch))
+        out.flush()
 
 
 def cmd_replicate(args):
@@ -230,6 +274,8 @@ def main():
     g = sub.add_parser("gen")
     g.add_argument("--keys", type=int, required=True)
     g.add_argument("--seed", type=int, default=42)
+    g.add_argument("--slot-ranges", default="")
+    g.add_argument("--out-prefix", default="")
     g.set_defaults(func=cmd_gen)
 
     r = sub.add_parser("replicate")
