@@ -671,22 +671,9 @@ impl<R: Read> Parser<R> {
     #[cold]
     fn fill(&mut self, need: usize) -> Result<(), RdbError> {
         debug_assert!(need <= self.buf.len());
-        self.sync();
-        if self.pos > 0 {
-            self.buf.copy_within(self.pos..self.end, 0);
-            self.base += self.pos as u64;
-            self.end -= self.pos;
-            self.pos = 0;
-            self.crc_pos = 0;
-            self.cap_pos = 0;
-        }
-        while self.end < need {
-            match self.reader.read(&mut self.buf[self.end..]) {
-                Ok(0) => return Err(self.err_at_end(ErrorKind::UnexpectedEof)),
-                Ok(n) => self.end += n,
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                Err(e) => return Err(self.err_at_end(ErrorKind::Io(e))),
-            }
+        self.fill_up_to(need)?;
+        if self.end - self.pos < need {
+            return Err(self.err_at_end(ErrorKind::UnexpectedEof));
         }
         Ok(())
     }
