@@ -722,20 +722,26 @@ fn le_int(b: &[u8]) -> i64 {
     }
 }
 
-/// Decodes a listpack blob.
-fn listpack(blob: &Bytes, at: u64) -> Result<Vec<Elem>, RdbError> {
-    let corrupt = |m: String| RdbError::new(at, ErrorKind::Corrupt(format!("listpack: {m}")));
-    if blob.len() < 7 {
-        return Err(corrupt("too short".into()));
+/// Checks the header shared by listpacks and ziplists (total bytes as u32 LE at 0, which
+/// must be the blob's length) and returns the element count (u16 LE at `count_at`).
+fn blob_header(blob: &[u8], min_len: usize, count_at: usize) -> Result<u16, String> {
+    if blob.len() < min_len {
+        return Err("too short".into());
     }
     let total = u32::from_le_bytes([blob[0], blob[1], blob[2], blob[3]]) as usize;
     if total != blob.len() {
-        return Err(corrupt(format!(
+        return Err(format!(
             "header says {total} bytes, blob has {}",
             blob.len()
-        )));
+        ));
     }
-    let declared = u16::from_le_bytes([blob[4], blob[5]]);
+    Ok(u16::from_le_bytes([blob[count_at], blob[count_at + 1]]))
+}
+
+/// Decodes a listpack blob.
+fn listpack(blob: &Bytes, at: u64) -> Result<Vec<Elem>, RdbError> {
+    let corrupt = |m: String| RdbError::new(at, ErrorKind::Corrupt(format!("listpack: {m}")));
+    let declared = blob_header(blob, 7, 4).map_err(corrupt)?;
     let mut out = Vec::with_capacity(usize::from(declared).min(PREALLOC_CAP));
     let mut p = 6usize;
     loop {
@@ -804,17 +810,7 @@ fn listpack(blob: &Bytes, at: u64) -> Result<Vec<Elem>, RdbError> {
 /// Decodes a ziplist blob.
 fn ziplist(blob: &Bytes, at: u64) -> Result<Vec<Elem>, RdbError> {
     let corrupt = |m: String| RdbError::new(at, ErrorKind::Corrupt(format!("ziplist: {m}")));
-    if blob.len() < 11 {
-        return Err(corrupt("too short".into()));
-    }
-    let total = u32::from_le_bytes([blob[0], blob[1], blob[2], blob[3]]) as usize;
-    if total != blob.len() {
-        return Err(corrupt(format!(
-            "header says {total} bytes, blob has {}",
-            blob.len()
-        )));
-    }
-    let declared = u16::from_le_bytes([blob[8], blob[9]]);
+    let declared = blob_header(blob, 11, 8).map_err(corrupt)?;
     let mut out = Vec::with_capacity(usize::from(declared).min(PREALLOC_CAP));
     let mut p = 10usize;
     loop {
