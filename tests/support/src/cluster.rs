@@ -5,10 +5,10 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt::Write as _;
 use std::thread;
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
 use crate::client::{escape_bytes, Client, Reply};
-use crate::data::{FERRY_CHECKPOINT_PREFIX, PTTL_TOLERANCE_MS};
+use crate::data::{key_basics, scan_keys, PTTL_TOLERANCE_MS};
 use crate::server::{parse_info, Server};
 
 /// Number of hash slots of a Redis Cluster.
@@ -37,13 +37,6 @@ fn must(c: &mut Client, args: &[&[u8]]) -> Reply {
             c.addr()
         ),
     }
-}
-
-fn now_ms() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_millis() as i64)
-        .unwrap_or(0)
 }
 
 impl Cluster {
@@ -519,51 +512,14 @@ fn snapshot(side: DataSide<'_>) -> BTreeMap<Vec<u8>, KeyState> {
     for server in side.servers() {
         let mut c = server.client();
         must(&mut c, &[b"SELECT", b"0"]);
-        let mut keys: Vec<Vec<u8>> = Vec::new();
-        let mut cursor = b"0".to_vec();
-        loop {
-            let r = must(&mut c, &[b"SCAN", &cursor, b"COUNT", b"1000"]).as_array();
-            cursor = r[0].as_bytes();
-            keys.extend(r[1].as_array().iter().map(Reply::as_bytes));
-            if cursor == b"0" {
-                break;
-            }
-        }
-        keys.retain(|k| !k.starts_with(FERRY_CHECKPOINT_PREFIX));
-        keys.sort();
-        keys.dedup();
-        let absolute = server.version() >= (7, 0, 0);
-        let ttl_cmd: &[u8] = if absolute { b"PEXPIRETIME" } else { b"PTTL" };
-        let mut cmds = Vec::with_capacity(keys.len() * 3);
-        for k in &keys {
-            cmds.push(vec![b"TYPE".to_vec(), k.clone()]);
-            cmds.push(vec![b"DEBUG".to_vec(), b"DIGEST-VALUE".to_vec(), k.clone()]);
-            cmds.push(vec![ttl_cmd.to_vec(), k.clone()]);
-        }
-        let now = now_ms();
-        let replies = c
-            .pipeline(&cmds)
-            .unwrap_or_else(|e| panic!("pipeline on {}: {e}", server.addr()));
-        for (k, r) in keys.into_iter().zip(replies.chunks(3)) {
-            let kind = r[0].as_str();
-            if kind == "none" {
-                continue;
-            }
-            let digest = match &r[1] {
-                Reply::Array(Some(items)) if !items.is_empty() => items[0].as_str(),
-                Reply::Error(e) => panic!("DEBUG DIGEST-VALUE on {}: {e}", server.addr()),
-                other => other.as_str(),
-            };
-            let expire_at = match r[2].as_int() {
-                t if t < 0 || absolute => t,
-                t => now + t,
-            };
+        let keys = scan_keys(&mut c, server, false);
+        for b in key_basics(&mut c, server, keys) {
             out.insert(
-                k,
+                b.key,
                 KeyState {
-                    kind,
-                    digest,
-                    expire_at,
+                    kind: b.kind,
+                    digest: b.digest,
+                    expire_at: b.expire_at,
                 },
             );
         }

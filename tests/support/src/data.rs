@@ -338,76 +338,110 @@ fn stream_meta(client: &mut Client, key: &[u8]) -> String {
     out
 }
 
-/// All keys of all databases with their TYPE, DEBUG DIGEST-VALUE, PTTL and (streams) stream
-/// metadata. With `streams_only`, only stream keys (`SCAN .. TYPE stream`).
+/// The keys of the selected database, sorted, without ferry's checkpoint keys (ferry's own
+/// bookkeeping on a target, not data). With `streams_only`, stream keys where the server
+/// can filter by type (6.0+; callers filter older servers' keys by their TYPE).
+pub(crate) fn scan_keys(client: &mut Client, server: &Server, streams_only: bool) -> Vec<Vec<u8>> {
+    let mut keys: Vec<Vec<u8>> = Vec::new();
+    let mut cursor = b"0".to_vec();
+    loop {
+        let mut scan: Vec<&[u8]> = vec![b"SCAN", &cursor, b"COUNT", b"1000"];
+        if streams_only && server.version() >= (6, 0, 0) {
+            scan.extend([&b"TYPE"[..], b"stream"]);
+        }
+        let r = must(client, &scan).as_array();
+        cursor = r[0].as_bytes();
+        keys.extend(r[1].as_array().iter().map(Reply::as_bytes));
+        if cursor == b"0" {
+            break;
+        }
+    }
+    keys.retain(|k| !k.starts_with(FERRY_CHECKPOINT_PREFIX));
+    keys.sort();
+    keys.dedup();
+    keys
+}
+
+/// What both comparisons read of a key.
+pub(crate) struct KeyBasics {
+    pub key: Vec<u8>,
+    pub kind: String,
+    pub digest: String,
+    /// Absolute expiry in ms (-1: none).
+    pub expire_at: i64,
+}
+
+/// TYPE, `DEBUG DIGEST-VALUE` and absolute expiry of each key, in one pipeline; keys gone
+/// since they were listed are left out.
+pub(crate) fn key_basics(
+    client: &mut Client,
+    server: &Server,
+    keys: Vec<Vec<u8>>,
+) -> Vec<KeyBasics> {
+    // Absolute expiry times compare exactly however long the two sides take to read;
+    // servers before 7.0 only give the relative PTTL.
+    let absolute = server.version() >= (7, 0, 0);
+    let ttl_cmd: &[u8] = if absolute { b"PEXPIRETIME" } else { b"PTTL" };
+    let mut cmds = Vec::with_capacity(keys.len() * 3);
+    for k in &keys {
+        cmds.push(vec![b"TYPE".to_vec(), k.clone()]);
+        cmds.push(vec![b"DEBUG".to_vec(), b"DIGEST-VALUE".to_vec(), k.clone()]);
+        cmds.push(vec![ttl_cmd.to_vec(), k.clone()]);
+    }
+    let now = now_ms();
+    let replies = client
+        .pipeline(&cmds)
+        .unwrap_or_else(|e| panic!("pipeline on {}: {e}", server.addr()));
+    let mut out = Vec::with_capacity(keys.len());
+    for (key, r) in keys.into_iter().zip(replies.chunks(3)) {
+        let kind = r[0].as_str();
+        if kind == "none" {
+            continue; // expired or deleted since it was listed
+        }
+        let digest = match &r[1] {
+            Reply::Array(Some(items)) if !items.is_empty() => items[0].as_str(),
+            Reply::Error(e) => panic!("DEBUG DIGEST-VALUE on {}: {e}", server.addr()),
+            other => other.as_str(),
+        };
+        let expire_at = match r[2].as_int() {
+            t if t < 0 || absolute => t,
+            t => now + t,
+        };
+        out.push(KeyBasics {
+            key,
+            kind,
+            digest,
+            expire_at,
+        });
+    }
+    out
+}
+
+/// All keys of all databases with their TYPE, DEBUG DIGEST-VALUE, expiry and (streams)
+/// stream metadata. With `streams_only`, only stream keys.
 fn snapshot(server: &Server, dbs: usize, streams_only: bool) -> Vec<BTreeMap<Vec<u8>, KeyState>> {
     let mut client = server.client();
     let mut out = Vec::with_capacity(dbs);
     for db in 0..dbs {
         let mut map = BTreeMap::new();
         must(&mut client, &[b"SELECT", db.to_string().as_bytes()]);
-        let mut keys: Vec<Vec<u8>> = Vec::new();
-        let mut cursor = b"0".to_vec();
-        loop {
-            let mut scan: Vec<&[u8]> = vec![b"SCAN", &cursor, b"COUNT", b"1000"];
-            // SCAN … TYPE is Redis 6.0+; older servers filter by TYPE below.
-            if streams_only && server.version() >= (6, 0, 0) {
-                scan.extend([&b"TYPE"[..], b"stream"]);
+        let keys = scan_keys(&mut client, server, streams_only);
+        for b in key_basics(&mut client, server, keys) {
+            if streams_only && b.kind != "stream" {
+                continue;
             }
-            let r = must(&mut client, &scan).as_array();
-            cursor = r[0].as_bytes();
-            keys.extend(r[1].as_array().iter().map(Reply::as_bytes));
-            if cursor == b"0" {
-                break;
-            }
-        }
-        // ferry's own bookkeeping on a target, not data.
-        keys.retain(|k| !k.starts_with(FERRY_CHECKPOINT_PREFIX));
-        keys.sort();
-        keys.dedup();
-        // Absolute expiry times compare exactly however long the two snapshots take;
-        // servers before 7.0 only give the relative PTTL.
-        let absolute = server.version() >= (7, 0, 0);
-        let ttl_cmd: &[u8] = if absolute { b"PEXPIRETIME" } else { b"PTTL" };
-        let mut cmds = Vec::with_capacity(keys.len() * 3);
-        for k in &keys {
-            cmds.push(vec![b"TYPE".to_vec(), k.clone()]);
-            cmds.push(vec![b"DEBUG".to_vec(), b"DIGEST-VALUE".to_vec(), k.clone()]);
-            cmds.push(vec![ttl_cmd.to_vec(), k.clone()]);
-        }
-        let now_ms = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map(|d| d.as_millis() as i64)
-            .unwrap_or(0);
-        let replies = client
-            .pipeline(&cmds)
-            .unwrap_or_else(|e| panic!("pipeline on {}: {e}", server.addr()));
-        for (k, r) in keys.into_iter().zip(replies.chunks(3)) {
-            let kind = r[0].as_str();
-            if kind == "none" || (streams_only && kind != "stream") {
-                continue; // expired or deleted since SCAN, or not a stream
-            }
-            let digest = match &r[1] {
-                Reply::Array(Some(items)) if !items.is_empty() => items[0].as_str(),
-                Reply::Error(e) => panic!("DEBUG DIGEST-VALUE on {}: {e}", server.addr()),
-                other => other.as_str(),
-            };
-            let pttl = match r[2].as_int() {
-                t if t < 0 || absolute => t,
-                t => now_ms + t,
-            };
-            let stream_meta = if kind == "stream" {
-                stream_meta(&mut client, &k)
+            let stream_meta = if b.kind == "stream" {
+                stream_meta(&mut client, &b.key)
             } else {
                 String::new()
             };
             let state = KeyState {
-                kind,
-                digest,
-                pttl,
+                kind: b.kind,
+                digest: b.digest,
+                pttl: b.expire_at,
                 stream_meta,
             };
-            map.insert(k, state);
+            map.insert(b.key, state);
         }
         out.push(map);
     }
