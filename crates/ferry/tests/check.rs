@@ -117,3 +117,40 @@ fn slow_rate_limit_warns() {
     assert_eq!(code, 1, "{out}");
     assert!(line(&out, "source backlog").starts_with("WARN"), "{out}");
 }
+
+/// A cluster is checked on every master: a key on a target master other than the one
+/// given fails the check naming that node, and every source master is reached.
+#[test]
+fn every_node_of_a_cluster_is_checked() {
+    use ferry_testkit::Cluster;
+    let source = Cluster::start(3, 0);
+    let target = Cluster::start(3, 0);
+    source.cmd_routed_str(&["SET", "k", "v"]);
+    let (code, out) = check(&source.seed_url(), &target.seed_url(), &[]);
+    assert_eq!(code, 0, "{out}");
+    for m in source.masters() {
+        let l = line(&out, &format!("source {} reachable", m.addr()));
+        assert!(l.starts_with("PASS"), "{out}");
+        let l = line(&out, &format!("PSYNC allowed ({})", m.addr()));
+        assert!(l.starts_with("PASS"), "{out}");
+    }
+    // A key on the last target master, not the seed the check was given.
+    let last = target.masters()[2];
+    assert_ne!(target.seed_url(), last.url());
+    for i in 0.. {
+        let key = format!("stray{i}");
+        target.cmd_routed_str(&["SET", &key, "v"]);
+        if last.cmd(&["DBSIZE"]).as_int() == 1 {
+            break;
+        }
+        target.cmd_routed_str(&["DEL", &key]);
+    }
+    let (code, out) = check(&source.seed_url(), &target.seed_url(), &[]);
+    assert_eq!(code, 2, "{out}");
+    let l = line(&out, &format!("target empty ({})", last.addr()));
+    assert!(l.starts_with("FAIL") && l.contains("1 keys"), "{out}");
+    for m in &target.masters()[..2] {
+        let l = line(&out, &format!("target empty ({})", m.addr()));
+        assert!(l.starts_with("PASS"), "{out}");
+    }
+}

@@ -69,6 +69,8 @@ pub fn worst(checks: &[Check]) -> Level {
 
 /// What was learnt about one node.
 struct Node {
+    endpoint: Endpoint,
+    addr: String,
     conn: Connection,
     version: Option<ServerVersion>,
     server: Info,
@@ -102,6 +104,8 @@ async fn reach(role: &str, ep: &Endpoint) -> (Check, Option<Node>) {
         .unwrap_or_else(|| "an unknown server".into());
     let check = Check::pass(name, format!("{what}{login}"));
     let node = Node {
+        endpoint: ep.clone(),
+        addr: ep.addr(),
         conn,
         version,
         server,
@@ -166,35 +170,125 @@ async fn file_source_checks(config: &JobConfig) -> Vec<Check> {
     checks
 }
 
-/// Runs every check; never fails itself — what cannot be checked is a warning.
+/// The nodes a job reads from (one per source shard) or writes to (each master of a
+/// cluster target, the master of a replica set): what the topology discovery finds, or the
+/// address given when it cannot run (then the reachability check says why).
+async fn nodes_of(
+    seeds: &[Endpoint],
+    kind: ferry_source::SourceType,
+    master: Option<&str>,
+    use_replica: bool,
+    given: &Endpoint,
+) -> Vec<Endpoint> {
+    if kind == ferry_source::SourceType::Standalone {
+        return vec![given.clone()];
+    }
+    match ferry_source::discover(seeds, kind, master).await {
+        Ok((_, shards)) if !shards.is_empty() => shards
+            .iter()
+            .map(|s| s.reader_node(use_replica).clone())
+            .collect(),
+        _ => vec![given.clone()],
+    }
+}
+
+/// A check about one of several nodes names the node.
+fn on(mut check: Check, node: &Node, several: bool) -> Check {
+    if several {
+        check.name = format!("{} ({})", check.name, node.addr);
+    }
+    check
+}
+
+/// Runs every check on every node the job uses (each source shard, each target master);
+/// never fails itself — what cannot be checked is a warning.
 pub async fn precheck(config: &JobConfig) -> Vec<Check> {
     let mut checks = Vec::new();
     let Some(source_ep) = config.source.endpoint() else {
         return file_source_checks(config).await;
     };
-    let (src_check, source) = reach("source", source_ep).await;
-    let (dst_check, target) = reach("target", &config.target).await;
-    checks.push(src_check);
-    checks.push(dst_check);
-    if source_ep.host == config.target.host && source_ep.port == config.target.port {
+    let source_eps = nodes_of(
+        &config.source_seeds,
+        config.source_type,
+        config.source_master.as_deref(),
+        config.use_replica,
+        source_ep,
+    )
+    .await;
+    let target_eps = nodes_of(
+        &config.target_seeds,
+        config.target_type,
+        config.target_master.as_deref(),
+        false,
+        &config.target,
+    )
+    .await;
+    let mut sources = Vec::new();
+    for ep in &source_eps {
+        let (check, node) = reach("source", ep).await;
+        checks.push(check);
+        sources.extend(node);
+    }
+    let mut targets = Vec::new();
+    for ep in &target_eps {
+        let (check, node) = reach("target", ep).await;
+        checks.push(check);
+        targets.extend(node);
+    }
+    let same: Vec<&Endpoint> = source_eps
+        .iter()
+        .chain([source_ep])
+        .filter(|s| {
+            target_eps
+                .iter()
+                .chain([&config.target])
+                .any(|t| s.host == t.host && s.port == t.port)
+        })
+        .collect();
+    if let Some(node) = same.first() {
         checks.push(Check::fail(
             "source and target differ",
-            format!("source and target are the same node {}", source_ep.addr()),
+            format!("source and target are the same node {}", node.addr()),
             "give a different target",
         ));
     }
-    let (Some(mut source), Some(mut target)) = (source, target) else {
+    if sources.len() < source_eps.len() || targets.len() < target_eps.len() {
         return checks;
-    };
-    checks.push(versions(&source, &target));
-    checks.extend(psync_allowed(&mut source, source_ep).await);
-    checks.push(target_role(&target));
-    checks.push(target_empty(&mut target, config.overwrite).await);
-    checks.push(databases(&source, &mut target).await);
-    checks.push(memory(&source, &target));
-    checks.push(eviction(&target));
-    checks.extend(replication_buffers(&mut source, config.rate_limit).await);
-    checks.push(modules(&mut source, &mut target).await);
+    }
+    let several_sources = sources.len() > 1;
+    let several_targets = targets.len() > 1;
+    // The newest format read against the oldest server written to.
+    let newest = sources
+        .iter()
+        .max_by_key(|n| n.version.as_ref().map(|v| v.max_rdb_version()))
+        .expect("at least one source node");
+    let oldest = targets
+        .iter()
+        .min_by_key(|n| n.version.as_ref().map(|v| v.max_rdb_version()))
+        .expect("at least one target node");
+    checks.push(versions(newest, oldest));
+    for source in &mut sources {
+        let ep = source.endpoint.clone();
+        for c in psync_allowed(source, &ep).await {
+            checks.push(on(c, source, several_sources));
+        }
+    }
+    for target in &mut targets {
+        checks.push(on(target_role(target), target, several_targets));
+        let c = target_empty(target, config.overwrite).await;
+        checks.push(on(c, target, several_targets));
+    }
+    checks.push(databases(&sources, &mut targets[0]).await);
+    checks.push(memory(&sources, &targets));
+    for target in &targets {
+        checks.push(on(eviction(target), target, several_targets));
+    }
+    for source in &mut sources {
+        for c in replication_buffers(source, config.rate_limit).await {
+            checks.push(on(c, source, several_sources));
+        }
+    }
+    checks.push(modules(&mut sources, &mut targets).await);
     checks
 }
 
@@ -393,9 +487,14 @@ async fn config_get(
     })
 }
 
-async fn databases(source: &Node, target: &mut Node) -> Check {
+async fn databases(sources: &[Node], target: &mut Node) -> Check {
     let name = "databases";
-    let Some(highest) = source.keyspace.keyspace().iter().map(|(db, _)| *db).max() else {
+    let highest = sources
+        .iter()
+        .flat_map(|s| s.keyspace.keyspace())
+        .map(|(db, _)| db)
+        .max();
+    let Some(highest) = highest else {
         return Check::pass(name, "the source holds no data");
     };
     let cluster = target.server.get("redis_mode") == Some("cluster");
@@ -441,17 +540,26 @@ fn mb(bytes: u64) -> String {
     format!("{:.1} MB", bytes as f64 / 1e6)
 }
 
-fn memory(source: &Node, target: &Node) -> Check {
+/// What every source node uses against what every target master has free: keys are spread
+/// over the target's masters by slot, so this is the total, not a per-node guarantee.
+fn memory(sources: &[Node], targets: &[Node]) -> Check {
     let name = "target memory";
-    let Some(need) = number(&source.memory, "used_memory") else {
+    let need: Option<u64> = sources
+        .iter()
+        .map(|s| number(&s.memory, "used_memory"))
+        .sum();
+    let Some(need) = need else {
         return Check::warn(
             name,
             "could not read the source's used memory",
             "compare the memory of source and target by hand",
         );
     };
-    let max = number(&target.memory, "maxmemory").unwrap_or(0);
-    if max == 0 {
+    let maxes: Vec<u64> = targets
+        .iter()
+        .map(|t| number(&t.memory, "maxmemory").unwrap_or(0))
+        .collect();
+    if maxes.contains(&0) {
         return Check::pass(
             name,
             format!(
@@ -460,7 +568,11 @@ fn memory(source: &Node, target: &Node) -> Check {
             ),
         );
     }
-    let used = number(&target.memory, "used_memory").unwrap_or(0);
+    let max: u64 = maxes.iter().sum();
+    let used: u64 = targets
+        .iter()
+        .map(|t| number(&t.memory, "used_memory").unwrap_or(0))
+        .sum();
     let free = max.saturating_sub(used);
     let message = format!(
         "the source uses {}; the target has {} free of {} maxmemory",
@@ -657,12 +769,35 @@ async fn module_names(conn: &mut Connection) -> Vec<String> {
         .collect()
 }
 
-async fn modules(source: &mut Node, target: &mut Node) -> Check {
+async fn modules(sources: &mut [Node], targets: &mut [Node]) -> Check {
     let name = "modules";
-    let have = module_names(&mut source.conn).await;
-    let can = module_names(&mut target.conn).await;
-    let missing: Vec<&String> = have.iter().filter(|m| !can.contains(m)).collect();
-    if missing.is_empty() {
+    let mut have: Vec<String> = Vec::new();
+    for source in sources.iter_mut() {
+        for m in module_names(&mut source.conn).await {
+            if !have.contains(&m) {
+                have.push(m);
+            }
+        }
+    }
+    let several = targets.len() > 1;
+    let mut lacking = Vec::new();
+    for target in targets.iter_mut() {
+        let can = module_names(&mut target.conn).await;
+        let missing: Vec<&str> = have
+            .iter()
+            .filter(|m| !can.contains(m))
+            .map(String::as_str)
+            .collect();
+        if !missing.is_empty() {
+            let on = if several {
+                format!(" ({})", target.addr)
+            } else {
+                String::new()
+            };
+            lacking.push(format!("{}{on}", missing.join(", ")));
+        }
+    }
+    if lacking.is_empty() {
         if have.is_empty() {
             Check::pass(name, "the source loads no modules")
         } else {
@@ -675,12 +810,11 @@ async fn modules(source: &mut Node, target: &mut Node) -> Check {
             )
         }
     } else {
-        let list: Vec<&str> = missing.iter().map(|s| s.as_str()).collect();
         Check::fail(
             name,
             format!(
                 "the target lacks module(s) the source loads: {}",
-                list.join(", ")
+                lacking.join("; ")
             ),
             "load the same modules on the target (loadmodule)",
         )
