@@ -154,3 +154,38 @@ fn every_node_of_a_cluster_is_checked() {
         assert!(l.starts_with("PASS"), "{out}");
     }
 }
+
+/// A target that holds a job's checkpoints is that job's to resume: `ferry check` with the
+/// job's name passes it (on every master of a cluster target), another name fails it.
+#[test]
+fn a_job_resuming_into_its_own_data_passes() {
+    use ferry_testkit::{wait_same_data_cluster, Cluster};
+    let source = Cluster::start(3, 0);
+    let target = Cluster::start(3, 0);
+    for i in 0..300 {
+        source.cmd_routed_str(&["SET", &format!("k{i}"), "v"]);
+    }
+    let mut job = Ferry::sync(&source.seed_url(), &target.seed_url(), &["--name", "again"]);
+    wait_same_data_cluster(&source, &target, Duration::from_secs(60));
+    // Each source shard's checkpoint (shard `slots-<first slot>`) is on the target.
+    for m in 0..3 {
+        let key = format!("ferry:checkpoint:again:slots-{}", 16384 * m / 3);
+        common::wait_until("the shard's checkpoint", Duration::from_secs(30), || {
+            target.cmd_routed(&[b"EXISTS", key.as_bytes()]).as_int() == 1
+        });
+    }
+    job.signal("KILL");
+    let (code, out) = check(&source.seed_url(), &target.seed_url(), &["--name", "again"]);
+    assert_eq!(code, 0, "{out}");
+    for m in target.masters() {
+        let l = line(&out, &format!("target empty ({})", m.addr()));
+        assert!(l.starts_with("PASS") && l.contains("resumes"), "{out}");
+    }
+    let (code, out) = check(&source.seed_url(), &target.seed_url(), &["--name", "other"]);
+    assert_eq!(code, 2, "{out}");
+    assert!(
+        out.lines()
+            .any(|l| l.starts_with("FAIL") && l.contains("target empty")),
+        "{out}"
+    );
+}

@@ -496,26 +496,10 @@ async fn gate(config: &ferry_sync::JobConfig) -> ApiResult<Vec<Check>> {
     Ok(checks)
 }
 
-/// The pre-check, where a target that holds this job's own checkpoint is not "non-empty":
-/// the job resumes there.
+/// The pre-check (a target that holds this job's own checkpoint is not "non-empty": the
+/// job resumes there).
 async fn checks_for(config: &ferry_sync::JobConfig) -> Vec<Check> {
-    let mut checks = ferry_sync::precheck(config).await;
-    let key = ferry_target::checkpoint::key(&config.name, "0");
-    let resumes = matches!(
-        ferry_target::checkpoint::load(&config.target, &key).await,
-        Ok(Some(_))
-    );
-    if resumes {
-        for c in checks.iter_mut().filter(|c| c.name == "target empty") {
-            c.level = Level::Pass;
-            c.message = format!(
-                "the target holds this job's data: it resumes from its checkpoint ({})",
-                c.message
-            );
-            c.fix = None;
-        }
-    }
-    checks
+    ferry_sync::precheck(config).await
 }
 
 /// Lets this worker claim jobs that should run now (rather than at its next heartbeat);

@@ -165,7 +165,8 @@ async fn file_source_checks(config: &JobConfig) -> Vec<Check> {
     checks.push(dst_check);
     if let Some(mut target) = target {
         checks.push(target_role(&target));
-        checks.push(target_empty(&mut target, config.overwrite).await);
+        let resumes = holds_checkpoint(&mut target, &config.name, &["0".to_string()]).await;
+        checks.push(target_empty(&mut target, config.overwrite, resumes).await);
     }
     checks
 }
@@ -179,17 +180,35 @@ async fn nodes_of(
     master: Option<&str>,
     use_replica: bool,
     given: &Endpoint,
-) -> Vec<Endpoint> {
+) -> Vec<(String, Endpoint)> {
+    let alone = || vec![("0".to_string(), given.clone())];
     if kind == ferry_source::SourceType::Standalone {
-        return vec![given.clone()];
+        return alone();
     }
     match ferry_source::discover(seeds, kind, master).await {
         Ok((_, shards)) if !shards.is_empty() => shards
             .iter()
-            .map(|s| s.reader_node(use_replica).clone())
+            .map(|s| (s.id.clone(), s.reader_node(use_replica).clone()))
             .collect(),
-        _ => vec![given.clone()],
+        _ => alone(),
     }
+}
+
+/// Whether a target node holds a checkpoint of this job for one of `shards`: the job then
+/// resumes there, and the data it finds is its own. (On a cluster node, a key of another
+/// node's slot answers MOVED: not here.)
+async fn holds_checkpoint(target: &mut Node, job: &str, shards: &[String]) -> bool {
+    for shard in shards {
+        let key = ferry_target::checkpoint::key(job, shard);
+        if let Ok(Frame::Integer(1)) = target
+            .conn
+            .request_raw(&[b"EXISTS".as_ref(), key.as_ref()])
+            .await
+        {
+            return true;
+        }
+    }
+    false
 }
 
 /// A check about one of several nodes names the node.
@@ -207,7 +226,7 @@ pub async fn precheck(config: &JobConfig) -> Vec<Check> {
     let Some(source_ep) = config.source.endpoint() else {
         return file_source_checks(config).await;
     };
-    let source_eps = nodes_of(
+    let source_shards = nodes_of(
         &config.source_seeds,
         config.source_type,
         config.source_master.as_deref(),
@@ -215,14 +234,18 @@ pub async fn precheck(config: &JobConfig) -> Vec<Check> {
         source_ep,
     )
     .await;
-    let target_eps = nodes_of(
+    let (shard_ids, source_eps): (Vec<String>, Vec<Endpoint>) = source_shards.into_iter().unzip();
+    let target_eps: Vec<Endpoint> = nodes_of(
         &config.target_seeds,
         config.target_type,
         config.target_master.as_deref(),
         false,
         &config.target,
     )
-    .await;
+    .await
+    .into_iter()
+    .map(|(_, ep)| ep)
+    .collect();
     let mut sources = Vec::new();
     for ep in &source_eps {
         let (check, node) = reach("source", ep).await;
@@ -273,9 +296,13 @@ pub async fn precheck(config: &JobConfig) -> Vec<Check> {
             checks.push(on(c, source, several_sources));
         }
     }
+    let mut resumes = false;
+    for target in &mut targets {
+        resumes = resumes || holds_checkpoint(target, &config.name, &shard_ids).await;
+    }
     for target in &mut targets {
         checks.push(on(target_role(target), target, several_targets));
-        let c = target_empty(target, config.overwrite).await;
+        let c = target_empty(target, config.overwrite, resumes).await;
         checks.push(on(c, target, several_targets));
     }
     checks.push(databases(&sources, &mut targets[0]).await);
@@ -400,7 +427,7 @@ fn target_role(target: &Node) -> Check {
 /// A db 0 this small is scanned to leave ferry's own checkpoint keys out of the count.
 const SCAN_LIMIT: u64 = 1000;
 
-async fn target_empty(target: &mut Node, overwrite: bool) -> Check {
+async fn target_empty(target: &mut Node, overwrite: bool, resumes: bool) -> Check {
     let name = "target empty";
     let mut keys: Vec<(u32, u64)> = target.keyspace.keyspace();
     // Checkpoint keys live in db 0; a small db 0 is scanned to leave them out.
@@ -425,7 +452,12 @@ async fn target_empty(target: &mut Node, overwrite: bool) -> Check {
     let total: u64 = keys.iter().map(|(_, n)| n).sum();
     let dbs: Vec<String> = keys.iter().map(|(db, n)| format!("db{db}: {n}")).collect();
     let message = format!("the target already holds {total} keys ({})", dbs.join(", "));
-    if overwrite {
+    if resumes {
+        Check::pass(
+            name,
+            format!("the target holds this job's data: it resumes from its checkpoint ({message})"),
+        )
+    } else if overwrite {
         Check::warn(
             name,
             format!("{message}; keys that also exist on the source will be replaced"),
