@@ -566,3 +566,50 @@ fn an_extra_key_is_looked_for_in_every_source_db_mapped_to_its_db() {
     );
     assert_eq!(out.status.code(), Some(2), "{}", show(&out));
 }
+
+#[test]
+fn a_sentinel_given_as_a_node_is_refused_by_name() {
+    let master = Server::start();
+    let port = free_port();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let conf = dir.path().join("sentinel.conf");
+    std::fs::write(
+        &conf,
+        format!(
+            "port {port}\nbind 127.0.0.1\ndir {}\nsentinel monitor m 127.0.0.1 {} 1\n",
+            dir.path().display(),
+            master.port()
+        ),
+    )
+    .expect("write sentinel.conf");
+    let mut sentinel = Command::new(master.binary())
+        .arg(&conf)
+        .arg("--sentinel")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("start sentinel");
+    let answers = (0..200).any(|_| {
+        std::thread::sleep(Duration::from_millis(50));
+        ferry_testkit::Client::connect(&format!("127.0.0.1:{port}"))
+            .and_then(|mut c| c.cmd(&[b"PING"]))
+            .is_ok()
+    });
+    let out = ferry_verify(
+        &format!("redis://127.0.0.1:{port}"),
+        &master.url(),
+        &["--json"],
+    );
+    let _ = sentinel.kill();
+    let _ = sentinel.wait();
+    assert!(answers, "the sentinel did not start");
+    assert_eq!(out.status.code(), Some(2), "{}", show(&out));
+    let err = json_report(&out)["error"]
+        .as_str()
+        .unwrap_or("")
+        .to_string();
+    assert!(
+        err.contains(&format!("source node 127.0.0.1:{port} is a Sentinel")),
+        "{err}"
+    );
+}

@@ -196,20 +196,31 @@ pub async fn verify(config: &Config, progress: &Progress) -> Result<Report, Veri
     let mut src = Side::open(&config.source, Role::Source).await?;
     let mut tgt = Side::open(std::slice::from_ref(&config.target), Role::Target).await?;
     let source_db = config.source.first().and_then(|e| e.db);
-    let cluster = src.is_cluster() || tgt.is_cluster();
-    if cluster {
-        if let Some(db) = source_db.or(config.target.db).filter(|&d| d != 0) {
-            return Err(VerifyError::Config(format!(
-                "a Redis Cluster has only database 0; cannot compare db {db} with it"
-            )));
-        }
-    }
     let scope = Scope::new(
         config.filter.clone(),
         config.db_map.clone(),
         source_db,
         config.target.db,
     )?;
+    // The databases the URLs name must exist on a cluster side (db 0 only).
+    if let Some(s) = source_db.filter(|_| tgt.is_cluster()) {
+        let t = scope.target_of(s);
+        if t != 0 {
+            return Err(VerifyError::Config(format!(
+                "a Redis Cluster has only database 0; cannot compare source db {s} \
+                 (mapped to db {t}) with it"
+            )));
+        }
+    }
+    if let Some(t) = config.target.db.filter(|_| src.is_cluster()) {
+        let mapped = scope.target_of(0);
+        if mapped != t {
+            return Err(VerifyError::Config(format!(
+                "a Redis Cluster has only database 0, compared with target db {mapped}; \
+                 cannot compare target db {t} with it"
+            )));
+        }
+    }
     let mut limiter = RateLimiter::new(config.rate_limit);
     let rules = Rules {
         values: config.mode == Mode::Full,
@@ -296,10 +307,18 @@ pub async fn verify(config: &Config, progress: &Progress) -> Result<Report, Veri
             if !scope.target_selected(db) {
                 continue;
             }
-            let sources = sources_of(&scope, &src, db);
-            if !sources.is_empty() {
-                dbs.push((db, sources));
-            } else if src.is_cluster() && !scope.sources_of(db).is_empty() {
+            if !cluster_only(scope.sources_of(db), &src).is_empty() {
+                dbs.push((db, cluster_only(scope.lookup_of(db), &src)));
+                continue;
+            }
+            // Db 0 holds ferry's checkpoints, which are not data: count its keys by a scan.
+            let keys = if db == 0 {
+                tgt.select(0).await?;
+                count_keys(tgt.node(n), batch, &mut limiter).await?
+            } else {
+                keys
+            };
+            if src.is_cluster() && !scope.sources_of(db).is_empty() {
                 // Written from a source database other than 0, which a cluster lacks.
                 left_out.target_not_compared += keys;
             } else {
@@ -448,13 +467,31 @@ struct LeftOut {
     target_filtered: u64,
 }
 
-/// The source databases written into target db `t` that `src` can hold (a cluster: 0).
-fn sources_of(scope: &Scope, src: &Side, t: u32) -> Vec<u32> {
-    let mut sources = scope.sources_of(t);
+/// The source databases among `dbs` that `src` can hold (a cluster: 0 only).
+fn cluster_only(mut dbs: Vec<u32>, src: &Side) -> Vec<u32> {
     if src.is_cluster() {
-        sources.retain(|&s| s == 0);
+        dbs.retain(|&s| s == 0);
     }
-    sources
+    dbs
+}
+
+/// The keys of the node's selected database, ferry's checkpoints left out.
+async fn count_keys(
+    node: &mut node::Node,
+    batch: usize,
+    limiter: &mut RateLimiter,
+) -> Result<u64, VerifyError> {
+    let mut cursor = Bytes::from_static(b"0");
+    let mut n = 0u64;
+    loop {
+        let (next, keys) = node.scan(&cursor, batch).await?;
+        limiter.acquire(keys.len() as u64).await;
+        n += keys.len() as u64;
+        if next.as_ref() == b"0" {
+            return Ok(n);
+        }
+        cursor = next;
+    }
 }
 
 /// What a recheck needs besides the connections.
@@ -510,7 +547,7 @@ async fn recheck(
                 }
             }
             Origin::Target(t) => {
-                let sources = sources_of(ctx.scope, src, t);
+                let sources = cluster_only(ctx.scope.lookup_of(t), src);
                 let first = sources.first().copied().unwrap_or(t);
                 let look: Vec<u32> = sources
                     .into_iter()

@@ -76,8 +76,8 @@ pub struct Report {
     /// database as `INFO keyspace` counts them, the others as scanned).
     pub source_keys_filtered: u64,
     /// Target keys the job would not have written, so never extra: with a name the filters
-    /// leave out, or in a database no copied source database is mapped to (counted by
-    /// `INFO keyspace`, ferry's checkpoints included).
+    /// leave out, or in a database no copied source database is mapped to (ferry's
+    /// checkpoints are not counted).
     pub target_keys_filtered: u64,
     /// Differences seen in an earlier round that were gone in a recheck (keys in flight).
     pub transient: u64,

@@ -8,6 +8,11 @@
 //! rules accept its name; only such a key can be *extra*, and only when none of those
 //! source databases holds it. Keys the job does not own are counted, never reported.
 //!
+//! A database in the source URL compares only that database (with the target database it
+//! is mapped to; a key there is still looked for in every source database mapped to it); a
+//! database in the target URL only that one (with the source databases mapped to it). When
+//! both name one, those two are compared with each other, and nothing else explains a key.
+//!
 //! The filters' command rules do not name keys and are not applied here.
 
 use std::sync::Arc;
@@ -62,27 +67,40 @@ impl Scope {
 
     /// The URLs let source database `s` be compared.
     pub fn source_selected(&self, s: u32) -> bool {
-        self.source_db.map_or(true, |d| d == s)
-            && self.target_db.map_or(true, |t| self.target_of(s) == t)
+        self.source_db.is_none_or(|d| d == s)
+            && self.target_db.is_none_or(|t| self.target_of(s) == t)
     }
 
     /// The URLs let target database `t` be scanned for extras.
     pub fn target_selected(&self, t: u32) -> bool {
-        self.target_db.map_or(true, |d| d == t)
+        self.target_db.is_none_or(|d| d == t)
     }
 
     /// The filters copy source database `s`.
     pub fn db_allowed(&self, s: u32) -> bool {
-        self.filter.as_ref().map_or(true, |f| f.db_allowed(s))
+        self.filter.as_ref().is_none_or(|f| f.db_allowed(s))
     }
 
     /// The filters copy a key of this name.
     pub fn key_allowed(&self, key: &[u8]) -> bool {
-        self.filter.as_ref().map_or(true, |f| f.key_allowed(key))
+        self.filter.as_ref().is_none_or(|f| f.key_allowed(key))
+    }
+
+    /// Where a key of target database `t` is looked for on the source: every source
+    /// database passing the filters that the job writes into `t` (when the source URL names
+    /// one of them, the others still explain their copies), or only the source URL's
+    /// database when both URLs name theirs.
+    pub fn lookup_of(&self, t: u32) -> Vec<u32> {
+        if self.source_db.is_some() && self.target_db.is_some() {
+            return self.sources_of(t);
+        }
+        (self.db_map.sources(t).into_iter())
+            .filter(|&s| self.target_of(s) == t && self.db_allowed(s))
+            .collect()
     }
 
     /// The source databases, selected and passing the filters, that the job writes into
-    /// target database `t`; empty when the job does not write `t`.
+    /// target database `t`; empty when the job does not write `t` or the URLs leave it out.
     pub fn sources_of(&self, t: u32) -> Vec<u32> {
         let candidates = match self.source_db {
             Some(s) => vec![s],
@@ -136,6 +154,13 @@ mod tests {
         assert_eq!(scope.sources_of(2), vec![1]);
         assert!(scope.sources_of(1).is_empty());
         assert!(scope.source_selected(1) && !scope.source_selected(2));
+        assert_eq!(scope.lookup_of(2), vec![1]);
+        // Only the source URL's database: its target database is scanned, and a key there
+        // is looked for in every source database mapped to it.
+        let scope = Scope::new(None, map("4:0"), Some(4), None).expect("scope");
+        assert_eq!(scope.sources_of(0), vec![4]);
+        assert_eq!(scope.lookup_of(0), vec![0, 4]);
+        assert!(scope.sources_of(4).is_empty());
         // The target URL's database: the source databases written there.
         let scope = Scope::new(None, map("4:0"), None, Some(0)).expect("scope");
         assert!(scope.source_selected(4) && scope.source_selected(0));
