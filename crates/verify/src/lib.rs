@@ -359,7 +359,7 @@ pub async fn verify(config: &Config, progress: &Progress) -> Result<Report, Veri
                     if !f {
                         candidates.push(Candidate {
                             origin: Origin::Target(db),
-                            db: sources[0],
+                            db: sources.first().copied().unwrap_or(db),
                             key,
                             problems: vec![Problem::ExtraOnTarget],
                         });
