@@ -1,5 +1,6 @@
 //! `ferry sync` flags for filters, database mapping and TLS; the same settings as the job
-//! file's `[filter]`, `db_map`, `[source_tls]` and `[target_tls]`.
+//! file's `[filter]`, `db_map`, `[source_tls]` and `[target_tls]`. `ferry verify` takes
+//! them too, so a job is verified with exactly its scope.
 
 use std::path::PathBuf;
 

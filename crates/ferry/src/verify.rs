@@ -1,7 +1,11 @@
 //! `ferry verify`: flags → [`ferry_verify::Config`], a progress line on a terminal, the
 //! report as text or JSON, and the exit code (0 equal, 1 differences, 2 error).
+//!
+//! The source, target, TLS, filters and db mapping are read as `ferry sync` reads them
+//! (`--config FILE` and the same flags), so a job is verified with exactly its scope.
 
 use std::io::IsTerminal;
+use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
@@ -9,6 +13,7 @@ use std::time::Duration;
 
 use clap::ValueEnum;
 use ferry_resp::Endpoint;
+use ferry_sync::{FileConfig, JobConfig};
 use ferry_verify::{Config, Mode, Problem, Progress, Report};
 use indicatif::{ProgressBar, ProgressStyle};
 
@@ -22,16 +27,21 @@ pub enum VerifyMode {
 
 #[derive(clap::Args)]
 pub struct VerifyArgs {
-    #[command(flatten)]
-    tls: Box<crate::scope_args::TlsArgs>,
+    /// The job's settings in TOML, as for `ferry sync --config`: its source, target, TLS,
+    /// filters and db_map apply (flags override them).
+    #[arg(long)]
+    config: Option<PathBuf>,
     /// Source node: redis://[user:pass@]host:port[/db]; any node of a Redis Cluster
     /// (every master is then scanned, db 0 only).
     #[arg(long, env = "FERRY_SOURCE")]
-    source: String,
+    source: Option<String>,
     /// Target node: redis://[user:pass@]host:port[/db]; any node of a Redis Cluster
     /// (each key is then read on the master owning its slot).
     #[arg(long, env = "FERRY_TARGET")]
-    target: String,
+    target: Option<String>,
+    /// The job's filters, db mapping and TLS, as given to `ferry sync`.
+    #[command(flatten)]
+    scope: Box<crate::scope_args::ScopeArgs>,
     /// What to compare.
     #[arg(long, value_enum, default_value_t = VerifyMode::Full)]
     mode: VerifyMode,
@@ -86,22 +96,37 @@ fn fail(json: bool, message: &str) -> ExitCode {
     ExitCode::from(2)
 }
 
+/// The job the flags (and `--config`) describe, as `ferry sync` would run it.
+fn job(args: &VerifyArgs) -> Result<JobConfig, String> {
+    let file = match &args.config {
+        Some(p) => FileConfig::load(p).map_err(|e| e.to_string())?,
+        None => FileConfig::default(),
+    };
+    let flags = (*args.scope).clone().fill(FileConfig {
+        source: args.source.clone(),
+        target: args.target.clone(),
+        ..Default::default()
+    });
+    let job = file.merge(flags).map_err(|e| e.to_string())?;
+    if job.source_seeds.is_empty() {
+        return Err(format!(
+            "source {} is a file: verify compares two live servers",
+            job.source
+        ));
+    }
+    Ok(job)
+}
+
 pub async fn run(args: VerifyArgs) -> ExitCode {
-    let mut source: Endpoint = match args.source.parse() {
-        Ok(e) => e,
-        Err(e) => return fail(args.json, &format!("--source: {e}")),
+    let job = match job(&args) {
+        Ok(j) => j,
+        Err(e) => return fail(args.json, &e),
     };
-    let mut target: Endpoint = match args.target.parse() {
-        Ok(e) => e,
-        Err(e) => return fail(args.json, &format!("--target: {e}")),
-    };
-    if let Err(e) = args.tls.source().apply("source", &mut source) {
-        return fail(args.json, &e.to_string());
-    }
-    if let Err(e) = args.tls.target().apply("target", &mut target) {
-        return fail(args.json, &e.to_string());
-    }
+    let (source, target) = (job.source_seeds[0].clone(), job.target.clone());
     let mut config = Config::new(source.clone(), target.clone());
+    config.source = job.source_seeds;
+    config.filter = job.filter;
+    config.db_map = job.db_map;
     config.mode = match args.mode {
         VerifyMode::Keys => Mode::Keys,
         VerifyMode::Full => Mode::Full,
@@ -210,6 +235,12 @@ fn print_text(r: &Report, source: &Endpoint, target: &Endpoint) {
             r.source_keys_not_compared, r.target_keys_not_compared
         );
     }
+    if r.source_keys_filtered > 0 || r.target_keys_filtered > 0 {
+        println!(
+            "  outside the job     {} source and {} target keys (filters, db mapping)",
+            r.source_keys_filtered, r.target_keys_filtered
+        );
+    }
     println!("  keys compared       {}", r.keys_compared);
     println!("  equal               {}", r.keys_equal);
     println!("  missing on target   {}", r.missing_on_target);
@@ -234,7 +265,12 @@ fn print_text(r: &Report, source: &Endpoint, target: &Endpoint) {
         );
         for d in &r.differences {
             let what: Vec<String> = d.problems.iter().map(describe).collect();
-            println!("  db{} {:?}: {}", d.db, d.key, what.join("; "));
+            let db = if d.db == d.target_db {
+                format!("db{}", d.db)
+            } else {
+                format!("db{}->db{}", d.db, d.target_db)
+            };
+            println!("  {db} {:?}: {}", d.key, what.join("; "));
         }
     }
     println!("result: {}", if r.equal { "EQUAL" } else { "DIFFERENT" });

@@ -30,6 +30,38 @@ fn copy(source: &str, target: &str) {
     assert_eq!(out.status.code(), Some(0), "sync: {}", show(&out));
 }
 
+/// `ferry sync --mode full` with the job's scope flags.
+fn copy_scoped(source: &str, target: &str, scope: &[&str]) {
+    let mut args = vec![
+        "sync", "--mode", "full", "--source", source, "--target", target,
+    ];
+    args.extend_from_slice(scope);
+    let out = ferry(&args);
+    assert_eq!(out.status.code(), Some(0), "sync: {}", show(&out));
+}
+
+/// The listed differences as (key, source db, target db, first problem's kind), sorted.
+fn listed(r: &Value) -> Vec<(String, u64, u64, String)> {
+    let mut found: Vec<(String, u64, u64, String)> = r["differences"]
+        .as_array()
+        .expect("differences")
+        .iter()
+        .map(|d| {
+            (
+                d["key"].as_str().unwrap_or_default().to_string(),
+                d["db"].as_u64().unwrap_or(99),
+                d["target_db"].as_u64().unwrap_or(99),
+                d["problems"][0]["kind"]
+                    .as_str()
+                    .unwrap_or_default()
+                    .to_string(),
+            )
+        })
+        .collect();
+    found.sort();
+    found
+}
+
 fn verify(source: &str, target: &str, extra: &[&str]) -> (Output, Value) {
     let mut args = vec!["verify", "--source", source, "--target", target, "--json"];
     args.extend_from_slice(extra);
@@ -181,4 +213,154 @@ fn cluster_into_smaller_cluster_equal_then_each_difference_on_its_key() {
     assert_eq!(r["value_differences"], 0, "{r}");
     assert_eq!(r["missing_on_target"], 1, "{r}");
     assert_eq!(r["extra_on_target"], 1, "{r}");
+}
+
+#[test]
+fn standalone_into_cluster_with_a_filter_and_db_1_mapped_to_0() {
+    let source = Server::start();
+    let cluster = Cluster::start(3, 0);
+    let mut c = source.client();
+    for i in 0..41 {
+        c.cmd_str(&["SET", &format!("user:a:{i}"), &i.to_string()]);
+    }
+    for i in 0..10 {
+        c.cmd_str(&["SET", &format!("other:{i}"), "o"]);
+    }
+    c.cmd_str(&["SELECT", "1"]);
+    for i in 0..21 {
+        c.cmd_str(&["HSET", &format!("user:b:{i}"), "f", &i.to_string()]);
+    }
+    c.cmd_str(&["SELECT", "2"]);
+    for i in 0..5 {
+        c.cmd_str(&["SET", &format!("user:c:{i}"), "c"]);
+    }
+    let scope = [
+        "--include-key-prefix",
+        "user:",
+        "--db-map",
+        "1:0",
+        "--exclude-dbs",
+        "2",
+    ];
+    copy_scoped(&source.url(), &cluster.seed_url(), &scope);
+
+    let (out, r) = verify(&source.url(), &cluster.seed_url(), &scope);
+    assert_eq!(out.status.code(), Some(0), "{}", show(&out));
+    assert_eq!(r["equal"], true, "{r}");
+    assert_eq!(r["keys_compared"], 62, "{r}");
+    assert_eq!(r["target_keys_scanned"], 62, "{r}");
+    assert_eq!(r["source_keys_filtered"], 15, "{r}");
+    assert_eq!(r["source_keys_not_compared"], 0, "{r}");
+    // Only source db 1, which the map sends to the cluster's db 0; the copies of db 0
+    // there are not extra.
+    let (out, r) = verify(&format!("{}/1", source.url()), &cluster.seed_url(), &scope);
+    assert_eq!(out.status.code(), Some(0), "{}", show(&out));
+    assert_eq!(r["keys_compared"], 21, "{r}");
+    assert_eq!(r["target_keys_scanned"], 62, "{r}");
+    let (out, r) = verify(&format!("{}/2", source.url()), &cluster.seed_url(), &[]);
+    assert_eq!(out.status.code(), Some(2), "{}", show(&out));
+    assert!(
+        r["error"]
+            .as_str()
+            .unwrap_or("")
+            .contains("only database 0"),
+        "{r}"
+    );
+
+    // Without the scope: other:* is missing, db 1 cannot be compared with a cluster and
+    // its copies in db 0 look extra.
+    let (out, r) = verify(&source.url(), &cluster.seed_url(), &["--rounds", "1"]);
+    assert_eq!(out.status.code(), Some(1), "{}", show(&out));
+    assert_eq!(r["missing_on_target"], 10, "{r}");
+    assert_eq!(r["extra_on_target"], 21, "{r}");
+    assert_eq!(r["source_keys_not_compared"], 26, "{r}");
+
+    // On the cluster: a key the filter leaves out is not the job's; one it copies that no
+    // source database mapped to db 0 holds is extra; a deleted copy of db 1 is missing.
+    cluster.cmd_routed_str(&["SET", "other:new", "x"]);
+    cluster.cmd_routed_str(&["SET", "other:3", "changed"]);
+    cluster.cmd_routed_str(&["SET", "user:new", "x"]);
+    cluster.cmd_routed_str(&["DEL", "user:b:3"]);
+    let mut args = vec!["--rounds", "2", "--recheck-delay", "100ms"];
+    args.extend_from_slice(&scope);
+    let (out, r) = verify(&source.url(), &cluster.seed_url(), &args);
+    assert_eq!(out.status.code(), Some(1), "{}", show(&out));
+    assert_eq!(r["target_keys_filtered"], 2, "{r}");
+    assert_eq!(
+        listed(&r),
+        vec![
+            (
+                "user:b:3".to_string(),
+                1,
+                0,
+                "missing_on_target".to_string()
+            ),
+            ("user:new".to_string(), 0, 0, "extra_on_target".to_string()),
+        ],
+        "{r}"
+    );
+}
+
+#[test]
+fn cluster_into_standalone_with_a_filter_and_db_0_mapped_to_2() {
+    let cluster = Cluster::start(3, 0);
+    let target = Server::start();
+    for i in 0..60 {
+        cluster.cmd_routed_str(&["SET", &format!("keep:{i}"), &i.to_string()]);
+    }
+    for i in 0..20 {
+        cluster.cmd_routed_str(&["RPUSH", &format!("skip:{i}"), "a"]);
+    }
+    let scope = ["--include-key-prefix", "keep:", "--db-map", "0:2"];
+    copy_scoped(&cluster.seed_url(), &target.url(), &scope);
+
+    let (out, r) = verify(&cluster.seed_url(), &target.url(), &scope);
+    assert_eq!(out.status.code(), Some(0), "{}", show(&out));
+    assert_eq!(r["equal"], true, "{r}");
+    assert_eq!(r["source_cluster"], true, "{r}");
+    assert_eq!(r["keys_compared"], 60, "{r}");
+    assert_eq!(r["target_keys_scanned"], 60, "{r}");
+    assert_eq!(r["source_keys_filtered"], 20, "{r}");
+    // Db 0 holds only ferry's checkpoints: nothing of the job's, nothing to count.
+    assert_eq!(r["target_keys_filtered"], 0, "{r}");
+    // The target URL may name the database the cluster's db 0 is mapped to, no other.
+    let (out, r) = verify(&cluster.seed_url(), &format!("{}/2", target.url()), &scope);
+    assert_eq!(out.status.code(), Some(0), "{}", show(&out));
+    assert_eq!(r["keys_compared"], 60, "{r}");
+    let (out, r) = verify(&cluster.seed_url(), &format!("{}/1", target.url()), &scope);
+    assert_eq!(out.status.code(), Some(2), "{}", show(&out));
+    assert!(
+        r["error"]
+            .as_str()
+            .unwrap_or("")
+            .contains("only database 0"),
+        "{r}"
+    );
+
+    // A stray key in db 0 (which the job no longer writes) is not the job's; an extra and a
+    // changed copy in db 2 are reported against the cluster's db 0.
+    target.cmd(&["SET", "keep:stray", "x"]);
+    let mut db2 = target.client();
+    db2.cmd_str(&["SELECT", "2"]);
+    db2.cmd_str(&["SET", "keep:extra", "x"]);
+    db2.cmd_str(&["SET", "keep:5", "changed"]);
+    db2.cmd_str(&["SET", "skip:new", "x"]);
+    let mut args = vec!["--rounds", "2", "--recheck-delay", "100ms"];
+    args.extend_from_slice(&scope);
+    let (out, r) = verify(&cluster.seed_url(), &target.url(), &args);
+    assert_eq!(out.status.code(), Some(1), "{}", show(&out));
+    assert_eq!(r["target_keys_filtered"], 2, "{r}");
+    assert_eq!(
+        listed(&r),
+        vec![
+            ("keep:5".to_string(), 0, 2, "value".to_string()),
+            (
+                "keep:extra".to_string(),
+                0,
+                2,
+                "extra_on_target".to_string()
+            ),
+        ],
+        "{r}"
+    );
 }

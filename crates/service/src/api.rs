@@ -641,6 +641,9 @@ async fn verify_job(
     }
     let mut vc = ferry_verify::Config::new(config.source_seeds[0].clone(), config.target.clone());
     vc.source = config.source_seeds.clone();
+    // The job's scope: what it does not copy is not compared, and is never extra.
+    vc.filter = config.filter.clone();
+    vc.db_map = config.db_map.clone();
     if let Some(m) = &req.mode {
         vc.mode = match m.as_str() {
             "full" => ferry_verify::Mode::Full,

@@ -20,6 +20,20 @@ impl DbMap {
         self.0.get(&db).copied().unwrap_or(db)
     }
 
+    /// The source databases written into target database `t`: those mapped to it, and `t`
+    /// itself unless it is mapped elsewhere.
+    pub fn sources(&self, t: u32) -> Vec<u32> {
+        let mut s: Vec<u32> = (self.0.iter())
+            .filter(|(_, &d)| d == t)
+            .map(|(&s, _)| s)
+            .collect();
+        if !self.0.contains_key(&t) {
+            s.push(t);
+            s.sort_unstable();
+        }
+        s
+    }
+
     /// Target databases that more than one source database lands in (listed or kept by
     /// number), with those source databases: their keys may collide.
     pub fn shared_targets(&self) -> Vec<(u32, Vec<u32>)> {
@@ -76,6 +90,9 @@ mod tests {
         assert_eq!(m.shared_targets(), vec![(0, vec![0, 1]), (3, vec![3, 5])]);
         let m: DbMap = "1:3".parse().unwrap();
         assert_eq!(m.shared_targets(), vec![(3, vec![1, 3])]);
+        assert_eq!(m.sources(3), vec![1, 3]);
+        assert_eq!(m.sources(1), Vec::<u32>::new());
+        assert_eq!(m.sources(7), vec![7]);
         assert!("".parse::<DbMap>().unwrap().is_empty());
         assert!("1".parse::<DbMap>().is_err());
         assert!("a:1".parse::<DbMap>().is_err());

@@ -113,10 +113,10 @@ impl Node {
         std::mem::take(&mut self.moved)
     }
 
-    /// Whether the node runs in cluster mode (`INFO server` → `redis_mode:cluster`).
-    pub async fn is_cluster(&mut self) -> Result<bool, VerifyError> {
+    /// `INFO server` → `redis_mode`: `standalone`, `cluster` or `sentinel`.
+    pub async fn mode(&mut self) -> Result<String, VerifyError> {
         match self.conn.info("server").await {
-            Ok(info) => Ok(info.get("redis_mode") == Some("cluster")),
+            Ok(info) => Ok(info.get("redis_mode").unwrap_or("standalone").to_string()),
             Err(e) => Err(self.err(e)),
         }
     }

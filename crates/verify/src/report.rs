@@ -21,7 +21,12 @@ pub enum Problem {
 /// A key that still differed after the last round.
 #[derive(Debug, Clone, Serialize)]
 pub struct Difference {
+    /// The source database. For a key found only on the target: the source database it
+    /// would have been copied from (the first one, when several are mapped to its
+    /// database).
     pub db: u32,
+    /// The target database (`db` unless the job maps databases).
+    pub target_db: u32,
     /// The key, with bytes that are not printable ASCII written as `\xNN`.
     pub key: String,
     pub problems: Vec<Problem>,
@@ -62,11 +67,18 @@ pub struct Report {
     pub source_cluster: bool,
     /// The target is a Redis Cluster.
     pub target_cluster: bool,
-    /// Keys in databases other than 0 on a standalone source compared with a cluster
-    /// target: a cluster has only db 0, so they are not compared.
+    /// Keys in databases of a standalone source not mapped to db 0 of a cluster target:
+    /// a cluster has only db 0, so they are not compared.
     pub source_keys_not_compared: u64,
     /// The same for a standalone target compared with a cluster source.
     pub target_keys_not_compared: u64,
+    /// Source keys the job's filters leave out, so not compared (keys of an excluded
+    /// database as `INFO keyspace` counts them, the others as scanned).
+    pub source_keys_filtered: u64,
+    /// Target keys the job would not have written, so never extra: with a name the filters
+    /// leave out, or in a database no copied source database is mapped to (ferry's
+    /// checkpoints are not counted).
+    pub target_keys_filtered: u64,
     /// Differences seen in an earlier round that were gone in a recheck (keys in flight).
     pub transient: u64,
     /// Rounds run: the full pass plus the rechecks that had something to recheck.

@@ -39,7 +39,16 @@ impl Side {
             )));
         };
         let mut node = Node::connect(first, role).await?;
-        if !node.is_cluster().await? {
+        let mode = node.mode().await?;
+        if mode == "sentinel" {
+            return Err(VerifyError::Config(format!(
+                "the {} node {} is a Sentinel: verify reads the data nodes, give the master's \
+                 address",
+                role.name(),
+                first.addr()
+            )));
+        }
+        if mode != "cluster" {
             if seeds.len() > 1 {
                 return Err(VerifyError::Config(format!(
                     "several {} nodes given but {} is not a cluster node",
