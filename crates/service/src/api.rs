@@ -382,7 +382,15 @@ fn view(row: &JobRow, local: &[Arc<Running>], tasks: &[TaskRow]) -> JobView {
     let last_error = row.last_error.clone().or_else(|| {
         current
             .iter()
-            .find_map(|s| s.error.as_ref().map(|e| format!("shard {}: {e}", s.shard)))
+            .find_map(|s| {
+                s.error.as_ref().map(|e| {
+                    if s.shard == "0" || e.starts_with("shard ") {
+                        e.clone()
+                    } else {
+                        format!("shard {}: {e}", s.shard)
+                    }
+                })
+            })
     });
     let mut v = JobView {
         id: row.id,

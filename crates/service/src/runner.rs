@@ -26,6 +26,18 @@ pub struct TaskKey {
     pub shard: String,
 }
 
+impl TaskKey {
+    /// A line of the job's history about this task: "shard <id>: …", or the line alone
+    /// for the one shard of a source that is not a cluster.
+    pub fn say(&self, message: &str) -> String {
+        if self.shard == "0" {
+            message.to_string()
+        } else {
+            format!("shard {}: {message}", self.shard)
+        }
+    }
+}
+
 impl std::fmt::Display for TaskKey {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         write!(f, "{}/{}", self.job, self.shard)
@@ -279,8 +291,8 @@ impl Manager {
             {
                 Ok(true) => {
                     let message = match &error {
-                        Some(e) => format!("shard {}: {outcome}: {e}", key.shard),
-                        None => format!("shard {}: {outcome}", key.shard),
+                        Some(e) => key.say(&format!("{outcome}: {e}")),
+                        None => key.say(outcome),
                     };
                     let _ = store.event(key.job, &message).await;
                 }
@@ -359,7 +371,7 @@ async fn sample(r: Arc<Running>, store: Store) {
                 let message = if h.message.starts_with("shard ") {
                     h.message.clone()
                 } else {
-                    format!("shard {}: {}", r.key.shard, h.message)
+                    r.key.say(&h.message)
                 };
                 if let Err(e) = store.event_at(id, at, &message).await {
                     warn!(job = id, error = %e, "cannot store the job's history");

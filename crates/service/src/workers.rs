@@ -332,17 +332,14 @@ impl Workers {
             .lock()
             .map(|r| r.contains(&row.id))
             .unwrap_or(false);
-        let event = match (&task.owner, restarted) {
-            (_, true) => format!(
-                "shard {}: resumed after a service restart on worker {}",
-                key.shard, self.id
-            ),
+        let event = key.say(&match (&task.owner, restarted) {
+            (_, true) => "resumed after a service restart".to_string(),
             (Some(old), false) => format!(
-                "shard {}: taken over by worker {} (the lease of worker {old} expired)",
-                key.shard, self.id
+                "taken over by worker {} (the lease of worker {old} expired)",
+                self.id
             ),
-            (None, false) => format!("shard {}: running on worker {}", key.shard, self.id),
-        };
+            (None, false) => format!("running on worker {}", self.id),
+        });
         info!(worker = %self.id, job = %row.spec.name, shard = %key.shard, generation, "{event}");
         let _ = self.store.event(row.id, &event).await;
         let deadline = sent + self.lease * 2 / 3;
@@ -405,7 +402,7 @@ impl Workers {
             };
             match self.store.set_shards(row.id, &shards).await {
                 Ok((added, retired)) => {
-                    if !added.is_empty() || !retired.is_empty() {
+                    if shards.len() > 1 && !added.is_empty() || !retired.is_empty() {
                         let mut message = format!(
                             "source shards: {} (a task each)",
                             shards.join(", ")

@@ -53,6 +53,16 @@ struct Inner {
     history: VecDeque<HistoryEntry>,
 }
 
+/// A message about one shard: named, unless it is the one shard ("0") of a source that is
+/// not a cluster.
+fn about(shard: &str, message: &str) -> String {
+    if shard == "0" {
+        message.to_string()
+    } else {
+        format!("shard {shard}: {message}")
+    }
+}
+
 /// A point-in-time copy of a job's status.
 #[derive(Debug, Clone)]
 pub struct StatusView {
@@ -135,10 +145,11 @@ impl JobStatus {
             i.retrying = true;
             i.attempts = i.retrying_shards.values().map(|r| r.0).max().unwrap_or(0);
             i.next_attempt = i.retrying_shards.values().map(|r| r.1).min();
-            i.last_error = Some(format!("shard {shard}: {error}"));
+            i.last_error = Some(about(shard, error));
         });
-        self.record(format!(
-            "shard {shard}: attempt {attempts} failed: {error}; next attempt at {next}"
+        self.record(about(
+            shard,
+            &format!("attempt {attempts} failed: {error}; next attempt at {next}"),
         ));
     }
 
