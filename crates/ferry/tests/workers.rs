@@ -179,7 +179,9 @@ fn tags_of(master: &Server, n: usize) -> Vec<String> {
         .map(|i| format!("t{i}"))
         .filter(|t| {
             let key = format!("{{{t}}}:probe");
-            !c.cmd_str(&["EXISTS", &key]).is_error()
+            !c.cmd(&[b"EXISTS", key.as_bytes()])
+                .expect("EXISTS")
+                .is_error()
         })
         .take(n)
         .collect()
