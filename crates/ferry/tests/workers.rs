@@ -213,10 +213,7 @@ fn writer(master: &Server, stop: Arc<AtomicBool>) -> JoinHandle<u64> {
             .map(|c| c.iter().map(|a| a.as_bytes().to_vec()).collect())
             .collect();
             let replies = c.pipeline(&cmds).expect("writer pipeline");
-            assert!(
-                replies.iter().all(|r| !r.is_error()),
-                "writer: {replies:?}"
-            );
+            assert!(replies.iter().all(|r| !r.is_error()), "writer: {replies:?}");
             n += 1;
             std::thread::sleep(Duration::from_millis(2));
         }
@@ -325,19 +322,25 @@ fn workers_share_a_jobs_shards_and_survive_kill_freeze_join_and_drain() {
             }
         },
     );
-    wait_for("every shard to be incremental", Duration::from_secs(60), || {
-        let v = http.job(&workers[2].url, job);
-        let states: Vec<&str> = v["shards"]
-            .as_array()
-            .map(|s| s.iter().filter_map(|s| s["state"].as_str()).collect())
-            .unwrap_or_default();
-        if v["state"] == "incremental" && states.len() == 3 && states.iter().all(|s| *s == "incremental")
-        {
-            Ok(())
-        } else {
-            Err(format!("{} {states:?}", v["state"]))
-        }
-    });
+    wait_for(
+        "every shard to be incremental",
+        Duration::from_secs(60),
+        || {
+            let v = http.job(&workers[2].url, job);
+            let states: Vec<&str> = v["shards"]
+                .as_array()
+                .map(|s| s.iter().filter_map(|s| s["state"].as_str()).collect())
+                .unwrap_or_default();
+            if v["state"] == "incremental"
+                && states.len() == 3
+                && states.iter().all(|s| *s == "incremental")
+            {
+                Ok(())
+            } else {
+                Err(format!("{} {states:?}", v["state"]))
+            }
+        },
+    );
     let v = http.job(&workers[0].url, job);
     for s in v["shards"].as_array().expect("shards") {
         assert!(s["worker_address"].is_string(), "{s}");
@@ -376,7 +379,12 @@ fn workers_share_a_jobs_shards_and_survive_kill_freeze_join_and_drain() {
     // 3. SIGSTOP a worker past its lease: the other takes its tasks, and cuts the frozen
     // worker's writer connections off the target before it reads the checkpoints.
     let owners = http.owners(&workers[0].url, job);
-    let frozen_id = owners.values().flatten().next().cloned().expect("a shard runs");
+    let frozen_id = owners
+        .values()
+        .flatten()
+        .next()
+        .cloned()
+        .expect("a shard runs");
     let frozen = workers
         .iter()
         .position(|w| w.id == frozen_id)
@@ -415,17 +423,24 @@ fn workers_share_a_jobs_shards_and_survive_kill_freeze_join_and_drain() {
             }
         },
     );
-    wait_for("every shard to be incremental again", Duration::from_secs(60), || {
-        let v = http.job(&awake_url, job);
-        if v["state"] == "incremental" {
-            Ok(())
-        } else {
-            Err(v["state"].to_string())
-        }
-    });
+    wait_for(
+        "every shard to be incremental again",
+        Duration::from_secs(60),
+        || {
+            let v = http.job(&awake_url, job);
+            if v["state"] == "incremental" {
+                Ok(())
+            } else {
+                Err(v["state"].to_string())
+            }
+        },
+    );
     let after = generations(&http, &awake_url, job);
     for shard in &frozen_shards {
-        assert!(after[shard] > before[shard], "{shard}: {before:?} → {after:?}");
+        assert!(
+            after[shard] > before[shard],
+            "{shard}: {before:?} → {after:?}"
+        );
     }
     // The frozen worker's writers of the shards it lost are gone from the target.
     let stale = |conns: &[(String, u64)]| -> Vec<(String, u64)> {
@@ -436,7 +451,10 @@ fn workers_share_a_jobs_shards_and_survive_kill_freeze_join_and_drain() {
             .collect()
     };
     let conns = writer_connections(&target, job);
-    assert!(stale(&conns).is_empty(), "older writers still connected: {conns:?}");
+    assert!(
+        stale(&conns).is_empty(),
+        "older writers still connected: {conns:?}"
+    );
     sig("-CONT");
     wait_for(
         "the woken worker to stop its tasks",
@@ -457,7 +475,10 @@ fn workers_share_a_jobs_shards_and_survive_kill_freeze_join_and_drain() {
     // be one that sends what it had queued), now or after its next heartbeats.
     std::thread::sleep(Duration::from_secs(LEASE));
     let conns = writer_connections(&target, job);
-    assert!(stale(&conns).is_empty(), "a fenced writer came back: {conns:?}");
+    assert!(
+        stale(&conns).is_empty(),
+        "a fenced writer came back: {conns:?}"
+    );
 
     // 4. A fourth worker (started with --drain) joins: it receives a task.
     let joiner = worker(&store, &["--drain"]);

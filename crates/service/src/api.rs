@@ -15,8 +15,8 @@ use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 use tracing::warn;
 
-use crate::model::{EndpointSpec, Instance, JobSpec};
 use crate::model::TaskFigures;
+use crate::model::{EndpointSpec, Instance, JobSpec};
 use crate::runner::{Manager, Running};
 use crate::store::{JobRow, Store, StoreError, TaskRow};
 
@@ -380,17 +380,15 @@ fn view(row: &JobRow, local: &[Arc<Running>], tasks: &[TaskRow]) -> JobView {
         (sum(|f| f.progress_percent) / current.len() as f64 * 10.0).round() / 10.0
     };
     let last_error = row.last_error.clone().or_else(|| {
-        current
-            .iter()
-            .find_map(|s| {
-                s.error.as_ref().map(|e| {
-                    if s.shard == "0" || e.starts_with("shard ") {
-                        e.clone()
-                    } else {
-                        format!("shard {}: {e}", s.shard)
-                    }
-                })
+        current.iter().find_map(|s| {
+            s.error.as_ref().map(|e| {
+                if s.shard == "0" || e.starts_with("shard ") {
+                    e.clone()
+                } else {
+                    format!("shard {}: {e}", s.shard)
+                }
             })
+        })
     });
     let mut v = JobView {
         id: row.id,
@@ -412,7 +410,11 @@ fn view(row: &JobRow, local: &[Arc<Running>], tasks: &[TaskRow]) -> JobView {
         read_rate: 0.0,
         apply_rate: 0.0,
         bytes_rate: 0.0,
-        attempts: current.iter().map(|s| s.figures.attempts).max().unwrap_or(0),
+        attempts: current
+            .iter()
+            .map(|s| s.figures.attempts)
+            .max()
+            .unwrap_or(0),
         next_attempt: current
             .iter()
             .filter_map(|s| s.figures.next_attempt.clone())
@@ -728,8 +730,7 @@ async fn halt(app: &App, id: &str, state: &str) -> ApiResult<i64> {
 async fn stop_anywhere(app: &App, id: i64) -> ApiResult<()> {
     app.workers.stop_local(id).await;
     let until = std::time::Instant::now() + app.workers.lease() * 4 / 3;
-    while app.store.job_tasks(id).await?.iter().any(|t| t.live)
-        && std::time::Instant::now() < until
+    while app.store.job_tasks(id).await?.iter().any(|t| t.live) && std::time::Instant::now() < until
     {
         tokio::time::sleep(std::time::Duration::from_millis(100)).await;
     }

@@ -1156,3 +1156,236 @@ fn redact(url: &str) -> String {
         _ => url.to_string(),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+
+    fn spec(name: &str) -> JobSpec {
+        serde_json::from_value(serde_json::json!({
+            "name": name,
+            "source": {"addresses": ["127.0.0.1:1"]},
+            "target": {"addresses": ["127.0.0.1:2"]},
+        }))
+        .expect("spec")
+    }
+
+    fn shards(v: &[&str]) -> Vec<String> {
+        v.iter().map(|s| s.to_string()).collect()
+    }
+
+    /// Tasks at the store level, on two pools (two workers).
+    async fn tasks_are_leased_one_worker_each(store: Store, second: Store) {
+        let id = store
+            .create_job(&spec("tasks"), "running")
+            .await
+            .expect("job");
+        store.ensure_leases().await.expect("leases");
+        // One discovery turn per interval, whoever asks.
+        assert!(store.planning_turn(id, "a", 60_000).await.expect("turn"));
+        assert!(!second.planning_turn(id, "b", 60_000).await.expect("turn"));
+        let (added, retired) = store
+            .set_shards(id, &shards(&["slots-0", "slots-5461", "slots-10923"]))
+            .await
+            .expect("shards");
+        assert_eq!(added.len(), 3);
+        assert!(retired.is_empty());
+        // Idempotent.
+        let (added, _) = second
+            .set_shards(id, &shards(&["slots-0", "slots-5461", "slots-10923"]))
+            .await
+            .expect("shards");
+        assert!(added.is_empty());
+
+        // Eight workers on two pools race for one task: exactly one wins.
+        let mut racing = Vec::new();
+        for w in 0..8 {
+            let s = if w % 2 == 0 {
+                store.clone()
+            } else {
+                second.clone()
+            };
+            racing.push(tokio::spawn(async move {
+                s.claim_task(id, "slots-0", &format!("w{w}"), 600)
+                    .await
+                    .expect("claim")
+                    .map(|g| (w, g))
+            }));
+        }
+        let mut won = Vec::new();
+        for t in racing {
+            if let Some(x) = t.await.expect("join") {
+                won.push(x);
+            }
+        }
+        assert_eq!(won.len(), 1, "{won:?}");
+        let (w, generation) = won[0];
+        let owner = format!("w{w}");
+        let figures = TaskFigures {
+            records_applied: 42,
+            ..Default::default()
+        };
+        assert!(store
+            .renew_task(
+                id,
+                "slots-0",
+                &owner,
+                generation,
+                600,
+                "incremental",
+                Some("n:1"),
+                &figures
+            )
+            .await
+            .expect("renew"));
+        // A stale generation or another worker renews nothing.
+        assert!(!store
+            .renew_task(
+                id,
+                "slots-0",
+                &owner,
+                generation - 1,
+                600,
+                "x",
+                None,
+                &figures
+            )
+            .await
+            .expect("renew"));
+        assert!(!second
+            .renew_task(id, "slots-0", "other", generation, 600, "x", None, &figures)
+            .await
+            .expect("renew"));
+        // The other tasks are free: another worker takes one; every worker sees both.
+        let g2 = second
+            .claim_task(id, "slots-5461", "b", 600)
+            .await
+            .expect("claim")
+            .expect("a free task");
+        let rows = second.job_tasks(id).await.expect("tasks");
+        let t0 = rows.iter().find(|t| t.shard == "slots-0").expect("slots-0");
+        assert!(t0.live && t0.owner.as_deref() == Some(owner.as_str()));
+        assert_eq!(t0.state.as_deref(), Some("incremental"));
+        assert_eq!(t0.node.as_deref(), Some("n:1"));
+        assert_eq!(t0.figures.records_applied, 42);
+        // Expired: another worker takes it over, with a new generation, and the old
+        // owner's renewal and end are refused.
+        tokio::time::sleep(Duration::from_millis(700)).await;
+        let g3 = second
+            .claim_task(id, "slots-0", "c", 600)
+            .await
+            .expect("claim")
+            .expect("an expired task");
+        assert!(g3 > generation);
+        assert!(!store
+            .renew_task(id, "slots-0", &owner, generation, 600, "x", None, &figures)
+            .await
+            .expect("renew"));
+        assert!(!store
+            .finish_task(
+                id,
+                "slots-0",
+                &owner,
+                generation,
+                "failed",
+                Some("stale"),
+                &figures
+            )
+            .await
+            .expect("finish"));
+        assert_eq!(
+            store
+                .job(&id.to_string())
+                .await
+                .expect("job")
+                .expect("row")
+                .desired_state,
+            "running"
+        );
+        // A resharded source: a gone shard's task is retired and cannot be claimed.
+        let (added, retired) = store
+            .set_shards(id, &shards(&["slots-0", "slots-5461"]))
+            .await
+            .expect("shards");
+        assert!(added.is_empty());
+        assert_eq!(retired, vec!["slots-10923".to_string()]);
+        assert_eq!(
+            store
+                .claim_task(id, "slots-10923", "d", 600)
+                .await
+                .expect("claim"),
+            None
+        );
+        // Every task completed: the job is completed.
+        for (shard, who, g) in [("slots-0", "c", g3), ("slots-5461", "b", g2)] {
+            assert!(store
+                .finish_task(id, shard, who, g, "completed", None, &figures)
+                .await
+                .expect("finish"));
+        }
+        assert_eq!(
+            store.complete_finished_jobs().await.expect("complete"),
+            vec![id]
+        );
+        // Started again: the tasks run again; one failing for good fails the job and
+        // names its shard.
+        store.set_desired(id, "running", None).await.expect("start");
+        let g = store
+            .claim_task(id, "slots-5461", "b", 600)
+            .await
+            .expect("claim")
+            .expect("runs again");
+        assert!(store
+            .finish_task(id, "slots-5461", "b", g, "failed", Some("boom"), &figures)
+            .await
+            .expect("finish"));
+        let row = store.job(&id.to_string()).await.expect("job").expect("row");
+        assert_eq!(row.desired_state, "failed");
+        assert_eq!(row.last_error.as_deref(), Some("shard slots-5461: boom"));
+        // Deleting the job deletes its tasks.
+        store.delete_job(id).await.expect("delete");
+        assert!(store.tasks().await.expect("tasks").is_empty());
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn sqlite_tasks() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let url = format!("sqlite://{}", dir.path().join("ferry.db").display());
+        let store = Store::open(&url).await.expect("store");
+        tasks_are_leased_one_worker_each(store.clone(), store).await;
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn postgres_tasks() {
+        use sqlx::Connection;
+        let Ok(base) = std::env::var("FERRY_TEST_POSTGRES_URL") else {
+            eprintln!("FERRY_TEST_POSTGRES_URL not set: skipped");
+            return;
+        };
+        let name = format!("ferry_tasks_{}_{}", std::process::id(), now_ms());
+        let mut c = sqlx::PgConnection::connect(&base)
+            .await
+            .expect("connect to FERRY_TEST_POSTGRES_URL");
+        sqlx::raw_sql(sqlx::AssertSqlSafe(format!("CREATE DATABASE {name}")))
+            .execute(&mut c)
+            .await
+            .expect("create database");
+        let (head, query) = match base.split_once('?') {
+            Some((h, q)) => (h, format!("?{q}")),
+            None => (base.as_str(), String::new()),
+        };
+        let (root, _) = head.rsplit_once('/').expect("database URL");
+        let url = format!("{root}/{name}{query}");
+        let store = Store::open(&url).await.expect("store");
+        let second = Store::open(&url).await.expect("second store");
+        tasks_are_leased_one_worker_each(store.clone(), second.clone()).await;
+        store.close().await;
+        second.close().await;
+        let _ = sqlx::raw_sql(sqlx::AssertSqlSafe(format!(
+            "DROP DATABASE IF EXISTS {name}"
+        )))
+        .execute(&mut c)
+        .await;
+    }
+}

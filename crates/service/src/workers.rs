@@ -212,11 +212,16 @@ impl Workers {
             Ok(Ok(ids)) => {
                 for id in ids {
                     info!(worker = %self.id, job = id, "every shard completed: the job is completed");
-                    let _ = self.store.event(id, "completed: every shard completed").await;
+                    let _ = self
+                        .store
+                        .event(id, "completed: every shard completed")
+                        .await;
                 }
             }
             Ok(Err(e)) => warn!(worker = %self.id, error = %e, "cannot mark completed jobs"),
-            Err(_) => warn!(worker = %self.id, "cannot mark completed jobs: the database did not answer in time"),
+            Err(_) => {
+                warn!(worker = %self.id, "cannot mark completed jobs: the database did not answer in time")
+            }
         }
         let tasks = tokio::time::timeout(limit, self.store.tasks())
             .await
@@ -343,8 +348,11 @@ impl Workers {
         info!(worker = %self.id, job = %row.spec.name, shard = %key.shard, generation, "{event}");
         let _ = self.store.event(row.id, &event).await;
         let deadline = sent + self.lease * 2 / 3;
-        let fence =
-            ferry_sync::Fence::with_generation(deadline, CancellationToken::new(), generation as u64);
+        let fence = ferry_sync::Fence::with_generation(
+            deadline,
+            CancellationToken::new(),
+            generation as u64,
+        );
         self.set_held(
             &key,
             Some(Held {
@@ -368,11 +376,9 @@ impl Workers {
     async fn plan(&self, jobs: &[&JobRow], limit: Duration) {
         let next_ms = i64::try_from(PLAN_INTERVAL.as_millis()).unwrap_or(i64::MAX);
         for row in jobs {
-            let turn = tokio::time::timeout(
-                limit,
-                self.store.planning_turn(row.id, &self.id, next_ms),
-            )
-            .await;
+            let turn =
+                tokio::time::timeout(limit, self.store.planning_turn(row.id, &self.id, next_ms))
+                    .await;
             if !matches!(turn, Ok(Ok(true))) {
                 continue;
             }
@@ -403,10 +409,8 @@ impl Workers {
             match self.store.set_shards(row.id, &shards).await {
                 Ok((added, retired)) => {
                     if shards.len() > 1 && !added.is_empty() || !retired.is_empty() {
-                        let mut message = format!(
-                            "source shards: {} (a task each)",
-                            shards.join(", ")
-                        );
+                        let mut message =
+                            format!("source shards: {} (a task each)", shards.join(", "));
                         if !retired.is_empty() {
                             message.push_str(&format!("; gone: {}", retired.join(", ")));
                         }
@@ -544,9 +548,8 @@ impl Workers {
             let mut next_renewal = Instant::now();
             loop {
                 let taken = self.store.tasks().await.is_ok_and(|ts| {
-                    ts.iter().any(|t| {
-                        key_of(t) == key && t.live && t.owner.as_deref() != Some(&self.id)
-                    })
+                    ts.iter()
+                        .any(|t| key_of(t) == key && t.live && t.owner.as_deref() != Some(&self.id))
                 });
                 if taken || Instant::now() >= until {
                     if !taken {
