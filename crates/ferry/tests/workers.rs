@@ -564,3 +564,64 @@ fn workers_share_a_jobs_shards_and_survive_kill_freeze_join_and_drain() {
     }
     drop_database(&base, &store, &http.rt);
 }
+
+/// The replication links ferry holds on a source master (`CLIENT LIST TYPE replica` ids).
+fn replica_links(master: &Server) -> Vec<String> {
+    let list = master.cmd(&["CLIENT", "LIST", "TYPE", "replica"]).as_str();
+    let mut ids: Vec<String> = list
+        .lines()
+        .filter_map(|l| {
+            l.split(' ')
+                .find_map(|kv| kv.strip_prefix("id="))
+                .map(str::to_string)
+        })
+        .collect();
+    ids.sort();
+    ids
+}
+
+/// The unit a worker leases is one source shard, and a shard retries on its own: with
+/// `ferry sync` over a three-master source, a broken link to one master restarts that
+/// shard alone (it resumes with `PSYNC`), and the other shards keep their links.
+#[test]
+fn a_failing_shard_retries_alone() {
+    let source = Cluster::start(3, 0);
+    let target = Cluster::start(3, 0);
+    for i in 0..300 {
+        source.cmd_routed_str(&["SET", &format!("key:{i}"), &i.to_string()]);
+    }
+    let mut ferry = Ferry::sync(&source.seed_url(), &target.seed_url(), &["--name", "alone"]);
+    wait_for("every shard's snapshot", Duration::from_secs(60), || {
+        let n = ferry.output().matches("snapshot applied").count();
+        if n >= 3 {
+            Ok(())
+        } else {
+            Err(format!("{n} applied\n{}", ferry.output()))
+        }
+    });
+    let masters = source.masters();
+    let links: Vec<Vec<String>> = masters.iter().map(|m| replica_links(m)).collect();
+    assert!(links.iter().all(|l| l.len() == 1), "{links:?}");
+    // The link of the second master's shard breaks.
+    masters[1].cmd(&["CLIENT", "KILL", "ID", &links[1][0]]);
+    wait_for("the shard to reconnect", Duration::from_secs(30), || {
+        let now = replica_links(masters[1]);
+        if now.len() == 1 && now != links[1] {
+            Ok(())
+        } else {
+            Err(format!("{now:?}"))
+        }
+    });
+    for i in 0..300 {
+        source.cmd_routed_str(&["INCR", &format!("counter:{}", i % 7)]);
+        source.cmd_routed_str(&["RPUSH", &format!("log:{}", i % 5), &i.to_string()]);
+    }
+    wait_same_data_cluster(&source, &target, Duration::from_secs(60));
+    let out = ferry.output();
+    assert!(out.contains("retrying the shard"), "{out}");
+    assert!(out.contains("partial resync (+CONTINUE)"), "{out}");
+    // The other shards kept their links all along.
+    assert_eq!(replica_links(masters[0]), links[0], "{out}");
+    assert_eq!(replica_links(masters[2]), links[2], "{out}");
+    assert!(ferry.signal("INT").success(), "{}", ferry.output());
+}

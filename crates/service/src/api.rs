@@ -757,15 +757,33 @@ async fn delete_job(State(app): Shared, Path(id): Path<String>) -> ApiResult<Jso
     for r in app.manager.of_job(row.id) {
         app.manager.forget(&r.key);
     }
+    // Every shard's checkpoint (a cluster target keeps one per slot besides).
+    let mut shards: Vec<String> = app
+        .store
+        .job_tasks(row.id)
+        .await?
+        .into_iter()
+        .map(|t| t.shard)
+        .collect();
+    if shards.is_empty() {
+        shards.push("0".into());
+    }
     let mut warning = None;
     match row.spec.target.endpoint() {
         Ok(target) => {
-            let key = ferry_target::checkpoint::key(&row.spec.name, "0");
-            if let Err(e) = ferry_target::checkpoint::delete(&target, &key).await {
-                warning = Some(format!(
-                    "the checkpoint {} could not be deleted from the target: {e}",
-                    String::from_utf8_lossy(&key)
-                ));
+            for shard in &shards {
+                let key = ferry_target::checkpoint::key(&row.spec.name, shard);
+                let deleted = if row.spec.target.topology == "cluster" {
+                    ferry_target::delete_cluster_checkpoint(&target, &row.spec.name, shard).await
+                } else {
+                    ferry_target::checkpoint::delete(&target, &key).await
+                };
+                if let Err(e) = deleted {
+                    warning = Some(format!(
+                        "the checkpoint {} could not be deleted from the target: {e}",
+                        String::from_utf8_lossy(&key)
+                    ));
+                }
             }
         }
         Err(e) => warning = Some(e),
