@@ -439,7 +439,7 @@ fn view(row: &JobRow, local: &[Arc<Running>], tasks: &[TaskRow]) -> JobView {
         v.apply_rate = sum(|f| f.apply_rate);
         v.bytes_rate = sum(|f| f.bytes_rate);
     }
-    shards.sort_by(|a, b| shard_order(&a.shard).cmp(&shard_order(&b.shard)));
+    shards.sort_by_key(|s| shard_order(&s.shard));
     v.shards = shards;
     if !local.is_empty() {
         v.samples = Some(merged_samples(local));

@@ -295,6 +295,10 @@ impl Manager {
                         None => key.say(outcome),
                     };
                     let _ = store.event(key.job, &message).await;
+                    if outcome == "retired" {
+                        // The source was resharded: discover its shards now.
+                        let _ = store.planning_again(key.job).await;
+                    }
                 }
                 Ok(false) => {}
                 Err(e) => warn!(task = %key, error = %e, "cannot store the task's end"),

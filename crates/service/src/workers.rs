@@ -408,7 +408,7 @@ impl Workers {
             };
             match self.store.set_shards(row.id, &shards).await {
                 Ok((added, retired)) => {
-                    if shards.len() > 1 && !added.is_empty() || !retired.is_empty() {
+                    if (shards.len() > 1 && !added.is_empty()) || !retired.is_empty() {
                         let mut message =
                             format!("source shards: {} (a task each)", shards.join(", "));
                         if !retired.is_empty() {
