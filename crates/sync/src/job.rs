@@ -152,6 +152,7 @@ pub async fn run(
                 }
             }
         };
+        status.set_running();
         let plan: Vec<String> = shards
             .iter()
             .map(|s| format!("{} via {}", s.id, s.reader_node(config.use_replica)))
