@@ -527,6 +527,43 @@ fn workers_share_a_jobs_shards_and_survive_kill_freeze_join_and_drain() {
         },
     );
 
+    // 6. Stopped and started again through the API (on any worker): every shard stops,
+    // the pre-check finds the shards' checkpoints (the target holds this job's data, so
+    // it is no "non-empty target"), and every shard resumes.
+    let (status, v) = http.call(
+        reqwest::Method::POST,
+        &format!("{}/api/v1/jobs/{job}/stop", workers[1].url),
+        None,
+    );
+    assert_eq!(status, 200, "{v}");
+    wait_for(
+        "every shard to stop",
+        Duration::from_secs(LEASE * 2),
+        || {
+            let owners = http.owners(&workers[0].url, job);
+            if owners.values().all(Option::is_none) {
+                Ok(())
+            } else {
+                Err(format!("{owners:?}"))
+            }
+        },
+    );
+    let (status, v) = http.call(
+        reqwest::Method::POST,
+        &format!("{}/api/v1/jobs/{job}/start", workers[0].url),
+        None,
+    );
+    assert_eq!(status, 200, "{v}");
+    wait_for("every shard to resume", Duration::from_secs(60), || {
+        let v = http.job(&workers[1].url, job);
+        let owners = http.owners(&workers[1].url, job);
+        if v["state"] == "incremental" && owners.values().all(Option::is_some) {
+            Ok(())
+        } else {
+            Err(format!("{} {owners:?}", v["state"]))
+        }
+    });
+
     // The writers stop; the target catches up and equals the source exactly: a write
     // applied twice (a counter one too high, a list or log entry twice) never compares
     // equal.

@@ -598,7 +598,7 @@ async fn create_job(
         )));
     }
     if q.start {
-        gate(&config).await?;
+        gate(&config, &["0".into()]).await?;
     }
     let desired = if q.start { "running" } else { "created" };
     let id = app.store.create_job(&spec, desired).await?;
@@ -642,9 +642,10 @@ async fn update_job(
     show_job(State(app), Path(row.id.to_string())).await
 }
 
-/// Refuses to start a job whose pre-check fails (409, with the checks).
-async fn gate(config: &ferry_sync::JobConfig) -> ApiResult<Vec<Check>> {
-    let checks = checks_for(config).await;
+/// Refuses to start a job whose pre-check fails (409, with the checks). `shards`: the
+/// job's source shards known so far (its tasks), whose checkpoints say it resumes.
+async fn gate(config: &ferry_sync::JobConfig, shards: &[String]) -> ApiResult<Vec<Check>> {
+    let checks = checks_for(config, shards).await;
     if ferry_sync::precheck::worst(&checks) == Level::Fail {
         return Err(ApiError {
             status: StatusCode::CONFLICT,
@@ -655,15 +656,28 @@ async fn gate(config: &ferry_sync::JobConfig) -> ApiResult<Vec<Check>> {
     Ok(checks)
 }
 
-/// The pre-check, where a target that holds this job's own checkpoint is not "non-empty":
-/// the job resumes there.
-async fn checks_for(config: &ferry_sync::JobConfig) -> Vec<Check> {
+/// The pre-check, where a target that holds a checkpoint of this job (of one of its
+/// source shards) is not "non-empty": the job resumes there.
+async fn checks_for(config: &ferry_sync::JobConfig, shards: &[String]) -> Vec<Check> {
     let mut checks = ferry_sync::precheck(config).await;
-    let key = ferry_target::checkpoint::key(&config.name, "0");
-    let resumes = matches!(
-        ferry_target::checkpoint::load(&config.target, &key).await,
-        Ok(Some(_))
-    );
+    let mut resumes = false;
+    let cluster = ferry_target::is_cluster(&config.target)
+        .await
+        .unwrap_or(false);
+    for shard in shards {
+        resumes |= if cluster {
+            matches!(
+                ferry_target::load_cluster_checkpoint(&config.target, &config.name, shard).await,
+                Ok(Some(_))
+            )
+        } else {
+            let key = ferry_target::checkpoint::key(&config.name, shard);
+            matches!(
+                ferry_target::checkpoint::load(&config.target, &key).await,
+                Ok(Some(_))
+            )
+        };
+    }
     if resumes {
         for c in checks.iter_mut().filter(|c| c.name == "target empty") {
             c.level = Level::Pass;
@@ -675,6 +689,21 @@ async fn checks_for(config: &ferry_sync::JobConfig) -> Vec<Check> {
         }
     }
     checks
+}
+
+/// The job's source shards as its tasks know them ("0" before its first discovery).
+async fn shards_of(app: &App, id: i64) -> ApiResult<Vec<String>> {
+    let mut shards: Vec<String> = app
+        .store
+        .job_tasks(id)
+        .await?
+        .into_iter()
+        .map(|t| t.shard)
+        .collect();
+    if shards.is_empty() {
+        shards.push("0".into());
+    }
+    Ok(shards)
 }
 
 /// Lets this worker claim jobs that should run now (rather than at its next heartbeat);
@@ -690,7 +719,7 @@ async fn start(app: &App, row: &JobRow, event: &str) -> ApiResult<()> {
         return Ok(());
     }
     let config = row.spec.config().map_err(ApiError::bad)?;
-    gate(&config).await?;
+    gate(&config, &shards_of(app, row.id).await?).await?;
     app.store.set_desired(row.id, "running", None).await?;
     app.store.event(row.id, event).await?;
     claim_now(app).await;
@@ -758,16 +787,7 @@ async fn delete_job(State(app): Shared, Path(id): Path<String>) -> ApiResult<Jso
         app.manager.forget(&r.key);
     }
     // Every shard's checkpoint (a cluster target keeps one per slot besides).
-    let mut shards: Vec<String> = app
-        .store
-        .job_tasks(row.id)
-        .await?
-        .into_iter()
-        .map(|t| t.shard)
-        .collect();
-    if shards.is_empty() {
-        shards.push("0".into());
-    }
+    let shards = shards_of(&app, row.id).await?;
     let mut warning = None;
     match row.spec.target.endpoint() {
         Ok(target) => {
@@ -921,7 +941,8 @@ fn now_ms() -> i64 {
 async fn precheck_job(State(app): Shared, Path(id): Path<String>) -> ApiResult<Json<Value>> {
     let row = find(&app, &id).await?;
     let config = row.spec.config().map_err(ApiError::bad)?;
-    Ok(Json(checks_json(checks_for(&config).await)))
+    let shards = shards_of(&app, row.id).await?;
+    Ok(Json(checks_json(checks_for(&config, &shards).await)))
 }
 
 fn checks_json(checks: Vec<Check>) -> Value {
@@ -934,7 +955,7 @@ async fn precheck_spec(State(app): Shared, body: Bytes) -> ApiResult<Json<Value>
     resolve(&app, &mut spec.source).await?;
     resolve(&app, &mut spec.target).await?;
     let config = spec.config().map_err(ApiError::bad)?;
-    Ok(Json(checks_json(checks_for(&config).await)))
+    Ok(Json(checks_json(checks_for(&config, &["0".into()]).await)))
 }
 
 #[derive(Deserialize)]
