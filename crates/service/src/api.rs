@@ -706,9 +706,11 @@ async fn shards_of(app: &App, id: i64) -> ApiResult<Vec<String>> {
     Ok(shards)
 }
 
-/// Lets this worker claim jobs that should run now (rather than at its next heartbeat);
-/// jobs above its fair share are left to the other workers.
+/// Lets this worker discover the shards of the jobs that should run and claim their
+/// tasks now (rather than at its next heartbeat); tasks above its fair share are left to
+/// the other workers.
 async fn claim_now(app: &App) {
+    app.workers.plan_now().await;
     if let Err(e) = app.workers.tick().await {
         warn!(error = %e, "cannot claim the job now: the workers will at their next heartbeat");
     }

@@ -6,9 +6,10 @@
 //!
 //! Each worker, every third of the lease time (a "tick"):
 //! 1. renews its heartbeat in `workers` (live workers are counted for the fair share);
-//! 2. discovers the shards of the running jobs whose discovery is due (a new or restarted
-//!    job at once, then every `PLAN_INTERVAL`): one worker per job and turn, the one that
-//!    takes the job's turn in `job_leases`; new shards get a task, gone ones are retired;
+//! 2. (beside the loop, so that a slow source cannot delay renewals) discovers the shards
+//!    of the running jobs whose discovery is due (a new or restarted job at once, then
+//!    every `PLAN_INTERVAL`): one worker per job and turn, the one that takes the job's
+//!    turn in `job_leases`; new shards get a task, gone ones are retired;
 //! 3. marks completed the jobs whose every task completed (full mode);
 //! 4. renews each task lease it holds — `UPDATE … WHERE owner = me AND generation = g AND
 //!    expires_at >= now()`, storing the task's state and figures in its row so that any
@@ -142,6 +143,17 @@ impl Workers {
         let watchdog_stop = self.dog.clone();
         let dog = self.clone();
         tokio::spawn(async move { dog.watchdog(watchdog_stop).await });
+        let planner = self.clone();
+        let planner_stop = stop.clone();
+        tokio::spawn(async move {
+            loop {
+                planner.plan_now().await;
+                tokio::select! {
+                    _ = planner_stop.cancelled() => return,
+                    _ = tokio::time::sleep(planner.heartbeat()) => {}
+                }
+            }
+        });
         tokio::spawn(async move {
             info!(worker = %me.id, lease_seconds = me.lease.as_secs_f64(), "worker started");
             loop {
@@ -203,11 +215,6 @@ impl Workers {
             .filter(|j| j.desired_state == "running")
             .map(|j| (j.id, j))
             .collect();
-        if !draining {
-            let mut rows: Vec<&JobRow> = should_run.values().copied().collect();
-            rows.sort_by_key(|r| r.id);
-            self.plan(&rows, limit).await;
-        }
         match tokio::time::timeout(limit, self.store.complete_finished_jobs()).await {
             Ok(Ok(ids)) => {
                 for id in ids {
@@ -372,7 +379,38 @@ impl Workers {
         Ok(())
     }
 
-    /// Discovers the shards of the jobs whose discovery is due and this worker's turn.
+    /// Discovers the shards of the running jobs whose discovery is due and this worker's
+    /// turn. Runs beside the heartbeat loop (never under its lock), so that a source slow
+    /// to answer cannot delay the renewals.
+    pub async fn plan_now(&self) {
+        if self.draining.load(Relaxed) {
+            return;
+        }
+        let limit = self.heartbeat().max(Duration::from_secs(1));
+        // Every running job has its row of discovery turns.
+        if !matches!(
+            tokio::time::timeout(limit, self.store.ensure_leases()).await,
+            Ok(Ok(()))
+        ) {
+            return;
+        }
+        let jobs = match tokio::time::timeout(limit, self.store.jobs()).await {
+            Ok(Ok(jobs)) => jobs,
+            Ok(Err(e)) => {
+                warn!(worker = %self.id, error = %e, "cannot read the jobs to discover their shards");
+                return;
+            }
+            Err(_) => return,
+        };
+        let rows: Vec<&JobRow> = jobs
+            .iter()
+            .filter(|j| j.desired_state == "running")
+            .collect();
+        if !rows.is_empty() {
+            self.plan(&rows, limit).await;
+        }
+    }
+
     async fn plan(&self, jobs: &[&JobRow], limit: Duration) {
         let next_ms = i64::try_from(PLAN_INTERVAL.as_millis()).unwrap_or(i64::MAX);
         for row in jobs {
