@@ -77,6 +77,41 @@ fn job_commands_drive_a_running_service() {
     assert!(ok, "{out}");
     assert!(out.contains("Target transactions executed"), "{out}");
     assert!(!out.contains("pw'1"), "{out}");
+    // One worker (SQLite: one process) runs the job's one shard, and the job's view
+    // says so, with the node the shard is read from.
+    let worker_id = serve
+        .output()
+        .lines()
+        .find_map(|l| l.strip_prefix("worker "))
+        .expect("worker id")
+        .to_string();
+    assert!(out.contains(&worker_id), "{out}");
+    let view: serde_json::Value = tokio::runtime::Runtime::new()
+        .expect("runtime")
+        .block_on(async {
+            reqwest::Client::new()
+                .get(format!("{server}/api/v1/jobs/cli"))
+                .bearer_auth("t0ken")
+                .send()
+                .await?
+                .json()
+                .await
+        })
+        .expect("GET the job");
+    let shards = view["shards"].as_array().expect("shards");
+    assert_eq!(shards.len(), 1, "{view}");
+    assert_eq!(shards[0]["shard"], "0", "{view}");
+    assert_eq!(
+        shards[0]["worker"].as_str(),
+        Some(worker_id.as_str()),
+        "{view}"
+    );
+    assert_eq!(shards[0]["state"], "incremental", "{view}");
+    assert_eq!(
+        shards[0]["node"].as_str(),
+        Some(source.addr().as_str()),
+        "{view}"
+    );
 
     // A second job of the same name is refused.
     let (ok, out) = job(&server, &["create", "--config", &cfg]);

@@ -337,6 +337,14 @@ async function showJob(name) {
         || ((a === "stop" || a === "pause") && !running)
         || (a === "resume" && j.state !== "paused");
     }
+    $("#job-shards tbody").replaceChildren(...(j.shards || []).map((s) => el("tr", { "data-shard": s.shard },
+      el("td", {}, s.shard),
+      el("td", { class: "shard-worker" }, s.worker ? `${s.worker} (${s.worker_address || "?"})` : "none"),
+      el("td", {}, el("span", { class: "state " + s.state }, s.state), s.error ? " — " + s.error : ""),
+      el("td", {}, s.node || "–"),
+      el("td", {}, fmt(s.records_applied)),
+      el("td", {}, `${fmt(s.lag_bytes)} bytes · ${fmt(s.lag_seconds, 2)} s`),
+      el("td", {}, "generation " + s.lease_generation))));
     chart(j.samples);
     $("#job-history").replaceChildren(...(j.history || []).slice(-30).reverse().map((h) =>
       el("li", {}, new Date(h.at).toLocaleString() + " — " + h.message)));

@@ -15,9 +15,10 @@ use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 use tracing::warn;
 
+use crate::model::TaskFigures;
 use crate::model::{EndpointSpec, Instance, JobSpec};
 use crate::runner::{Manager, Running};
-use crate::store::{JobRow, Lease, Store, StoreError};
+use crate::store::{JobRow, Store, StoreError, TaskRow};
 
 pub struct App {
     pub store: Store,
@@ -228,7 +229,7 @@ struct JobView {
     description: String,
     desired_state: String,
     /// What the job is doing: created, starting, full-sync, incremental, retrying,
-    /// completed, stopped, paused, failed.
+    /// completed, stopped, paused, failed (from its shards' states).
     state: String,
     mode: String,
     source_nodes: Vec<String>,
@@ -252,127 +253,285 @@ struct JobView {
     created_at: i64,
     updated_at: i64,
     spec: JobSpec,
-    /// The worker that runs the job (holds its lease), and its address.
+    /// The workers that run the job's shards (comma-separated when several), and their
+    /// addresses.
     worker: Option<String>,
     worker_address: Option<String>,
+    /// One entry per source shard: the worker that runs it, its state and figures.
+    shards: Vec<ShardView>,
     #[serde(skip_serializing_if = "Option::is_none")]
     history: Option<Vec<crate::store::Event>>,
     #[serde(skip_serializing_if = "Option::is_none")]
     samples: Option<Vec<crate::runner::Sample>>,
 }
 
-fn view(row: &JobRow, running: Option<Arc<Running>>, lease: Option<&Lease>) -> JobView {
+/// One source shard of a job (a task), as its owner runs it or last reported it.
+#[derive(Serialize)]
+struct ShardView {
+    /// "0", or `slots-<first slot>` for a shard of a cluster source.
+    shard: String,
+    /// starting, full-sync, incremental, retrying, completed, failed, waiting (no
+    /// worker holds it), stopped.
+    state: String,
+    worker: Option<String>,
+    worker_address: Option<String>,
+    /// The source node the shard is read from.
+    node: Option<String>,
+    lease_generation: i64,
+    /// The shard left the source's topology (resharded).
+    retired: bool,
+    error: Option<String>,
+    #[serde(flatten)]
+    figures: TaskFigures,
+}
+
+/// The job from its row and its tasks' rows; the tasks this worker runs (`local`) give
+/// their live figures.
+fn view(row: &JobRow, local: &[Arc<Running>], tasks: &[TaskRow]) -> JobView {
     let mode = row
         .spec
         .mode
         .clone()
         .unwrap_or_else(|| "full+incremental".into());
+    let running = row.desired_state == "running";
+    let mut shards: Vec<ShardView> = tasks
+        .iter()
+        .map(|t| {
+            let here = local.iter().find(|r| r.key.shard == t.shard);
+            let figures = match here {
+                Some(r) => r.figures(),
+                None => t.figures.clone(),
+            };
+            let state = match (&t.outcome, here, t.live) {
+                (Some(o), _, _) => o.clone(),
+                _ if t.retired => "retired".into(),
+                (None, Some(r), _) if !r.is_finished() => r.state_name().into(),
+                (None, _, true) => t.state.clone().unwrap_or_else(|| "starting".into()),
+                (None, _, false) if running => "waiting".into(),
+                (None, _, false) => row.desired_state.clone(),
+            };
+            ShardView {
+                shard: t.shard.clone(),
+                state,
+                worker: t.owner.clone().filter(|_| t.live),
+                worker_address: t.address.clone().filter(|_| t.live),
+                node: here.and_then(|r| r.node()).or_else(|| t.node.clone()),
+                lease_generation: t.generation,
+                retired: t.retired,
+                error: t.error.clone().or_else(|| figures.last_error.clone()),
+                figures,
+            }
+        })
+        .collect();
+    let current: Vec<&ShardView> = shards.iter().filter(|s| !s.retired).collect();
+    let state = if !running {
+        row.desired_state.clone()
+    } else {
+        let has = |s: &str| current.iter().any(|v| v.state == s);
+        if current.is_empty() || has("waiting") || has("starting") {
+            if has("retrying") {
+                "retrying".into()
+            } else {
+                "starting".into()
+            }
+        } else if has("retrying") || has("failed") {
+            "retrying".into()
+        } else if has("full-sync") {
+            "full-sync".into()
+        } else if current.iter().all(|v| v.state == "completed") {
+            "completed".into()
+        } else {
+            "incremental".into()
+        }
+    };
+    let mut workers: Vec<(String, String)> = Vec::new();
+    for s in &current {
+        if let Some(w) = &s.worker {
+            let pair = (w.clone(), s.worker_address.clone().unwrap_or_default());
+            if !workers.contains(&pair) {
+                workers.push(pair);
+            }
+        }
+    }
+    let join = |f: fn(&(String, String)) -> &String| {
+        (!workers.is_empty()).then(|| {
+            workers
+                .iter()
+                .map(|p| f(p).as_str())
+                .collect::<Vec<_>>()
+                .join(", ")
+        })
+    };
+    let totals = shards.iter().fold(row.totals, |acc, s| {
+        acc.plus(crate::store::Totals {
+            records_read: s.figures.records_read,
+            records_applied: s.figures.records_applied,
+            keys_read: s.figures.keys_read,
+            keys_applied: s.figures.keys_applied,
+            bytes_read: s.figures.bytes_read,
+        })
+    });
+    let sum = |f: fn(&TaskFigures) -> f64| current.iter().map(|s| f(&s.figures)).sum::<f64>();
+    let progress = if row.desired_state == "completed" {
+        100.0
+    } else if current.is_empty() {
+        0.0
+    } else {
+        (sum(|f| f.progress_percent) / current.len() as f64 * 10.0).round() / 10.0
+    };
+    let last_error = row.last_error.clone().or_else(|| {
+        current.iter().find_map(|s| {
+            s.error.as_ref().map(|e| {
+                if s.shard == "0" || e.starts_with("shard ") {
+                    e.clone()
+                } else {
+                    format!("shard {}: {e}", s.shard)
+                }
+            })
+        })
+    });
     let mut v = JobView {
         id: row.id,
         name: row.spec.name.clone(),
         description: row.spec.description.clone(),
         desired_state: row.desired_state.clone(),
-        state: match row.desired_state.as_str() {
-            "running" => "starting".into(),
-            s => s.into(),
-        },
+        state,
         mode,
         source_nodes: row.spec.source.addresses.clone(),
         target_nodes: row.spec.target.addresses.clone(),
-        progress_percent: 0.0,
-        source_transactions: 0,
-        target_transactions: 0,
-        keys_read: 0,
-        keys_applied: 0,
-        bytes_read: 0,
+        progress_percent: progress,
+        source_transactions: totals.records_read,
+        target_transactions: totals.records_applied,
+        keys_read: totals.keys_read,
+        keys_applied: totals.keys_applied,
+        bytes_read: totals.bytes_read,
         lag_bytes: 0,
         lag_seconds: 0.0,
         read_rate: 0.0,
         apply_rate: 0.0,
         bytes_rate: 0.0,
-        attempts: 0,
-        next_attempt: None,
-        last_error: row.last_error.clone(),
+        attempts: current
+            .iter()
+            .map(|s| s.figures.attempts)
+            .max()
+            .unwrap_or(0),
+        next_attempt: current
+            .iter()
+            .filter_map(|s| s.figures.next_attempt.clone())
+            .min(),
+        last_error,
         created_at: row.created_at,
         updated_at: row.updated_at,
         spec: row.spec.public(),
-        worker: None,
-        worker_address: None,
+        worker: join(|p| &p.0),
+        worker_address: join(|p| &p.1),
+        shards: Vec::new(),
         history: None,
         samples: None,
     };
-    if row.desired_state == "completed" {
-        v.progress_percent = 100.0;
+    if running {
+        v.lag_bytes = current.iter().map(|s| s.figures.lag_bytes).sum();
+        v.lag_seconds = current
+            .iter()
+            .map(|s| s.figures.lag_seconds)
+            .fold(0.0, f64::max);
+        v.read_rate = sum(|f| f.read_rate);
+        v.apply_rate = sum(|f| f.apply_rate);
+        v.bytes_rate = sum(|f| f.bytes_rate);
     }
-    if let Some(l) = lease.filter(|l| l.live) {
-        v.worker = l.owner.clone();
-        v.worker_address = l.address.clone();
-        // Run by another worker: its state as last reported.
-        if let (Some(state), None, "running") = (&l.state, &running, row.desired_state.as_str()) {
-            v.state = state.clone();
-        }
-    }
-    let totals = running.as_ref().map(|r| r.totals()).unwrap_or(row.totals);
-    v.source_transactions = totals.records_read;
-    v.target_transactions = totals.records_applied;
-    v.keys_read = totals.keys_read;
-    v.keys_applied = totals.keys_applied;
-    v.bytes_read = totals.bytes_read;
-    if let Some(r) = running {
-        let s = &r.status.stats;
-        let status = r.status.view();
-        let finished = r.is_finished();
-        v.state = if finished && matches!(row.desired_state.as_str(), "paused" | "stopped") {
-            row.desired_state.clone()
-        } else {
-            status.state.name().into()
-        };
-        v.progress_percent = (s.progress_percent() * 10.0).round() / 10.0;
-        if !finished {
-            v.lag_bytes = s.lag_bytes();
-            v.lag_seconds = s.lag_seconds();
-            (v.read_rate, v.apply_rate, v.bytes_rate) = r.rates();
-        }
-        v.attempts = status.attempts;
-        v.next_attempt = status.next_attempt.map(|t| t.to_string());
-        if status.last_error.is_some() {
-            v.last_error = status.last_error;
-        }
-        v.samples = Some(r.samples());
+    shards.sort_by_key(|s| shard_order(&s.shard));
+    v.shards = shards;
+    if !local.is_empty() {
+        v.samples = Some(merged_samples(local));
     }
     v
 }
 
-/// The job as this worker runs it, if it does.
-fn local(app: &App, id: i64) -> Option<Arc<Running>> {
-    app.manager.get(id).filter(|_| app.workers.holds(id))
+/// Shards in slot order ("slots-100" before "slots-5461").
+fn shard_order(id: &str) -> (u32, String) {
+    let n = id
+        .strip_prefix("slots-")
+        .unwrap_or(id)
+        .parse()
+        .unwrap_or(u32::MAX);
+    (n, id.to_string())
 }
 
-async fn lease_of(app: &App, id: i64) -> ApiResult<Option<Lease>> {
-    Ok(app
-        .store
-        .leases()
-        .await?
+/// The chart's points of the tasks run here, added up point by point (all sampled once a
+/// second, aligned on the latest).
+fn merged_samples(local: &[Arc<Running>]) -> Vec<crate::runner::Sample> {
+    let all: Vec<Vec<crate::runner::Sample>> = local.iter().map(|r| r.samples()).collect();
+    let Some(longest) = all.iter().map(Vec::len).max() else {
+        return Vec::new();
+    };
+    (0..longest)
+        .map(|i| {
+            let mut out: Option<crate::runner::Sample> = None;
+            for s in &all {
+                let Some(p) = (s.len() + i).checked_sub(longest).and_then(|j| s.get(j)) else {
+                    continue;
+                };
+                out = Some(match out {
+                    None => *p,
+                    Some(o) => crate::runner::Sample {
+                        at: o.at.max(p.at),
+                        records_read: o.records_read + p.records_read,
+                        records_applied: o.records_applied + p.records_applied,
+                        bytes_read: o.bytes_read + p.bytes_read,
+                        lag_bytes: o.lag_bytes + p.lag_bytes,
+                        lag_seconds: o.lag_seconds.max(p.lag_seconds),
+                        apply_rate: o.apply_rate + p.apply_rate,
+                    },
+                });
+            }
+            out.unwrap_or(crate::runner::Sample {
+                at: 0,
+                records_read: 0,
+                records_applied: 0,
+                bytes_read: 0,
+                lag_bytes: 0,
+                lag_seconds: 0.0,
+                apply_rate: 0.0,
+            })
+        })
+        .collect()
+}
+
+/// The tasks of job `id` this worker runs.
+fn local(app: &App, id: i64) -> Vec<Arc<Running>> {
+    app.manager
+        .of_job(id)
         .into_iter()
-        .find(|l| l.job_id == id))
+        .filter(|r| app.workers.holds(&r.key))
+        .collect()
+}
+
+async fn job_view(app: &App, row: &JobRow) -> ApiResult<JobView> {
+    let tasks = app.store.job_tasks(row.id).await?;
+    Ok(view(row, &local(app, row.id), &tasks))
 }
 
 async fn list_workers(State(app): Shared) -> ApiResult<Json<Value>> {
     let lease_ms = i64::try_from(app.workers.lease().as_millis()).unwrap_or(i64::MAX);
     let workers = app.store.workers(lease_ms).await?;
-    let leases = app.store.leases().await?;
+    let tasks = app.store.tasks().await?;
     let list: Vec<Value> = workers
         .iter()
         .map(|w| {
-            let jobs: Vec<i64> = leases
+            let held: Vec<&TaskRow> = tasks
                 .iter()
-                .filter(|l| l.live && l.owner.as_deref() == Some(w.id.as_str()))
-                .map(|l| l.job_id)
+                .filter(|t| t.live && t.owner.as_deref() == Some(w.id.as_str()))
+                .collect();
+            let mut jobs: Vec<i64> = held.iter().map(|t| t.job_id).collect();
+            jobs.dedup();
+            let shards: Vec<Value> = held
+                .iter()
+                .map(|t| json!({ "job": t.job_id, "shard": t.shard }))
                 .collect();
             json!({
                 "id": w.id, "address": w.address, "started_at": w.started_at,
                 "heartbeat_at": w.heartbeat_at, "draining": w.draining, "live": w.live,
-                "jobs": jobs, "this": w.id == app.workers.id(),
+                "jobs": jobs, "tasks": shards, "this": w.id == app.workers.id(),
             })
         })
         .collect();
@@ -382,15 +541,19 @@ async fn list_workers(State(app): Shared) -> ApiResult<Json<Value>> {
 }
 
 async fn list_jobs(State(app): Shared) -> ApiResult<Json<Value>> {
-    let leases = app.store.leases().await?;
+    let tasks = app.store.tasks().await?;
     let jobs: Vec<JobView> = app
         .store
         .jobs()
         .await?
         .iter()
         .map(|row| {
-            let lease = leases.iter().find(|l| l.job_id == row.id);
-            let mut v = view(row, local(&app, row.id), lease);
+            let mine: Vec<TaskRow> = tasks
+                .iter()
+                .filter(|t| t.job_id == row.id)
+                .cloned()
+                .collect();
+            let mut v = view(row, &local(&app, row.id), &mine);
             v.samples = None;
             v
         })
@@ -407,8 +570,7 @@ async fn find(app: &App, id: &str) -> ApiResult<JobRow> {
 
 async fn show_job(State(app): Shared, Path(id): Path<String>) -> ApiResult<Json<JobView>> {
     let row = find(&app, &id).await?;
-    let lease = lease_of(&app, row.id).await?;
-    let mut v = view(&row, local(&app, row.id), lease.as_ref());
+    let mut v = job_view(&app, &row).await?;
     v.history = Some(app.store.events(row.id, 200).await?);
     Ok(Json(v))
 }
@@ -445,11 +607,7 @@ async fn create_job(
         claim_now(&app).await;
     }
     let row = find(&app, &id.to_string()).await?;
-    let lease = lease_of(&app, id).await?;
-    Ok((
-        StatusCode::CREATED,
-        Json(view(&row, local(&app, id), lease.as_ref())),
-    ))
+    Ok((StatusCode::CREATED, Json(job_view(&app, &row).await?)))
 }
 
 async fn update_job(
@@ -458,8 +616,9 @@ async fn update_job(
     body: Bytes,
 ) -> ApiResult<Json<JobView>> {
     let row = find(&app, &id).await?;
-    let held = lease_of(&app, row.id).await?.is_some_and(|l| l.live);
-    if app.manager.is_running(row.id) || held || row.desired_state == "running" {
+    let held = app.store.job_tasks(row.id).await?.iter().any(|t| t.live);
+    let here = app.manager.of_job(row.id).iter().any(|r| !r.is_finished());
+    if here || held || row.desired_state == "running" {
         return Err(ApiError::conflict("stop the job before changing it"));
     }
     let mut spec: JobSpec = parse(&body)?;
@@ -483,7 +642,8 @@ async fn update_job(
     show_job(State(app), Path(row.id.to_string())).await
 }
 
-/// Refuses to start a job whose pre-check fails (409, with the checks).
+/// Refuses to start a job whose pre-check fails (409, with the checks). `shards`: the
+/// job's source shards known so far (its tasks), whose checkpoints say it resumes.
 async fn gate(config: &ferry_sync::JobConfig) -> ApiResult<Vec<Check>> {
     let checks = checks_for(config).await;
     if ferry_sync::precheck::worst(&checks) == Level::Fail {
@@ -502,9 +662,26 @@ async fn checks_for(config: &ferry_sync::JobConfig) -> Vec<Check> {
     ferry_sync::precheck(config).await
 }
 
-/// Lets this worker claim jobs that should run now (rather than at its next heartbeat);
-/// jobs above its fair share are left to the other workers.
+/// The job's source shards as its tasks know them ("0" before its first discovery).
+async fn shards_of(app: &App, id: i64) -> ApiResult<Vec<String>> {
+    let mut shards: Vec<String> = app
+        .store
+        .job_tasks(id)
+        .await?
+        .into_iter()
+        .map(|t| t.shard)
+        .collect();
+    if shards.is_empty() {
+        shards.push("0".into());
+    }
+    Ok(shards)
+}
+
+/// Lets this worker discover the shards of the jobs that should run and claim their
+/// tasks now (rather than at its next heartbeat); tasks above its fair share are left to
+/// the other workers.
 async fn claim_now(app: &App) {
+    app.workers.plan_now().await;
     if let Err(e) = app.workers.tick().await {
         warn!(error = %e, "cannot claim the job now: the workers will at their next heartbeat");
     }
@@ -550,12 +727,13 @@ async fn halt(app: &App, id: &str, state: &str) -> ApiResult<i64> {
     Ok(row.id)
 }
 
-/// Stops the job here if this worker runs it, else waits (up to the lease time and a
-/// heartbeat) for the worker that runs it to stop it and release its lease.
+/// Stops the job's tasks this worker runs, and waits (up to the lease time and a
+/// heartbeat) for the workers that run the others to stop them and release their leases.
 async fn stop_anywhere(app: &App, id: i64) -> ApiResult<()> {
     app.workers.stop_local(id).await;
     let until = std::time::Instant::now() + app.workers.lease() * 4 / 3;
-    while lease_of(app, id).await?.is_some_and(|l| l.live) && std::time::Instant::now() < until {
+    while app.store.job_tasks(id).await?.iter().any(|t| t.live) && std::time::Instant::now() < until
+    {
         tokio::time::sleep(std::time::Duration::from_millis(100)).await;
     }
     Ok(())
@@ -578,16 +756,27 @@ async fn delete_job(State(app): Shared, Path(id): Path<String>) -> ApiResult<Jso
         app.store.set_desired(row.id, "stopped", None).await?;
     }
     stop_anywhere(&app, row.id).await?;
-    app.manager.forget(row.id);
+    for r in app.manager.of_job(row.id) {
+        app.manager.forget(&r.key);
+    }
+    // Every shard's checkpoint (a cluster target keeps one per slot besides).
+    let shards = shards_of(&app, row.id).await?;
     let mut warning = None;
     match row.spec.target.endpoint() {
         Ok(target) => {
-            let key = ferry_target::checkpoint::key(&row.spec.name, "0");
-            if let Err(e) = ferry_target::checkpoint::delete(&target, &key).await {
-                warning = Some(format!(
-                    "the checkpoint {} could not be deleted from the target: {e}",
-                    String::from_utf8_lossy(&key)
-                ));
+            for shard in &shards {
+                let key = ferry_target::checkpoint::key(&row.spec.name, shard);
+                let deleted = if row.spec.target.topology == "cluster" {
+                    ferry_target::delete_cluster_checkpoint(&target, &row.spec.name, shard).await
+                } else {
+                    ferry_target::checkpoint::delete(&target, &key).await
+                };
+                if let Err(e) = deleted {
+                    warning = Some(format!(
+                        "the checkpoint {} could not be deleted from the target: {e}",
+                        String::from_utf8_lossy(&key)
+                    ));
+                }
             }
         }
         Err(e) => warning = Some(e),

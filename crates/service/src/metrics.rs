@@ -82,7 +82,11 @@ pub fn render(jobs: &[std::sync::Arc<Running>]) -> String {
         for r in jobs {
             let stats = &r.status.stats;
             let totals = r.totals();
-            let labels = format!("job=\"{}\",shard=\"0\"", label(&r.name));
+            let labels = format!(
+                "job=\"{}\",shard=\"{}\"",
+                label(&r.name),
+                label(&r.key.shard)
+            );
             let value = match f.name {
                 "ferry_records_read_total" => totals.records_read.to_string(),
                 "ferry_records_applied_total" => totals.records_applied.to_string(),

@@ -258,6 +258,30 @@ impl JobSpec {
     }
 }
 
+/// A task's figures (one source shard of a job) as its owner last reported them, kept in
+/// the task's row so that every worker shows every shard. Counts are the task's own,
+/// earlier owners included.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct TaskFigures {
+    pub records_read: u64,
+    pub records_applied: u64,
+    pub keys_read: u64,
+    pub keys_applied: u64,
+    pub bytes_read: u64,
+    pub lag_bytes: u64,
+    pub lag_seconds: f64,
+    pub progress_percent: f64,
+    pub read_rate: f64,
+    pub apply_rate: f64,
+    pub bytes_rate: f64,
+    pub attempts: u32,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub next_attempt: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub last_error: Option<String>,
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -1,6 +1,7 @@
-//! The jobs running in this process: one task per job driving `ferry_sync::run`, and a
-//! sampler per job that keeps the recent figures (rates, the chart's points) and copies
-//! the job's history into the store, so a restart shows what happened before it.
+//! The tasks running in this process — each one source shard of a job, driven by
+//! `ferry_sync::job::run_shard` — and a sampler per task that keeps the recent figures
+//! (rates, the chart's points) and copies the task's history into the job's, so a restart
+//! shows what happened before it.
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::Ordering::Relaxed;
@@ -14,7 +15,34 @@ use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
+use crate::model::TaskFigures;
 use crate::store::{now_ms, Store, Totals};
+
+/// A task: one source shard of a job.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct TaskKey {
+    pub job: i64,
+    /// The shard's stable id ("0", or `slots-<first slot>`).
+    pub shard: String,
+}
+
+impl TaskKey {
+    /// A line of the job's history about this task: "shard <id>: …", or the line alone
+    /// for the one shard of a source that is not a cluster.
+    pub fn say(&self, message: &str) -> String {
+        if self.shard == "0" {
+            message.to_string()
+        } else {
+            format!("shard {}: {message}", self.shard)
+        }
+    }
+}
+
+impl std::fmt::Display for TaskKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}/{}", self.job, self.shard)
+    }
+}
 
 /// Points kept for the chart: five minutes at one a second.
 const SAMPLES: usize = 300;
@@ -35,8 +63,10 @@ pub struct Sample {
 }
 
 pub struct Running {
+    /// The job's name.
     pub name: String,
-    /// Counts of the job's earlier runs.
+    pub key: TaskKey,
+    /// Counts of the task's earlier runs (here or on other workers).
     pub base: Totals,
     pub status: Arc<JobStatus>,
     cancel: CancellationToken,
@@ -69,9 +99,48 @@ impl Running {
         self.finished.load(Relaxed)
     }
 
-    /// What the job is doing now (starting, full-sync, incremental, retrying, …).
+    /// What the task is doing now (starting, full-sync, incremental, retrying, …).
     pub fn state_name(&self) -> &'static str {
         self.status.view().state.name()
+    }
+
+    /// The source node the shard is read from now.
+    pub fn node(&self) -> Option<String> {
+        self.status
+            .shards()
+            .into_iter()
+            .next()
+            .map(|s| s.node)
+            .filter(|n| !n.is_empty())
+    }
+
+    /// The figures stored in the task's row (see `TaskFigures`).
+    pub fn figures(&self) -> TaskFigures {
+        let s = &self.status.stats;
+        let t = self.totals();
+        let view = self.status.view();
+        let finished = self.is_finished();
+        let (read_rate, apply_rate, bytes_rate) = if finished {
+            (0.0, 0.0, 0.0)
+        } else {
+            self.rates()
+        };
+        TaskFigures {
+            records_read: t.records_read,
+            records_applied: t.records_applied,
+            keys_read: t.keys_read,
+            keys_applied: t.keys_applied,
+            bytes_read: t.bytes_read,
+            lag_bytes: if finished { 0 } else { s.lag_bytes() },
+            lag_seconds: if finished { 0.0 } else { s.lag_seconds() },
+            progress_percent: (s.progress_percent() * 10.0).round() / 10.0,
+            read_rate,
+            apply_rate,
+            bytes_rate,
+            attempts: view.attempts,
+            next_attempt: view.next_attempt.map(|t| t.to_string()),
+            last_error: view.last_error,
+        }
     }
 
     pub fn samples(&self) -> Vec<Sample> {
@@ -110,7 +179,7 @@ impl Running {
 #[derive(Clone)]
 pub struct Manager {
     store: Store,
-    jobs: Arc<Mutex<HashMap<i64, Arc<Running>>>>,
+    jobs: Arc<Mutex<HashMap<TaskKey, Arc<Running>>>>,
 }
 
 impl Manager {
@@ -121,8 +190,19 @@ impl Manager {
         }
     }
 
-    pub fn get(&self, id: i64) -> Option<Arc<Running>> {
-        self.jobs.lock().ok()?.get(&id).cloned()
+    pub fn get(&self, key: &TaskKey) -> Option<Arc<Running>> {
+        self.jobs.lock().ok()?.get(key).cloned()
+    }
+
+    /// The tasks of job `id` that run here.
+    pub fn of_job(&self, id: i64) -> Vec<Arc<Running>> {
+        let mut v: Vec<Arc<Running>> = self
+            .jobs
+            .lock()
+            .map(|j| j.values().filter(|r| r.key.job == id).cloned().collect())
+            .unwrap_or_default();
+        v.sort_by(|a, b| a.key.cmp(&b.key));
+        v
     }
 
     pub fn all(&self) -> Vec<Arc<Running>> {
@@ -132,32 +212,30 @@ impl Manager {
             .unwrap_or_default()
     }
 
-    pub fn is_running(&self, id: i64) -> bool {
-        self.get(id).is_some_and(|r| !r.is_finished())
+    pub fn is_running(&self, key: &TaskKey) -> bool {
+        self.get(key).is_some_and(|r| !r.is_finished())
     }
 
-    /// Starts the job (resuming from its checkpoint); a running job is left alone. With a
-    /// lease (owner, generation), how the job ends is stored only while that lease is held.
-    /// A fence (from the lease) stops the job's writes once it lapses.
+    /// Starts the task (its shard resumes from its checkpoint); a running task is left
+    /// alone. How the task ends is stored only while `lease` (owner, generation) is held;
+    /// the fence stops the task's writes once the lease lapses.
     pub fn start(
         &self,
-        id: i64,
+        key: TaskKey,
         mut config: JobConfig,
         base: Totals,
-        lease: Option<(String, i64, Arc<ferry_sync::Fence>)>,
+        lease: (String, i64, Arc<ferry_sync::Fence>),
     ) {
-        if self.is_running(id) {
+        if self.is_running(&key) {
             return;
         }
         let status = JobStatus::new();
         let running = Arc::new(Running {
             name: config.name.clone(),
+            key: key.clone(),
             base,
             status: status.clone(),
-            cancel: lease
-                .as_ref()
-                .map(|(_, _, f)| f.token())
-                .unwrap_or_default(),
+            cancel: lease.2.token(),
             finished: AtomicBool::new(false),
             fenced: AtomicBool::new(false),
             samples: Mutex::new(VecDeque::with_capacity(SAMPLES)),
@@ -165,52 +243,78 @@ impl Manager {
             errors_total: AtomicU64::new(0),
             task: Mutex::new(None),
         });
-        config.fence = lease.as_ref().map(|(_, _, f)| f.clone());
-        let lease = lease.map(|(owner, generation, _)| (owner, generation));
-        info!(job = %config.name, "starting job");
+        config.fence = Some(lease.2.clone());
+        let (owner, generation) = (lease.0, lease.1);
+        info!(job = %config.name, shard = %key.shard, generation, "starting the shard's task");
         let store = self.store.clone();
         let r = running.clone();
         let task = tokio::spawn(async move {
-            let sampler = tokio::spawn(sample(r.clone(), store.clone(), id));
-            let result = ferry_sync::run(config, r.status.clone(), r.cancel.clone()).await;
+            let sampler = tokio::spawn(sample(r.clone(), store.clone()));
+            let result = ferry_sync::job::run_shard(
+                config,
+                &r.key.shard,
+                r.status.clone(),
+                r.cancel.clone(),
+            )
+            .await;
             r.finished.store(true, Relaxed);
             let _ = sampler.await;
-            // A user's stop or pause has already stored the wanted state; a service
-            // shutdown must leave "running" so the next start resumes the job.
+            // A stop (by the user, a hand-over, a shutdown) leaves the task to run again;
+            // an end is stored, only while the lease is held.
             let end = match result {
                 Ok(o) if o.completed => Some(("completed", None)),
                 Ok(_) => None,
+                Err(e @ ferry_sync::JobError::ShardGone { .. }) => {
+                    Some(("retired", Some(e.to_string())))
+                }
                 Err(e) => {
                     r.errors_total.fetch_add(1, Relaxed);
                     Some(("failed", Some(e.to_string())))
                 }
             };
-            let outcome = match (end, &lease) {
-                (None, _) => Ok(()),
-                (Some(_), _) if r.fenced.load(Relaxed) => Ok(()),
-                (Some((state, error)), Some((owner, generation))) => store
-                    .finish_job(id, state, error.as_deref(), owner, *generation)
-                    .await
-                    .map(|_| ()),
-                (Some((state, error)), None) => {
-                    store.set_desired(id, state, error.as_deref()).await
+            let Some((outcome, error)) = end else { return };
+            if r.fenced.load(Relaxed) {
+                return;
+            }
+            let key = &r.key;
+            match store
+                .finish_task(
+                    key.job,
+                    &key.shard,
+                    &owner,
+                    generation,
+                    outcome,
+                    error.as_deref(),
+                    &r.figures(),
+                )
+                .await
+            {
+                Ok(true) => {
+                    let message = match &error {
+                        Some(e) => key.say(&format!("{outcome}: {e}")),
+                        None => key.say(outcome),
+                    };
+                    let _ = store.event(key.job, &message).await;
+                    if outcome == "retired" {
+                        // The source was resharded: discover its shards now.
+                        let _ = store.planning_again(key.job).await;
+                    }
                 }
-            };
-            if let Err(e) = outcome {
-                warn!(job = id, error = %e, "cannot store the job's end");
+                Ok(false) => {}
+                Err(e) => warn!(task = %key, error = %e, "cannot store the task's end"),
             }
         });
         if let Ok(mut t) = running.task.lock() {
             *t = Some(task);
         }
         if let Ok(mut jobs) = self.jobs.lock() {
-            jobs.insert(id, running);
+            jobs.insert(key, running);
         }
     }
 
-    /// Stops the job cleanly (writes in flight are answered first) and waits for it.
-    pub async fn stop(&self, id: i64) {
-        let Some(r) = self.get(id) else { return };
+    /// Stops the task cleanly (writes in flight are answered first) and waits for it.
+    pub async fn stop(&self, key: &TaskKey) {
+        let Some(r) = self.get(key) else { return };
         r.cancel.cancel();
         let task = r.task.lock().ok().and_then(|mut t| t.take());
         if let Some(task) = task {
@@ -223,39 +327,38 @@ impl Manager {
         }
     }
 
-    /// Cancels the job without waiting (it drains in the background): its lease could
+    /// Cancels the task without waiting (it drains in the background): its lease could
     /// not be renewed in time, or was lost. Nothing more about it is stored from here.
-    pub fn fence(&self, id: i64) {
-        if let Some(r) = self.get(id) {
+    pub fn fence(&self, key: &TaskKey) {
+        if let Some(r) = self.get(key) {
             r.fenced.store(true, Relaxed);
             r.cancel.cancel();
         }
     }
 
-    pub fn forget(&self, id: i64) {
+    pub fn forget(&self, key: &TaskKey) {
         if let Ok(mut jobs) = self.jobs.lock() {
-            jobs.remove(&id);
+            jobs.remove(key);
         }
     }
 
-    /// Stops every job without changing its stored state (a service shutdown).
+    /// Stops every task without changing its stored state (a service shutdown).
     pub async fn shutdown(&self) {
-        let ids: Vec<i64> = self
+        let keys: Vec<TaskKey> = self
             .jobs
             .lock()
-            .map(|j| j.keys().copied().collect())
+            .map(|j| j.keys().cloned().collect())
             .unwrap_or_default();
-        for id in ids {
-            self.stop(id).await;
+        for key in keys {
+            self.stop(&key).await;
         }
     }
 }
 
-async fn sample(r: Arc<Running>, store: Store, id: i64) {
+async fn sample(r: Arc<Running>, store: Store) {
+    let id = r.key.job;
     let mut persisted_until = now_ms();
     let mut last_attempts = 0;
-    let mut saved = r.base;
-    let mut tick = 0u64;
     loop {
         let done = r.is_finished();
         let stats = &r.status.stats;
@@ -269,7 +372,12 @@ async fn sample(r: Arc<Running>, store: Store, id: i64) {
         for h in &view.history {
             let at = h.at.as_millisecond();
             if at > persisted_until {
-                if let Err(e) = store.event_at(id, at, &h.message).await {
+                let message = if h.message.starts_with("shard ") {
+                    h.message.clone()
+                } else {
+                    r.key.say(&h.message)
+                };
+                if let Err(e) = store.event_at(id, at, &message).await {
                     warn!(job = id, error = %e, "cannot store the job's history");
                 }
                 persisted_until = at;
@@ -300,15 +408,6 @@ async fn sample(r: Arc<Running>, store: Store, id: i64) {
                 }
             }
             samples.push_back(s);
-        }
-        tick += 1;
-        let totals = r.totals();
-        if totals != saved && (done || tick >= 5) && !r.fenced.load(Relaxed) {
-            tick = 0;
-            match store.save_totals(id, totals).await {
-                Ok(()) => saved = totals,
-                Err(e) => warn!(job = id, error = %e, "cannot store the job's counts"),
-            }
         }
         if done {
             return;

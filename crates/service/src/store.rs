@@ -8,7 +8,7 @@ use std::collections::BTreeMap;
 use sqlx::any::{AnyPoolOptions, AnyRow};
 use sqlx::{AnyPool, Row};
 
-use crate::model::{EndpointSpec, Instance, JobSpec};
+use crate::model::{EndpointSpec, Instance, JobSpec, TaskFigures};
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
@@ -30,12 +30,14 @@ const SQLITE: &[(i64, &str)] = &[
     (2, include_str!("../migrations/sqlite/0002_totals.sql")),
     (3, include_str!("../migrations/sqlite/0003_workers.sql")),
     (4, include_str!("../migrations/sqlite/0004_verify.sql")),
+    (5, include_str!("../migrations/sqlite/0005_tasks.sql")),
 ];
 const POSTGRES: &[(i64, &str)] = &[
     (1, include_str!("../migrations/postgres/0001_init.sql")),
     (2, include_str!("../migrations/postgres/0002_totals.sql")),
     (3, include_str!("../migrations/postgres/0003_workers.sql")),
     (4, include_str!("../migrations/postgres/0004_verify.sql")),
+    (5, include_str!("../migrations/postgres/0005_tasks.sql")),
 ];
 
 /// The database's clock in milliseconds: leases are compared with one clock (the
@@ -62,6 +64,50 @@ pub struct Lease {
     pub address: Option<String>,
     /// Held and not expired.
     pub live: bool,
+}
+
+/// A task: one source shard of a job, leased and run by one worker.
+#[derive(Debug, Clone)]
+pub struct TaskRow {
+    pub job_id: i64,
+    /// The shard's stable id ("0", or `slots-<first slot>`): also its checkpoint's name.
+    pub shard: String,
+    pub owner: Option<String>,
+    pub generation: i64,
+    pub expires_at: i64,
+    /// What the task is doing, as its owner last reported it.
+    pub state: Option<String>,
+    /// The source node the shard is read from.
+    pub node: Option<String>,
+    /// completed or failed: the task runs no more (until the job is started again).
+    pub outcome: Option<String>,
+    pub error: Option<String>,
+    pub figures: TaskFigures,
+    /// The shard left the source's topology.
+    pub retired: bool,
+    pub updated_at: i64,
+    /// The owner's listen address.
+    pub address: Option<String>,
+    /// Held and not expired.
+    pub live: bool,
+}
+
+impl TaskRow {
+    /// Still to be run: neither ended nor retired.
+    pub fn runnable(&self) -> bool {
+        !self.retired && self.outcome.is_none()
+    }
+
+    pub fn totals(&self) -> Totals {
+        let f = &self.figures;
+        Totals {
+            records_read: f.records_read,
+            records_applied: f.records_applied,
+            keys_read: f.keys_read,
+            keys_applied: f.keys_applied,
+            bytes_read: f.bytes_read,
+        }
+    }
 }
 
 /// A registered worker.
@@ -357,6 +403,17 @@ impl Store {
         .bind(id)
         .execute(&self.pool)
         .await?;
+        if state == "running" {
+            // Started again: every shard runs again, and the shards are discovered anew.
+            sqlx::query("UPDATE job_tasks SET outcome = NULL, error = NULL WHERE job_id = $1")
+                .bind(id)
+                .execute(&self.pool)
+                .await?;
+            sqlx::query("UPDATE job_leases SET expires_at = 0 WHERE job_id = $1")
+                .bind(id)
+                .execute(&self.pool)
+                .await?;
+        }
         Ok(())
     }
 
@@ -404,6 +461,10 @@ impl Store {
             .execute(&mut *tx)
             .await?;
         sqlx::query("DELETE FROM job_leases WHERE job_id = $1")
+            .bind(id)
+            .execute(&mut *tx)
+            .await?;
+        sqlx::query("DELETE FROM job_tasks WHERE job_id = $1")
             .bind(id)
             .execute(&mut *tx)
             .await?;
@@ -642,6 +703,9 @@ impl Store {
         sqlx::query("UPDATE job_leases SET owner = NULL, expires_at = 0, state = NULL")
             .execute(&self.pool)
             .await?;
+        sqlx::query("UPDATE job_tasks SET owner = NULL, expires_at = 0, state = NULL")
+            .execute(&self.pool)
+            .await?;
         sqlx::query("DELETE FROM workers")
             .execute(&self.pool)
             .await?;
@@ -672,6 +736,315 @@ impl Store {
         .execute(&self.pool)
         .await?;
         Ok(r.rows_affected() > 0)
+    }
+}
+
+/// Tasks: one per source shard of a job (see `crate::workers`).
+impl Store {
+    /// Takes the job's turn to discover its source's shards if it is due (never done, or
+    /// older than its interval): of the workers asking, exactly one gets true. The next
+    /// turn is due `next_ms` later.
+    pub async fn planning_turn(
+        &self,
+        job_id: i64,
+        owner: &str,
+        next_ms: i64,
+    ) -> Result<bool, StoreError> {
+        let now = self.now();
+        let row = sqlx::query(sql(format!(
+            "UPDATE job_leases SET owner = $1, generation = generation + 1, expires_at = {now} + $2 \
+             WHERE job_id = $3 AND expires_at < {now} RETURNING job_id"
+        )))
+        .bind(owner.to_string())
+        .bind(next_ms)
+        .bind(job_id)
+        .fetch_optional(&self.pool)
+        .await?;
+        Ok(row.is_some())
+    }
+
+    /// A discovery failed: the next turn is due at once (the next heartbeat).
+    pub async fn planning_again(&self, job_id: i64) -> Result<(), StoreError> {
+        sqlx::query("UPDATE job_leases SET expires_at = 0 WHERE job_id = $1")
+            .bind(job_id)
+            .execute(&self.pool)
+            .await?;
+        Ok(())
+    }
+
+    /// Makes the job's tasks the given shards: missing ones are added (unowned), those no
+    /// longer among them are retired (their owners stop them), and returning ones run
+    /// again. Returns (added, retired).
+    pub async fn set_shards(
+        &self,
+        job_id: i64,
+        shards: &[String],
+    ) -> Result<(Vec<String>, Vec<String>), StoreError> {
+        let rows = sqlx::query("SELECT shard, retired FROM job_tasks WHERE job_id = $1")
+            .bind(job_id)
+            .fetch_all(&self.pool)
+            .await?;
+        let mut known = BTreeMap::new();
+        for r in &rows {
+            let shard: String = r.try_get("shard")?;
+            let retired: i64 = r.try_get("retired")?;
+            known.insert(shard, retired != 0);
+        }
+        let now = now_ms();
+        let mut added = Vec::new();
+        for shard in shards {
+            match known.get(shard) {
+                None => {
+                    let r = sqlx::query(
+                        "INSERT INTO job_tasks (job_id, shard, updated_at) VALUES ($1, $2, $3) \
+                         ON CONFLICT (job_id, shard) DO NOTHING",
+                    )
+                    .bind(job_id)
+                    .bind(shard.clone())
+                    .bind(now)
+                    .execute(&self.pool)
+                    .await?;
+                    if r.rows_affected() > 0 {
+                        added.push(shard.clone());
+                    }
+                }
+                Some(true) => {
+                    sqlx::query(
+                        "UPDATE job_tasks SET retired = 0, updated_at = $3 WHERE job_id = $1 AND shard = $2",
+                    )
+                    .bind(job_id)
+                    .bind(shard.clone())
+                    .bind(now)
+                    .execute(&self.pool)
+                    .await?;
+                    added.push(shard.clone());
+                }
+                Some(false) => {}
+            }
+        }
+        let mut retired = Vec::new();
+        for (shard, was_retired) in &known {
+            if !was_retired && !shards.contains(shard) {
+                sqlx::query(
+                    "UPDATE job_tasks SET retired = 1, updated_at = $3 WHERE job_id = $1 AND shard = $2",
+                )
+                .bind(job_id)
+                .bind(shard.clone())
+                .bind(now)
+                .execute(&self.pool)
+                .await?;
+                retired.push(shard.clone());
+            }
+        }
+        Ok((added, retired))
+    }
+
+    /// Every task, with its owner's address.
+    pub async fn tasks(&self) -> Result<Vec<TaskRow>, StoreError> {
+        self.tasks_where(None).await
+    }
+
+    /// The tasks of one job.
+    pub async fn job_tasks(&self, job_id: i64) -> Result<Vec<TaskRow>, StoreError> {
+        self.tasks_where(Some(job_id)).await
+    }
+
+    async fn tasks_where(&self, job_id: Option<i64>) -> Result<Vec<TaskRow>, StoreError> {
+        let now = self.now();
+        let rows = sqlx::query(sql(format!(
+            "SELECT t.job_id, t.shard, t.owner, t.generation, t.expires_at, t.state, t.node, t.outcome, \
+             t.error, t.figures, t.retired, t.updated_at, w.address, {now} AS now \
+             FROM job_tasks t LEFT JOIN workers w ON w.id = t.owner \
+             WHERE ($1 < 0 OR t.job_id = $1) ORDER BY t.job_id, t.shard"
+        )))
+        .bind(job_id.unwrap_or(-1))
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter()
+            .map(|r| {
+                let owner: Option<String> = r.try_get("owner")?;
+                let expires_at: i64 = r.try_get("expires_at")?;
+                let now: i64 = r.try_get("now")?;
+                let figures: Option<String> = r.try_get("figures")?;
+                Ok(TaskRow {
+                    job_id: r.try_get("job_id")?,
+                    shard: r.try_get("shard")?,
+                    live: owner.is_some() && expires_at >= now,
+                    owner,
+                    generation: r.try_get("generation")?,
+                    expires_at,
+                    state: r.try_get("state")?,
+                    node: r.try_get("node")?,
+                    outcome: r.try_get("outcome")?,
+                    error: r.try_get("error")?,
+                    figures: figures
+                        .and_then(|f| serde_json::from_str(&f).ok())
+                        .unwrap_or_default(),
+                    retired: r.try_get::<i64, _>("retired")? != 0,
+                    updated_at: r.try_get("updated_at")?,
+                    address: r.try_get("address")?,
+                })
+            })
+            .collect::<Result<Vec<_>, sqlx::Error>>()
+            .map_err(StoreError::from)
+    }
+
+    /// Takes a task of a running job that nobody holds (never held, released, or
+    /// expired) and that is still to run: one `UPDATE` whose condition PostgreSQL
+    /// evaluates again on the row it locks, so of two workers racing for it exactly one
+    /// gets a row back. Returns the new generation.
+    pub async fn claim_task(
+        &self,
+        job_id: i64,
+        shard: &str,
+        owner: &str,
+        lease_ms: i64,
+    ) -> Result<Option<i64>, StoreError> {
+        let now = self.now();
+        let row = sqlx::query(sql(format!(
+            "UPDATE job_tasks SET owner = $1, generation = generation + 1, expires_at = {now} + $2, \
+             state = NULL, updated_at = {now} \
+             WHERE job_id = $3 AND shard = $4 AND (owner IS NULL OR expires_at < {now}) \
+             AND retired = 0 AND outcome IS NULL \
+             AND EXISTS (SELECT 1 FROM jobs WHERE jobs.id = $3 AND jobs.desired_state = 'running') \
+             RETURNING generation"
+        )))
+        .bind(owner.to_string())
+        .bind(lease_ms)
+        .bind(job_id)
+        .bind(shard.to_string())
+        .fetch_optional(&self.pool)
+        .await?;
+        Ok(row.map(|r| r.try_get("generation")).transpose()?)
+    }
+
+    /// Extends a task's lease still held by `owner` at `generation` and not expired, and
+    /// stores the task's state and figures; false when the lease is lost.
+    #[allow(clippy::too_many_arguments)]
+    pub async fn renew_task(
+        &self,
+        job_id: i64,
+        shard: &str,
+        owner: &str,
+        generation: i64,
+        lease_ms: i64,
+        state: &str,
+        node: Option<&str>,
+        figures: &TaskFigures,
+    ) -> Result<bool, StoreError> {
+        let now = self.now();
+        let row = sqlx::query(sql(format!(
+            "UPDATE job_tasks SET expires_at = {now} + $1, state = $2, node = COALESCE($3, node), \
+             figures = $4, updated_at = {now} \
+             WHERE job_id = $5 AND shard = $6 AND owner = $7 AND generation = $8 AND expires_at >= {now} \
+             RETURNING job_id"
+        )))
+        .bind(lease_ms)
+        .bind(state.to_string())
+        .bind(node.map(str::to_string))
+        .bind(json(figures))
+        .bind(job_id)
+        .bind(shard.to_string())
+        .bind(owner.to_string())
+        .bind(generation)
+        .fetch_optional(&self.pool)
+        .await?;
+        Ok(row.is_some())
+    }
+
+    /// Gives a task back (stopped here): another worker may take it at once. Its last
+    /// figures stay for the job's view.
+    pub async fn release_task(
+        &self,
+        job_id: i64,
+        shard: &str,
+        owner: &str,
+        generation: i64,
+        figures: Option<&TaskFigures>,
+    ) -> Result<(), StoreError> {
+        sqlx::query(
+            "UPDATE job_tasks SET owner = NULL, expires_at = 0, state = NULL, \
+             figures = COALESCE($1, figures), updated_at = $2 \
+             WHERE job_id = $3 AND shard = $4 AND owner = $5 AND generation = $6",
+        )
+        .bind(figures.map(json))
+        .bind(now_ms())
+        .bind(job_id)
+        .bind(shard.to_string())
+        .bind(owner.to_string())
+        .bind(generation)
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    /// Stores how a task ended (completed, failed, or retired: its shard left the source)
+    /// and gives it back, only if `owner` still holds it at `generation`. A failed task
+    /// fails its job, naming the shard and the cause.
+    #[allow(clippy::too_many_arguments)]
+    pub async fn finish_task(
+        &self,
+        job_id: i64,
+        shard: &str,
+        owner: &str,
+        generation: i64,
+        outcome: &str,
+        error: Option<&str>,
+        figures: &TaskFigures,
+    ) -> Result<bool, StoreError> {
+        let mut tx = self.pool.begin().await?;
+        let retired = outcome == "retired";
+        let r = sqlx::query(
+            "UPDATE job_tasks SET owner = NULL, expires_at = 0, state = NULL, outcome = $1, error = $2, \
+             figures = $3, retired = $4, updated_at = $5 \
+             WHERE job_id = $6 AND shard = $7 AND owner = $8 AND generation = $9",
+        )
+        .bind((!retired).then(|| outcome.to_string()))
+        .bind(error.map(str::to_string))
+        .bind(json(figures))
+        .bind(retired as i64)
+        .bind(now_ms())
+        .bind(job_id)
+        .bind(shard.to_string())
+        .bind(owner.to_string())
+        .bind(generation)
+        .execute(&mut *tx)
+        .await?;
+        let held = r.rows_affected() > 0;
+        if held && outcome == "failed" {
+            let message = format!("shard {shard}: {}", error.unwrap_or("failed"));
+            sqlx::query(
+                "UPDATE jobs SET desired_state = 'failed', last_error = $1, updated_at = $2 \
+                 WHERE id = $3 AND desired_state = 'running'",
+            )
+            .bind(message)
+            .bind(now_ms())
+            .bind(job_id)
+            .execute(&mut *tx)
+            .await?;
+        }
+        tx.commit().await?;
+        Ok(held)
+    }
+
+    /// Marks completed the running jobs whose every task completed (full mode); returns
+    /// their ids.
+    pub async fn complete_finished_jobs(&self) -> Result<Vec<i64>, StoreError> {
+        let rows = sqlx::query(
+            "UPDATE jobs SET desired_state = 'completed', updated_at = $1 \
+             WHERE desired_state = 'running' \
+             AND EXISTS (SELECT 1 FROM job_tasks t WHERE t.job_id = jobs.id AND t.retired = 0) \
+             AND NOT EXISTS (SELECT 1 FROM job_tasks t WHERE t.job_id = jobs.id AND t.retired = 0 \
+                 AND (t.outcome IS NULL OR t.outcome <> 'completed')) \
+             RETURNING id",
+        )
+        .bind(now_ms())
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter()
+            .map(|r| r.try_get("id"))
+            .collect::<Result<Vec<i64>, sqlx::Error>>()
+            .map_err(StoreError::from)
     }
 }
 
@@ -781,5 +1154,238 @@ fn redact(url: &str) -> String {
     match (url.find("://"), url.rfind('@')) {
         (Some(i), Some(at)) if at > i => format!("{}***{}", &url[..i + 3], &url[at..]),
         _ => url.to_string(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+
+    fn spec(name: &str) -> JobSpec {
+        serde_json::from_value(serde_json::json!({
+            "name": name,
+            "source": {"addresses": ["127.0.0.1:1"]},
+            "target": {"addresses": ["127.0.0.1:2"]},
+        }))
+        .expect("spec")
+    }
+
+    fn shards(v: &[&str]) -> Vec<String> {
+        v.iter().map(|s| s.to_string()).collect()
+    }
+
+    /// Tasks at the store level, on two pools (two workers).
+    async fn tasks_are_leased_one_worker_each(store: Store, second: Store) {
+        let id = store
+            .create_job(&spec("tasks"), "running")
+            .await
+            .expect("job");
+        store.ensure_leases().await.expect("leases");
+        // One discovery turn per interval, whoever asks.
+        assert!(store.planning_turn(id, "a", 60_000).await.expect("turn"));
+        assert!(!second.planning_turn(id, "b", 60_000).await.expect("turn"));
+        let (added, retired) = store
+            .set_shards(id, &shards(&["slots-0", "slots-5461", "slots-10923"]))
+            .await
+            .expect("shards");
+        assert_eq!(added.len(), 3);
+        assert!(retired.is_empty());
+        // Idempotent.
+        let (added, _) = second
+            .set_shards(id, &shards(&["slots-0", "slots-5461", "slots-10923"]))
+            .await
+            .expect("shards");
+        assert!(added.is_empty());
+
+        // Eight workers on two pools race for one task: exactly one wins.
+        let mut racing = Vec::new();
+        for w in 0..8 {
+            let s = if w % 2 == 0 {
+                store.clone()
+            } else {
+                second.clone()
+            };
+            racing.push(tokio::spawn(async move {
+                s.claim_task(id, "slots-0", &format!("w{w}"), 600)
+                    .await
+                    .expect("claim")
+                    .map(|g| (w, g))
+            }));
+        }
+        let mut won = Vec::new();
+        for t in racing {
+            if let Some(x) = t.await.expect("join") {
+                won.push(x);
+            }
+        }
+        assert_eq!(won.len(), 1, "{won:?}");
+        let (w, generation) = won[0];
+        let owner = format!("w{w}");
+        let figures = TaskFigures {
+            records_applied: 42,
+            ..Default::default()
+        };
+        assert!(store
+            .renew_task(
+                id,
+                "slots-0",
+                &owner,
+                generation,
+                600,
+                "incremental",
+                Some("n:1"),
+                &figures
+            )
+            .await
+            .expect("renew"));
+        // A stale generation or another worker renews nothing.
+        assert!(!store
+            .renew_task(
+                id,
+                "slots-0",
+                &owner,
+                generation - 1,
+                600,
+                "x",
+                None,
+                &figures
+            )
+            .await
+            .expect("renew"));
+        assert!(!second
+            .renew_task(id, "slots-0", "other", generation, 600, "x", None, &figures)
+            .await
+            .expect("renew"));
+        // The other tasks are free: another worker takes one; every worker sees both.
+        let g2 = second
+            .claim_task(id, "slots-5461", "b", 600)
+            .await
+            .expect("claim")
+            .expect("a free task");
+        let rows = second.job_tasks(id).await.expect("tasks");
+        let t0 = rows.iter().find(|t| t.shard == "slots-0").expect("slots-0");
+        assert!(t0.live && t0.owner.as_deref() == Some(owner.as_str()));
+        assert_eq!(t0.state.as_deref(), Some("incremental"));
+        assert_eq!(t0.node.as_deref(), Some("n:1"));
+        assert_eq!(t0.figures.records_applied, 42);
+        // Expired: another worker takes it over, with a new generation, and the old
+        // owner's renewal and end are refused.
+        tokio::time::sleep(Duration::from_millis(700)).await;
+        let g3 = second
+            .claim_task(id, "slots-0", "c", 600)
+            .await
+            .expect("claim")
+            .expect("an expired task");
+        assert!(g3 > generation);
+        assert!(!store
+            .renew_task(id, "slots-0", &owner, generation, 600, "x", None, &figures)
+            .await
+            .expect("renew"));
+        assert!(!store
+            .finish_task(
+                id,
+                "slots-0",
+                &owner,
+                generation,
+                "failed",
+                Some("stale"),
+                &figures
+            )
+            .await
+            .expect("finish"));
+        assert_eq!(
+            store
+                .job(&id.to_string())
+                .await
+                .expect("job")
+                .expect("row")
+                .desired_state,
+            "running"
+        );
+        // A resharded source: a gone shard's task is retired and cannot be claimed.
+        let (added, retired) = store
+            .set_shards(id, &shards(&["slots-0", "slots-5461"]))
+            .await
+            .expect("shards");
+        assert!(added.is_empty());
+        assert_eq!(retired, vec!["slots-10923".to_string()]);
+        assert_eq!(
+            store
+                .claim_task(id, "slots-10923", "d", 600)
+                .await
+                .expect("claim"),
+            None
+        );
+        // Every task completed: the job is completed.
+        for (shard, who, g) in [("slots-0", "c", g3), ("slots-5461", "b", g2)] {
+            assert!(store
+                .finish_task(id, shard, who, g, "completed", None, &figures)
+                .await
+                .expect("finish"));
+        }
+        assert_eq!(
+            store.complete_finished_jobs().await.expect("complete"),
+            vec![id]
+        );
+        // Started again: the tasks run again; one failing for good fails the job and
+        // names its shard.
+        store.set_desired(id, "running", None).await.expect("start");
+        let g = store
+            .claim_task(id, "slots-5461", "b", 600)
+            .await
+            .expect("claim")
+            .expect("runs again");
+        assert!(store
+            .finish_task(id, "slots-5461", "b", g, "failed", Some("boom"), &figures)
+            .await
+            .expect("finish"));
+        let row = store.job(&id.to_string()).await.expect("job").expect("row");
+        assert_eq!(row.desired_state, "failed");
+        assert_eq!(row.last_error.as_deref(), Some("shard slots-5461: boom"));
+        // Deleting the job deletes its tasks.
+        store.delete_job(id).await.expect("delete");
+        assert!(store.tasks().await.expect("tasks").is_empty());
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn sqlite_tasks() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let url = format!("sqlite://{}", dir.path().join("ferry.db").display());
+        let store = Store::open(&url).await.expect("store");
+        tasks_are_leased_one_worker_each(store.clone(), store).await;
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn postgres_tasks() {
+        use sqlx::Connection;
+        let Ok(base) = std::env::var("FERRY_TEST_POSTGRES_URL") else {
+            eprintln!("FERRY_TEST_POSTGRES_URL not set: skipped");
+            return;
+        };
+        let name = format!("ferry_tasks_{}_{}", std::process::id(), now_ms());
+        let mut c = sqlx::PgConnection::connect(&base)
+            .await
+            .expect("connect to FERRY_TEST_POSTGRES_URL");
+        sqlx::raw_sql(sqlx::AssertSqlSafe(format!("CREATE DATABASE {name}")))
+            .execute(&mut c)
+            .await
+            .expect("create database");
+        let (head, query) = match base.split_once('?') {
+            Some((h, q)) => (h, format!("?{q}")),
+            None => (base.as_str(), String::new()),
+        };
+        let (root, _) = head.rsplit_once('/').expect("database URL");
+        let url = format!("{root}/{name}{query}");
+        let store = Store::open(&url).await.expect("store");
+        let second = Store::open(&url).await.expect("second store");
+        tasks_are_leased_one_worker_each(store.clone(), second.clone()).await;
+        store.close().await;
+        second.close().await;
+        let _ = sqlx::raw_sql(sqlx::AssertSqlSafe(format!(
+            "DROP DATABASE IF EXISTS {name}"
+        )))
+        .execute(&mut c)
+        .await;
     }
 }

@@ -6,8 +6,6 @@ use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
 use std::time::Duration;
 
-use std::collections::HashSet;
-
 use ferry_resp::Endpoint;
 use ferry_source::{
     discover, Phase, RateLimiter, ReplicaOptions, Shard, ShardStats, SourceError, SourceSpec,
@@ -64,6 +62,9 @@ pub enum JobError {
     Target(TargetError),
     #[error("{reason}; last error: {last}")]
     GaveUp { reason: String, last: Box<JobError> },
+    /// The shard is no longer one of the source's (resharded): its task ends.
+    #[error("source shard {shard} is no longer in the source's topology (shards now: {shards})")]
+    ShardGone { shard: String, shards: String },
 }
 
 impl From<SourceError> for JobError {
@@ -86,6 +87,7 @@ impl JobError {
             JobError::Source(e) => e.is_connection(),
             JobError::Target(e) => e.is_connection(),
             JobError::GaveUp { last, .. } => last.is_connection(),
+            JobError::ShardGone { .. } => false,
         }
     }
 
@@ -110,42 +112,58 @@ pub struct JobOutcome {
 }
 
 /// Runs the job until it completes (full mode), fails for good, or `cancel` fires (a clean
-/// stop: everything already sent to the target is answered first). Failures are retried
-/// as `config.retry` says; each attempt resumes from the target's checkpoint.
+/// stop: everything already sent to the target is answered first). Each source shard
+/// runs and retries on its own, as `config.retry` says (a failing shard does not restart
+/// the others); each attempt resumes from the shard's checkpoint in the target.
 pub async fn run(
     config: JobConfig,
     status: Arc<JobStatus>,
     cancel: CancellationToken,
 ) -> Result<JobOutcome, JobError> {
-    let mut retry = RetryState::new(config.retry.clone());
     let limiter = config.rate_limit.map(|r| Arc::new(RateLimiter::new(r)));
-    let stats = status.stats.clone();
+    crate::scope::log_scope(config.filter.as_deref(), &config.db_map);
+    let _log_filtered = LogFilteredOnDrop(status.stats.clone());
+    // Discovery failures (the source unreachable before any shard runs) retry as the
+    // policy says; each shard then retries on its own.
+    let mut retry = RetryState::new(config.retry.clone());
     let mut total = JobOutcome {
         keys: 0,
         commands: 0,
         completed: false,
     };
-    // Shards that applied data in an earlier attempt: a new snapshot of theirs flushes.
-    let mut applied_before: HashSet<String> = HashSet::new();
-    crate::scope::log_scope(config.filter.as_deref(), &config.db_map);
-    let _log_filtered = LogFilteredOnDrop(stats.clone());
     loop {
-        let progress_mark = (
-            stats.records_applied.load(Relaxed),
-            stats.applied_offset.load(Relaxed),
-        );
+        status.stats.set_phase(Phase::Connecting);
+        let found = discover_shards(&config).await;
+        let (kind, shards) = match found {
+            Ok(x) => x,
+            Err(e) if cancel.is_cancelled() => {
+                warn!(error = %e, "error while stopping");
+                status.finish(JobState::Stopped, None);
+                return Ok(total);
+            }
+            Err(e) => {
+                match retry_or_give_up(&config, &mut retry, e, &status, None, &cancel).await {
+                    Ok(true) => continue,
+                    Ok(false) => {
+                        status.finish(JobState::Stopped, None);
+                        return Ok(total);
+                    }
+                    Err(e) => return Err(e),
+                }
+            }
+        };
         status.set_running();
-        let result = attempt_all(&config, &status, &limiter, &mut applied_before, &cancel).await;
-        let progressed = (
-            stats.records_applied.load(Relaxed),
-            stats.applied_offset.load(Relaxed),
-        ) != progress_mark;
-        match result {
-            Ok(outcome) => {
-                total.keys += outcome.keys;
-                total.commands += outcome.commands;
-                total.completed = outcome.completed;
-                let state = if outcome.completed {
+        let plan: Vec<String> = shards
+            .iter()
+            .map(|s| format!("{} via {}", s.id, s.reader_node(config.use_replica)))
+            .collect();
+        info!(source_type = %kind, shards = %plan.join(", "), "source discovered");
+        match run_shards(&config, &status, &limiter, shards, &cancel).await {
+            ShardsEnd::Done(o) => {
+                total.keys += o.keys;
+                total.commands += o.commands;
+                total.completed = o.completed;
+                let state = if o.completed && !cancel.is_cancelled() {
                     JobState::Completed
                 } else {
                     JobState::Stopped
@@ -153,168 +171,128 @@ pub async fn run(
                 status.finish(state, None);
                 return Ok(total);
             }
-            Err(e) if cancel.is_cancelled() => {
-                warn!(error = %e, "error while stopping");
-                status.finish(JobState::Stopped, None);
-                return Ok(total);
+            ShardsEnd::Reshaped(o) => {
+                total.keys += o.keys;
+                total.commands += o.commands;
+                info!("the source's shards changed: discovering them again");
             }
-            Err(e) => {
-                if progressed {
-                    retry.on_progress();
-                }
-                // A file does not get better by reading it again.
-                if e.is_permanent() || (config.source.is_file() && matches!(e, JobError::Source(_)))
-                {
-                    status.finish(JobState::Failed, Some(e.to_string()));
-                    return Err(e);
-                }
-                let kind = if e.is_connection() {
-                    FailureKind::Connection
-                } else {
-                    FailureKind::Other
-                };
-                match retry.on_failure(kind, Timestamp::now()) {
-                    Decision::GiveUp(reason) => {
-                        let e = JobError::GaveUp {
-                            reason,
-                            last: Box::new(e),
-                        };
-                        status.finish(JobState::Failed, Some(e.to_string()));
-                        return Err(e);
-                    }
-                    Decision::RetryAt(at) => {
-                        let attempts = retry.attempts();
-                        warn!(error = %e, attempt = attempts, next_attempt = %at, "{kind}; retrying");
-                        status.set_retrying(&e.to_string(), attempts, at);
-                        let wait = at
-                            .duration_since(Timestamp::now())
-                            .try_into()
-                            .unwrap_or(Duration::ZERO);
-                        if wait > Duration::from_secs(5) {
-                            info!(until = %at, "waiting for the retry window");
-                        }
-                        tokio::select! {
-                            _ = tokio::time::sleep(wait) => {}
-                            _ = cancel.cancelled() => {
-                                status.finish(JobState::Stopped, None);
-                                return Ok(total);
-                            }
-                        }
-                    }
-                }
+            ShardsEnd::Failed(e) => {
+                status.finish(JobState::Failed, Some(e.to_string()));
+                return Err(e);
             }
         }
     }
 }
 
-/// Discovers the source's shards and runs one reader → writer pipeline per shard, all in
-/// parallel, until all end; the first failure stops the others (each drains what it has
-/// sent) and is returned, and the retry resumes every shard from its own checkpoint.
-async fn attempt_all(
+/// Runs one source shard of the job (`shard`: its stable id, "0" or `slots-<first
+/// slot>`) with its own retries, until it completes (full mode), fails for good, or
+/// `cancel` fires. `status.stats` are the shard's figures. The service runs each shard of
+/// a job as a task of its own, on whichever worker holds the task's lease; a shard no
+/// longer in the source's topology ends with [`JobError::ShardGone`].
+pub async fn run_shard(
+    config: JobConfig,
+    shard: &str,
+    status: Arc<JobStatus>,
+    cancel: CancellationToken,
+) -> Result<JobOutcome, JobError> {
+    let limiter = config.rate_limit.map(|r| Arc::new(RateLimiter::new(r)));
+    let _log_filtered = LogFilteredOnDrop(status.stats.clone());
+    status.set_shards(vec![ShardView {
+        id: shard.to_string(),
+        node: String::new(),
+        stats: status.stats.clone(),
+    }]);
+    let r = shard_loop(
+        &config,
+        &status,
+        shard.to_string(),
+        None,
+        status.stats.clone(),
+        limiter,
+        &cancel,
+    )
+    .await;
+    match r {
+        Ok(o) => {
+            let state = if o.completed {
+                JobState::Completed
+            } else {
+                JobState::Stopped
+            };
+            status.finish(state, None);
+            Ok(o)
+        }
+        Err(e) => {
+            status.finish(JobState::Failed, Some(e.to_string()));
+            Err(e)
+        }
+    }
+}
+
+/// How a run of every shard ended.
+enum ShardsEnd {
+    Done(JobOutcome),
+    /// A shard left the source's topology: discover again.
+    Reshaped(JobOutcome),
+    Failed(JobError),
+}
+
+/// Runs every shard, each with its own retries: a failing shard does not restart the
+/// others. A shard failing for good stops the others (each drains what it has sent).
+async fn run_shards(
     config: &JobConfig,
     status: &Arc<JobStatus>,
     limiter: &Option<Arc<RateLimiter>>,
-    applied_before: &mut HashSet<String>,
+    shards: Vec<Shard>,
     cancel: &CancellationToken,
-) -> Result<JobOutcome, JobError> {
-    status.stats.set_phase(Phase::Connecting);
-    let (kind, shards) = match &config.source {
-        // Files are one shard; their reader takes no node.
-        SourceSpec::Rdb(_) | SourceSpec::Aof(_) => (
-            SourceType::Standalone,
-            vec![Shard {
-                id: "0".into(),
-                master: Endpoint::new("file", 0),
-                replicas: Vec::new(),
-                slots: Vec::new(),
-            }],
-        ),
-        SourceSpec::Redis(_) => {
-            discover(
-                &config.source_seeds,
-                config.source_type,
-                config.source_master.as_deref(),
-            )
-            .await?
-        }
-    };
-    let target = resolve_target(config).await?;
-    let plan: Vec<String> = shards
-        .iter()
-        .map(|s| format!("{} via {}", s.id, s.reader_node(config.use_replica)))
-        .collect();
-    info!(source_type = %kind, shards = %plan.join(", "), "source discovered");
-    if shards.len() == 1 {
-        let shard = &shards[0];
-        let node = shard.reader_node(config.use_replica).clone();
-        status.set_shards(vec![ShardView {
-            id: shard.id.clone(),
-            node: node.addr(),
-            stats: status.stats.clone(),
-        }]);
-        let r = attempt_shard(
-            config,
-            &target,
-            &shard.id,
-            &node,
-            None,
-            &status.stats,
-            limiter.clone(),
-            applied_before.contains(&shard.id),
-            cancel,
-        )
-        .await;
-        if status.stats.records_applied.load(Relaxed) > 0 {
-            applied_before.insert(shard.id.clone());
-        }
-        return r;
-    }
+) -> ShardsEnd {
+    let several = shards.len() > 1;
     let views: Vec<ShardView> = shards
         .iter()
         .map(|s| ShardView {
             id: s.id.clone(),
             node: s.reader_node(config.use_replica).addr(),
-            stats: status.shard_stats(&s.id),
+            stats: if several {
+                status.shard_stats(&s.id)
+            } else {
+                status.stats.clone()
+            },
         })
         .collect();
     status.set_shards(views.clone());
     let all: Vec<Arc<ShardStats>> = views.iter().map(|v| v.stats.clone()).collect();
-    let totals = status.stats.clone();
-    let summing = {
+    let summing = several.then(|| {
         let all = all.clone();
+        let totals = status.stats.clone();
         tokio::spawn(async move {
             loop {
                 totals.sum_of(&all);
                 tokio::time::sleep(Duration::from_millis(200)).await;
             }
         })
-    };
+    });
     let stop_all = cancel.child_token();
     let mut set = tokio::task::JoinSet::new();
-    for (shard, view) in shards.iter().zip(&views) {
+    let count = shards.len();
+    for (shard, view) in shards.into_iter().zip(&views) {
         let config = config.clone();
-        let target = target.clone();
-        let id = shard.id.clone();
-        let node = shard.reader_node(config.use_replica).clone();
-        let slots = shard.slots.clone();
+        let status = status.clone();
         let stats = view.stats.clone();
         let limiter = limiter.clone();
-        let before = applied_before.contains(&id);
         let stop = stop_all.clone();
         set.spawn(async move {
-            let r = attempt_shard(
+            let id = shard.id.clone();
+            let r = shard_loop(
                 &config,
-                &target,
-                &id,
-                &node,
-                Some(slots),
-                &stats,
+                &status,
+                id.clone(),
+                Some((shard, count)),
+                stats,
                 limiter,
-                before,
                 &stop,
             )
             .await;
-            (id, stats, r)
+            (id, r)
         });
     }
     let mut total = JobOutcome {
@@ -322,37 +300,211 @@ async fn attempt_all(
         commands: 0,
         completed: true,
     };
-    let mut first_err = None;
+    let mut failed = None;
+    let mut reshaped = false;
     while let Some(joined) = set.join_next().await {
-        let (id, stats, r) = match joined {
+        let (id, r) = match joined {
             Ok(x) => x,
             Err(e) => std::panic::resume_unwind(e.into_panic()),
         };
-        if stats.records_applied.load(Relaxed) > 0 {
-            applied_before.insert(id.clone());
-        }
         match r {
             Ok(o) => {
                 total.keys += o.keys;
                 total.commands += o.commands;
                 total.completed &= o.completed;
             }
-            Err(e) => {
-                warn!(shard = %id, error = %e, "shard stopped; stopping the others");
+            Err(e @ JobError::ShardGone { .. }) => {
+                warn!(shard = %id, error = %e, "stopping the other shards");
+                reshaped = true;
                 stop_all.cancel();
-                first_err.get_or_insert(e);
+            }
+            Err(e) => {
+                warn!(shard = %id, error = %e, "shard failed for good; stopping the others");
+                stop_all.cancel();
+                failed.get_or_insert(e);
             }
         }
     }
-    summing.abort();
-    status.stats.sum_of(&all);
-    match first_err {
-        Some(e) => Err(e),
-        None => {
-            if total.completed {
-                status.stats.set_phase(Phase::Done);
+    if let Some(s) = summing {
+        s.abort();
+        status.stats.sum_of(&all);
+    }
+    if let Some(e) = failed {
+        return ShardsEnd::Failed(e);
+    }
+    if reshaped && !cancel.is_cancelled() {
+        return ShardsEnd::Reshaped(JobOutcome {
+            completed: false,
+            ..total
+        });
+    }
+    if total.completed {
+        status.stats.set_phase(Phase::Done);
+    }
+    ShardsEnd::Done(total)
+}
+
+/// The source's shards: a file is one shard (its reader takes no node); a live source
+/// is discovered.
+pub async fn discover_shards(config: &JobConfig) -> Result<(SourceType, Vec<Shard>), JobError> {
+    match &config.source {
+        SourceSpec::Rdb(_) | SourceSpec::Aof(_) => Ok((
+            SourceType::Standalone,
+            vec![Shard {
+                id: "0".into(),
+                master: Endpoint::new("file", 0),
+                replicas: Vec::new(),
+                slots: Vec::new(),
+            }],
+        )),
+        SourceSpec::Redis(_) => Ok(discover(
+            &config.source_seeds,
+            config.source_type,
+            config.source_master.as_deref(),
+        )
+        .await?),
+    }
+}
+
+/// After a failure: waits for the next attempt as the retry policy says (true), or for a
+/// stop (false); an error that no retry mends, or a policy that gives up, is returned.
+async fn retry_or_give_up(
+    config: &JobConfig,
+    retry: &mut RetryState,
+    e: JobError,
+    status: &JobStatus,
+    shard: Option<&str>,
+    cancel: &CancellationToken,
+) -> Result<bool, JobError> {
+    // A file does not get better by reading it again.
+    if e.is_permanent() || (config.source.is_file() && matches!(e, JobError::Source(_))) {
+        return Err(e);
+    }
+    let kind = if e.is_connection() {
+        FailureKind::Connection
+    } else {
+        FailureKind::Other
+    };
+    match retry.on_failure(kind, Timestamp::now()) {
+        Decision::GiveUp(reason) => Err(JobError::GaveUp {
+            reason,
+            last: Box::new(e),
+        }),
+        Decision::RetryAt(at) => {
+            let attempts = retry.attempts();
+            match shard {
+                Some(s) => {
+                    warn!(shard = s, error = %e, attempt = attempts, next_attempt = %at, "{kind}; retrying the shard");
+                    status.set_shard_retrying(s, &e.to_string(), attempts, at);
+                }
+                None => {
+                    warn!(error = %e, attempt = attempts, next_attempt = %at, "{kind}; retrying");
+                    status.set_retrying(&e.to_string(), attempts, at);
+                }
             }
-            Ok(total)
+            let wait = at
+                .duration_since(Timestamp::now())
+                .try_into()
+                .unwrap_or(Duration::ZERO);
+            if wait > Duration::from_secs(5) {
+                info!(until = %at, "waiting for the retry window");
+            }
+            tokio::select! {
+                _ = tokio::time::sleep(wait) => Ok(true),
+                _ = cancel.cancelled() => Ok(false),
+            }
+        }
+    }
+}
+
+/// Finds shard `id` in the source's topology now (its reader node changes with a
+/// failover), with the number of shards.
+async fn locate(config: &JobConfig, id: &str) -> Result<(Shard, usize), JobError> {
+    let (_, shards) = discover_shards(config).await?;
+    let count = shards.len();
+    let known: Vec<String> = shards.iter().map(|s| s.id.clone()).collect();
+    match shards.into_iter().find(|s| s.id == id) {
+        Some(s) => Ok((s, count)),
+        None => Err(JobError::ShardGone {
+            shard: id.to_string(),
+            shards: known.join(", "),
+        }),
+    }
+}
+
+/// One shard's attempts, each resuming from the shard's checkpoint, until it completes
+/// (full mode), stops, or fails for good. `first`: the shard as just discovered (with
+/// the number of shards), else it is looked up.
+async fn shard_loop(
+    config: &JobConfig,
+    status: &Arc<JobStatus>,
+    id: String,
+    mut first: Option<(Shard, usize)>,
+    stats: Arc<ShardStats>,
+    limiter: Option<Arc<RateLimiter>>,
+    cancel: &CancellationToken,
+) -> Result<JobOutcome, JobError> {
+    let mut retry = RetryState::new(config.retry.clone());
+    // Applied data in an earlier attempt: a new snapshot flushes first.
+    let mut applied_before = false;
+    let stopped = JobOutcome {
+        keys: 0,
+        commands: 0,
+        completed: false,
+    };
+    loop {
+        let progress_mark = (
+            stats.records_applied.load(Relaxed),
+            stats.applied_offset.load(Relaxed),
+        );
+        status.set_shard_running(&id);
+        let result = async {
+            stats.set_phase(Phase::Connecting);
+            let (shard, count) = match first.take() {
+                Some(x) => x,
+                None => locate(config, &id).await?,
+            };
+            let node = shard.reader_node(config.use_replica).clone();
+            status.set_shard_node(&id, node.addr());
+            let target = resolve_target(config).await?;
+            attempt_shard(
+                config,
+                &target,
+                &id,
+                &node,
+                (count > 1).then(|| shard.slots.clone()),
+                &stats,
+                limiter.clone(),
+                applied_before,
+                cancel,
+            )
+            .await
+        }
+        .await;
+        if stats.records_applied.load(Relaxed) > 0 {
+            applied_before = true;
+        }
+        let progressed = (
+            stats.records_applied.load(Relaxed),
+            stats.applied_offset.load(Relaxed),
+        ) != progress_mark;
+        match result {
+            Ok(o) => return Ok(o),
+            Err(e) if cancel.is_cancelled() => {
+                warn!(shard = %id, error = %e, "error while stopping");
+                return Ok(stopped);
+            }
+            Err(e @ JobError::ShardGone { .. }) => return Err(e),
+            Err(e) => {
+                if progressed {
+                    retry.on_progress();
+                }
+                match retry_or_give_up(config, &mut retry, e, status, Some(&id), cancel).await {
+                    Ok(true) => {}
+                    Ok(false) => return Ok(stopped),
+                    Err(e) => return Err(e),
+                }
+            }
         }
     }
 }
@@ -413,7 +565,9 @@ async fn attempt_shard(
         .then(|| checkpoint::key(&config.name, shard_id));
     // A cluster target keeps a checkpoint per slot besides the job's own (ferry_target::cluster).
     let cluster = ferry_target::is_cluster(target).await?;
-    // Under a lease: cut off an earlier holder's writers before reading the checkpoint.
+    // Under a lease (a task of the service: one source shard of the job): cut off an
+    // earlier holder's writers of this shard before reading its checkpoint. The name is
+    // per shard, so tasks of one job on other workers are left alone.
     let client_name = match &config.fence {
         Some(fence) => {
             let nodes = if cluster {
@@ -423,13 +577,11 @@ async fn attempt_shard(
             } else {
                 vec![target.clone()]
             };
+            let task = task_name(&config.name, shard_id);
             for node in &nodes {
-                ferry_target::fence::cut_off_older(node, &config.name, fence.generation()).await?;
+                ferry_target::fence::cut_off_older(node, &task, fence.generation()).await?;
             }
-            Some(ferry_target::fence::client_name(
-                &config.name,
-                fence.generation(),
-            ))
+            Some(ferry_target::fence::client_name(&task, fence.generation()))
         }
         None => None,
     };
@@ -482,6 +634,12 @@ async fn attempt_shard(
     wopts.skip_unsupported = config.skip_unsupported;
     wopts.slot_offsets = slot_offsets;
     wopts.client_name = client_name;
+    // Fencing of the cluster writer's own reconnects: once `WriterOptions` has
+    // `still_valid`, the writer asks it before resending after a reconnect, so a task
+    // whose lease lapsed resends nothing:
+    //     wopts.still_valid = config.fence.clone().map(|f| {
+    //         Arc::new(move || f.is_valid()) as Arc<dyn Fn() -> bool + Send + Sync>
+    //     });
     if let Some(t) = config.big_key_threshold {
         wopts.big_value_bytes = t;
     }
@@ -558,6 +716,13 @@ async fn attempt_shard(
         commands: summary.commands,
         completed,
     })
+}
+
+/// The name a task (one source shard of a job) goes by in its writers' client names:
+/// `<job>:<shard>`. A service job's name holds no ':' (letters, digits, '-', '_', '.'), so no
+/// job's or shard's name is a prefix of another task's up to the `-g` that follows.
+pub fn task_name(job: &str, shard: &str) -> String {
+    format!("{job}:{shard}")
 }
 
 /// Logs the filter counts however the job ends.

@@ -1,7 +1,7 @@
 //! What a running job shows: its state, its retries, its last error, its history — the
 //! figures of the seed's "Job Management" view. Shared by the job, the CLI and the service.
 
-use std::collections::VecDeque;
+use std::collections::{BTreeMap, VecDeque};
 use std::sync::{Arc, Mutex};
 
 use ferry_source::{Phase, ShardStats};
@@ -44,10 +44,23 @@ struct Inner {
     /// Set when the job is not simply running.
     outcome: Option<JobState>,
     retrying: bool,
+    /// Shards waiting for their next attempt (each shard retries on its own), with the
+    /// attempt count and time of each.
+    retrying_shards: BTreeMap<String, (u32, Timestamp)>,
     attempts: u32,
     next_attempt: Option<Timestamp>,
     last_error: Option<String>,
     history: VecDeque<HistoryEntry>,
+}
+
+/// A message about one shard: named, unless it is the one shard ("0") of a source that is
+/// not a cluster.
+fn about(shard: &str, message: &str) -> String {
+    if shard == "0" {
+        message.to_string()
+    } else {
+        format!("shard {shard}: {message}")
+    }
 }
 
 /// A point-in-time copy of a job's status.
@@ -124,10 +137,36 @@ impl JobStatus {
         });
     }
 
+    /// Shard `shard` failed and retries at `next` (the other shards go on).
+    pub fn set_shard_retrying(&self, shard: &str, error: &str, attempts: u32, next: Timestamp) {
+        self.with(|i| {
+            i.retrying_shards
+                .insert(shard.to_string(), (attempts, next));
+            i.retrying = true;
+            i.attempts = i.retrying_shards.values().map(|r| r.0).max().unwrap_or(0);
+            i.next_attempt = i.retrying_shards.values().map(|r| r.1).min();
+            i.last_error = Some(about(shard, error));
+        });
+        self.record(about(
+            shard,
+            &format!("attempt {attempts} failed: {error}; next attempt at {next}"),
+        ));
+    }
+
+    /// Shard `shard` runs again (its attempt started).
+    pub fn set_shard_running(&self, shard: &str) {
+        self.with(|i| {
+            i.retrying_shards.remove(shard);
+            i.retrying = !i.retrying_shards.is_empty();
+            i.next_attempt = i.retrying_shards.values().map(|r| r.1).min();
+        });
+    }
+
     pub fn finish(&self, state: JobState, error: Option<String>) {
         self.with(|i| {
             i.outcome = Some(state.clone());
             i.retrying = false;
+            i.retrying_shards.clear();
             i.next_attempt = None;
             if error.is_some() {
                 i.last_error = error.clone();
@@ -141,6 +180,14 @@ impl JobStatus {
 
     pub fn set_shards(&self, shards: Vec<ShardView>) {
         *self.shards.lock().unwrap_or_else(|e| e.into_inner()) = shards;
+    }
+
+    /// Shard `id` is read from `node` now.
+    pub fn set_shard_node(&self, id: &str, node: String) {
+        let mut shards = self.shards.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(s) = shards.iter_mut().find(|s| s.id == id) {
+            s.node = node;
+        }
     }
 
     pub fn shards(&self) -> Vec<ShardView> {
