@@ -115,6 +115,16 @@ function spec() {
     retry: {},
   };
   if ($("#f-rate-on").checked) s.rate_limit_mb = Number($("#f-rate").value);
+  const list = (id) => $(id).value.split(",").map((v) => v.trim()).filter(Boolean);
+  const include = list("#f-include-prefixes");
+  const exclude = list("#f-exclude-prefixes");
+  if (include.length || exclude.length) {
+    s.filter = {};
+    if (include.length) s.filter.include_key_prefixes = include;
+    if (exclude.length) s.filter.exclude_key_prefixes = exclude;
+  }
+  const dbMap = list("#f-db-map").join(",");
+  if (dbMap) s.db_map = dbMap;
   const policy = $("input[name=policy]:checked").value;
   s.retry.policy = policy;
   if (policy === "immediately") {

@@ -4,7 +4,7 @@
 
 use std::collections::BTreeMap;
 
-use ferry_sync::{FileConfig, JobConfig, RetryConfig};
+use ferry_sync::{FileConfig, FilterConfig, JobConfig, RetryConfig};
 use percent_encoding::{utf8_percent_encode, AsciiSet, NON_ALPHANUMERIC};
 use serde::{Deserialize, Serialize};
 
@@ -197,6 +197,12 @@ pub struct JobSpec {
     pub big_key_elements: Option<u64>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub skip_unsupported: Option<bool>,
+    /// Which keys, databases and commands the job copies (`[filter]` of a job file).
+    #[serde(default, skip_serializing_if = "FilterConfig::is_empty")]
+    pub filter: FilterConfig,
+    /// Source database → target database, e.g. `"1:3,4:0"` (`--db-map`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub db_map: Option<String>,
 }
 
 impl JobSpec {
@@ -244,6 +250,8 @@ impl JobSpec {
             big_key_threshold: self.big_key_threshold,
             big_key_elements: self.big_key_elements,
             skip_unsupported: self.skip_unsupported,
+            filter: self.filter.clone(),
+            db_map: self.db_map.clone(),
             ..Default::default()
         };
         file.merge(FileConfig::default()).map_err(|e| e.to_string())

@@ -709,3 +709,72 @@ async fn verify_is_a_job_action_whose_result_is_stored() {
     assert_eq!(status, 400, "{v}");
     assert!(!v.to_string().contains(SECRET));
 }
+
+/// A job's filter and db mapping apply to what it copies and to its verification: only
+/// `keep:` keys, from db 1 into db 3; verify compares exactly that scope.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_jobs_filter_and_db_map_apply_to_the_copy_and_its_verification() {
+    let source = Server::start();
+    let target = Server::start();
+    source.cmd(&["SELECT", "1"]);
+    for i in 0..50 {
+        source.cmd(&["SET", &format!("keep:{i}"), &i.to_string()]);
+        source.cmd(&["SET", &format!("drop:{i}"), &i.to_string()]);
+    }
+    let dir = tempfile::tempdir().expect("tempdir");
+    let api = Api::start(&store_url(&dir), None).await;
+    let mut body = spec("scoped", &source, &target);
+    body["filter"] = json!({"include_key_prefixes": ["keep:"]});
+    body["db_map"] = json!("1:3");
+    let (status, v) = api.post("/api/v1/jobs?start=true", body).await;
+    assert_eq!(status, 201, "{v}");
+    let shown = api.get("/api/v1/jobs/scoped").await;
+    assert_eq!(shown["spec"]["db_map"], json!("1:3"), "{shown}");
+    assert_eq!(
+        shown["spec"]["filter"]["include_key_prefixes"],
+        json!(["keep:"]),
+        "{shown}"
+    );
+    api.wait_job("scoped", "reached incremental", |v| {
+        v["state"] == "incremental"
+    })
+    .await;
+    source.cmd(&["SET", "keep:late", "x"]);
+    source.cmd(&["SET", "drop:late", "x"]);
+    let mut t = target.client();
+    let deadline = Instant::now() + LONG;
+    loop {
+        t.cmd_str(&["SELECT", "3"]);
+        if t.cmd_str(&["EXISTS", "keep:late"]).as_int() == 1 {
+            break;
+        }
+        assert!(Instant::now() < deadline, "keep:late never arrived in db 3");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(t.cmd_str(&["DBSIZE"]).as_int(), 51);
+    t.cmd_str(&["SELECT", "1"]);
+    assert_eq!(t.cmd_str(&["DBSIZE"]).as_int(), 0);
+
+    let (status, v) = api.post("/api/v1/jobs/scoped/verify", json!({})).await;
+    assert_eq!(status, 202, "{v}");
+    let v = wait_verification(&api, "scoped").await;
+    assert_eq!(v["report"]["equal"], json!(true), "{v}");
+    assert_eq!(v["report"]["keys_compared"], json!(51), "{v}");
+
+    // A key of the job's scope missing on the target is reported, in both databases.
+    t.cmd_str(&["SELECT", "3"]);
+    t.cmd_str(&["DEL", "keep:7"]);
+    let (status, v) = api
+        .post("/api/v1/jobs/scoped/verify", json!({"rounds": 1}))
+        .await;
+    assert_eq!(status, 202, "{v}");
+    let v = wait_verification(&api, "scoped").await;
+    assert_eq!(v["report"]["missing_on_target"], json!(1), "{v}");
+    let d = &v["report"]["differences"][0];
+    assert_eq!(
+        (d["key"].clone(), d["db"].clone(), d["target_db"].clone()),
+        (json!("keep:7"), json!(1), json!(3)),
+        "{v}"
+    );
+    api.stop().await;
+}

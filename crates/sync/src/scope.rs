@@ -9,32 +9,47 @@ use std::sync::Arc;
 use ferry_resp::{Endpoint, TlsOptions};
 use ferry_source::{Filter, FilterRules, ShardStats};
 use ferry_target::DbMap;
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 use tracing::{info, warn};
 
 use crate::config::ConfigError;
 
 /// `[filter]` in the job file. Lists given on the command line replace the file's.
-#[derive(Debug, Default, Clone, Deserialize)]
+#[derive(Debug, Default, Clone, PartialEq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct FilterConfig {
     /// Redis-style globs (`user:*`, `session:?`, `[ab]*`).
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub include_keys: Option<Vec<String>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub exclude_keys: Option<Vec<String>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub include_key_prefixes: Option<Vec<String>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub exclude_key_prefixes: Option<Vec<String>>,
     /// Regular expressions (Rust `regex` syntax), matched anywhere in the key unless
     /// anchored.
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub include_key_regex: Option<Vec<String>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub exclude_key_regex: Option<Vec<String>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub include_dbs: Option<Vec<u32>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub exclude_dbs: Option<Vec<u32>>,
     /// Command names or groups: `@pubsub`, `@scripting`, `@flush`, `@admin`.
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub include_commands: Option<Vec<String>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub exclude_commands: Option<Vec<String>>,
 }
 
 impl FilterConfig {
+    /// No rule: the job copies everything.
+    pub fn is_empty(&self) -> bool {
+        *self == FilterConfig::default()
+    }
+
     pub(crate) fn or(self, base: FilterConfig) -> FilterConfig {
         fn pick<T>(over: Option<Vec<T>>, base: Option<Vec<T>>) -> Option<Vec<T>> {
             match over {
