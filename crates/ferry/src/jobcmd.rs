@@ -280,7 +280,12 @@ fn list_table(jobs: &[Value]) -> String {
             format!("{:.1}", j["lag_seconds"].as_f64().unwrap_or(0.0)),
         ]);
     }
-    let widths: Vec<usize> = (0..9)
+    columns(&rows)
+}
+
+/// Rows as left-aligned columns two spaces apart.
+fn columns<const N: usize>(rows: &[[String; N]]) -> String {
+    let widths: Vec<usize> = (0..N)
         .map(|i| rows.iter().map(|r| r[i].len()).max().unwrap_or(0))
         .collect();
     let mut out = String::new();
@@ -351,6 +356,33 @@ fn show(v: &Value) -> String {
     if let Some(w) = v["worker"].as_str() {
         let addr = v["worker_address"].as_str().unwrap_or("?");
         line(&mut out, "Worker", format!("{w} ({addr})"));
+    }
+    if let Some(shards) = v["shards"].as_array().filter(|a| !a.is_empty()) {
+        out.push_str("Shards:\n");
+        let mut rows = vec![[
+            "SHARD", "STATE", "NODE", "WORKER", "PROGRESS", "APPLIED", "LAG(s)", "ERROR",
+        ]
+        .map(String::from)];
+        for sh in shards {
+            let text = |k: &str| sh[k].as_str().unwrap_or("-").to_string();
+            rows.push([
+                text("shard"),
+                text("state"),
+                text("node"),
+                text("worker"),
+                format!("{}%", num(&sh["progress_percent"])),
+                num(&sh["records_applied"]),
+                format!("{:.1}", sh["lag_seconds"].as_f64().unwrap_or(0.0)),
+                sh["error"]
+                    .as_str()
+                    .or(sh["last_error"].as_str())
+                    .unwrap_or("")
+                    .to_string(),
+            ]);
+        }
+        for l in columns(&rows).lines() {
+            out.push_str(&format!("  {l}\n"));
+        }
     }
     if let Some(h) = v["history"].as_array() {
         out.push_str("History:\n");

@@ -17,11 +17,12 @@ pub struct ServeArgs {
     /// Require `Authorization: Bearer TOKEN` on every API call and on /metrics.
     #[arg(long, env = "FERRY_TOKEN", hide_env_values = true)]
     token: Option<String>,
-    /// Several workers on one PostgreSQL store: a job's lease lasts this long without
-    /// renewal (renewed every third of it); a dead worker's jobs move after it.
+    /// Several workers on one PostgreSQL store: the lease of a task (one source shard of a
+    /// job) lasts this long without renewal (renewed every third of it); a dead worker's
+    /// tasks move after it.
     #[arg(long, default_value_t = 15, value_parser = clap::value_parser!(u64).range(3..=3600))]
     lease_seconds: u64,
-    /// On SIGINT/SIGTERM, hand the jobs over one at a time, each once another worker runs
+    /// On SIGINT/SIGTERM, hand the tasks over one at a time, each once another worker runs
     /// the one before, then exit (without it: stop them all and release their leases).
     #[arg(long)]
     drain: bool,

@@ -86,6 +86,16 @@ fn job_commands_drive_a_running_service() {
         .expect("worker id")
         .to_string();
     assert!(out.contains(&worker_id), "{out}");
+    // `job show` lists the shards: shard 0, its state, the node read and its worker.
+    let row = out
+        .lines()
+        .skip_while(|l| !l.starts_with("Shards:"))
+        .find(|l| l.trim_start().starts_with("0 "))
+        .unwrap_or_else(|| panic!("no row for shard 0\n{out}"));
+    assert!(
+        row.contains("incremental") && row.contains(&source.addr()) && row.contains(&worker_id),
+        "{out}"
+    );
     let view: serde_json::Value = tokio::runtime::Runtime::new()
         .expect("runtime")
         .block_on(async {

@@ -31,9 +31,10 @@ pub struct ServeOptions {
     pub store: String,
     /// Every API call and `/metrics` then need `Authorization: Bearer TOKEN`.
     pub token: Option<String>,
-    /// A job's lease lasts this long without renewal (renewed every third of it).
+    /// A task's lease (one source shard of a job) lasts this long without renewal (renewed
+    /// every third of it).
     pub lease: Duration,
-    /// On shutdown, hand the jobs over one at a time, each once another worker runs it.
+    /// On shutdown, hand the tasks over one at a time, each once another worker runs it.
     pub drain: bool,
 }
 
