@@ -150,6 +150,19 @@ struct Encoder {
     txn_folded: u64,
     /// Source db → target db.
     db_map: DbMap,
+    /// A batch is cut once it holds this many bytes.
+    batch_bytes: usize,
+    /// Commands of a rewritten key that did not fit in the batch (a big value's chunk can
+    /// make thousands): written into the next batches before any other event.
+    pending: Option<PendingRewrite>,
+}
+
+/// The rest of a key's rewrite commands, for the next batch.
+struct PendingRewrite {
+    db: u32,
+    key: Bytes,
+    cmds: std::vec::IntoIter<Cmd>,
+    completes_key: bool,
 }
 
 impl Encoder {
@@ -270,19 +283,45 @@ impl Encoder {
         }
     }
 
-    /// A snapshot key written as plain commands (see [`crate::rewrite`]).
+    /// A snapshot key written as plain commands (see [`crate::rewrite`]). Outside a
+    /// transaction, stops once the batch is full and leaves the rest in `pending`, so that
+    /// a batch (its buffer and its expected replies) stays bounded however many commands
+    /// one chunk of a big value makes.
     fn push_rewrite(&mut self, db: u32, key: Bytes, cmds: Vec<Cmd>, completes_key: bool) {
-        self.select(db);
-        let n = cmds.len();
-        for (i, cmd) in cmds.into_iter().enumerate() {
+        self.write_rewrite(PendingRewrite {
+            db,
+            key,
+            cmds: cmds.into_iter(),
+            completes_key,
+        });
+    }
+
+    fn write_rewrite(&mut self, mut p: PendingRewrite) {
+        self.select(p.db);
+        let may_cut = !self.txn_open && !self.src_multi;
+        while let Some(cmd) = p.cmds.next() {
             frame::write_command(&mut self.buf, &cmd.argv);
+            let last = p.cmds.len() == 0;
+            let name = cmd.argv.into_iter().next().unwrap_or_default();
             self.expects.push(Expect::Rewrite {
-                key: key.clone(),
-                name: cmd.argv.first().cloned().unwrap_or_default(),
+                key: p.key.clone(),
+                name,
                 check: cmd.check,
-                last: completes_key && i + 1 == n,
+                last: p.completes_key && last,
             });
+            if may_cut && !last && self.buf.len() >= self.batch_bytes {
+                self.pending = Some(p);
+                return;
+            }
         }
+    }
+
+    /// Writes what is left of a cut rewrite; true if some is still left after that.
+    fn resume_pending(&mut self) -> bool {
+        if let Some(p) = self.pending.take() {
+            self.write_rewrite(p);
+        }
+        self.pending.is_some()
     }
 
     fn route(&mut self, compat: &mut Compat, ev: Event) -> Result<(), TargetError> {
@@ -506,6 +545,8 @@ pub async fn write(
         txn_open: false,
         txn_folded: 0,
         db_map: opts.db_map.clone(),
+        batch_bytes: opts.batch_bytes,
+        pending: None,
     };
     let mut compat = Compat::new(
         version.clone(),
@@ -516,21 +557,29 @@ pub async fn write(
     );
     let result: Result<(), TargetError> = async {
         loop {
-            let ev = tokio::select! {
-                ev = rx.recv() => ev,
-                _ = cancel.cancelled() => None,
-                r = &mut replies => return Err(reply_task_result(r, &addr).err().unwrap_or_else(|| closed(&addr))),
-            };
-            let Some(ev) = ev else { break };
-            if let (Event::SnapshotBegin { .. }, true, Some(ranges)) =
-                (&ev, opts.flush_before_snapshot, &opts.flush_slots)
-            {
-                crate::flush::delete_slots(&opts.endpoint, ranges).await?;
+            if enc.pending.is_some() {
+                // The rest of a cut rewrite goes first (a key's commands stay in order).
+                if cancel.is_cancelled() {
+                    break;
+                }
+                enc.resume_pending();
+            } else {
+                let ev = tokio::select! {
+                    ev = rx.recv() => ev,
+                    _ = cancel.cancelled() => None,
+                    r = &mut replies => return Err(reply_task_result(r, &addr).err().unwrap_or_else(|| closed(&addr))),
+                };
+                let Some(ev) = ev else { break };
+                if let (Event::SnapshotBegin { .. }, true, Some(ranges)) =
+                    (&ev, opts.flush_before_snapshot, &opts.flush_slots)
+                {
+                    crate::flush::delete_slots(&opts.endpoint, ranges).await?;
+                }
+                enc.route(&mut compat, ev)?;
             }
-            enc.route(&mut compat, ev)?;
             let mut stop = false;
             loop {
-                while enc.buf.len() < opts.batch_bytes {
+                while enc.buf.len() < opts.batch_bytes && enc.pending.is_none() {
                     match rx.try_recv() {
                         Ok(ev) => enc.route(&mut compat, ev)?,
                         Err(_) => break,
