@@ -51,7 +51,8 @@ pub enum Item {
         raw: Bytes,
     },
     /// The start of a value too big to capture whole (see
-    /// [`Parser::set_big_values`]): the entry with an empty `payload`. Its elements follow
+    /// [`Parser::set_big_values`]): the entry with an empty `payload`, except for a string
+    /// whose `payload` is its length (see [`Entry::big_string_len`]). Its elements follow
     /// as [`Item::BigEntryChunk`]s, then one [`Item::BigEntryEnd`].
     BigEntryStart(Entry),
     /// The next elements of a big value, as a complete serialized value of the entry's
@@ -95,6 +96,28 @@ pub struct Entry {
     pub idle: Option<u64>,
     /// LFU frequency.
     pub freq: Option<u8>,
+}
+
+impl Entry {
+    /// For the entry of an [`Item::BigEntryStart`] of a string: the string's length (its
+    /// whole length, decompressed), which the payload holds as an RDB length.
+    pub fn big_string_len(&self) -> Option<u64> {
+        if self.value_type != RDB_TYPE_STRING {
+            return None;
+        }
+        let p = &self.payload[..];
+        let (n, used) = match *p.first()? {
+            b if b >> 6 == 0 => (u64::from(b & 0x3f), 1),
+            b if b >> 6 == 1 => ((u64::from(b & 0x3f) << 8) | u64::from(*p.get(1)?), 2),
+            RDB_32BITLEN => (
+                u64::from(u32::from_be_bytes(p.get(1..5)?.try_into().ok()?)),
+                5,
+            ),
+            RDB_64BITLEN => (u64::from_be_bytes(p.get(1..9)?.try_into().ok()?), 9),
+            _ => return None,
+        };
+        (used == p.len()).then_some(n)
+    }
 }
 
 /// When a value counts as big and is streamed in chunks instead of captured whole
@@ -394,11 +417,15 @@ impl<R: Read> Parser<R> {
                     if self.big_values.is_some() {
                         match self.try_big_start(t, &key) {
                             Ok(true) => {
+                                let mut payload = BytesMut::new();
+                                if let (RDB_TYPE_STRING, Some(big)) = (t, &self.big) {
+                                    write_len(&mut payload, big.left);
+                                }
                                 return Ok(Some(Item::BigEntryStart(Entry {
                                     db: self.db,
                                     key,
                                     value_type: t,
-                                    payload: Bytes::new(),
+                                    payload: payload.freeze(),
                                     expire_ms: self.expire_ms.take(),
                                     idle: self.idle.take(),
                                     freq: self.freq.take(),

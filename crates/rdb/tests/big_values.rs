@@ -177,7 +177,12 @@ fn big_values_stream_in_chunks_and_decode_the_same() {
         let mut n = 0;
         while let Some(item) = p.next_item().unwrap() {
             match item {
-                Item::BigEntryStart(e) => inside = &e.key[..] == b"big:lzf",
+                Item::BigEntryStart(e) => {
+                    inside = &e.key[..] == b"big:lzf";
+                    if inside {
+                        assert_eq!(e.big_string_len(), Some(2_500_000));
+                    }
+                }
                 Item::BigEntryChunk { payload } if inside => {
                     let Value::String(s) = decode_value(0, &payload).unwrap() else {
                         panic!("a string chunk that is not a string")
