@@ -105,7 +105,10 @@ fn assert_big_keys_equal(source: &Server, target: &Server) {
     assert_eq!(target.cmd(&["PEXPIRETIME", "big:lzf"]).as_int(), -1);
     // No temporary key is left behind.
     assert!(
-        target.cmd(&["KEYS", "*ferry-rewrite"]).as_array().is_empty(),
+        target
+            .cmd(&["KEYS", "*ferry-rewrite"])
+            .as_array()
+            .is_empty(),
         "{:?}",
         target.cmd(&["KEYS", "*"])
     );
