@@ -166,6 +166,30 @@ struct PendingRewrite {
 }
 
 impl Encoder {
+    fn new(opts: &WriterOptions) -> Encoder {
+        Encoder {
+            buf: BytesMut::with_capacity(opts.batch_bytes * 2),
+            expects: Vec::new(),
+            db: None,
+            in_multi: false,
+            rdb_version: 0,
+            overwrite: opts.overwrite,
+            checkpoint: opts.checkpoint_key.clone(),
+            // A slot-scoped flush is done here, before the snapshot's first event.
+            flush_before_snapshot: opts.flush_before_snapshot && opts.flush_slots.is_none(),
+            replid: String::new(),
+            snapshot_offset: 0,
+            src_multi: false,
+            txn_names: Vec::new(),
+            txn_offset: None,
+            txn_open: false,
+            txn_folded: 0,
+            db_map: opts.db_map.clone(),
+            batch_bytes: opts.batch_bytes,
+            pending: None,
+        }
+    }
+
     /// Selects the target database that source database `db` maps to.
     fn select(&mut self, db: u32) {
         self.select_target(self.db_map.target(db));
@@ -527,27 +551,7 @@ pub async fn write(
         opts.checkpoint_key.is_some(),
     ));
 
-    let mut enc = Encoder {
-        buf: BytesMut::with_capacity(opts.batch_bytes * 2),
-        expects: Vec::new(),
-        db: None,
-        in_multi: false,
-        rdb_version: 0,
-        overwrite: opts.overwrite,
-        checkpoint: opts.checkpoint_key.clone(),
-        // A slot-scoped flush is done here, before the snapshot's first event.
-        flush_before_snapshot: opts.flush_before_snapshot && opts.flush_slots.is_none(),
-        replid: String::new(),
-        snapshot_offset: 0,
-        src_multi: false,
-        txn_names: Vec::new(),
-        txn_offset: None,
-        txn_open: false,
-        txn_folded: 0,
-        db_map: opts.db_map.clone(),
-        batch_bytes: opts.batch_bytes,
-        pending: None,
-    };
+    let mut enc = Encoder::new(&opts);
     let mut compat = Compat::new(
         version.clone(),
         opts.overwrite,
@@ -886,5 +890,70 @@ pub(crate) fn check_reply(expect: &Expect, reply: &Frame, addr: &str) -> Result<
             lossy(m),
         )),
         _ => Ok(()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn cmd(i: usize) -> Cmd {
+        Cmd {
+            argv: vec![
+                Bytes::from_static(b"RPUSH"),
+                Bytes::from_static(b"tmp"),
+                Bytes::from(format!("{i:0>90}")),
+            ],
+            check: Check::Ok,
+        }
+    }
+
+    #[test]
+    fn a_long_rewrite_is_cut_into_batches_in_order() {
+        let mut opts = WriterOptions::new(Endpoint::new("127.0.0.1", 1));
+        opts.batch_bytes = 250;
+        let mut enc = Encoder::new(&opts);
+        enc.db = Some(0);
+        let cmds: Vec<Cmd> = (0..10).map(cmd).collect();
+        let mut whole = BytesMut::new();
+        for c in &cmds {
+            frame::write_command(&mut whole, &c.argv);
+        }
+        enc.push_rewrite(0, Bytes::from_static(b"k"), cmds, true);
+        let mut batches = Vec::new();
+        loop {
+            batches.push((
+                std::mem::take(&mut enc.buf),
+                std::mem::take(&mut enc.expects),
+            ));
+            if !enc.resume_pending() && enc.expects.is_empty() {
+                break;
+            }
+        }
+        // Each command is ~120 bytes: cut after the third, 3 + 3 + 3 + 1.
+        let sizes: Vec<usize> = batches.iter().map(|(_, e)| e.len()).collect();
+        assert_eq!(sizes, [3, 3, 3, 1]);
+        let joined: Vec<u8> = batches.iter().flat_map(|(b, _)| b.to_vec()).collect();
+        assert_eq!(joined, whole.to_vec());
+        let lasts: Vec<bool> = batches
+            .iter()
+            .flat_map(|(_, e)| e.iter())
+            .map(|e| matches!(e, Expect::Rewrite { last: true, .. }))
+            .collect();
+        assert_eq!(lasts.iter().filter(|l| **l).count(), 1);
+        assert!(lasts[9]);
+
+        // Inside a transaction nothing is cut.
+        let mut enc = Encoder::new(&opts);
+        enc.db = Some(0);
+        enc.txn_open = true;
+        enc.push_rewrite(
+            0,
+            Bytes::from_static(b"k"),
+            (0..10).map(cmd).collect(),
+            false,
+        );
+        assert!(enc.pending.is_none());
+        assert_eq!(enc.expects.len(), 10);
     }
 }
