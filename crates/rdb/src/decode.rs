@@ -217,7 +217,12 @@ impl<'a> Cur<'a> {
                     })?;
                     crate::lzf::decompress(c, ulen)
                         .map(Bytes::from)
-                        .map_err(|m| RdbError::new(self.base + start as u64, ErrorKind::Lzf(m)))
+                        .map_err(|m| {
+                            RdbError::new(
+                                self.base + start as u64 + m.input_offset,
+                                ErrorKind::Lzf(m),
+                            )
+                        })
                 }
                 e => Err(self.err(ErrorKind::BadLength(format!("unknown string encoding {e}")))),
             },

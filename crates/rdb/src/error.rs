@@ -18,9 +18,9 @@ pub enum ErrorKind {
     /// A length prefix is malformed or out of range.
     #[error("bad length: {0}")]
     BadLength(String),
-    /// LZF decompression failed.
+    /// LZF decompression failed (the error's offsets are relative to the compressed data).
     #[error("LZF error: {0}")]
-    Lzf(String),
+    Lzf(crate::lzf::LzfError),
     /// The CRC64 trailer does not match the computed checksum.
     #[error("checksum mismatch: expected {expected:#018x}, actual {actual:#018x}")]
     ChecksumMismatch {

@@ -51,7 +51,8 @@ pub enum Item {
         raw: Bytes,
     },
     /// The start of a value too big to capture whole (see
-    /// [`Parser::set_big_values`]): the entry with an empty `payload`. Its elements follow
+    /// [`Parser::set_big_values`]): the entry with an empty `payload`, except for a string
+    /// whose `payload` is its length (see [`Entry::big_string_len`]). Its elements follow
     /// as [`Item::BigEntryChunk`]s, then one [`Item::BigEntryEnd`].
     BigEntryStart(Entry),
     /// The next elements of a big value, as a complete serialized value of the entry's
@@ -97,20 +98,47 @@ pub struct Entry {
     pub freq: Option<u8>,
 }
 
+impl Entry {
+    /// For the entry of an [`Item::BigEntryStart`] of a string: the string's length (its
+    /// whole length, decompressed), which the payload holds as an RDB length.
+    pub fn big_string_len(&self) -> Option<u64> {
+        if self.value_type != RDB_TYPE_STRING {
+            return None;
+        }
+        let p = &self.payload[..];
+        let (n, used) = match *p.first()? {
+            b if b >> 6 == 0 => (u64::from(b & 0x3f), 1),
+            b if b >> 6 == 1 => ((u64::from(b & 0x3f) << 8) | u64::from(*p.get(1)?), 2),
+            RDB_32BITLEN => (
+                u64::from(u32::from_be_bytes(p.get(1..5)?.try_into().ok()?)),
+                5,
+            ),
+            RDB_64BITLEN => (u64::from_be_bytes(p.get(1..9)?.try_into().ok()?), 9),
+            _ => return None,
+        };
+        (used == p.len()).then_some(n)
+    }
+}
+
 /// When a value counts as big and is streamed in chunks instead of captured whole
 /// ([`Parser::set_big_values`]). Only values stored as a sequence (plain lists, sets,
-/// sorted sets, hashes, quicklists, streams) and uncompressed strings can be streamed;
-/// listpack/ziplist encoded values are small by construction.
+/// sorted sets, hashes, quicklists, streams) and strings (plain or LZF-compressed, the
+/// latter decompressed on the way with a window of [`crate::lzf::WINDOW`] bytes) can be
+/// streamed; listpack/ziplist encoded values are small by construction.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct BigValues {
     /// A plain list/set/zset/hash with at least this many elements.
     pub elements: u64,
     /// A quicklist or stream with at least this many nodes (each holds many elements).
     pub nodes: u64,
-    /// A string of at least this many bytes.
+    /// A string of at least this many bytes (its length once decompressed).
     pub string_bytes: u64,
-    /// Most elements (or nodes) in one chunk.
+    /// Most elements in one chunk.
     pub chunk_elements: u64,
+    /// Most quicklist or stream nodes in one chunk. A node holds many elements (a stream
+    /// node up to 100 entries by default, each written as its own `XADD`), and a chunk is
+    /// held decoded at once downstream, so this stays small.
+    pub chunk_nodes: u64,
     /// A chunk ends once it holds this many bytes.
     pub chunk_bytes: u64,
 }
@@ -122,6 +150,7 @@ impl Default for BigValues {
             nodes: 100,
             string_bytes: 8 * 1024 * 1024,
             chunk_elements: 1000,
+            chunk_nodes: 20,
             chunk_bytes: 1024 * 1024,
         }
     }
@@ -131,10 +160,24 @@ impl Default for BigValues {
 #[derive(Debug)]
 struct Big {
     t: u8,
+    /// The key, for errors.
+    key: Bytes,
     /// Elements (nodes; bytes for a string) not yet returned.
     left: u64,
     /// Bytes every chunk's payload starts with (hash metadata's minimum expire time).
     prefix: Vec<u8>,
+    /// An LZF-compressed string: its decoder.
+    lzf: Option<Box<LzfString>>,
+}
+
+/// An LZF-compressed string being decompressed chunk by chunk.
+#[derive(Debug)]
+struct LzfString {
+    decoder: crate::lzf::Decoder,
+    /// Compressed bytes not consumed yet.
+    input_left: u64,
+    /// Stream offset of the compressed data.
+    input_at: u64,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -290,8 +333,12 @@ impl<R: Read> Parser<R> {
             self.read_header()?;
             self.state = State::Body;
         }
-        if self.big.is_some() {
-            return self.next_big_chunk().map(Some);
+        if let Some(big) = &self.big {
+            let key = big.key.clone();
+            return self.next_big_chunk().map(Some).map_err(|mut e| {
+                e.key = Some(key_ctx(&key));
+                e
+            });
         }
         loop {
             let t = self.u8()?;
@@ -368,13 +415,17 @@ impl<R: Read> Parser<R> {
                 t if is_value_type(t) => {
                     let key = self.read_string()?;
                     if self.big_values.is_some() {
-                        match self.try_big_start(t) {
+                        match self.try_big_start(t, &key) {
                             Ok(true) => {
+                                let mut payload = BytesMut::new();
+                                if let (RDB_TYPE_STRING, Some(big)) = (t, &self.big) {
+                                    write_len(&mut payload, big.left);
+                                }
                                 return Ok(Some(Item::BigEntryStart(Entry {
                                     db: self.db,
                                     key,
                                     value_type: t,
-                                    payload: Bytes::new(),
+                                    payload: payload.freeze(),
                                     expire_ms: self.expire_ms.take(),
                                     idle: self.idle.take(),
                                     freq: self.freq.take(),
@@ -416,7 +467,7 @@ impl<R: Read> Parser<R> {
 
     /// Reads the element count of a value of type `t` and, when the value is big, starts
     /// streaming it; otherwise leaves the stream where it was.
-    fn try_big_start(&mut self, t: u8) -> Result<bool, RdbError> {
+    fn try_big_start(&mut self, t: u8, key: &Bytes) -> Result<bool, RdbError> {
         let Some(th) = self.big_values else {
             return Ok(false);
         };
@@ -434,9 +485,14 @@ impl<R: Read> Parser<R> {
             | RDB_TYPE_STREAM_LISTPACKS_3 => (th.nodes, 0),
             _ => return Ok(false),
         };
-        // Peek: the prefix and the length (at most 9 bytes) must be in the buffer so that
-        // the position can be restored.
-        self.fill_up_to(prefix + 9)?;
+        // Peek: the prefix and the length (at most 9 bytes; an LZF string's encoding byte
+        // and two lengths, 19) must be in the buffer so that the position can be restored.
+        // When the stream has fewer bytes left, the value cannot be big.
+        let need = prefix + if t == RDB_TYPE_STRING { 19 } else { 9 };
+        self.fill_up_to(need)?;
+        if self.end - self.pos < need {
+            return Ok(false);
+        }
         let save = self.pos;
         let mut head = Vec::new();
         if prefix > 0 {
@@ -446,8 +502,21 @@ impl<R: Read> Parser<R> {
             head.extend_from_slice(&self.buf[self.pos..self.pos + prefix]);
             self.pos += prefix;
         }
+        let mut lzf = None;
         let n = match self.len() {
             Ok(Len::Plain(n)) => n,
+            Ok(Len::Encoded(RDB_ENC_LZF)) if t == RDB_TYPE_STRING => {
+                let (Ok(clen), Ok(ulen)) = (self.plain_len(), self.plain_len()) else {
+                    self.pos = save;
+                    return Ok(false);
+                };
+                lzf = Some(Box::new(LzfString {
+                    decoder: crate::lzf::Decoder::new(ulen),
+                    input_left: clen,
+                    input_at: self.offset(),
+                }));
+                ulen
+            }
             _ => {
                 self.pos = save;
                 return Ok(false);
@@ -459,8 +528,10 @@ impl<R: Read> Parser<R> {
         }
         self.big = Some(Big {
             t,
+            key: key.clone(),
             left: n,
             prefix: head,
+            lzf,
         });
         Ok(true)
     }
@@ -516,17 +587,26 @@ impl<R: Read> Parser<R> {
             };
             return Ok(Item::BigEntryEnd { payload });
         }
+        let mut big = big;
         let mut out = BytesMut::new();
         out.extend_from_slice(&big.prefix);
         let taken;
         if t == RDB_TYPE_STRING {
             taken = big.left.min(th.chunk_bytes.max(1));
             write_len(&mut out, taken);
-            self.read_into(&mut out, taken)?;
+            match big.lzf.as_deref_mut() {
+                Some(lz) => self.read_lzf(lz, &mut out, taken, taken == big.left)?,
+                None => self.read_into(&mut out, taken)?,
+            }
         } else {
+            let most = if is_node_type(t) {
+                th.chunk_nodes
+            } else {
+                th.chunk_elements
+            };
             self.start_capture();
             let mut n = 0u64;
-            while n < big.left && n < th.chunk_elements.max(1) {
+            while n < big.left && n < most.max(1) {
                 self.skip_element(t)?;
                 n += 1;
                 self.sync_capture();
@@ -554,13 +634,48 @@ impl<R: Read> Parser<R> {
                 out.extend_from_slice(&[0u8; 9][..zeros]);
             }
         }
-        self.big = Some(Big {
-            left: big.left - taken,
-            ..big
-        });
+        big.left -= taken;
+        self.big = Some(big);
         Ok(Item::BigEntryChunk {
             payload: out.freeze(),
         })
+    }
+
+    /// Decompresses the next `n` bytes of an LZF string into `out`; `last` when they end
+    /// it (then its compressed data must end there too).
+    fn read_lzf(
+        &mut self,
+        lz: &mut LzfString,
+        out: &mut BytesMut,
+        n: u64,
+        last: bool,
+    ) -> Result<(), RdbError> {
+        let want = lz.decoder.produced() + n;
+        out.reserve(n.min(DIRECT_CHUNK as u64) as usize);
+        while lz.decoder.produced() < want || (last && lz.input_left > 0) {
+            if lz.input_left == 0 {
+                break;
+            }
+            if self.pos == self.end {
+                self.fill(1)?;
+            }
+            let avail = ((self.end - self.pos) as u64).min(lz.input_left) as usize;
+            let max_out = (want - lz.decoder.produced()) as usize;
+            let used = lz
+                .decoder
+                .decode(&self.buf[self.pos..self.pos + avail], out, max_out)
+                .map_err(|e| self.lzf_err(lz, e))?;
+            self.pos += used;
+            lz.input_left -= used as u64;
+        }
+        if last || lz.input_left == 0 {
+            lz.decoder.finish().map_err(|e| self.lzf_err(lz, e))?;
+        }
+        Ok(())
+    }
+
+    fn lzf_err(&self, lz: &LzfString, e: crate::lzf::LzfError) -> RdbError {
+        RdbError::new(lz.input_at + e.input_offset, ErrorKind::Lzf(e))
     }
 
     /// Skips one element (one node for quicklists and streams) of a value of type `t`.
@@ -872,8 +987,9 @@ impl<R: Read> Parser<R> {
                 self.read_into(&mut c, clen)?;
                 let ulen = usize::try_from(ulen)
                     .map_err(|_| self.err(ErrorKind::BadLength(format!("LZF length {ulen}"))))?;
-                let out =
-                    crate::lzf::decompress(&c, ulen).map_err(|m| self.err(ErrorKind::Lzf(m)))?;
+                let at = self.offset() - clen;
+                let out = crate::lzf::decompress(&c, ulen)
+                    .map_err(|m| RdbError::new(at + m.input_offset, ErrorKind::Lzf(m)))?;
                 Ok(Bytes::from(out))
             }
             Len::Encoded(e) => {
@@ -1082,6 +1198,18 @@ fn write_len(out: &mut BytesMut, n: u64) {
         out.extend_from_slice(&[RDB_64BITLEN]);
         out.extend_from_slice(&n.to_be_bytes());
     }
+}
+
+/// Values whose big form is streamed node by node.
+fn is_node_type(t: u8) -> bool {
+    matches!(
+        t,
+        RDB_TYPE_LIST_QUICKLIST
+            | RDB_TYPE_LIST_QUICKLIST_2
+            | RDB_TYPE_STREAM_LISTPACKS
+            | RDB_TYPE_STREAM_LISTPACKS_2
+            | RDB_TYPE_STREAM_LISTPACKS_3
+    )
 }
 
 fn is_value_type(t: u8) -> bool {

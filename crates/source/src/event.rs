@@ -17,7 +17,8 @@ pub enum Event {
     /// One key of the snapshot, with its value still serialized as in the RDB.
     Entry(ferry_rdb::Entry),
     /// The start of a snapshot value too big for one event (see
-    /// [`ferry_rdb::Parser::set_big_values`]): its key and metadata, with an empty payload.
+    /// [`ferry_rdb::Parser::set_big_values`]): its key and metadata, with an empty payload
+    /// (a string's: its length, [`ferry_rdb::Entry::big_string_len`]).
     /// Its [`Event::BigEntryChunk`]s and one [`Event::BigEntryEnd`] follow, nothing between.
     BigEntryStart(ferry_rdb::Entry),
     /// The next elements of the big value: a serialized value of the entry's type holding

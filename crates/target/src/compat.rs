@@ -176,7 +176,13 @@ impl Compat {
             }
             Event::BigEntryStart(e) => {
                 let live = !matches!(e.expire_ms, Some(ms) if ms <= now_ms());
-                let chunker = live.then(|| Chunker::begin(&e.key, &self.opts));
+                let chunker = live.then(|| {
+                    let mut ch = Chunker::begin(&e.key, &self.opts);
+                    if let Some(n) = e.big_string_len() {
+                        ch.string_len(n);
+                    }
+                    ch
+                });
                 let mut big = BigKey {
                     db: e.db as u32,
                     key: e.key,

@@ -150,9 +150,46 @@ struct Encoder {
     txn_folded: u64,
     /// Source db → target db.
     db_map: DbMap,
+    /// A batch is cut once it holds this many bytes.
+    batch_bytes: usize,
+    /// Commands of a rewritten key that did not fit in the batch (a big value's chunk can
+    /// make thousands): written into the next batches before any other event.
+    pending: Option<PendingRewrite>,
+}
+
+/// The rest of a key's rewrite commands, for the next batch.
+struct PendingRewrite {
+    db: u32,
+    key: Bytes,
+    cmds: std::vec::IntoIter<Cmd>,
+    completes_key: bool,
 }
 
 impl Encoder {
+    fn new(opts: &WriterOptions) -> Encoder {
+        Encoder {
+            buf: BytesMut::with_capacity(opts.batch_bytes * 2),
+            expects: Vec::new(),
+            db: None,
+            in_multi: false,
+            rdb_version: 0,
+            overwrite: opts.overwrite,
+            checkpoint: opts.checkpoint_key.clone(),
+            // A slot-scoped flush is done here, before the snapshot's first event.
+            flush_before_snapshot: opts.flush_before_snapshot && opts.flush_slots.is_none(),
+            replid: String::new(),
+            snapshot_offset: 0,
+            src_multi: false,
+            txn_names: Vec::new(),
+            txn_offset: None,
+            txn_open: false,
+            txn_folded: 0,
+            db_map: opts.db_map.clone(),
+            batch_bytes: opts.batch_bytes,
+            pending: None,
+        }
+    }
+
     /// Selects the target database that source database `db` maps to.
     fn select(&mut self, db: u32) {
         self.select_target(self.db_map.target(db));
@@ -270,19 +307,45 @@ impl Encoder {
         }
     }
 
-    /// A snapshot key written as plain commands (see [`crate::rewrite`]).
+    /// A snapshot key written as plain commands (see [`crate::rewrite`]). Outside a
+    /// transaction, stops once the batch is full and leaves the rest in `pending`, so that
+    /// a batch (its buffer and its expected replies) stays bounded however many commands
+    /// one chunk of a big value makes.
     fn push_rewrite(&mut self, db: u32, key: Bytes, cmds: Vec<Cmd>, completes_key: bool) {
-        self.select(db);
-        let n = cmds.len();
-        for (i, cmd) in cmds.into_iter().enumerate() {
+        self.write_rewrite(PendingRewrite {
+            db,
+            key,
+            cmds: cmds.into_iter(),
+            completes_key,
+        });
+    }
+
+    fn write_rewrite(&mut self, mut p: PendingRewrite) {
+        self.select(p.db);
+        let may_cut = !self.txn_open && !self.src_multi;
+        while let Some(cmd) = p.cmds.next() {
             frame::write_command(&mut self.buf, &cmd.argv);
+            let last = p.cmds.len() == 0;
+            let name = cmd.argv.into_iter().next().unwrap_or_default();
             self.expects.push(Expect::Rewrite {
-                key: key.clone(),
-                name: cmd.argv.first().cloned().unwrap_or_default(),
+                key: p.key.clone(),
+                name,
                 check: cmd.check,
-                last: completes_key && i + 1 == n,
+                last: p.completes_key && last,
             });
+            if may_cut && !last && self.buf.len() >= self.batch_bytes {
+                self.pending = Some(p);
+                return;
+            }
         }
+    }
+
+    /// Writes what is left of a cut rewrite; true if some is still left after that.
+    fn resume_pending(&mut self) -> bool {
+        if let Some(p) = self.pending.take() {
+            self.write_rewrite(p);
+        }
+        self.pending.is_some()
     }
 
     fn route(&mut self, compat: &mut Compat, ev: Event) -> Result<(), TargetError> {
@@ -488,25 +551,7 @@ pub async fn write(
         opts.checkpoint_key.is_some(),
     ));
 
-    let mut enc = Encoder {
-        buf: BytesMut::with_capacity(opts.batch_bytes * 2),
-        expects: Vec::new(),
-        db: None,
-        in_multi: false,
-        rdb_version: 0,
-        overwrite: opts.overwrite,
-        checkpoint: opts.checkpoint_key.clone(),
-        // A slot-scoped flush is done here, before the snapshot's first event.
-        flush_before_snapshot: opts.flush_before_snapshot && opts.flush_slots.is_none(),
-        replid: String::new(),
-        snapshot_offset: 0,
-        src_multi: false,
-        txn_names: Vec::new(),
-        txn_offset: None,
-        txn_open: false,
-        txn_folded: 0,
-        db_map: opts.db_map.clone(),
-    };
+    let mut enc = Encoder::new(&opts);
     let mut compat = Compat::new(
         version.clone(),
         opts.overwrite,
@@ -516,21 +561,29 @@ pub async fn write(
     );
     let result: Result<(), TargetError> = async {
         loop {
-            let ev = tokio::select! {
-                ev = rx.recv() => ev,
-                _ = cancel.cancelled() => None,
-                r = &mut replies => return Err(reply_task_result(r, &addr).err().unwrap_or_else(|| closed(&addr))),
-            };
-            let Some(ev) = ev else { break };
-            if let (Event::SnapshotBegin { .. }, true, Some(ranges)) =
-                (&ev, opts.flush_before_snapshot, &opts.flush_slots)
-            {
-                crate::flush::delete_slots(&opts.endpoint, ranges).await?;
+            if enc.pending.is_some() {
+                // The rest of a cut rewrite goes first (a key's commands stay in order).
+                if cancel.is_cancelled() {
+                    break;
+                }
+                enc.resume_pending();
+            } else {
+                let ev = tokio::select! {
+                    ev = rx.recv() => ev,
+                    _ = cancel.cancelled() => None,
+                    r = &mut replies => return Err(reply_task_result(r, &addr).err().unwrap_or_else(|| closed(&addr))),
+                };
+                let Some(ev) = ev else { break };
+                if let (Event::SnapshotBegin { .. }, true, Some(ranges)) =
+                    (&ev, opts.flush_before_snapshot, &opts.flush_slots)
+                {
+                    crate::flush::delete_slots(&opts.endpoint, ranges).await?;
+                }
+                enc.route(&mut compat, ev)?;
             }
-            enc.route(&mut compat, ev)?;
             let mut stop = false;
             loop {
-                while enc.buf.len() < opts.batch_bytes {
+                while enc.buf.len() < opts.batch_bytes && enc.pending.is_none() {
                     match rx.try_recv() {
                         Ok(ev) => enc.route(&mut compat, ev)?,
                         Err(_) => break,
@@ -837,5 +890,70 @@ pub(crate) fn check_reply(expect: &Expect, reply: &Frame, addr: &str) -> Result<
             lossy(m),
         )),
         _ => Ok(()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn cmd(i: usize) -> Cmd {
+        Cmd {
+            argv: vec![
+                Bytes::from_static(b"RPUSH"),
+                Bytes::from_static(b"tmp"),
+                Bytes::from(format!("{i:0>90}")),
+            ],
+            check: Check::Ok,
+        }
+    }
+
+    #[test]
+    fn a_long_rewrite_is_cut_into_batches_in_order() {
+        let mut opts = WriterOptions::new(Endpoint::new("127.0.0.1", 1));
+        opts.batch_bytes = 250;
+        let mut enc = Encoder::new(&opts);
+        enc.db = Some(0);
+        let cmds: Vec<Cmd> = (0..10).map(cmd).collect();
+        let mut whole = BytesMut::new();
+        for c in &cmds {
+            frame::write_command(&mut whole, &c.argv);
+        }
+        enc.push_rewrite(0, Bytes::from_static(b"k"), cmds, true);
+        let mut batches = Vec::new();
+        loop {
+            batches.push((
+                std::mem::take(&mut enc.buf),
+                std::mem::take(&mut enc.expects),
+            ));
+            if !enc.resume_pending() && enc.expects.is_empty() {
+                break;
+            }
+        }
+        // Each command is ~120 bytes: cut after the third, 3 + 3 + 3 + 1.
+        let sizes: Vec<usize> = batches.iter().map(|(_, e)| e.len()).collect();
+        assert_eq!(sizes, [3, 3, 3, 1]);
+        let joined: Vec<u8> = batches.iter().flat_map(|(b, _)| b.to_vec()).collect();
+        assert_eq!(joined, whole.to_vec());
+        let lasts: Vec<bool> = batches
+            .iter()
+            .flat_map(|(_, e)| e.iter())
+            .map(|e| matches!(e, Expect::Rewrite { last: true, .. }))
+            .collect();
+        assert_eq!(lasts.iter().filter(|l| **l).count(), 1);
+        assert!(lasts[9]);
+
+        // Inside a transaction nothing is cut.
+        let mut enc = Encoder::new(&opts);
+        enc.db = Some(0);
+        enc.txn_open = true;
+        enc.push_rewrite(
+            0,
+            Bytes::from_static(b"k"),
+            (0..10).map(cmd).collect(),
+            false,
+        );
+        assert!(enc.pending.is_none());
+        assert_eq!(enc.expects.len(), 10);
     }
 }
