@@ -10,8 +10,10 @@ Subcommands:
   replicate --port P --master-port M --expect N [--timeout T]
                                  REPLICAOF the master, print seconds until the
                                  link is up, the sync is done and DBSIZE == N
-  wait-dbsize --port P --expect N [--timeout T]
-                                 print seconds until DBSIZE == N (10 ms polls)
+  wait-dbsize --port P [--port ...] --expect N [--at-least] [--timeout T]
+                                 print seconds until the DBSIZE of the ports
+                                 (summed) is N, or with --at-least >= N
+                                 (10 ms polls)
   marker --source P --target NAME=PORT [--target ...] [--timeout T]
                                  SET a unique marker on the source, print
                                  NAME=<ms> once each target can read it
@@ -211,21 +213,23 @@ def cmd_replicate(args):
 
 
 def cmd_wait_dbsize(args):
-    conn = None
+    conns = {}
     t0 = time.monotonic()
     deadline = t0 + args.timeout
     last = None
     while True:
         try:
-            if conn is None:
-                conn = Conn(args.port)
-            last = conn.cmd("DBSIZE")
-            if last == args.expect:
+            last = 0
+            for port in args.port:
+                if port not in conns:
+                    conns[port] = Conn(port)
+                last += conns[port].cmd("DBSIZE")
+            if last == args.expect or (args.at_least and last >= args.expect):
                 break
         except (OSError, ConnectionError):
-            conn = None
+            conns = {}
         if time.monotonic() > deadline:
-            sys.exit("port %d: DBSIZE %r, expected %d after %ds"
+            sys.exit("port(s) %r: DBSIZE %r, expected %d after %ds"
                      % (args.port, last, args.expect, args.timeout))
         time.sleep(0.01)
     print("%.3f" % (time.monotonic() - t0))
@@ -286,8 +290,9 @@ def main():
     r.set_defaults(func=cmd_replicate)
 
     w = sub.add_parser("wait-dbsize")
-    w.add_argument("--port", type=int, required=True)
+    w.add_argument("--port", type=int, action="append", required=True)
     w.add_argument("--expect", type=int, required=True)
+    w.add_argument("--at-least", action="store_true")
     w.add_argument("--timeout", type=float, default=600)
     w.set_defaults(func=cmd_wait_dbsize)
 

@@ -19,7 +19,7 @@
 //! failed over) refreshes the map from any reachable node; each batch it left unanswered is
 //! resent unless its slot checkpoint shows it applied.
 
-use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
+use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -143,7 +143,8 @@ fn route_command(argv: Vec<Bytes>, addr: &str) -> Result<Route, TargetError> {
 }
 
 /// One request whose replies stand or fall together: a transaction, one `RESTORE`, one
-/// command, one key rewritten into commands.
+/// command, one key rewritten into commands. Its description for an error is built from
+/// its expectations only when an error needs it.
 #[derive(Debug, Clone)]
 struct Unit {
     bytes: Bytes,
@@ -155,15 +156,20 @@ struct Unit {
     records: u64,
     keys: u64,
     /// A global checkpoint write: its value.
-    global: Option<Checkpoint>,
+    global: Option<Box<Checkpoint>>,
     /// Safe to send again after a connection loss without knowing whether it was applied.
     idempotent: bool,
+    /// The slot whose order it keeps (`None`: a broadcast to one master).
+    slot: Option<u16>,
     first_refusal: Option<Instant>,
-    what: String,
 }
 
+/// Memory a queued unit takes besides its bytes: the unit, its expectations and the
+/// allocations' own overhead. Counted in `outstanding`, so the queue limit bounds memory.
+const UNIT_OVERHEAD: usize = std::mem::size_of::<Item>() + std::mem::size_of::<Expect>() + 64;
+
 impl Unit {
-    fn new(bytes: Bytes, expects: Vec<Expect>, what: String) -> Unit {
+    fn new(bytes: Bytes, expects: Vec<Expect>) -> Unit {
         Unit {
             bytes,
             expects,
@@ -173,8 +179,40 @@ impl Unit {
             keys: 0,
             global: None,
             idempotent: false,
+            slot: None,
             first_refusal: None,
-            what,
+        }
+    }
+
+    /// Bytes this unit holds while queued or in flight.
+    fn weight(&self) -> usize {
+        self.bytes.len() + UNIT_OVERHEAD + self.expects.len() * std::mem::size_of::<Expect>()
+    }
+
+    /// What it is, for an error message.
+    fn what(&self) -> String {
+        let upper = |n: &Bytes| lossy(n).to_uppercase();
+        if let Some(Expect::Exec { names, .. }) = self.expects.last() {
+            return format!(
+                "a transaction of {} command(s) ({}…)",
+                names.len(),
+                names.first().map(|(n, _)| upper(n)).unwrap_or_default()
+            );
+        }
+        match self.expects.first() {
+            Some(Expect::Restore { key }) => format!("RESTORE {:?}", lossy(key)),
+            Some(Expect::Command { name, key, .. }) => match key {
+                Some(k) => format!("{} {:?}", upper(name), lossy(k)),
+                None => upper(name),
+            },
+            Some(Expect::Rewrite { key, .. }) => {
+                format!("key {:?} rewritten into commands", lossy(key))
+            }
+            Some(Expect::Queued { name }) => upper(name),
+            Some(Expect::Control { what }) => what.to_string(),
+            Some(Expect::FunctionLoad) => "FUNCTION LOAD".into(),
+            Some(Expect::ScriptLoad) => "SCRIPT LOAD".into(),
+            _ => "a request".into(),
         }
     }
 }
@@ -197,11 +235,14 @@ enum Item {
 impl Item {
     fn weight(&self) -> usize {
         match self {
-            Item::Unit(u) => u.bytes.len(),
-            Item::Cmds { cmds, .. } => cmds
-                .iter()
-                .map(|c| c.iter().map(|a| a.len() + 16).sum::<usize>())
-                .sum(),
+            Item::Unit(u) => u.weight(),
+            Item::Cmds { cmds, .. } => {
+                UNIT_OVERHEAD
+                    + cmds
+                        .iter()
+                        .map(|c| c.iter().map(|a| a.len() + 48).sum::<usize>())
+                        .sum::<usize>()
+            }
         }
     }
 }
@@ -213,13 +254,23 @@ struct SlotState {
     retry: VecDeque<Unit>,
     inflight: Option<u64>,
     not_before: Option<Instant>,
+    /// Listed in `ready`.
+    listed: bool,
 }
 
-/// A batch sent to a master, until its replies are in.
+impl SlotState {
+    fn has_work(&self) -> bool {
+        !self.pending.is_empty() || !self.retry.is_empty()
+    }
+}
+
+/// A batch sent to a master: units of any number of its slots (each slot's in order), until
+/// its replies are in.
 struct Flight {
-    slot: Option<u16>,
     addr: String,
     units: Vec<Unit>,
+    /// The slots it carries units of; none of them has another flight.
+    slots: Vec<u16>,
     weight: usize,
 }
 
@@ -230,6 +281,39 @@ struct NodeBatch {
     id: u64,
     bytes: Vec<Bytes>,
     expects: Vec<Vec<Expect>>,
+}
+
+/// Whether the writer may still write: checked before every batch is sent, before every
+/// reconnection and before resending what a lost connection left unanswered. Under a worker
+/// lease it returns `false` once the lease has lapsed; the writer then stops with
+/// [`TargetError::Fenced`] and sends nothing more.
+#[derive(Clone)]
+pub struct StillValid(pub Arc<dyn Fn() -> bool + Send + Sync>);
+
+impl StillValid {
+    pub fn new(f: impl Fn() -> bool + Send + Sync + 'static) -> StillValid {
+        StillValid(Arc::new(f))
+    }
+
+    fn check(&self, addr: &str) -> Result<(), TargetError> {
+        if (self.0)() {
+            Ok(())
+        } else {
+            Err(TargetError::Fenced {
+                addr: addr.to_string(),
+            })
+        }
+    }
+}
+
+impl std::fmt::Debug for StillValid {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("StillValid(..)")
+    }
+}
+
+fn still_valid(hook: &Option<StillValid>, addr: &str) -> Result<(), TargetError> {
+    hook.as_ref().map_or(Ok(()), |h| h.check(addr))
 }
 
 #[derive(Debug)]
@@ -274,10 +358,15 @@ fn spawn_node(
     ep: Endpoint,
     reports: mpsc::UnboundedSender<Report>,
     client_name: Option<String>,
+    valid: Option<StillValid>,
 ) -> mpsc::UnboundedSender<NodeBatch> {
     let (tx, mut rx) = mpsc::unbounded_channel::<NodeBatch>();
     tokio::spawn(async move {
         let addr = ep.addr();
+        if let Err(error) = still_valid(&valid, &addr) {
+            let _ = reports.send(Report::Failed { error });
+            return;
+        }
         let conn = match Connection::connect(&ep).await {
             Ok(mut c) => match &client_name {
                 Some(name) => match c.request(&["CLIENT", "SETNAME", name.as_str()]).await {
@@ -325,6 +414,12 @@ fn spawn_node(
                 if out.len() < 1 << 20 {
                     next = rx.try_recv().ok();
                 }
+            }
+            if let Err(error) = still_valid(&valid, &addr) {
+                // Nothing more leaves: the batches taken stay unanswered.
+                let _ = reports.send(Report::Failed { error });
+                dead.cancel();
+                return;
             }
             if let Err(e) = wr.write_all(&out).await {
                 debug!(target = %addr, error = %e, "write failed");
@@ -442,6 +537,7 @@ pub async fn write_cluster(
 ) -> Result<WriteSummary, TargetError> {
     let mut seed = opts.endpoint.clone();
     seed.db = None;
+    still_valid(&opts.still_valid, &seed.addr())?;
     let mut conn = Connection::connect(&seed).await?;
     let addr = conn.addr().to_string();
     let info = conn.info("server").await?;
@@ -479,7 +575,9 @@ pub async fn write_cluster(
         reports_tx,
         reports,
         slots: (0..SLOTS).map(|_| SlotState::default()).collect(),
-        dirty: BTreeSet::new(),
+        ready: Vec::new(),
+        delayed: Vec::new(),
+        busy: 0,
         flights: HashMap::new(),
         next_id: 0,
         outstanding: 0,
@@ -532,8 +630,12 @@ struct ClusterWriter {
     reports_tx: mpsc::UnboundedSender<Report>,
     reports: mpsc::UnboundedReceiver<Report>,
     slots: Vec<SlotState>,
+    /// Slots with something to send, no flight and no pause: the next dispatch sends them.
+    ready: Vec<u16>,
+    /// Slots paused after a refusal (`not_before`), listed again once the pause is over.
+    delayed: Vec<u16>,
     /// Slots with something to send.
-    dirty: BTreeSet<u16>,
+    busy: usize,
     flights: HashMap<u64, Flight>,
     next_id: u64,
     /// Bytes queued or in flight: reading events pauses above `limit`.
@@ -579,10 +681,8 @@ impl ClusterWriter {
                 ev = rx.recv(), if reading && self.outstanding < self.limit => match ev {
                     Some(ev) => {
                         self.event(ev).await?;
-                        // Take what is already queued before dispatching: `dispatch` walks
-                        // every dirty slot, and a slot's first key would otherwise leave
-                        // alone in a flight of its own (a full sync was 20x slower than
-                        // three native replicas).
+                        // Take what is already queued before dispatching, so that one
+                        // flight per master carries many slots' work.
                         let mut n = 1;
                         while n < DRAIN_EVENTS && self.outstanding < self.limit {
                             let Ok(ev) = rx.try_recv() else { break };
@@ -604,41 +704,101 @@ impl ClusterWriter {
     }
 
     fn idle(&self) -> bool {
-        self.flights.is_empty() && self.dirty.is_empty()
+        self.flights.is_empty() && self.busy == 0
     }
 
     fn next_wake(&self) -> Option<Instant> {
-        self.dirty
+        self.delayed
             .iter()
             .filter_map(|&s| self.slots[s as usize].not_before)
             .min()
     }
 
-    /// Sends every slot's next batch that may go now.
+    /// Lists `slot` for the next dispatch if it has work and may send now.
+    fn wake(&mut self, slot: u16) {
+        let st = &mut self.slots[slot as usize];
+        if !st.listed && st.inflight.is_none() && st.not_before.is_none() && st.has_work() {
+            st.listed = true;
+            self.ready.push(slot);
+        }
+    }
+
+    /// Sends the next batch of every ready slot: one flight per master (several when they
+    /// grow past `batch_bytes`), each slot's units in order, at most one flight per slot.
     fn dispatch(&mut self) -> Result<(), TargetError> {
-        let now = Instant::now();
-        let ready: Vec<u16> = self
-            .dirty
-            .iter()
-            .copied()
-            .filter(|&s| {
+        if !self.delayed.is_empty() {
+            let now = Instant::now();
+            let mut due = Vec::new();
+            self.delayed.retain(|&s| {
                 let st = &self.slots[s as usize];
-                st.inflight.is_none() && st.not_before.is_none_or(|t| t <= now)
-            })
-            .collect();
-        for s in ready {
-            self.dispatch_slot(s)?;
+                if st.not_before.is_none_or(|t| t <= now) {
+                    due.push(s);
+                    false
+                } else {
+                    true
+                }
+            });
+            for s in due {
+                self.slots[s as usize].not_before = None;
+                self.wake(s);
+            }
+        }
+        if self.ready.is_empty() {
+            return Ok(());
+        }
+        let ready = std::mem::take(&mut self.ready);
+        // Per master: its endpoint and the flight being filled.
+        let mut open: Vec<(Endpoint, Vec<Unit>, Vec<u16>, usize)> = Vec::new();
+        for &slot in &ready {
+            self.slots[slot as usize].listed = false;
+            let units = self.take_units(slot);
+            if units.is_empty() {
+                continue;
+            }
+            let Some(ep) = self.map.endpoint(slot) else {
+                return Err(TargetError::Incompatible {
+                    addr: self.addr.clone(),
+                    message: format!("slot {slot} is served by no master"),
+                });
+            };
+            let i = match open.iter().position(|(e, ..)| e == ep) {
+                Some(i) => i,
+                None => {
+                    open.push((ep.clone(), Vec::new(), Vec::new(), 0));
+                    open.len() - 1
+                }
+            };
+            let f = &mut open[i];
+            f.3 += units.iter().map(Unit::weight).sum::<usize>();
+            f.1.extend(units);
+            f.2.push(slot);
+            if f.3 >= self.opts.batch_bytes {
+                let (ep, units, slots, _) = open.swap_remove(i);
+                self.send(&ep, units, slots)?;
+            }
+        }
+        for (ep, units, slots, _) in open {
+            self.send(&ep, units, slots)?;
+        }
+        // Keep the allocation for the next round.
+        let mut ready = ready;
+        ready.clear();
+        if self.ready.is_empty() {
+            self.ready = ready;
         }
         Ok(())
     }
 
-    fn dispatch_slot(&mut self, slot: u16) -> Result<(), TargetError> {
+    /// A slot's next batch: what was refused first, else queued items up to `batch_bytes`.
+    fn take_units(&mut self, slot: u16) -> Vec<Unit> {
         let st = &mut self.slots[slot as usize];
-        st.not_before = None;
+        if st.inflight.is_some() || st.not_before.is_some() || !st.has_work() {
+            return Vec::new();
+        }
         // Queued work leaves `outstanding` here and comes back as the flight's weight.
-        let units: Vec<Unit> = if !st.retry.is_empty() {
+        let mut units: Vec<Unit> = if !st.retry.is_empty() {
             let units: Vec<Unit> = st.retry.drain(..).collect();
-            let size: usize = units.iter().map(|u| u.bytes.len()).sum();
+            let size: usize = units.iter().map(Unit::weight).sum();
             self.outstanding = self.outstanding.saturating_sub(size);
             units
         } else {
@@ -651,37 +811,40 @@ impl ClusterWriter {
                     break;
                 }
             }
+            if st.pending.is_empty() && st.pending.capacity() > 64 {
+                // A burst's queue is not kept for the rest of the sync.
+                st.pending = VecDeque::new();
+            }
             self.outstanding = self.outstanding.saturating_sub(size);
             self.units_of(slot, items)
         };
-        let st = &mut self.slots[slot as usize];
-        if st.pending.is_empty() && st.retry.is_empty() {
-            self.dirty.remove(&slot);
+        if !self.slots[slot as usize].has_work() {
+            self.busy -= 1;
         }
-        if units.is_empty() {
-            return Ok(());
+        for u in &mut units {
+            u.slot = Some(slot);
         }
-        let Some(ep) = self.map.endpoint(slot).cloned() else {
-            return Err(TargetError::Incompatible {
-                addr: self.addr.clone(),
-                message: format!("slot {slot} is served by no master"),
-            });
-        };
-        let id = self.send(&ep, units, Some(slot));
-        self.slots[slot as usize].inflight = Some(id);
-        Ok(())
+        units
     }
 
-    fn send(&mut self, ep: &Endpoint, units: Vec<Unit>, slot: Option<u16>) -> u64 {
+    /// Sends a flight to the master at `ep`; `slots` are the slots it carries units of.
+    fn send(
+        &mut self,
+        ep: &Endpoint,
+        units: Vec<Unit>,
+        slots: Vec<u16>,
+    ) -> Result<u64, TargetError> {
+        let addr = ep.addr();
+        still_valid(&self.opts.still_valid, &addr)?;
         let id = self.next_id;
         self.next_id += 1;
-        let addr = ep.addr();
         let reports = self.reports_tx.clone();
         let name = self.opts.client_name.clone();
+        let valid = self.opts.still_valid.clone();
         let node = self
             .nodes
             .entry(addr.clone())
-            .or_insert_with(|| spawn_node(ep.clone(), reports, name));
+            .or_insert_with(|| spawn_node(ep.clone(), reports, name, valid));
         let batch = NodeBatch {
             id,
             bytes: units.iter().map(|u| u.bytes.clone()).collect(),
@@ -691,18 +854,21 @@ impl ClusterWriter {
         // `report`: the recovery then takes this flight too. A new connection must not, or
         // a batch could be applied twice.
         let _ = node.send(batch);
-        let weight = units.iter().map(|u| u.bytes.len()).sum();
+        let weight = units.iter().map(Unit::weight).sum();
         self.outstanding += weight;
+        for &s in &slots {
+            self.slots[s as usize].inflight = Some(id);
+        }
         self.flights.insert(
             id,
             Flight {
-                slot,
                 addr,
                 units,
+                slots,
                 weight,
             },
         );
-        id
+        Ok(id)
     }
 
     /// Turns a slot's queued items into units: under checkpoints all its commands become
@@ -739,7 +905,7 @@ impl ClusterWriter {
                                 buf,
                                 vec![Expect::Control { what: "MULTI" }],
                                 Vec::new(),
-                                Unit::new(Bytes::new(), Vec::new(), String::new()),
+                                Unit::new(Bytes::new(), Vec::new()),
                             )
                         });
                         for c in &cmds {
@@ -760,7 +926,6 @@ impl ClusterWriter {
                         for (i, c) in cmds.into_iter().enumerate() {
                             let mut buf = BytesMut::new();
                             frame::write_command(&mut buf, &c);
-                            let what = describe(&c);
                             let mut u = Unit::new(
                                 buf.freeze(),
                                 vec![Expect::Command {
@@ -768,7 +933,6 @@ impl ClusterWriter {
                                     key: c.get(1).cloned(),
                                     offset: None,
                                 }],
-                                what,
                             );
                             if i == 0 {
                                 u.offsets.push(offset);
@@ -807,14 +971,6 @@ impl ClusterWriter {
             unit.checkpoint = Some(offset);
         }
         frame::write_command(&mut buf, &[b"EXEC"]);
-        unit.what = format!(
-            "a transaction of {} command(s) ({}…)",
-            names.len(),
-            names
-                .first()
-                .map(|(n, _)| lossy(n).to_uppercase())
-                .unwrap_or_default()
-        );
         expects.push(Expect::Exec {
             names,
             offset: None,
@@ -827,8 +983,12 @@ impl ClusterWriter {
 
     fn queue(&mut self, slot: u16, item: Item) {
         self.outstanding += item.weight();
-        self.slots[slot as usize].pending.push_back(item);
-        self.dirty.insert(slot);
+        let st = &mut self.slots[slot as usize];
+        if !st.has_work() {
+            self.busy += 1;
+        }
+        st.pending.push_back(item);
+        self.wake(slot);
     }
 
     fn check_db(&self, db: u32) -> Result<(), TargetError> {
@@ -941,13 +1101,12 @@ impl ClusterWriter {
             Event::SnapshotHeader { rdb_version } => self.rdb_version = rdb_version,
             Event::Entry(e) => {
                 self.check_db(e.db as u32)?;
-                let mut buf = BytesMut::new();
+                let mut buf = BytesMut::with_capacity(e.key.len() + e.payload.len() + 96);
                 write_restore(&mut buf, &e, self.opts.overwrite, self.rdb_version);
-                let mut u = Unit::new(
-                    buf.freeze(),
-                    vec![Expect::Restore { key: e.key.clone() }],
-                    format!("RESTORE {:?}", lossy(&e.key)),
-                );
+                let bytes = buf.freeze();
+                // The key as it is in the command: no second allocation kept per key.
+                let key = restore_key(&bytes, e.key.len()).unwrap_or_else(|| e.key.clone());
+                let mut u = Unit::new(bytes, vec![Expect::Restore { key }]);
                 u.keys = 1;
                 u.records = 1;
                 self.queue(key_slot(&e.key), Item::Unit(u));
@@ -987,11 +1146,7 @@ impl ClusterWriter {
                 last: completes_key && i + 1 == n,
             });
         }
-        let mut u = Unit::new(
-            buf.freeze(),
-            expects,
-            format!("key {:?} rewritten into commands", lossy(&key)),
-        );
+        let mut u = Unit::new(buf.freeze(), expects);
         if completes_key {
             u.keys = 1;
             u.records = 1;
@@ -1150,9 +1305,8 @@ impl ClusterWriter {
             vec![Expect::Control {
                 what: "SET checkpoint",
             }],
-            "SET checkpoint".into(),
         );
-        u.global = Some(c);
+        u.global = Some(Box::new(c));
         u.idempotent = true;
         self.global_pending = true;
         self.queue(slot, Item::Unit(u));
@@ -1166,7 +1320,6 @@ impl ClusterWriter {
         at: Option<(u64, u32)>,
     ) -> Result<(), TargetError> {
         self.drain().await?;
-        let what = describe(&argv);
         let mut buf = BytesMut::new();
         frame::write_command(&mut buf, &argv);
         let bytes = buf.freeze();
@@ -1202,14 +1355,14 @@ impl ClusterWriter {
                     offset: None,
                 },
             };
-            let mut u = Unit::new(bytes.clone(), vec![expect], what.clone());
+            let mut u = Unit::new(bytes.clone(), vec![expect]);
             u.idempotent = idempotent;
             if let Some((o, _)) = at {
                 u.offsets.push(o);
                 *self.unacked.entry(o).or_default() += 1;
                 u.records = u64::from(i == 0 && last.is_none());
             }
-            self.send(ep, vec![u], None);
+            self.send(ep, vec![u], Vec::new())?;
         }
         self.drain().await?;
         if let Some((ep, offset, db, key)) = last {
@@ -1239,14 +1392,14 @@ impl ClusterWriter {
                     folded: 0,
                 },
             ];
-            let mut u = Unit::new(buf.freeze(), expects, what);
+            let mut u = Unit::new(buf.freeze(), expects);
             u.idempotent = true;
             u.offsets.push(offset);
             *self.unacked.entry(offset).or_default() += 1;
             u.records = 1;
-            u.global = Some(c);
+            u.global = Some(Box::new(c));
             self.global_pending = true;
-            self.send(&ep, vec![u], None);
+            self.send(&ep, vec![u], Vec::new())?;
             self.drain().await?;
         } else if flush {
             // The global checkpoint is written again as soon as the stream moves on.
@@ -1283,7 +1436,8 @@ impl ClusterWriter {
                 };
                 self.outstanding = self.outstanding.saturating_sub(flight.weight);
                 let mut refresh = false;
-                let mut later = false;
+                // Slots refused with `ASK`/`TRYAGAIN`/`CLUSTERDOWN`: paused before resending.
+                let mut later: Vec<u16> = Vec::new();
                 let mut retry = Vec::new();
                 for (mut unit, refused) in flight.units.into_iter().zip(results) {
                     match refused {
@@ -1297,7 +1451,11 @@ impl ClusterWriter {
                                     m
                                 }
                                 Refusal::Later(m) => {
-                                    later = true;
+                                    if let Some(s) = unit.slot {
+                                        if later.last() != Some(&s) {
+                                            later.push(s);
+                                        }
+                                    }
                                     self.asked += 1;
                                     m
                                 }
@@ -1305,7 +1463,7 @@ impl ClusterWriter {
                             if first.elapsed() > REDIRECT_PATIENCE {
                                 return Err(TargetError::Rejected {
                                     addr: flight.addr.clone(),
-                                    command: unit.what.clone(),
+                                    command: unit.what(),
                                     message: format!(
                                         "still refused after {REDIRECT_PATIENCE:?}: {message}"
                                     ),
@@ -1316,13 +1474,18 @@ impl ClusterWriter {
                         }
                     }
                 }
-                self.requeue(flight.slot, &flight.addr, retry)?;
-                if let Some(s) = flight.slot {
+                self.requeue(&flight.addr, retry)?;
+                let now = Instant::now();
+                for &s in &later {
                     let st = &mut self.slots[s as usize];
-                    st.inflight = None;
-                    if later {
-                        st.not_before = Some(Instant::now() + RETRY_BACKOFF);
+                    if st.not_before.is_none() {
+                        st.not_before = Some(now + RETRY_BACKOFF);
+                        self.delayed.push(s);
                     }
+                }
+                for &s in &flight.slots {
+                    self.slots[s as usize].inflight = None;
+                    self.wake(s);
                 }
                 if refresh {
                     self.refresh().await?;
@@ -1334,35 +1497,32 @@ impl ClusterWriter {
         }
     }
 
-    /// Units to send again: a slot's go first in its queue, a broadcast's straight back.
-    fn requeue(
-        &mut self,
-        slot: Option<u16>,
-        addr: &str,
-        units: Vec<Unit>,
-    ) -> Result<(), TargetError> {
-        if units.is_empty() {
-            return Ok(());
+    /// Units to send again: a slot's go first in its queue (in their order), a broadcast's
+    /// straight back to its master.
+    fn requeue(&mut self, addr: &str, units: Vec<Unit>) -> Result<(), TargetError> {
+        let mut direct = Vec::new();
+        for u in units.into_iter().rev() {
+            let Some(s) = u.slot else {
+                direct.push(u);
+                continue;
+            };
+            self.outstanding += u.weight();
+            let st = &mut self.slots[s as usize];
+            if !st.has_work() {
+                self.busy += 1;
+            }
+            st.retry.push_front(u);
         }
-        match slot {
-            Some(s) => {
-                let st = &mut self.slots[s as usize];
-                for u in units.into_iter().rev() {
-                    self.outstanding += u.bytes.len();
-                    st.retry.push_front(u);
-                }
-                self.dirty.insert(s);
-            }
-            None => {
-                let ep = self
-                    .map
-                    .masters
-                    .iter()
-                    .find(|m| m.addr() == addr)
-                    .cloned()
-                    .unwrap_or_else(|| self.seed.clone());
-                self.send(&ep, units, None);
-            }
+        if !direct.is_empty() {
+            direct.reverse();
+            let ep = self
+                .map
+                .masters
+                .iter()
+                .find(|m| m.addr() == addr)
+                .cloned()
+                .unwrap_or_else(|| self.seed.clone());
+            self.send(&ep, direct, Vec::new())?;
         }
         Ok(())
     }
@@ -1385,7 +1545,7 @@ impl ClusterWriter {
         self.stats.records_applied.fetch_add(unit.records, Relaxed);
         if let Some(c) = unit.global {
             self.global_pending = false;
-            if let Checkpoint::Stream { offset, .. } = c {
+            if let Checkpoint::Stream { offset, .. } = *c {
                 self.global_written = Some(offset);
             }
         }
@@ -1435,29 +1595,34 @@ impl ClusterWriter {
                 .units
                 .iter()
                 .find(|u| !u.idempotent && u.checkpoint.is_none())
-                .map(|u| u.what.clone())
+                .map(Unit::what)
                 .unwrap_or_default();
             warn!(target = %addr, command = %what, "connection lost with writes that cannot be verified in flight");
             return Err(error);
         }
+        // Under a lapsed lease nothing is resent (nor is the cluster asked to reconnect).
+        still_valid(&self.opts.still_valid, &addr)?;
         warn!(target = %addr, error = %error, batches = lost.len(), "lost a target master; waiting for the cluster to replace it");
         self.wait_replaced(&addr, &error).await?;
+        still_valid(&self.opts.still_valid, &addr)?;
+        let mut conns = HashMap::new();
         for (_, flight) in lost {
             self.outstanding = self.outstanding.saturating_sub(flight.weight);
             let mut resend = Vec::new();
             for unit in flight.units {
-                match (unit.checkpoint, flight.slot) {
+                match (unit.checkpoint, unit.slot) {
                     (Some(offset), Some(slot))
-                        if self.slot_applied(slot).await? >= Some(offset) =>
+                        if self.slot_applied(slot, &mut conns).await? >= Some(offset) =>
                     {
                         self.acked(unit)
                     }
                     _ => resend.push(unit),
                 }
             }
-            self.requeue(flight.slot, &flight.addr, resend)?;
-            if let Some(s) = flight.slot {
+            self.requeue(&flight.addr, resend)?;
+            for &s in &flight.slots {
                 self.slots[s as usize].inflight = None;
+                self.wake(s);
             }
         }
         self.advance();
@@ -1504,12 +1669,21 @@ impl ClusterWriter {
     }
 
     /// The offset a slot's checkpoint records on its current master.
-    async fn slot_applied(&self, slot: u16) -> Result<Option<u64>, TargetError> {
+    async fn slot_applied(
+        &self,
+        slot: u16,
+        conns: &mut HashMap<String, Connection>,
+    ) -> Result<Option<u64>, TargetError> {
         let (Some(key), Some(ep)) = (&self.opts.checkpoint_key, self.map.endpoint(slot)) else {
             return Ok(None);
         };
         let key = slot_checkpoint_key(key, slot);
-        let mut conn = Connection::connect(ep).await?;
+        let conn = match conns.entry(ep.addr()) {
+            std::collections::hash_map::Entry::Occupied(e) => e.into_mut(),
+            std::collections::hash_map::Entry::Vacant(e) => {
+                e.insert(Connection::connect(ep).await?)
+            }
+        };
         match conn.request(&[b"GET".as_ref(), &key]).await? {
             Frame::Bulk(v) => Ok(match Checkpoint::parse(&v) {
                 Some(Checkpoint::Stream { offset, .. }) => Some(offset),
@@ -1526,11 +1700,13 @@ async fn sleep_until(t: Option<Instant>) {
     }
 }
 
-fn describe(argv: &[Bytes]) -> String {
-    match argv.get(1) {
-        Some(k) => format!("{} {:?}", lossy(&argv[0]).to_uppercase(), lossy(k)),
-        None => lossy(&argv[0]).to_uppercase(),
-    }
+/// The key of an encoded `RESTORE` (`*n`, `$7 RESTORE`, then the key's bulk string), as a
+/// slice of the command's own bytes.
+fn restore_key(cmd: &Bytes, len: usize) -> Option<Bytes> {
+    let head = b"\r\n$7\r\nRESTORE\r\n$".len();
+    let start = cmd.iter().position(|&b| b == b'\r')? + head;
+    let nl = start + cmd.get(start..)?.iter().position(|&b| b == b'\n')? + 1;
+    (cmd.len() >= nl + len).then(|| cmd.slice(nl..nl + len))
 }
 
 /// The masters of the cluster `seed` belongs to.
