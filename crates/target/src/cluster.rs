@@ -24,7 +24,7 @@ use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use bytes::{Bytes, BytesMut};
+use bytes::{Buf, Bytes, BytesMut};
 use ferry_resp::{frame, Connection, Endpoint, Frame};
 use ferry_source::{Event, ShardStats};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -46,6 +46,9 @@ const REDIRECT_PATIENCE: Duration = Duration::from_secs(120);
 const RETRY_BACKOFF: Duration = Duration::from_millis(50);
 /// Most events taken from the queue between two dispatches.
 const DRAIN_EVENTS: usize = 8192;
+/// Flights sent to one master and not yet answered. Past it, that master's ready slots wait
+/// for an answer and so gather into bigger flights (fewer wake-ups and allocations per key).
+const NODE_FLIGHTS: usize = 4;
 /// How long a lost master may take to be replaced (failover) before the writer gives up.
 const FAILOVER_PATIENCE: Duration = Duration::from_secs(60);
 
@@ -148,7 +151,7 @@ fn route_command(argv: Vec<Bytes>, addr: &str) -> Result<Route, TargetError> {
 #[derive(Debug, Clone)]
 struct Unit {
     bytes: Bytes,
-    expects: Vec<Expect>,
+    expects: Expects,
     /// Source offsets of the stream events it applies (each counted in `unacked`).
     offsets: Vec<u64>,
     /// Its slot checkpoint records this offset (a checkpointed transaction).
@@ -164,15 +167,44 @@ struct Unit {
     first_refusal: Option<Instant>,
 }
 
+/// What a unit's replies mean: one expectation (a `RESTORE`, the commonest unit, then needs
+/// no allocation of its own) or several.
+#[derive(Debug, Clone)]
+enum Expects {
+    One(Expect),
+    Many(Vec<Expect>),
+}
+
+impl Expects {
+    fn as_slice(&self) -> &[Expect] {
+        match self {
+            Expects::One(e) => std::slice::from_ref(e),
+            Expects::Many(v) => v,
+        }
+    }
+}
+
+impl From<Vec<Expect>> for Expects {
+    fn from(v: Vec<Expect>) -> Expects {
+        Expects::Many(v)
+    }
+}
+
+impl From<Expect> for Expects {
+    fn from(e: Expect) -> Expects {
+        Expects::One(e)
+    }
+}
+
 /// Memory a queued unit takes besides its bytes: the unit, its expectations and the
 /// allocations' own overhead. Counted in `outstanding`, so the queue limit bounds memory.
 const UNIT_OVERHEAD: usize = std::mem::size_of::<Item>() + std::mem::size_of::<Expect>() + 64;
 
 impl Unit {
-    fn new(bytes: Bytes, expects: Vec<Expect>) -> Unit {
+    fn new(bytes: Bytes, expects: impl Into<Expects>) -> Unit {
         Unit {
             bytes,
-            expects,
+            expects: expects.into(),
             offsets: Vec::new(),
             checkpoint: None,
             records: 0,
@@ -186,20 +218,29 @@ impl Unit {
 
     /// Bytes this unit holds while queued or in flight.
     fn weight(&self) -> usize {
-        self.bytes.len() + UNIT_OVERHEAD + self.expects.len() * std::mem::size_of::<Expect>()
+        self.bytes.len()
+            + UNIT_OVERHEAD
+            + match &self.expects {
+                Expects::One(_) => 0,
+                Expects::Many(v) => v.len() * std::mem::size_of::<Expect>(),
+            }
     }
 
     /// What it is, for an error message.
     fn what(&self) -> String {
         let upper = |n: &Bytes| lossy(n).to_uppercase();
-        if let Some(Expect::Exec { names, .. }) = self.expects.last() {
+        if let Some(Expect::Exec { names, .. }) = self.expects.as_slice().last() {
             return format!(
                 "a transaction of {} command(s) ({}…)",
                 names.len(),
                 names.first().map(|(n, _)| upper(n)).unwrap_or_default()
             );
         }
-        match self.expects.first() {
+        match self.expects.as_slice().first() {
+            Some(Expect::Restore { key }) if key.is_empty() => format!(
+                "RESTORE {:?}",
+                lossy(&restore_key(&self.bytes).unwrap_or_default())
+            ),
             Some(Expect::Restore { key }) => format!("RESTORE {:?}", lossy(key)),
             Some(Expect::Command { name, key, .. }) => match key {
                 Some(k) => format!("{} {:?}", upper(name), lossy(k)),
@@ -268,7 +309,9 @@ impl SlotState {
 /// its replies are in.
 struct Flight {
     addr: String,
-    units: Vec<Unit>,
+    /// Shared with the master's connection task, which writes their bytes and checks
+    /// their replies: nothing is copied per unit to send it.
+    units: Arc<Vec<Unit>>,
     /// The slots it carries units of; none of them has another flight.
     slots: Vec<u16>,
     weight: usize,
@@ -279,8 +322,7 @@ type OpenTxn = (BytesMut, Vec<Expect>, Vec<(Bytes, bool)>, Unit);
 
 struct NodeBatch {
     id: u64,
-    bytes: Vec<Bytes>,
-    expects: Vec<Vec<Expect>>,
+    units: Arc<Vec<Unit>>,
 }
 
 /// Whether the writer may still write: checked before every batch is sent, before every
@@ -391,7 +433,7 @@ fn spawn_node(
         };
         let (stream, rbuf, _) = conn.into_parts();
         let (rd, mut wr) = tokio::io::split(stream);
-        let (exp_tx, exp_rx) = mpsc::unbounded_channel::<(u64, Vec<Vec<Expect>>)>();
+        let (exp_tx, exp_rx) = mpsc::unbounded_channel::<NodeBatch>();
         let dead = CancellationToken::new();
         let reader = tokio::spawn(read_node(
             rd,
@@ -405,10 +447,10 @@ fn spawn_node(
         while let Some(first) = rx.recv().await {
             let mut next = Some(first);
             while let Some(b) = next.take() {
-                for bytes in &b.bytes {
-                    out.extend_from_slice(bytes);
+                for u in b.units.iter() {
+                    out.extend_from_slice(&u.bytes);
                 }
-                if exp_tx.send((b.id, b.expects)).is_err() {
+                if exp_tx.send(b).is_err() {
                     return;
                 }
                 if out.len() < 1 << 20 {
@@ -437,7 +479,7 @@ fn spawn_node(
 async fn read_node(
     mut rd: tokio::io::ReadHalf<ferry_resp::Stream>,
     mut buf: BytesMut,
-    mut exp_rx: mpsc::UnboundedReceiver<(u64, Vec<Vec<Expect>>)>,
+    mut exp_rx: mpsc::UnboundedReceiver<NodeBatch>,
     addr: String,
     reports: mpsc::UnboundedSender<Report>,
     dead: CancellationToken,
@@ -453,16 +495,31 @@ async fn read_node(
             n = exp_rx.recv() => n,
             _ = dead.cancelled() => None,
         };
-        let Some((id, units)) = next else {
+        let Some(NodeBatch { id, units }) = next else {
             if dead.is_cancelled() {
                 lost(closed(&addr, "writing"));
             }
             return;
         };
         let mut results = Vec::with_capacity(units.len());
-        for unit in units {
+        for unit in units.iter() {
             let mut refused = None;
-            for expect in unit {
+            for expect in unit.expects.as_slice() {
+                // The commonest reply, `+OK` to a `RESTORE`, is taken without a frame.
+                if matches!(expect, Expect::Restore { .. } | Expect::Control { .. }) {
+                    while buf.len() < 5 && buf.first().is_none_or(|&b| b == b'+') {
+                        if buf.len() >= 3 && &buf[..3] != b"+OK" {
+                            break;
+                        }
+                        if let Err(e) = read_more(&mut rd, &mut buf, &dead, &addr).await {
+                            return lost(e);
+                        }
+                    }
+                    if buf.starts_with(b"+OK\r\n") {
+                        buf.advance(5);
+                        continue;
+                    }
+                }
                 let reply = loop {
                     match frame::parse(&mut buf) {
                         Ok(Some((f, _))) => break f,
@@ -478,23 +535,8 @@ async fn read_node(
                             return;
                         }
                     }
-                    buf.reserve(64 * 1024);
-                    let n = tokio::select! {
-                        n = rd.read_buf(&mut buf) => n,
-                        _ = dead.cancelled() => Ok(0),
-                    };
-                    match n {
-                        Ok(0) => return lost(closed(&addr, "while writes were in flight")),
-                        Ok(_) => {}
-                        Err(source) => {
-                            return lost(
-                                ferry_resp::Error::Io {
-                                    addr: addr.clone(),
-                                    source,
-                                }
-                                .into(),
-                            )
-                        }
+                    if let Err(e) = read_more(&mut rd, &mut buf, &dead, &addr).await {
+                        return lost(e);
                     }
                 };
                 if let Frame::Error(m) = &reply {
@@ -505,7 +547,15 @@ async fn read_node(
                 }
                 // Replies after a refusal (`EXECABORT`) only echo it.
                 if refused.is_none() {
-                    if let Err(error) = check_reply(&expect, &reply, &addr) {
+                    let checked = match expect {
+                        // The key is taken from the command only when the reply is an error.
+                        Expect::Restore { key } if key.is_empty() && reply.is_error() => {
+                            let key = restore_key(&unit.bytes).unwrap_or_default();
+                            check_reply(&Expect::Restore { key }, &reply, &addr)
+                        }
+                        _ => check_reply(expect, &reply, &addr),
+                    };
+                    if let Err(error) = checked {
                         let _ = reports.send(Report::Failed { error });
                         return;
                     }
@@ -516,6 +566,30 @@ async fn read_node(
         if reports.send(Report::Done { id, results }).is_err() {
             return;
         }
+    }
+}
+
+/// Reads more replies into `buf`; the connection's end (or the writer half's failure) is
+/// an error.
+async fn read_more(
+    rd: &mut tokio::io::ReadHalf<ferry_resp::Stream>,
+    buf: &mut BytesMut,
+    dead: &CancellationToken,
+    addr: &str,
+) -> Result<(), TargetError> {
+    buf.reserve(64 * 1024);
+    let n = tokio::select! {
+        n = rd.read_buf(buf) => n,
+        _ = dead.cancelled() => Ok(0),
+    };
+    match n {
+        Ok(0) => Err(closed(addr, "while writes were in flight")),
+        Ok(_) => Ok(()),
+        Err(source) => Err(ferry_resp::Error::Io {
+            addr: addr.to_string(),
+            source,
+        }
+        .into()),
     }
 }
 
@@ -576,6 +650,8 @@ pub async fn write_cluster(
         reports,
         slots: (0..SLOTS).map(|_| SlotState::default()).collect(),
         ready: Vec::new(),
+        held: HashMap::new(),
+        node_flights: HashMap::new(),
         delayed: Vec::new(),
         busy: 0,
         flights: HashMap::new(),
@@ -632,6 +708,11 @@ struct ClusterWriter {
     slots: Vec<SlotState>,
     /// Slots with something to send, no flight and no pause: the next dispatch sends them.
     ready: Vec<u16>,
+    /// Ready slots of a master with `NODE_FLIGHTS` flights unanswered (still `listed`),
+    /// ready again once one is answered.
+    held: HashMap<String, Vec<u16>>,
+    /// Flights unanswered per master.
+    node_flights: HashMap<String, usize>,
     /// Slots paused after a refusal (`not_before`), listed again once the pause is over.
     delayed: Vec<u16>,
     /// Slots with something to send.
@@ -747,38 +828,49 @@ impl ClusterWriter {
             return Ok(());
         }
         let ready = std::mem::take(&mut self.ready);
-        // Per master: its endpoint and the flight being filled.
-        let mut open: Vec<(Endpoint, Vec<Unit>, Vec<u16>, usize)> = Vec::new();
+        // Per master (index in the map): the flight being filled, and whether it may take
+        // one more flight.
+        let n = self.map.masters.len();
+        let mut open: Vec<Option<(Vec<Unit>, Vec<u16>, usize)>> = (0..n).map(|_| None).collect();
+        let mut room: Vec<bool> = self
+            .map
+            .masters
+            .iter()
+            .map(|m| self.node_flights.get(&m.addr()).copied().unwrap_or(0) < NODE_FLIGHTS)
+            .collect();
         for &slot in &ready {
-            self.slots[slot as usize].listed = false;
-            let units = self.take_units(slot);
-            if units.is_empty() {
-                continue;
-            }
-            let Some(ep) = self.map.endpoint(slot) else {
+            let Some(i) = self.map.owner[slot as usize] else {
                 return Err(TargetError::Incompatible {
                     addr: self.addr.clone(),
                     message: format!("slot {slot} is served by no master"),
                 });
             };
-            let i = match open.iter().position(|(e, ..)| e == ep) {
-                Some(i) => i,
-                None => {
-                    open.push((ep.clone(), Vec::new(), Vec::new(), 0));
-                    open.len() - 1
-                }
-            };
-            let f = &mut open[i];
-            f.3 += units.iter().map(Unit::weight).sum::<usize>();
-            f.1.extend(units);
-            f.2.push(slot);
-            if f.3 >= self.opts.batch_bytes {
-                let (ep, units, slots, _) = open.swap_remove(i);
+            if !room[i] {
+                let addr = self.map.masters[i].addr();
+                self.held.entry(addr).or_default().push(slot);
+                continue;
+            }
+            self.slots[slot as usize].listed = false;
+            let units = self.take_units(slot);
+            if units.is_empty() {
+                continue;
+            }
+            let f = open[i].get_or_insert_with(Default::default);
+            f.2 += units.iter().map(Unit::weight).sum::<usize>();
+            f.0.extend(units);
+            f.1.push(slot);
+            if f.2 >= self.opts.batch_bytes {
+                let (units, slots, _) = open[i].take().unwrap_or_default();
+                let ep = self.map.masters[i].clone();
                 self.send(&ep, units, slots)?;
+                room[i] = self.node_flights.get(&ep.addr()).copied().unwrap_or(0) < NODE_FLIGHTS;
             }
         }
-        for (ep, units, slots, _) in open {
-            self.send(&ep, units, slots)?;
+        for (i, f) in open.into_iter().enumerate() {
+            if let Some((units, slots, _)) = f {
+                let ep = self.map.masters[i].clone();
+                self.send(&ep, units, slots)?;
+            }
         }
         // Keep the allocation for the next round.
         let mut ready = ready;
@@ -845,16 +937,17 @@ impl ClusterWriter {
             .nodes
             .entry(addr.clone())
             .or_insert_with(|| spawn_node(ep.clone(), reports, name, valid));
+        let weight = units.iter().map(Unit::weight).sum();
+        let units = Arc::new(units);
         let batch = NodeBatch {
             id,
-            bytes: units.iter().map(|u| u.bytes.clone()).collect(),
-            expects: units.iter().map(|u| u.expects.clone()).collect(),
+            units: units.clone(),
         };
         // A node task that ended has reported its loss (or a failure), still queued for
         // `report`: the recovery then takes this flight too. A new connection must not, or
         // a batch could be applied twice.
         let _ = node.send(batch);
-        let weight = units.iter().map(Unit::weight).sum();
+        *self.node_flights.entry(addr.clone()).or_default() += 1;
         self.outstanding += weight;
         for &s in &slots {
             self.slots[s as usize].inflight = Some(id);
@@ -874,12 +967,14 @@ impl ClusterWriter {
     /// Turns a slot's queued items into units: under checkpoints all its commands become
     /// one transaction that also records the slot's checkpoint.
     fn units_of(&mut self, slot: u16, items: Vec<Item>) -> Vec<Unit> {
-        let mut units = Vec::new();
-        let ckpt_key = self
-            .opts
-            .checkpoint_key
-            .as_ref()
-            .map(|k| slot_checkpoint_key(k, slot));
+        let mut units = Vec::with_capacity(items.len());
+        // Only a batch of stream commands needs the slot's checkpoint key.
+        let ckpt_key = match self.opts.checkpoint_key.as_ref() {
+            Some(k) if items.iter().any(|i| matches!(i, Item::Cmds { .. })) => {
+                Some(slot_checkpoint_key(k, slot))
+            }
+            _ => None,
+        };
         let mut txn: Option<OpenTxn> = None;
         let mut last = (0u64, 0u32);
         for item in items {
@@ -977,7 +1072,7 @@ impl ClusterWriter {
             folded: 0,
         });
         unit.bytes = buf.freeze();
-        unit.expects = expects;
+        unit.expects = Expects::Many(expects);
         unit
     }
 
@@ -1103,10 +1198,8 @@ impl ClusterWriter {
                 self.check_db(e.db as u32)?;
                 let mut buf = BytesMut::with_capacity(e.key.len() + e.payload.len() + 96);
                 write_restore(&mut buf, &e, self.opts.overwrite, self.rdb_version);
-                let bytes = buf.freeze();
-                // The key as it is in the command: no second allocation kept per key.
-                let key = restore_key(&bytes, e.key.len()).unwrap_or_else(|| e.key.clone());
-                let mut u = Unit::new(bytes, vec![Expect::Restore { key }]);
+                // The key is read back from the command if an error needs it.
+                let mut u = Unit::new(buf.freeze(), Expect::Restore { key: Bytes::new() });
                 u.keys = 1;
                 u.records = 1;
                 self.queue(key_slot(&e.key), Item::Unit(u));
@@ -1435,14 +1528,16 @@ impl ClusterWriter {
                     return Ok(());
                 };
                 self.outstanding = self.outstanding.saturating_sub(flight.weight);
+                self.flight_done(&flight.addr);
                 let mut refresh = false;
                 // Slots refused with `ASK`/`TRYAGAIN`/`CLUSTERDOWN`: paused before resending.
                 let mut later: Vec<u16> = Vec::new();
                 let mut retry = Vec::new();
-                for (mut unit, refused) in flight.units.into_iter().zip(results) {
+                for (unit, refused) in flight.units.iter().zip(results) {
                     match refused {
                         None => self.acked(unit),
                         Some(r) => {
+                            let mut unit = unit.clone();
                             let first = *unit.first_refusal.get_or_insert_with(Instant::now);
                             let message = match &r {
                                 Refusal::Moved(m) => {
@@ -1497,6 +1592,23 @@ impl ClusterWriter {
         }
     }
 
+    /// A flight to `addr` is answered (or lost): that master's held slots are ready again.
+    fn flight_done(&mut self, addr: &str) {
+        if let Some(n) = self.node_flights.get_mut(addr) {
+            *n = n.saturating_sub(1);
+        }
+        if let Some(held) = self.held.remove(addr) {
+            self.ready.extend(held);
+        }
+    }
+
+    /// The slot map changed: every held slot is ready again (its master may be another).
+    fn release_held(&mut self) {
+        for (_, held) in self.held.drain() {
+            self.ready.extend(held);
+        }
+    }
+
     /// Units to send again: a slot's go first in its queue (in their order), a broadcast's
     /// straight back to its master.
     fn requeue(&mut self, addr: &str, units: Vec<Unit>) -> Result<(), TargetError> {
@@ -1527,7 +1639,7 @@ impl ClusterWriter {
         Ok(())
     }
 
-    fn acked(&mut self, unit: Unit) {
+    fn acked(&mut self, unit: &Unit) {
         for o in &unit.offsets {
             if let Some(n) = self.unacked.get_mut(o) {
                 *n -= 1;
@@ -1543,9 +1655,9 @@ impl ClusterWriter {
             self.summary.commands += unit.records;
         }
         self.stats.records_applied.fetch_add(unit.records, Relaxed);
-        if let Some(c) = unit.global {
+        if let Some(c) = &unit.global {
             self.global_pending = false;
-            if let Checkpoint::Stream { offset, .. } = *c {
+            if let Checkpoint::Stream { offset, .. } = **c {
                 self.global_written = Some(offset);
             }
         }
@@ -1561,6 +1673,7 @@ impl ClusterWriter {
                 "slot map refreshed after MOVED"
             );
             self.map = map;
+            self.release_held();
         }
         Ok(())
     }
@@ -1606,17 +1719,21 @@ impl ClusterWriter {
         self.wait_replaced(&addr, &error).await?;
         still_valid(&self.opts.still_valid, &addr)?;
         let mut conns = HashMap::new();
+        self.node_flights.remove(&addr);
+        if let Some(held) = self.held.remove(&addr) {
+            self.ready.extend(held);
+        }
         for (_, flight) in lost {
             self.outstanding = self.outstanding.saturating_sub(flight.weight);
             let mut resend = Vec::new();
-            for unit in flight.units {
+            for unit in flight.units.iter() {
                 match (unit.checkpoint, unit.slot) {
                     (Some(offset), Some(slot))
                         if self.slot_applied(slot, &mut conns).await? >= Some(offset) =>
                     {
                         self.acked(unit)
                     }
-                    _ => resend.push(unit),
+                    _ => resend.push(unit.clone()),
                 }
             }
             self.requeue(&flight.addr, resend)?;
@@ -1652,6 +1769,7 @@ impl ClusterWriter {
                     if !serves || back {
                         info!(lost = %addr, masters = map.masters.len(), "slot map refreshed");
                         self.map = map;
+                        self.release_held();
                         return Ok(());
                     }
                 }
@@ -1700,13 +1818,15 @@ async fn sleep_until(t: Option<Instant>) {
     }
 }
 
-/// The key of an encoded `RESTORE` (`*n`, `$7 RESTORE`, then the key's bulk string), as a
-/// slice of the command's own bytes.
-fn restore_key(cmd: &Bytes, len: usize) -> Option<Bytes> {
+/// The key of an encoded `RESTORE` (`*n`, `$7 RESTORE`, then the key's bulk string), read
+/// back from the command for an error message.
+fn restore_key(cmd: &Bytes) -> Option<Bytes> {
     let head = b"\r\n$7\r\nRESTORE\r\n$".len();
     let start = cmd.iter().position(|&b| b == b'\r')? + head;
-    let nl = start + cmd.get(start..)?.iter().position(|&b| b == b'\n')? + 1;
-    (cmd.len() >= nl + len).then(|| cmd.slice(nl..nl + len))
+    let cr = start + cmd.get(start..)?.iter().position(|&b| b == b'\r')?;
+    let len: usize = std::str::from_utf8(&cmd[start..cr]).ok()?.parse().ok()?;
+    let key = cr + 2;
+    (cmd.len() >= key + len).then(|| cmd.slice(key..key + len))
 }
 
 /// The masters of the cluster `seed` belongs to.
@@ -1883,6 +2003,24 @@ mod tests {
         );
         let e = route_command(argv(&["SWAPDB", "0", "1"]), "t").unwrap_err();
         assert!(e.to_string().contains("SWAPDB"), "{e}");
+    }
+
+    #[test]
+    fn the_key_of_a_restore_is_read_back_from_the_command() {
+        for key in [&b"k"[..], b"a key with\r\n inside", &[b'x'; 300]] {
+            let e = ferry_rdb::Entry {
+                db: 0,
+                key: Bytes::copy_from_slice(key),
+                value_type: 0,
+                payload: Bytes::from_static(b"\x00\x01v"),
+                expire_ms: Some(5),
+                idle: None,
+                freq: None,
+            };
+            let mut buf = BytesMut::new();
+            write_restore(&mut buf, &e, true, 9);
+            assert_eq!(restore_key(&buf.freeze()).as_deref(), Some(key));
+        }
     }
 
     #[test]

@@ -1,6 +1,7 @@
-//! The cluster writer's `still_valid` hook against a real cluster: a writer whose lease has
-//! lapsed sends nothing more, not even the batches a lost connection left unanswered; with
-//! the lease still valid the same loss is recovered by resending them.
+//! The cluster writer against a real cluster. Its `still_valid` hook: a writer whose lease
+//! has lapsed sends nothing more, not even the batches a lost connection left unanswered;
+//! with the lease still valid the same loss is recovered by resending them. Its snapshot
+//! batches: keys land once each, and an existing key is named in the error.
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -234,4 +235,74 @@ fn a_lease_lapsed_before_the_start_writes_nothing() {
     for m in cluster.masters() {
         assert_eq!(m.cmd(&["DBSIZE"]).as_int(), 0, "{} was written", m.addr());
     }
+}
+
+fn entry(key: &str) -> Event {
+    Event::Entry(ferry_rdb::Entry {
+        db: 0,
+        key: Bytes::from(key.to_string()),
+        value_type: 0,
+        // An RDB string: length, then the bytes.
+        payload: Bytes::from_static(b"\x05hello"),
+        expire_ms: None,
+        idle: None,
+        freq: None,
+    })
+}
+
+fn snapshot(run: &mut Run, keys: &[String]) {
+    run.send(Event::SnapshotBegin {
+        replid: "s".repeat(40),
+        offset: 1,
+        rdb_size: None,
+    });
+    run.send(Event::SnapshotHeader { rdb_version: 9 });
+    for k in keys {
+        run.send(entry(k));
+    }
+    run.send(Event::SnapshotEnd {
+        rdb_version: 9,
+        keys: keys.len() as u64,
+    });
+}
+
+/// The snapshot's keys land on the masters of their slots, each once; the writer's own
+/// bookkeeping (slot batches of many keys per master) leaves no key behind or twice.
+#[test]
+fn snapshot_keys_land_in_their_slots() {
+    let cluster = Cluster::start(3, 0);
+    let mut run = Run::start(&cluster);
+    let keys: Vec<String> = (0..5000).map(|i| format!("snap:{i}")).collect();
+    snapshot(&mut run, &keys);
+    let summary = run.finish().expect("the writer failed");
+    assert_eq!(summary.keys, 5000);
+    let total: i64 = cluster
+        .masters()
+        .iter()
+        .map(|m| m.cmd(&["DBSIZE"]).as_int())
+        .sum();
+    // The keys and the job's global checkpoint.
+    assert_eq!(total, 5001);
+    for k in keys.iter().step_by(97) {
+        assert_eq!(cluster.cmd_routed_str(&["GET", k]).as_str(), "hello");
+    }
+}
+
+/// A snapshot key that already exists on the target (no overwrite) stops the writer with an
+/// error naming that key, read back from the command it sent.
+#[test]
+fn an_existing_key_is_named_in_the_error() {
+    let cluster = Cluster::start(3, 0);
+    cluster.cmd_routed_str(&["SET", "snap:busy", "there"]);
+    let mut run = Run::start(&cluster);
+    let keys = vec!["snap:a".to_string(), "snap:busy".to_string()];
+    snapshot(&mut run, &keys);
+    match run.finish() {
+        Err(TargetError::KeyExists { key, .. }) => assert_eq!(key, "snap:busy"),
+        other => panic!("expected KeyExists for snap:busy, got {other:?}"),
+    }
+    assert_eq!(
+        cluster.cmd_routed_str(&["GET", "snap:busy"]).as_str(),
+        "there"
+    );
 }
