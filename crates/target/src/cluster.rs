@@ -5,6 +5,13 @@
 //! are applied in source order however connections, redirections and retries interleave.
 //! While a slot's batch is in flight, its next events gather into its next batch.
 //!
+//! Batching: the batches of every ready slot of one master travel in one flight (one write,
+//! one reply pass), its units shared with the connection task rather than copied. A master
+//! has at most `NODE_FLIGHTS` flights unanswered; its other ready slots wait for an answer,
+//! which makes the next flight bigger rather than adding one more small one. Ready slots are
+//! listed as they become ready, so a dispatch never walks idle slots. The queue limit counts
+//! each unit's own memory, not just its bytes.
+//!
 //! Checkpoints: each batch of stream commands is one `MULTI … SET <slot checkpoint> EXEC` on
 //! its slot's master, the slot checkpoint key being `ferry:checkpoint:{<tag>}:<job>:<shard>`
 //! with `<tag>` hashing to that slot. The job's usual key holds the global position, written
@@ -316,6 +323,9 @@ struct Flight {
     slots: Vec<u16>,
     weight: usize,
 }
+
+/// A flight being filled for one master: its units, their slots, their weight.
+type OpenFlight = (Vec<Unit>, Vec<u16>, usize);
 
 /// A transaction being built: its bytes, expectations, queued names, and the unit's figures.
 type OpenTxn = (BytesMut, Vec<Expect>, Vec<(Bytes, bool)>, Unit);
@@ -831,13 +841,13 @@ impl ClusterWriter {
         // Per master (index in the map): the flight being filled, and whether it may take
         // one more flight.
         let n = self.map.masters.len();
-        let mut open: Vec<Option<(Vec<Unit>, Vec<u16>, usize)>> = (0..n).map(|_| None).collect();
-        let mut room: Vec<bool> = self
-            .map
-            .masters
+        let mut open: Vec<Option<OpenFlight>> = (0..n).map(|_| None).collect();
+        let addrs: Vec<String> = self.map.masters.iter().map(Endpoint::addr).collect();
+        let mut room: Vec<bool> = addrs
             .iter()
-            .map(|m| self.node_flights.get(&m.addr()).copied().unwrap_or(0) < NODE_FLIGHTS)
+            .map(|a| self.node_flights.get(a).copied().unwrap_or(0) < NODE_FLIGHTS)
             .collect();
+        let mut held: Vec<Vec<u16>> = vec![Vec::new(); n];
         for &slot in &ready {
             let Some(i) = self.map.owner[slot as usize] else {
                 return Err(TargetError::Incompatible {
@@ -846,28 +856,32 @@ impl ClusterWriter {
                 });
             };
             if !room[i] {
-                let addr = self.map.masters[i].addr();
-                self.held.entry(addr).or_default().push(slot);
+                held[i].push(slot);
                 continue;
             }
             self.slots[slot as usize].listed = false;
-            let units = self.take_units(slot);
-            if units.is_empty() {
+            // Sized for a full flight of small keys: growing it would move every unit.
+            let f = open[i].get_or_insert_with(|| (Vec::with_capacity(1024), Vec::new(), 0));
+            let weight = self.take_units(slot, &mut f.0);
+            if weight == 0 {
                 continue;
             }
-            let f = open[i].get_or_insert_with(Default::default);
-            f.2 += units.iter().map(Unit::weight).sum::<usize>();
-            f.0.extend(units);
+            f.2 += weight;
             f.1.push(slot);
             if f.2 >= self.opts.batch_bytes {
                 let (units, slots, _) = open[i].take().unwrap_or_default();
                 let ep = self.map.masters[i].clone();
                 self.send(&ep, units, slots)?;
-                room[i] = self.node_flights.get(&ep.addr()).copied().unwrap_or(0) < NODE_FLIGHTS;
+                room[i] = self.node_flights.get(&addrs[i]).copied().unwrap_or(0) < NODE_FLIGHTS;
+            }
+        }
+        for (i, slots) in held.into_iter().enumerate() {
+            if !slots.is_empty() {
+                self.held.entry(addrs[i].clone()).or_default().extend(slots);
             }
         }
         for (i, f) in open.into_iter().enumerate() {
-            if let Some((units, slots, _)) = f {
+            if let Some((units, slots, _)) = f.filter(|f| !f.0.is_empty()) {
                 let ep = self.map.masters[i].clone();
                 self.send(&ep, units, slots)?;
             }
@@ -881,24 +895,32 @@ impl ClusterWriter {
         Ok(())
     }
 
-    /// A slot's next batch: what was refused first, else queued items up to `batch_bytes`.
-    fn take_units(&mut self, slot: u16) -> Vec<Unit> {
+    /// Appends a slot's next batch to `out`: what was refused first, else queued items up to
+    /// `batch_bytes`. Returns the weight appended.
+    fn take_units(&mut self, slot: u16, out: &mut Vec<Unit>) -> usize {
         let st = &mut self.slots[slot as usize];
         if st.inflight.is_some() || st.not_before.is_some() || !st.has_work() {
-            return Vec::new();
+            return 0;
         }
+        let start = out.len();
         // Queued work leaves `outstanding` here and comes back as the flight's weight.
-        let mut units: Vec<Unit> = if !st.retry.is_empty() {
-            let units: Vec<Unit> = st.retry.drain(..).collect();
-            let size: usize = units.iter().map(Unit::weight).sum();
+        if !st.retry.is_empty() {
+            let mut size = 0;
+            for u in st.retry.drain(..) {
+                size += u.weight();
+                out.push(u);
+            }
             self.outstanding = self.outstanding.saturating_sub(size);
-            units
         } else {
+            // Units go straight into the flight until a command item needs `units_of`.
             let mut items = Vec::new();
             let mut size = 0;
             while let Some(item) = st.pending.pop_front() {
                 size += item.weight();
-                items.push(item);
+                match item {
+                    Item::Unit(u) if items.is_empty() => out.push(u),
+                    item => items.push(item),
+                }
                 if size >= self.opts.batch_bytes {
                     break;
                 }
@@ -908,15 +930,19 @@ impl ClusterWriter {
                 st.pending = VecDeque::new();
             }
             self.outstanding = self.outstanding.saturating_sub(size);
-            self.units_of(slot, items)
-        };
+            if !items.is_empty() {
+                self.units_of(slot, items, out);
+            }
+        }
         if !self.slots[slot as usize].has_work() {
             self.busy -= 1;
         }
-        for u in &mut units {
+        let mut weight = 0;
+        for u in &mut out[start..] {
             u.slot = Some(slot);
+            weight += u.weight();
         }
-        units
+        weight
     }
 
     /// Sends a flight to the master at `ep`; `slots` are the slots it carries units of.
@@ -964,10 +990,9 @@ impl ClusterWriter {
         Ok(id)
     }
 
-    /// Turns a slot's queued items into units: under checkpoints all its commands become
-    /// one transaction that also records the slot's checkpoint.
-    fn units_of(&mut self, slot: u16, items: Vec<Item>) -> Vec<Unit> {
-        let mut units = Vec::with_capacity(items.len());
+    /// Turns a slot's queued items into units, appended to `units`: under checkpoints all its
+    /// commands become one transaction that also records the slot's checkpoint.
+    fn units_of(&mut self, slot: u16, items: Vec<Item>, units: &mut Vec<Unit>) {
         // Only a batch of stream commands needs the slot's checkpoint key.
         let ckpt_key = match self.opts.checkpoint_key.as_ref() {
             Some(k) if items.iter().any(|i| matches!(i, Item::Cmds { .. })) => {
@@ -1042,7 +1067,6 @@ impl ClusterWriter {
         if let Some(t) = txn.take() {
             units.push(self.close_txn(t, ckpt_key.as_ref(), last));
         }
-        units
     }
 
     fn close_txn(
