@@ -17,6 +17,11 @@ Subcommands:
   marker --source P --target NAME=PORT [--target ...] [--timeout T]
                                  SET a unique marker on the source, print
                                  NAME=<ms> once each target can read it
+  catchup --source P [--source ...] --target P [--target ...] [--timeout T]
+                                 print seconds until ferry's global checkpoints
+                                 on the target nodes name every source master's
+                                 current (replid, offset): everything written
+                                 so far is applied (checkpoints on)
   median X [X ...]               print the median
 """
 
@@ -263,6 +268,44 @@ def cmd_marker(args):
         print("%s=%.1f" % (name, delays[name]))
 
 
+def _global_checkpoints(conn):
+    """(replid, offset) of each global (not per-slot) stream checkpoint on a node."""
+    out = set()
+    cursor = b"0"
+    while True:
+        cursor, keys = conn.cmd("SCAN", cursor, "MATCH", "ferry:checkpoint:*", "COUNT", "1000")
+        for k in keys:
+            if b"{" in k:
+                continue
+            v = conn.cmd("GET", k)
+            f = v.split(b" ") if isinstance(v, bytes) else []
+            if len(f) == 4 and f[0] == b"stream":
+                out.add((f[1], int(f[2])))
+        if cursor == b"0":
+            return out
+
+
+def cmd_catchup(args):
+    sources = [Conn(p) for p in args.source]
+    targets = [Conn(p) for p in args.target]
+    t0 = time.monotonic()
+    deadline = t0 + args.timeout
+    while True:
+        want = set()
+        for c in sources:
+            f = info_fields(c, "replication")
+            want.add((f["master_replid"].encode(), int(f["master_repl_offset"])))
+        have = set()
+        for c in targets:
+            have |= _global_checkpoints(c)
+        if want <= have:
+            break
+        if time.monotonic() > deadline:
+            sys.exit("not caught up after %ds: want %r, have %r" % (args.timeout, want, have))
+        time.sleep(0.005)
+    print("%.3f" % (time.monotonic() - t0))
+
+
 def cmd_median(args):
     xs = sorted(float(x) for x in args.values)
     n = len(xs)
@@ -301,6 +344,12 @@ def main():
     m.add_argument("--target", action="append", required=True)
     m.add_argument("--timeout", type=float, default=300)
     m.set_defaults(func=cmd_marker)
+
+    c = sub.add_parser("catchup")
+    c.add_argument("--source", type=int, action="append", required=True)
+    c.add_argument("--target", type=int, action="append", required=True)
+    c.add_argument("--timeout", type=float, default=300)
+    c.set_defaults(func=cmd_catchup)
 
     md = sub.add_parser("median")
     md.add_argument("values", nargs="+")

@@ -6,9 +6,10 @@
 //! While a slot's batch is in flight, its next events gather into its next batch.
 //!
 //! Batching: the batches of every ready slot of one master travel in one flight (one write,
-//! one reply pass), its units shared with the connection task rather than copied. A master
-//! has at most `NODE_FLIGHTS` flights unanswered; its other ready slots wait for an answer,
-//! which makes the next flight bigger rather than adding one more small one. Ready slots are
+//! one reply pass), its units shared with the connection task rather than copied. What a
+//! master has unanswered is bounded in memory (`node_cap`): past it, its other ready slots
+//! wait for an answer, which makes the next flight bigger rather than adding one more; below
+//! it, a few ready slots leave at once (a stream's latency). Ready slots are
 //! listed as they become ready, so a dispatch never walks idle slots. The queue limit counts
 //! each unit's own memory, not just its bytes.
 //!
@@ -53,9 +54,6 @@ const REDIRECT_PATIENCE: Duration = Duration::from_secs(120);
 const RETRY_BACKOFF: Duration = Duration::from_millis(50);
 /// Most events taken from the queue between two dispatches.
 const DRAIN_EVENTS: usize = 8192;
-/// Flights sent to one master and not yet answered. Past it, that master's ready slots wait
-/// for an answer and so gather into bigger flights (fewer wake-ups and allocations per key).
-const NODE_FLIGHTS: usize = 4;
 /// How long a lost master may take to be replaced (failover) before the writer gives up.
 const FAILOVER_PATIENCE: Duration = Duration::from_secs(60);
 
@@ -324,7 +322,7 @@ struct Flight {
     weight: usize,
 }
 
-/// A flight being filled for one master: its units, their slots, their weight.
+/// A flight being filled for one master: its units, their slots, their bytes.
 type OpenFlight = (Vec<Unit>, Vec<u16>, usize);
 
 /// A transaction being built: its bytes, expectations, queued names, and the unit's figures.
@@ -647,8 +645,11 @@ pub async fn write_cluster(
         &addr,
     );
     let (reports_tx, reports) = mpsc::unbounded_channel();
+    let limit = (opts.batch_bytes * opts.max_batches_in_flight.max(1)).max(1 << 20);
     let mut w = ClusterWriter {
-        limit: (opts.batch_bytes * opts.max_batches_in_flight.max(1)).max(1 << 20),
+        limit,
+        // A quarter of everything a writer may hold: a few masters share it.
+        node_cap: (limit / 4).max(opts.batch_bytes),
         global_slot: opts.checkpoint_key.as_deref().map(key_slot),
         opts,
         stats,
@@ -661,7 +662,7 @@ pub async fn write_cluster(
         slots: (0..SLOTS).map(|_| SlotState::default()).collect(),
         ready: Vec::new(),
         held: HashMap::new(),
-        node_flights: HashMap::new(),
+        node_inflight: HashMap::new(),
         delayed: Vec::new(),
         busy: 0,
         flights: HashMap::new(),
@@ -718,11 +719,14 @@ struct ClusterWriter {
     slots: Vec<SlotState>,
     /// Slots with something to send, no flight and no pause: the next dispatch sends them.
     ready: Vec<u16>,
-    /// Ready slots of a master with `NODE_FLIGHTS` flights unanswered (still `listed`),
-    /// ready again once one is answered.
+    /// Ready slots of a master with `node_cap` unanswered (still `listed`), ready again once
+    /// one of its flights is answered.
     held: HashMap<String, Vec<u16>>,
     /// Flights unanswered per master.
-    node_flights: HashMap<String, usize>,
+    node_inflight: HashMap<String, usize>,
+    /// Unanswered weight per master past which its ready slots wait (and so gather into
+    /// bigger flights: fewer wake-ups and allocations per key).
+    node_cap: usize,
     /// Slots paused after a refusal (`not_before`), listed again once the pause is over.
     delayed: Vec<u16>,
     /// Slots with something to send.
@@ -845,7 +849,7 @@ impl ClusterWriter {
         let addrs: Vec<String> = self.map.masters.iter().map(Endpoint::addr).collect();
         let mut room: Vec<bool> = addrs
             .iter()
-            .map(|a| self.node_flights.get(a).copied().unwrap_or(0) < NODE_FLIGHTS)
+            .map(|a| self.node_inflight.get(a).copied().unwrap_or(0) < self.node_cap)
             .collect();
         let mut held: Vec<Vec<u16>> = vec![Vec::new(); n];
         for &slot in &ready {
@@ -862,17 +866,19 @@ impl ClusterWriter {
             self.slots[slot as usize].listed = false;
             // Sized for a full flight of small keys: growing it would move every unit.
             let f = open[i].get_or_insert_with(|| (Vec::with_capacity(1024), Vec::new(), 0));
+            let start = f.0.len();
             let weight = self.take_units(slot, &mut f.0);
             if weight == 0 {
                 continue;
             }
-            f.2 += weight;
+            // A flight's size is capped in bytes sent (its memory is counted in `outstanding`).
+            f.2 += f.0[start..].iter().map(|u| u.bytes.len()).sum::<usize>();
             f.1.push(slot);
             if f.2 >= self.opts.batch_bytes {
                 let (units, slots, _) = open[i].take().unwrap_or_default();
                 let ep = self.map.masters[i].clone();
                 self.send(&ep, units, slots)?;
-                room[i] = self.node_flights.get(&addrs[i]).copied().unwrap_or(0) < NODE_FLIGHTS;
+                room[i] = self.node_inflight.get(&addrs[i]).copied().unwrap_or(0) < self.node_cap;
             }
         }
         for (i, slots) in held.into_iter().enumerate() {
@@ -973,7 +979,7 @@ impl ClusterWriter {
         // `report`: the recovery then takes this flight too. A new connection must not, or
         // a batch could be applied twice.
         let _ = node.send(batch);
-        *self.node_flights.entry(addr.clone()).or_default() += 1;
+        *self.node_inflight.entry(addr.clone()).or_default() += weight;
         self.outstanding += weight;
         for &s in &slots {
             self.slots[s as usize].inflight = Some(id);
@@ -1552,7 +1558,7 @@ impl ClusterWriter {
                     return Ok(());
                 };
                 self.outstanding = self.outstanding.saturating_sub(flight.weight);
-                self.flight_done(&flight.addr);
+                self.flight_done(&flight.addr, flight.weight);
                 let mut refresh = false;
                 // Slots refused with `ASK`/`TRYAGAIN`/`CLUSTERDOWN`: paused before resending.
                 let mut later: Vec<u16> = Vec::new();
@@ -1617,9 +1623,9 @@ impl ClusterWriter {
     }
 
     /// A flight to `addr` is answered (or lost): that master's held slots are ready again.
-    fn flight_done(&mut self, addr: &str) {
-        if let Some(n) = self.node_flights.get_mut(addr) {
-            *n = n.saturating_sub(1);
+    fn flight_done(&mut self, addr: &str, weight: usize) {
+        if let Some(n) = self.node_inflight.get_mut(addr) {
+            *n = n.saturating_sub(weight);
         }
         if let Some(held) = self.held.remove(addr) {
             self.ready.extend(held);
@@ -1743,7 +1749,7 @@ impl ClusterWriter {
         self.wait_replaced(&addr, &error).await?;
         still_valid(&self.opts.still_valid, &addr)?;
         let mut conns = HashMap::new();
-        self.node_flights.remove(&addr);
+        self.node_inflight.remove(&addr);
         if let Some(held) = self.held.remove(&addr) {
             self.ready.extend(held);
         }
