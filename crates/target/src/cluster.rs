@@ -646,6 +646,7 @@ pub async fn write_cluster(
     );
     let (reports_tx, reports) = mpsc::unbounded_channel();
     let limit = (opts.batch_bytes * opts.max_batches_in_flight.max(1)).max(1 << 20);
+    let addrs: Vec<String> = map.masters.iter().map(Endpoint::addr).collect();
     let mut w = ClusterWriter {
         limit,
         // A quarter of everything a writer may hold: a few masters share it.
@@ -660,8 +661,8 @@ pub async fn write_cluster(
         reports_tx,
         reports,
         slots: (0..SLOTS).map(|_| SlotState::default()).collect(),
-        ready: Vec::new(),
-        held: HashMap::new(),
+        ready: vec![VecDeque::new(); addrs.len()],
+        addrs,
         node_inflight: HashMap::new(),
         delayed: Vec::new(),
         busy: 0,
@@ -718,10 +719,10 @@ struct ClusterWriter {
     reports: mpsc::UnboundedReceiver<Report>,
     slots: Vec<SlotState>,
     /// Slots with something to send, no flight and no pause: the next dispatch sends them.
-    ready: Vec<u16>,
-    /// Ready slots of a master with `node_cap` unanswered (still `listed`), ready again once
-    /// one of its flights is answered.
-    held: HashMap<String, Vec<u16>>,
+    /// Per master (index in `map.masters`), the slots it serves that are ready.
+    ready: Vec<VecDeque<u16>>,
+    /// `map.masters`' addresses.
+    addrs: Vec<String>,
     /// Flights unanswered per master.
     node_inflight: HashMap<String, usize>,
     /// Unanswered weight per master past which its ready slots wait (and so gather into
@@ -814,12 +815,33 @@ impl ClusterWriter {
         let st = &mut self.slots[slot as usize];
         if !st.listed && st.inflight.is_none() && st.not_before.is_none() && st.has_work() {
             st.listed = true;
-            self.ready.push(slot);
+            // Every slot has a master (a map with a gap is never taken); were it not so,
+            // the master asked answers `MOVED`.
+            let i = self.map.owner[slot as usize].unwrap_or(0);
+            self.ready[i].push_back(slot);
         }
     }
 
-    /// Sends the next batch of every ready slot: one flight per master (several when they
-    /// grow past `batch_bytes`), each slot's units in order, at most one flight per slot.
+    /// Takes a new slot map; the ready slots are listed under their new masters.
+    fn set_map(&mut self, map: SlotMap) {
+        let slots: Vec<u16> = self.ready.iter_mut().flat_map(|q| q.drain(..)).collect();
+        self.addrs = map.masters.iter().map(Endpoint::addr).collect();
+        self.ready = vec![VecDeque::new(); map.masters.len()];
+        self.map = map;
+        for s in slots {
+            let i = self.map.owner[s as usize].unwrap_or(0);
+            self.ready[i].push_back(s);
+        }
+    }
+
+    fn room(&self, i: usize) -> bool {
+        self.node_inflight.get(&self.addrs[i]).copied().unwrap_or(0) < self.node_cap
+    }
+
+    /// Sends the next batch of ready slots: per master, as long as what it has unanswered
+    /// stays under `node_cap`, one flight (several when they grow past `batch_bytes`), each
+    /// slot's units in order, at most one flight per slot. A master's other ready slots stay
+    /// listed, untouched, until one of its flights is answered.
     fn dispatch(&mut self) -> Result<(), TargetError> {
         if !self.delayed.is_empty() {
             let now = Instant::now();
@@ -838,65 +860,38 @@ impl ClusterWriter {
                 self.wake(s);
             }
         }
-        if self.ready.is_empty() {
-            return Ok(());
-        }
-        let ready = std::mem::take(&mut self.ready);
-        // Per master (index in the map): the flight being filled, and whether it may take
-        // one more flight.
-        let n = self.map.masters.len();
-        let mut open: Vec<Option<OpenFlight>> = (0..n).map(|_| None).collect();
-        let addrs: Vec<String> = self.map.masters.iter().map(Endpoint::addr).collect();
-        let mut room: Vec<bool> = addrs
-            .iter()
-            .map(|a| self.node_inflight.get(a).copied().unwrap_or(0) < self.node_cap)
-            .collect();
-        let mut held: Vec<Vec<u16>> = vec![Vec::new(); n];
-        for &slot in &ready {
-            let Some(i) = self.map.owner[slot as usize] else {
-                return Err(TargetError::Incompatible {
-                    addr: self.addr.clone(),
-                    message: format!("slot {slot} is served by no master"),
-                });
-            };
-            if !room[i] {
-                held[i].push(slot);
-                continue;
+        for i in 0..self.ready.len() {
+            let mut room = self.room(i);
+            let mut open: Option<OpenFlight> = None;
+            while room {
+                let Some(slot) = self.ready[i].pop_front() else {
+                    break;
+                };
+                self.slots[slot as usize].listed = false;
+                // Sized for the slots at hand (growing it would move every unit), but not a
+                // big allocation for a stream's few.
+                let n = (self.ready[i].len() + 1).min(1024);
+                let f =
+                    open.get_or_insert_with(|| (Vec::with_capacity(n), Vec::with_capacity(n), 0));
+                let start = f.0.len();
+                if self.take_units(slot, &mut f.0) == 0 {
+                    continue;
+                }
+                // A flight's size is capped in bytes sent (its memory is counted in
+                // `outstanding`).
+                f.2 += f.0[start..].iter().map(|u| u.bytes.len()).sum::<usize>();
+                f.1.push(slot);
+                if f.2 >= self.opts.batch_bytes {
+                    let (units, slots, _) = open.take().unwrap_or_default();
+                    let ep = self.map.masters[i].clone();
+                    self.send(&ep, units, slots)?;
+                    room = self.room(i);
+                }
             }
-            self.slots[slot as usize].listed = false;
-            // Sized for a full flight of small keys: growing it would move every unit.
-            let f = open[i].get_or_insert_with(|| (Vec::with_capacity(1024), Vec::new(), 0));
-            let start = f.0.len();
-            let weight = self.take_units(slot, &mut f.0);
-            if weight == 0 {
-                continue;
-            }
-            // A flight's size is capped in bytes sent (its memory is counted in `outstanding`).
-            f.2 += f.0[start..].iter().map(|u| u.bytes.len()).sum::<usize>();
-            f.1.push(slot);
-            if f.2 >= self.opts.batch_bytes {
-                let (units, slots, _) = open[i].take().unwrap_or_default();
-                let ep = self.map.masters[i].clone();
-                self.send(&ep, units, slots)?;
-                room[i] = self.node_inflight.get(&addrs[i]).copied().unwrap_or(0) < self.node_cap;
-            }
-        }
-        for (i, slots) in held.into_iter().enumerate() {
-            if !slots.is_empty() {
-                self.held.entry(addrs[i].clone()).or_default().extend(slots);
-            }
-        }
-        for (i, f) in open.into_iter().enumerate() {
-            if let Some((units, slots, _)) = f.filter(|f| !f.0.is_empty()) {
+            if let Some((units, slots, _)) = open.filter(|f| !f.0.is_empty()) {
                 let ep = self.map.masters[i].clone();
                 self.send(&ep, units, slots)?;
             }
-        }
-        // Keep the allocation for the next round.
-        let mut ready = ready;
-        ready.clear();
-        if self.ready.is_empty() {
-            self.ready = ready;
         }
         Ok(())
     }
@@ -1622,20 +1617,10 @@ impl ClusterWriter {
         }
     }
 
-    /// A flight to `addr` is answered (or lost): that master's held slots are ready again.
+    /// A flight to `addr` is answered: that master may take more.
     fn flight_done(&mut self, addr: &str, weight: usize) {
         if let Some(n) = self.node_inflight.get_mut(addr) {
             *n = n.saturating_sub(weight);
-        }
-        if let Some(held) = self.held.remove(addr) {
-            self.ready.extend(held);
-        }
-    }
-
-    /// The slot map changed: every held slot is ready again (its master may be another).
-    fn release_held(&mut self) {
-        for (_, held) in self.held.drain() {
-            self.ready.extend(held);
         }
     }
 
@@ -1702,8 +1687,7 @@ impl ClusterWriter {
                 masters = map.masters.len(),
                 "slot map refreshed after MOVED"
             );
-            self.map = map;
-            self.release_held();
+            self.set_map(map);
         }
         Ok(())
     }
@@ -1750,9 +1734,6 @@ impl ClusterWriter {
         still_valid(&self.opts.still_valid, &addr)?;
         let mut conns = HashMap::new();
         self.node_inflight.remove(&addr);
-        if let Some(held) = self.held.remove(&addr) {
-            self.ready.extend(held);
-        }
         for (_, flight) in lost {
             self.outstanding = self.outstanding.saturating_sub(flight.weight);
             let mut resend = Vec::new();
@@ -1798,8 +1779,7 @@ impl ClusterWriter {
                         };
                     if !serves || back {
                         info!(lost = %addr, masters = map.masters.len(), "slot map refreshed");
-                        self.map = map;
-                        self.release_held();
+                        self.set_map(map);
                         return Ok(());
                     }
                 }
