@@ -279,6 +279,17 @@ enum Item {
 }
 
 impl Item {
+    /// Bytes it sends: what a batch's size is capped by.
+    fn bytes(&self) -> usize {
+        match self {
+            Item::Unit(u) => u.bytes.len(),
+            Item::Cmds { cmds, .. } => cmds
+                .iter()
+                .map(|c| c.iter().map(|a| a.len() + 16).sum::<usize>())
+                .sum(),
+        }
+    }
+
     fn weight(&self) -> usize {
         match self {
             Item::Unit(u) => u.weight(),
@@ -914,15 +925,20 @@ impl ClusterWriter {
             self.outstanding = self.outstanding.saturating_sub(size);
         } else {
             // Units go straight into the flight until a command item needs `units_of`.
+            // A batch is capped by the bytes it sends, not by its memory: a busy slot's
+            // stream (one slot takes all of `redis-benchmark --cluster`'s keys of a master)
+            // goes in batches as big as on a standalone target.
             let mut items = Vec::new();
             let mut size = 0;
+            let mut bytes = 0;
             while let Some(item) = st.pending.pop_front() {
                 size += item.weight();
+                bytes += item.bytes();
                 match item {
                     Item::Unit(u) if items.is_empty() => out.push(u),
                     item => items.push(item),
                 }
-                if size >= self.opts.batch_bytes {
+                if bytes >= self.opts.batch_bytes {
                     break;
                 }
             }
