@@ -11,11 +11,18 @@
 #   BENCH_INCR_OPS   redis-benchmark -n per test         (default 1000000)
 #   BENCH_TIMEOUT    seconds to wait for any one sync    (default scales with keys)
 #   FERRY_BIN        use this ferry binary instead of building one
+#   BENCH_ROWS       comma-separated rows to run         (default full,incr,cluster,cluster-incr)
 #   BENCH_NO_GNU_TIME=1  ignore /usr/bin/time, sample /proc/<pid>/status instead
 #
 # Small run (CI):  BENCH_KEYS=20000 BENCH_REPEAT=1 BENCH_INCR_OPS=50000 scripts/bench.sh
-# Rows: standalone full sync (native, ferry with checkpoints on and off), cluster 3 to 3 full
-# sync (ferry against three native replicas syncing at once), incremental marker delay.
+# Memory row (peak RSS of ferry at 5M keys, standalone and cluster full syncs; ~1 GB of
+# redis memory per copy of the data, at most three copies alive at once):
+#   BENCH_KEYS=5000000 BENCH_REPEAT=1 BENCH_ROWS=full,cluster scripts/bench.sh
+# Rows: full = standalone full sync (native, ferry with checkpoints on and off); incr =
+# standalone incremental marker delay under redis-benchmark (native replica, ferry with
+# checkpoints on and off); cluster = cluster 3 to 3 full sync (ferry against three native
+# replicas syncing at once); cluster-incr = the marker delay cluster 3 to 3 (three native
+# replicas, ferry with checkpoints on).
 set -euo pipefail
 
 SCRIPT_DIR="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
@@ -26,6 +33,11 @@ KEYS="${BENCH_KEYS:-1000000}"
 REPEAT="${BENCH_REPEAT:-3}"
 INCR_OPS="${BENCH_INCR_OPS:-1000000}"
 TIMEOUT="${BENCH_TIMEOUT:-$(( KEYS / 5000 > 60 ? KEYS / 5000 : 60 ))}"
+ROWS="${BENCH_ROWS:-full,incr,cluster,cluster-incr}"
+row() { [[ ",$ROWS," == *",$1,"* ]]; }
+# The load of the incremental rows: redis-benchmark tests, counted in the ops/s figure.
+INCR_TESTS=set,incr,lpush,hset
+INCR_NTESTS=4
 
 say() { printf 'bench: %s\n' "$*"; }
 die() { printf 'bench: error: %s\n' "$*" >&2; exit 1; }
@@ -42,6 +54,9 @@ need redis-cli "apt-get install redis-tools"
 need redis-benchmark "apt-get install redis-tools"
 need python3 "needed for $HELPER"
 need timeout "coreutils"
+for r in ${ROWS//,/ }; do
+    case "$r" in full|incr|cluster|cluster-incr) ;; *) die "unknown row '$r' in BENCH_ROWS" ;; esac
+done
 [[ -f "$HELPER" ]] || die "missing $HELPER"
 
 GNU_TIME=""
@@ -164,6 +179,7 @@ MACHINE="$(nproc) cores, $(awk -F': *' '/^model name/ { print $2; exit }' /proc/
 say "machine: $MACHINE; keys=$KEYS repeat=$REPEAT incr_ops=$INCR_OPS; work dir $WORK"
 
 # ---------------------------------------------------------------- source
+if row full || row incr; then
 start_server source
 SRC="$SERVER_PORT"
 say "source on port $SRC: loading $KEYS keys (60% strings, 10% each hash/list/set/zset)"
@@ -179,8 +195,11 @@ DISKLESS="$(rcli "$SRC" CONFIG GET repl-diskless-sync | tail -n 1)"
 if [[ "$DISKLESS" == yes ]]; then SYNC_KIND=diskless; else SYNC_KIND=disk-based; fi
 say "source: DBSIZE $SRC_KEYS, used_memory $SRC_MEM, repl-diskless-sync $DISKLESS ($SYNC_KIND)"
 [[ "$SRC_KEYS" -eq "$KEYS" ]] || say "warning: DBSIZE $SRC_KEYS differs from BENCH_KEYS $KEYS"
+fi
+ratio() { awk -v f="$1" -v n="$2" 'BEGIN { if (n > 0) printf "%.2f", f / n; else print "n/a" }'; }
 
 # ---------------------------------------------------------------- full: native
+if row full; then
 native_times=()
 for ((i = 1; i <= REPEAT; i++)); do
     start_server "native-full-$i"
@@ -192,6 +211,8 @@ for ((i = 1; i <= REPEAT; i++)); do
     native_times+=("$t")
     say "full sync  native REPLICAOF  run $i/$REPEAT: $t s ($SYNC_KIND)"
 done
+
+fi
 
 # ---------------------------------------------------------------- full: ferry
 # run_ferry_full SOURCE_PORT TARGET_PORT LOG [FERRY ARGS...]: sets RUN_SECS and RUN_RSS_KB.
@@ -230,6 +251,7 @@ run_ferry_full() {
     fi
 }
 
+if row full; then
 ferry_times=()
 ferry_rss=()
 ferry_off_times=()
@@ -263,17 +285,20 @@ done
 NATIVE_MED="$(median "${native_times[@]}")"
 FERRY_MED="$(median "${ferry_times[@]}")"
 FERRY_OFF_MED="$(median "${ferry_off_times[@]}")"
-ratio() { awk -v f="$1" -v n="$2" 'BEGIN { if (n > 0) printf "%.2f", f / n; else print "n/a" }'; }
 RATIO="$(ratio "$FERRY_MED" "$NATIVE_MED")"
 RATIO_OFF="$(ratio "$FERRY_OFF_MED" "$NATIVE_MED")"
 PEAK_RSS_MB="$(printf '%s\n' "${ferry_rss[@]}" | sort -n | tail -n 1 | awk '{ printf "%d", $1 / 1024 }')"
+fi
 
 # ---------------------------------------------------------------- incremental
+if row incr; then
 say "incremental: starting a native replica and ferry --mode full+incremental"
 start_server native-incr
 NAT_PORT="$SERVER_PORT"
 python3 "$HELPER" replicate --port "$NAT_PORT" --master-port "$SRC" \
     --expect "$SRC_KEYS" --timeout "$TIMEOUT" >/dev/null || die "native replica never caught up"
+
+fi
 
 # start_ferry_incr CKPT: a ferry --mode full+incremental into a new server, with
 # checkpoints on or off; sets INCR_PORT, INCR_PID, INCR_LOG once it has the snapshot.
@@ -318,6 +343,7 @@ stop_ferry() {
     fi
 }
 
+if row incr; then
 start_ferry_incr on
 FER_PORT="$INCR_PORT" FERRY_PID="$INCR_PID" FERRY_LOG="$INCR_LOG"
 start_ferry_incr off
@@ -325,12 +351,12 @@ OFF_PORT="$INCR_PORT" OFF_PID="$INCR_PID" OFF_LOG="$INCR_LOG"
 say "running redis-benchmark ($INCR_OPS ops per test) with the native replica and both ferries attached"
 
 t0="$(now_ns)"
-redis-benchmark -h 127.0.0.1 -p "$SRC" -t set,incr,lpush -P 16 -n "$INCR_OPS" -r 100000 -q \
+redis-benchmark -h 127.0.0.1 -p "$SRC" -t "$INCR_TESTS" -P 16 -n "$INCR_OPS" -r 100000 -q \
     >"$WORK/redis-benchmark.out" 2>&1 || die "redis-benchmark failed: $(cat "$WORK/redis-benchmark.out")"
 BENCH_SECS="$(secs_since "$t0")"
 tr '\r' '\n' <"$WORK/redis-benchmark.out" | grep 'requests per second' | sed 's/^/bench:   /' || true
-OPS="$(awk -v n="$INCR_OPS" -v s="$BENCH_SECS" 'BEGIN { printf "%d", 3 * n / s }')"
-say "redis-benchmark: $((3 * INCR_OPS)) ops in $BENCH_SECS s = $OPS ops/s (wall clock, all three tests)"
+OPS="$(awk -v t="$INCR_NTESTS" -v n="$INCR_OPS" -v s="$BENCH_SECS" 'BEGIN { printf "%d", t * n / s }')"
+say "redis-benchmark: $((INCR_NTESTS * INCR_OPS)) ops in $BENCH_SECS s = $OPS ops/s (wall clock, $INCR_TESTS)"
 
 marker_out="$(python3 "$HELPER" marker --source "$SRC" \
     --target "native=$NAT_PORT" --target "ferry=$FER_PORT" --target "off=$OFF_PORT" \
@@ -354,6 +380,10 @@ say "digests after the marker: source $SRC_D2, ferry $FER_D2 / $OFF_D2 (checkpoi
 if [[ "$INCR_DIGEST" == MISMATCH ]]; then
     say "  DBSIZE source $(rcli "$SRC" DBSIZE), ferry targets $(rcli "$FER_PORT" DBSIZE) / $(rcli "$OFF_PORT" DBSIZE)"
 fi
+fi
+# The standalone servers are not needed any more: free their memory for the cluster rows.
+for pid in ${PIDS[@]+"${PIDS[@]}"}; do stop_server "$pid"; done
+PIDS=()
 
 # ---------------------------------------------------------------- cluster → cluster
 # Three source masters into three target masters: ferry's full sync (one reader and one
@@ -393,6 +423,7 @@ slot_ranges() {
 }
 cluster_digests() { local p; for p in "$@"; do ferry_digest "$p"; done | tr '\n' ' '; }
 
+if row cluster || row cluster-incr; then
 say "cluster: three source masters, three target masters"
 start_cluster csrc
 CSRC=("${CLUSTER_PORTS[@]}")
@@ -409,6 +440,13 @@ for p in "${CSRC[@]}"; do CSRC_KEYS+=("$(rcli "$p" DBSIZE)"); done
 CSRC_DIGESTS="$(for p in "${CSRC[@]}"; do digest "$p"; done | tr '\n' ' ')"
 say "cluster source loaded in $(secs_since "$t0") s: DBSIZE per master ${CSRC_KEYS[*]}"
 
+start_cluster ctgt
+CTGT=("${CLUSTER_PORTS[@]}")
+[[ "$(slot_ranges "${CTGT[@]}")" == "$(slot_ranges "${CSRC[@]}")" ]] \
+    || say "warning: the clusters' slot ranges differ; per-node digests cannot match"
+fi
+
+if row cluster; then
 cnative_times=()
 for ((i = 1; i <= REPEAT; i++)); do
     rports=() rpids=() jobs_=()
@@ -432,11 +470,8 @@ for ((i = 1; i <= REPEAT; i++)); do
     say "cluster full sync  3 native REPLICAOF at once  run $i/$REPEAT: $t s"
 done
 
-start_cluster ctgt
-CTGT=("${CLUSTER_PORTS[@]}")
-[[ "$(slot_ranges "${CTGT[@]}")" == "$(slot_ranges "${CSRC[@]}")" ]] \
-    || say "warning: the clusters' slot ranges differ; per-node digests cannot match"
 cferry_times=()
+cferry_rss=()
 CLUSTER_DIGEST=MATCH
 for ((i = 1; i <= REPEAT; i++)); do
     for p in "${CTGT[@]}"; do rcli "$p" FLUSHALL >/dev/null; done
@@ -447,22 +482,113 @@ for ((i = 1; i <= REPEAT; i++)); do
     say "cluster full sync  ferry --mode full  run $i/$REPEAT: $RUN_SECS s, peak RSS $((RUN_RSS_KB / 1024)) MB, digests $m"
     ferry_warnings "$log"
     cferry_times+=("$RUN_SECS")
+    cferry_rss+=("$RUN_RSS_KB")
 done
 CNATIVE_MED="$(median "${cnative_times[@]}")"
 CFERRY_MED="$(median "${cferry_times[@]}")"
 CRATIO="$(ratio "$CFERRY_MED" "$CNATIVE_MED")"
+CPEAK_RSS_MB="$(printf '%s\n' "${cferry_rss[@]}" | sort -n | tail -n 1 | awk '{ printf "%d", $1 / 1024 }')"
+fi
+
+# ---------------------------------------------------------------- cluster incremental
+# slot_owner KEY PORT...: the port (of those given) whose node serves KEY's slot.
+slot_owner() {
+    local key="$1" slot p r
+    shift
+    slot="$(rcli "$1" CLUSTER KEYSLOT "$key")"
+    for p in "$@"; do
+        for r in $(rcli "$p" CLUSTER NODES | awk '/myself/ { for (i = 9; i <= NF; i++) print $i }'); do
+            if (( slot >= ${r%-*} && slot <= ${r#*-} )); then echo "$p"; return 0; fi
+        done
+    done
+    die "no node of $* serves the slot of $key"
+}
+if row cluster-incr; then
+say "cluster incremental: three native replicas and ferry --mode full+incremental (checkpoints on)"
+CSRC_TOTAL=0
+for n in "${CSRC_KEYS[@]}"; do CSRC_TOTAL=$((CSRC_TOTAL + n)); done
+cnat_ports=()
+for j in 0 1 2; do
+    start_server "cnative-incr-$j"
+    cnat_ports+=("$SERVER_PORT")
+    python3 "$HELPER" replicate --port "$SERVER_PORT" --master-port "${CSRC[$j]}" \
+        --expect "${CSRC_KEYS[$j]}" --timeout "$TIMEOUT" >/dev/null \
+        || die "native replica of ${CSRC[$j]} never caught up"
+done
+for p in "${CTGT[@]}"; do rcli "$p" FLUSHALL >/dev/null; done
+CINCR_LOG="$WORK/ferry-cluster-incr.log"
+t0="$(now_ns)"
+"$FERRY" sync --source "redis://127.0.0.1:${CSRC[0]}" --target "redis://127.0.0.1:${CTGT[0]}" \
+    --mode full+incremental --progress never --checkpoint on >"$CINCR_LOG" 2>&1 &
+CINCR_PID=$!
+PIDS+=("$CINCR_PID")
+wait_args=()
+for p in "${CTGT[@]}"; do wait_args+=(--port "$p"); done
+if ! python3 "$HELPER" wait-dbsize "${wait_args[@]}" --expect "$CSRC_TOTAL" --at-least --timeout "$TIMEOUT" >/dev/null; then
+    tail -n 30 "$CINCR_LOG" >&2
+    die "ferry never caught up with the cluster snapshot"
+fi
+# The snapshot's keys are in; wait for each shard's writer to log the snapshot's end.
+for ((i = 0; i < 1000; i++)); do
+    [[ "$(grep -c 'snapshot applied' "$CINCR_LOG" || true)" -ge 3 ]] && break
+    sleep 0.01
+done
+kill -0 "$CINCR_PID" 2>/dev/null || { tail -n 30 "$CINCR_LOG" >&2; die "ferry exited early"; }
+say "ferry caught up with the cluster snapshot $(secs_since "$t0") s after starting"
+t0="$(now_ns)"
+redis-benchmark --cluster -h 127.0.0.1 -p "${CSRC[0]}" -t "$INCR_TESTS" -P 16 -n "$INCR_OPS" -r 100000 -q \
+    >"$WORK/redis-benchmark-cluster.out" 2>&1 || die "redis-benchmark --cluster failed: $(cat "$WORK/redis-benchmark-cluster.out")"
+CBENCH_SECS="$(secs_since "$t0")"
+tr '\r' '\n' <"$WORK/redis-benchmark-cluster.out" | grep 'requests per second' | sed 's/^/bench:   /' || true
+COPS="$(awk -v t="$INCR_NTESTS" -v n="$INCR_OPS" -v s="$CBENCH_SECS" 'BEGIN { printf "%d", t * n / s }')"
+say "redis-benchmark --cluster: $((INCR_NTESTS * INCR_OPS)) ops in $CBENCH_SECS s = $COPS ops/s"
+MARKER=ferry:bench:marker
+msrc="$(slot_owner "$MARKER" "${CSRC[@]}")"
+mtgt="$(slot_owner "$MARKER" "${CTGT[@]}")"
+mnat=""
+for j in 0 1 2; do [[ "${CSRC[$j]}" == "$msrc" ]] && mnat="${cnat_ports[$j]}"; done
+marker_out="$(python3 "$HELPER" marker --source "$msrc" \
+    --target "native=$mnat" --target "ferry=$mtgt" --timeout "$TIMEOUT")" || die "cluster marker measurement failed"
+CNAT_DELAY="$(awk -F= '$1 == "native" { printf "%.1f", $2 }' <<<"$marker_out")"
+CFER_DELAY="$(awk -F= '$1 == "ferry" { printf "%.1f", $2 }' <<<"$marker_out")"
+# The marker shows one slot applied; a cluster target applies each slot in order but not
+# the slots in step, so also wait until ferry's global checkpoints name every source
+# master's current offset (the marker included): all of the load applied.
+catch_args=()
+for p in "${CSRC[@]}"; do catch_args+=(--source "$p"); done
+for p in "${CTGT[@]}"; do catch_args+=(--target "$p"); done
+CATCHUP="$(python3 "$HELPER" catchup "${catch_args[@]}" --timeout "$TIMEOUT")" \
+    || { tail -n 30 "$CINCR_LOG" >&2; die "ferry never caught up with the cluster's writes"; }
+CATCHUP_MS="$(awk -v s="$CATCHUP" -v m="$CFER_DELAY" 'BEGIN { printf "%.1f", s * 1000 + m }')"
+say "cluster marker delay: native ${CNAT_DELAY} ms, ferry ${CFER_DELAY} ms (checkpoints on); every slot applied ${CATCHUP_MS} ms after the marker was written"
+stop_ferry "$CINCR_PID" "$CINCR_LOG"
+CSRC_D2="$(for p in "${CSRC[@]}"; do digest "$p"; done | tr '\n' ' ')"
+CFER_D2="$(cluster_digests "${CTGT[@]}")"
+if [[ "$CFER_D2" == "$CSRC_D2" ]]; then CINCR_DIGEST=MATCH; else CINCR_DIGEST=MISMATCH; fi
+say "cluster digests after the marker: source $CSRC_D2, ferry $CFER_D2 ($CINCR_DIGEST)"
+fi
 
 # ---------------------------------------------------------------- summary
 echo
-printf 'ferry bench: keys=%s repeat=%s machine=%s\n' "$SRC_KEYS" "$REPEAT" "$MACHINE"
+printf 'ferry bench: keys=%s repeat=%s rows=%s machine=%s\n' "$KEYS" "$REPEAT" "$ROWS" "$MACHINE"
+if row full; then
 printf '%-16s %-17s median %.2f s   (%s)\n' "full sync" "native REPLICAOF" "$NATIVE_MED" "$SYNC_KIND"
 printf '%-16s %-17s median %.2f s   ratio %sx   peak RSS %s MB   digest %s\n' \
     "" "ferry --mode full" "$FERRY_MED" "$RATIO" "$PEAK_RSS_MB" "$FULL_DIGEST"
 printf '%-16s %-17s median %.2f s   ratio %sx   (--checkpoint off)\n' \
     "" "ferry --mode full" "$FERRY_OFF_MED" "$RATIO_OFF"
+fi
+if row cluster; then
 printf '%-16s %-17s median %.2f s   (3 masters, 3 replicas at once)\n' \
     "cluster 3 to 3" "native REPLICAOF" "$CNATIVE_MED"
-printf '%-16s %-17s median %.2f s   ratio %sx   digest %s\n' \
-    "" "ferry --mode full" "$CFERRY_MED" "$CRATIO" "$CLUSTER_DIGEST"
+printf '%-16s %-17s median %.2f s   ratio %sx   peak RSS %s MB   digest %s\n' \
+    "" "ferry --mode full" "$CFERRY_MED" "$CRATIO" "$CPEAK_RSS_MB" "$CLUSTER_DIGEST"
+fi
+if row incr; then
 printf '%-16s redis-benchmark %s ops/s      marker delay: native %s ms, ferry %s ms (checkpoints off %s ms)   digest %s\n' \
     "incremental" "$OPS" "$NAT_DELAY" "$FER_DELAY" "$OFF_DELAY" "$INCR_DIGEST"
+fi
+if row cluster-incr; then
+printf '%-16s redis-benchmark %s ops/s      marker delay: native %s ms, ferry %s ms, all slots %s ms (checkpoints on)   digest %s\n' \
+    "cluster incr" "$COPS" "$CNAT_DELAY" "$CFER_DELAY" "$CATCHUP_MS" "$CINCR_DIGEST"
+fi

@@ -10,11 +10,18 @@ Subcommands:
   replicate --port P --master-port M --expect N [--timeout T]
                                  REPLICAOF the master, print seconds until the
                                  link is up, the sync is done and DBSIZE == N
-  wait-dbsize --port P --expect N [--timeout T]
-                                 print seconds until DBSIZE == N (10 ms polls)
+  wait-dbsize --port P [--port ...] --expect N [--at-least] [--timeout T]
+                                 print seconds until the DBSIZE of the ports
+                                 (summed) is N, or with --at-least >= N
+                                 (10 ms polls)
   marker --source P --target NAME=PORT [--target ...] [--timeout T]
                                  SET a unique marker on the source, print
                                  NAME=<ms> once each target can read it
+  catchup --source P [--source ...] --target P [--target ...] [--timeout T]
+                                 print seconds until ferry's global checkpoints
+                                 on the target nodes name every source master's
+                                 current (replid, offset): everything written
+                                 so far is applied (checkpoints on)
   median X [X ...]               print the median
 """
 
@@ -211,21 +218,23 @@ def cmd_replicate(args):
 
 
 def cmd_wait_dbsize(args):
-    conn = None
+    conns = {}
     t0 = time.monotonic()
     deadline = t0 + args.timeout
     last = None
     while True:
         try:
-            if conn is None:
-                conn = Conn(args.port)
-            last = conn.cmd("DBSIZE")
-            if last == args.expect:
+            last = 0
+            for port in args.port:
+                if port not in conns:
+                    conns[port] = Conn(port)
+                last += conns[port].cmd("DBSIZE")
+            if last == args.expect or (args.at_least and last >= args.expect):
                 break
         except (OSError, ConnectionError):
-            conn = None
+            conns = {}
         if time.monotonic() > deadline:
-            sys.exit("port %d: DBSIZE %r, expected %d after %ds"
+            sys.exit("port(s) %r: DBSIZE %r, expected %d after %ds"
                      % (args.port, last, args.expect, args.timeout))
         time.sleep(0.01)
     print("%.3f" % (time.monotonic() - t0))
@@ -259,6 +268,44 @@ def cmd_marker(args):
         print("%s=%.1f" % (name, delays[name]))
 
 
+def _global_checkpoints(conn):
+    """(replid, offset) of each global (not per-slot) stream checkpoint on a node."""
+    out = set()
+    cursor = b"0"
+    while True:
+        cursor, keys = conn.cmd("SCAN", cursor, "MATCH", "ferry:checkpoint:*", "COUNT", "1000")
+        for k in keys:
+            if b"{" in k:
+                continue
+            v = conn.cmd("GET", k)
+            f = v.split(b" ") if isinstance(v, bytes) else []
+            if len(f) == 4 and f[0] == b"stream":
+                out.add((f[1], int(f[2])))
+        if cursor == b"0":
+            return out
+
+
+def cmd_catchup(args):
+    sources = [Conn(p) for p in args.source]
+    targets = [Conn(p) for p in args.target]
+    t0 = time.monotonic()
+    deadline = t0 + args.timeout
+    while True:
+        want = set()
+        for c in sources:
+            f = info_fields(c, "replication")
+            want.add((f["master_replid"].encode(), int(f["master_repl_offset"])))
+        have = set()
+        for c in targets:
+            have |= _global_checkpoints(c)
+        if want <= have:
+            break
+        if time.monotonic() > deadline:
+            sys.exit("not caught up after %ds: want %r, have %r" % (args.timeout, want, have))
+        time.sleep(0.005)
+    print("%.3f" % (time.monotonic() - t0))
+
+
 def cmd_median(args):
     xs = sorted(float(x) for x in args.values)
     n = len(xs)
@@ -286,8 +333,9 @@ def main():
     r.set_defaults(func=cmd_replicate)
 
     w = sub.add_parser("wait-dbsize")
-    w.add_argument("--port", type=int, required=True)
+    w.add_argument("--port", type=int, action="append", required=True)
     w.add_argument("--expect", type=int, required=True)
+    w.add_argument("--at-least", action="store_true")
     w.add_argument("--timeout", type=float, default=600)
     w.set_defaults(func=cmd_wait_dbsize)
 
@@ -296,6 +344,12 @@ def main():
     m.add_argument("--target", action="append", required=True)
     m.add_argument("--timeout", type=float, default=300)
     m.set_defaults(func=cmd_marker)
+
+    c = sub.add_parser("catchup")
+    c.add_argument("--source", type=int, action="append", required=True)
+    c.add_argument("--target", type=int, action="append", required=True)
+    c.add_argument("--timeout", type=float, default=300)
+    c.set_defaults(func=cmd_catchup)
 
     md = sub.add_parser("median")
     md.add_argument("values", nargs="+")

@@ -5,6 +5,14 @@
 //! are applied in source order however connections, redirections and retries interleave.
 //! While a slot's batch is in flight, its next events gather into its next batch.
 //!
+//! Batching: the batches of every ready slot of one master travel in one flight (one write,
+//! one reply pass), its units shared with the connection task rather than copied. What a
+//! master has unanswered is bounded in memory (`node_cap`): past it, its other ready slots
+//! wait for an answer, which makes the next flight bigger rather than adding one more; below
+//! it, a few ready slots leave at once (a stream's latency). Ready slots are
+//! listed as they become ready, so a dispatch never walks idle slots. The queue limit counts
+//! each unit's own memory, not just its bytes.
+//!
 //! Checkpoints: each batch of stream commands is one `MULTI … SET <slot checkpoint> EXEC` on
 //! its slot's master, the slot checkpoint key being `ferry:checkpoint:{<tag>}:<job>:<shard>`
 //! with `<tag>` hashing to that slot. The job's usual key holds the global position, written
@@ -19,12 +27,12 @@
 //! failed over) refreshes the map from any reachable node; each batch it left unanswered is
 //! resent unless its slot checkpoint shows it applied.
 
-use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
+use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use bytes::{Bytes, BytesMut};
+use bytes::{Buf, Bytes, BytesMut};
 use ferry_resp::{frame, Connection, Endpoint, Frame};
 use ferry_source::{Event, ShardStats};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -143,11 +151,12 @@ fn route_command(argv: Vec<Bytes>, addr: &str) -> Result<Route, TargetError> {
 }
 
 /// One request whose replies stand or fall together: a transaction, one `RESTORE`, one
-/// command, one key rewritten into commands.
+/// command, one key rewritten into commands. Its description for an error is built from
+/// its expectations only when an error needs it.
 #[derive(Debug, Clone)]
 struct Unit {
     bytes: Bytes,
-    expects: Vec<Expect>,
+    expects: Expects,
     /// Source offsets of the stream events it applies (each counted in `unacked`).
     offsets: Vec<u64>,
     /// Its slot checkpoint records this offset (a checkpointed transaction).
@@ -155,26 +164,101 @@ struct Unit {
     records: u64,
     keys: u64,
     /// A global checkpoint write: its value.
-    global: Option<Checkpoint>,
+    global: Option<Box<Checkpoint>>,
     /// Safe to send again after a connection loss without knowing whether it was applied.
     idempotent: bool,
+    /// The slot whose order it keeps (`None`: a broadcast to one master).
+    slot: Option<u16>,
     first_refusal: Option<Instant>,
-    what: String,
 }
 
+/// What a unit's replies mean: one expectation (a `RESTORE`, the commonest unit, then needs
+/// no allocation of its own) or several.
+#[derive(Debug, Clone)]
+enum Expects {
+    One(Expect),
+    Many(Vec<Expect>),
+}
+
+impl Expects {
+    fn as_slice(&self) -> &[Expect] {
+        match self {
+            Expects::One(e) => std::slice::from_ref(e),
+            Expects::Many(v) => v,
+        }
+    }
+}
+
+impl From<Vec<Expect>> for Expects {
+    fn from(v: Vec<Expect>) -> Expects {
+        Expects::Many(v)
+    }
+}
+
+impl From<Expect> for Expects {
+    fn from(e: Expect) -> Expects {
+        Expects::One(e)
+    }
+}
+
+/// Memory a queued unit takes besides its bytes: the unit, its expectations and the
+/// allocations' own overhead. Counted in `outstanding`, so the queue limit bounds memory.
+const UNIT_OVERHEAD: usize = std::mem::size_of::<Item>() + std::mem::size_of::<Expect>() + 64;
+
 impl Unit {
-    fn new(bytes: Bytes, expects: Vec<Expect>, what: String) -> Unit {
+    fn new(bytes: Bytes, expects: impl Into<Expects>) -> Unit {
         Unit {
             bytes,
-            expects,
+            expects: expects.into(),
             offsets: Vec::new(),
             checkpoint: None,
             records: 0,
             keys: 0,
             global: None,
             idempotent: false,
+            slot: None,
             first_refusal: None,
-            what,
+        }
+    }
+
+    /// Bytes this unit holds while queued or in flight.
+    fn weight(&self) -> usize {
+        self.bytes.len()
+            + UNIT_OVERHEAD
+            + match &self.expects {
+                Expects::One(_) => 0,
+                Expects::Many(v) => v.len() * std::mem::size_of::<Expect>(),
+            }
+    }
+
+    /// What it is, for an error message.
+    fn what(&self) -> String {
+        let upper = |n: &Bytes| lossy(n).to_uppercase();
+        if let Some(Expect::Exec { names, .. }) = self.expects.as_slice().last() {
+            return format!(
+                "a transaction of {} command(s) ({}…)",
+                names.len(),
+                names.first().map(|(n, _)| upper(n)).unwrap_or_default()
+            );
+        }
+        match self.expects.as_slice().first() {
+            Some(Expect::Restore { key }) if key.is_empty() => format!(
+                "RESTORE {:?}",
+                lossy(&restore_key(&self.bytes).unwrap_or_default())
+            ),
+            Some(Expect::Restore { key }) => format!("RESTORE {:?}", lossy(key)),
+            Some(Expect::Command { name, key, .. }) => match key {
+                Some(k) => format!("{} {:?}", upper(name), lossy(k)),
+                None => upper(name),
+            },
+            Some(Expect::Rewrite { key, .. }) => {
+                format!("key {:?} rewritten into commands", lossy(key))
+            }
+            Some(Expect::Queued { name }) => upper(name),
+            Some(Expect::Control { what }) => what.to_string(),
+            Some(Expect::FunctionLoad) => "FUNCTION LOAD".into(),
+            Some(Expect::ScriptLoad) => "SCRIPT LOAD".into(),
+            _ => "a request".into(),
         }
     }
 }
@@ -195,13 +279,27 @@ enum Item {
 }
 
 impl Item {
-    fn weight(&self) -> usize {
+    /// Bytes it sends: what a batch's size is capped by.
+    fn bytes(&self) -> usize {
         match self {
             Item::Unit(u) => u.bytes.len(),
             Item::Cmds { cmds, .. } => cmds
                 .iter()
                 .map(|c| c.iter().map(|a| a.len() + 16).sum::<usize>())
                 .sum(),
+        }
+    }
+
+    fn weight(&self) -> usize {
+        match self {
+            Item::Unit(u) => u.weight(),
+            Item::Cmds { cmds, .. } => {
+                UNIT_OVERHEAD
+                    + cmds
+                        .iter()
+                        .map(|c| c.iter().map(|a| a.len() + 48).sum::<usize>())
+                        .sum::<usize>()
+            }
         }
     }
 }
@@ -213,23 +311,70 @@ struct SlotState {
     retry: VecDeque<Unit>,
     inflight: Option<u64>,
     not_before: Option<Instant>,
+    /// Listed in `ready`.
+    listed: bool,
 }
 
-/// A batch sent to a master, until its replies are in.
+impl SlotState {
+    fn has_work(&self) -> bool {
+        !self.pending.is_empty() || !self.retry.is_empty()
+    }
+}
+
+/// A batch sent to a master: units of any number of its slots (each slot's in order), until
+/// its replies are in.
 struct Flight {
-    slot: Option<u16>,
     addr: String,
-    units: Vec<Unit>,
+    /// Shared with the master's connection task, which writes their bytes and checks
+    /// their replies: nothing is copied per unit to send it.
+    units: Arc<Vec<Unit>>,
+    /// The slots it carries units of; none of them has another flight.
+    slots: Vec<u16>,
     weight: usize,
 }
+
+/// A flight being filled for one master: its units, their slots, their bytes.
+type OpenFlight = (Vec<Unit>, Vec<u16>, usize);
 
 /// A transaction being built: its bytes, expectations, queued names, and the unit's figures.
 type OpenTxn = (BytesMut, Vec<Expect>, Vec<(Bytes, bool)>, Unit);
 
 struct NodeBatch {
     id: u64,
-    bytes: Vec<Bytes>,
-    expects: Vec<Vec<Expect>>,
+    units: Arc<Vec<Unit>>,
+}
+
+/// Whether the writer may still write: checked before every batch is sent, before every
+/// reconnection and before resending what a lost connection left unanswered. Under a worker
+/// lease it returns `false` once the lease has lapsed; the writer then stops with
+/// [`TargetError::Fenced`] and sends nothing more.
+#[derive(Clone)]
+pub struct StillValid(pub Arc<dyn Fn() -> bool + Send + Sync>);
+
+impl StillValid {
+    pub fn new(f: impl Fn() -> bool + Send + Sync + 'static) -> StillValid {
+        StillValid(Arc::new(f))
+    }
+
+    fn check(&self, addr: &str) -> Result<(), TargetError> {
+        if (self.0)() {
+            Ok(())
+        } else {
+            Err(TargetError::Fenced {
+                addr: addr.to_string(),
+            })
+        }
+    }
+}
+
+impl std::fmt::Debug for StillValid {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("StillValid(..)")
+    }
+}
+
+fn still_valid(hook: &Option<StillValid>, addr: &str) -> Result<(), TargetError> {
+    hook.as_ref().map_or(Ok(()), |h| h.check(addr))
 }
 
 #[derive(Debug)]
@@ -274,10 +419,15 @@ fn spawn_node(
     ep: Endpoint,
     reports: mpsc::UnboundedSender<Report>,
     client_name: Option<String>,
+    valid: Option<StillValid>,
 ) -> mpsc::UnboundedSender<NodeBatch> {
     let (tx, mut rx) = mpsc::unbounded_channel::<NodeBatch>();
     tokio::spawn(async move {
         let addr = ep.addr();
+        if let Err(error) = still_valid(&valid, &addr) {
+            let _ = reports.send(Report::Failed { error });
+            return;
+        }
         let conn = match Connection::connect(&ep).await {
             Ok(mut c) => match &client_name {
                 Some(name) => match c.request(&["CLIENT", "SETNAME", name.as_str()]).await {
@@ -302,7 +452,7 @@ fn spawn_node(
         };
         let (stream, rbuf, _) = conn.into_parts();
         let (rd, mut wr) = tokio::io::split(stream);
-        let (exp_tx, exp_rx) = mpsc::unbounded_channel::<(u64, Vec<Vec<Expect>>)>();
+        let (exp_tx, exp_rx) = mpsc::unbounded_channel::<NodeBatch>();
         let dead = CancellationToken::new();
         let reader = tokio::spawn(read_node(
             rd,
@@ -316,15 +466,21 @@ fn spawn_node(
         while let Some(first) = rx.recv().await {
             let mut next = Some(first);
             while let Some(b) = next.take() {
-                for bytes in &b.bytes {
-                    out.extend_from_slice(bytes);
+                for u in b.units.iter() {
+                    out.extend_from_slice(&u.bytes);
                 }
-                if exp_tx.send((b.id, b.expects)).is_err() {
+                if exp_tx.send(b).is_err() {
                     return;
                 }
                 if out.len() < 1 << 20 {
                     next = rx.try_recv().ok();
                 }
+            }
+            if let Err(error) = still_valid(&valid, &addr) {
+                // Nothing more leaves: the batches taken stay unanswered.
+                let _ = reports.send(Report::Failed { error });
+                dead.cancel();
+                return;
             }
             if let Err(e) = wr.write_all(&out).await {
                 debug!(target = %addr, error = %e, "write failed");
@@ -342,7 +498,7 @@ fn spawn_node(
 async fn read_node(
     mut rd: tokio::io::ReadHalf<ferry_resp::Stream>,
     mut buf: BytesMut,
-    mut exp_rx: mpsc::UnboundedReceiver<(u64, Vec<Vec<Expect>>)>,
+    mut exp_rx: mpsc::UnboundedReceiver<NodeBatch>,
     addr: String,
     reports: mpsc::UnboundedSender<Report>,
     dead: CancellationToken,
@@ -358,16 +514,31 @@ async fn read_node(
             n = exp_rx.recv() => n,
             _ = dead.cancelled() => None,
         };
-        let Some((id, units)) = next else {
+        let Some(NodeBatch { id, units }) = next else {
             if dead.is_cancelled() {
                 lost(closed(&addr, "writing"));
             }
             return;
         };
         let mut results = Vec::with_capacity(units.len());
-        for unit in units {
+        for unit in units.iter() {
             let mut refused = None;
-            for expect in unit {
+            for expect in unit.expects.as_slice() {
+                // The commonest reply, `+OK` to a `RESTORE`, is taken without a frame.
+                if matches!(expect, Expect::Restore { .. } | Expect::Control { .. }) {
+                    while buf.len() < 5 && buf.first().is_none_or(|&b| b == b'+') {
+                        if buf.len() >= 3 && &buf[..3] != b"+OK" {
+                            break;
+                        }
+                        if let Err(e) = read_more(&mut rd, &mut buf, &dead, &addr).await {
+                            return lost(e);
+                        }
+                    }
+                    if buf.starts_with(b"+OK\r\n") {
+                        buf.advance(5);
+                        continue;
+                    }
+                }
                 let reply = loop {
                     match frame::parse(&mut buf) {
                         Ok(Some((f, _))) => break f,
@@ -383,23 +554,8 @@ async fn read_node(
                             return;
                         }
                     }
-                    buf.reserve(64 * 1024);
-                    let n = tokio::select! {
-                        n = rd.read_buf(&mut buf) => n,
-                        _ = dead.cancelled() => Ok(0),
-                    };
-                    match n {
-                        Ok(0) => return lost(closed(&addr, "while writes were in flight")),
-                        Ok(_) => {}
-                        Err(source) => {
-                            return lost(
-                                ferry_resp::Error::Io {
-                                    addr: addr.clone(),
-                                    source,
-                                }
-                                .into(),
-                            )
-                        }
+                    if let Err(e) = read_more(&mut rd, &mut buf, &dead, &addr).await {
+                        return lost(e);
                     }
                 };
                 if let Frame::Error(m) = &reply {
@@ -410,7 +566,15 @@ async fn read_node(
                 }
                 // Replies after a refusal (`EXECABORT`) only echo it.
                 if refused.is_none() {
-                    if let Err(error) = check_reply(&expect, &reply, &addr) {
+                    let checked = match expect {
+                        // The key is taken from the command only when the reply is an error.
+                        Expect::Restore { key } if key.is_empty() && reply.is_error() => {
+                            let key = restore_key(&unit.bytes).unwrap_or_default();
+                            check_reply(&Expect::Restore { key }, &reply, &addr)
+                        }
+                        _ => check_reply(expect, &reply, &addr),
+                    };
+                    if let Err(error) = checked {
                         let _ = reports.send(Report::Failed { error });
                         return;
                     }
@@ -421,6 +585,30 @@ async fn read_node(
         if reports.send(Report::Done { id, results }).is_err() {
             return;
         }
+    }
+}
+
+/// Reads more replies into `buf`; the connection's end (or the writer half's failure) is
+/// an error.
+async fn read_more(
+    rd: &mut tokio::io::ReadHalf<ferry_resp::Stream>,
+    buf: &mut BytesMut,
+    dead: &CancellationToken,
+    addr: &str,
+) -> Result<(), TargetError> {
+    buf.reserve(64 * 1024);
+    let n = tokio::select! {
+        n = rd.read_buf(buf) => n,
+        _ = dead.cancelled() => Ok(0),
+    };
+    match n {
+        Ok(0) => Err(closed(addr, "while writes were in flight")),
+        Ok(_) => Ok(()),
+        Err(source) => Err(ferry_resp::Error::Io {
+            addr: addr.to_string(),
+            source,
+        }
+        .into()),
     }
 }
 
@@ -442,6 +630,7 @@ pub async fn write_cluster(
 ) -> Result<WriteSummary, TargetError> {
     let mut seed = opts.endpoint.clone();
     seed.db = None;
+    still_valid(&opts.still_valid, &seed.addr())?;
     let mut conn = Connection::connect(&seed).await?;
     let addr = conn.addr().to_string();
     let info = conn.info("server").await?;
@@ -467,8 +656,12 @@ pub async fn write_cluster(
         &addr,
     );
     let (reports_tx, reports) = mpsc::unbounded_channel();
+    let limit = (opts.batch_bytes * opts.max_batches_in_flight.max(1)).max(1 << 20);
+    let addrs: Vec<String> = map.masters.iter().map(Endpoint::addr).collect();
     let mut w = ClusterWriter {
-        limit: (opts.batch_bytes * opts.max_batches_in_flight.max(1)).max(1 << 20),
+        limit,
+        // A quarter of everything a writer may hold: a few masters share it.
+        node_cap: (limit / 4).max(opts.batch_bytes),
         global_slot: opts.checkpoint_key.as_deref().map(key_slot),
         opts,
         stats,
@@ -479,7 +672,11 @@ pub async fn write_cluster(
         reports_tx,
         reports,
         slots: (0..SLOTS).map(|_| SlotState::default()).collect(),
-        dirty: BTreeSet::new(),
+        ready: vec![VecDeque::new(); addrs.len()],
+        addrs,
+        node_inflight: HashMap::new(),
+        delayed: Vec::new(),
+        busy: 0,
         flights: HashMap::new(),
         next_id: 0,
         outstanding: 0,
@@ -532,8 +729,20 @@ struct ClusterWriter {
     reports_tx: mpsc::UnboundedSender<Report>,
     reports: mpsc::UnboundedReceiver<Report>,
     slots: Vec<SlotState>,
+    /// Slots with something to send, no flight and no pause: the next dispatch sends them.
+    /// Per master (index in `map.masters`), the slots it serves that are ready.
+    ready: Vec<VecDeque<u16>>,
+    /// `map.masters`' addresses.
+    addrs: Vec<String>,
+    /// Flights unanswered per master.
+    node_inflight: HashMap<String, usize>,
+    /// Unanswered weight per master past which its ready slots wait (and so gather into
+    /// bigger flights: fewer wake-ups and allocations per key).
+    node_cap: usize,
+    /// Slots paused after a refusal (`not_before`), listed again once the pause is over.
+    delayed: Vec<u16>,
     /// Slots with something to send.
-    dirty: BTreeSet<u16>,
+    busy: usize,
     flights: HashMap<u64, Flight>,
     next_id: u64,
     /// Bytes queued or in flight: reading events pauses above `limit`.
@@ -579,10 +788,8 @@ impl ClusterWriter {
                 ev = rx.recv(), if reading && self.outstanding < self.limit => match ev {
                     Some(ev) => {
                         self.event(ev).await?;
-                        // Take what is already queued before dispatching: `dispatch` walks
-                        // every dirty slot, and a slot's first key would otherwise leave
-                        // alone in a flight of its own (a full sync was 20x slower than
-                        // three native replicas).
+                        // Take what is already queued before dispatching, so that one
+                        // flight per master carries many slots' work.
                         let mut n = 1;
                         while n < DRAIN_EVENTS && self.outstanding < self.limit {
                             let Ok(ev) = rx.try_recv() else { break };
@@ -604,116 +811,212 @@ impl ClusterWriter {
     }
 
     fn idle(&self) -> bool {
-        self.flights.is_empty() && self.dirty.is_empty()
+        self.flights.is_empty() && self.busy == 0
     }
 
     fn next_wake(&self) -> Option<Instant> {
-        self.dirty
+        self.delayed
             .iter()
             .filter_map(|&s| self.slots[s as usize].not_before)
             .min()
     }
 
-    /// Sends every slot's next batch that may go now.
+    /// Lists `slot` for the next dispatch if it has work and may send now.
+    fn wake(&mut self, slot: u16) {
+        let st = &mut self.slots[slot as usize];
+        if !st.listed && st.inflight.is_none() && st.not_before.is_none() && st.has_work() {
+            st.listed = true;
+            // Every slot has a master (a map with a gap is never taken); were it not so,
+            // the master asked answers `MOVED`.
+            let i = self.map.owner[slot as usize].unwrap_or(0);
+            self.ready[i].push_back(slot);
+        }
+    }
+
+    /// Takes a new slot map; the ready slots are listed under their new masters.
+    fn set_map(&mut self, map: SlotMap) {
+        let slots: Vec<u16> = self.ready.iter_mut().flat_map(|q| q.drain(..)).collect();
+        self.addrs = map.masters.iter().map(Endpoint::addr).collect();
+        self.ready = vec![VecDeque::new(); map.masters.len()];
+        self.map = map;
+        for s in slots {
+            let i = self.map.owner[s as usize].unwrap_or(0);
+            self.ready[i].push_back(s);
+        }
+    }
+
+    fn room(&self, i: usize) -> bool {
+        self.node_inflight.get(&self.addrs[i]).copied().unwrap_or(0) < self.node_cap
+    }
+
+    /// Sends the next batch of ready slots: per master, as long as what it has unanswered
+    /// stays under `node_cap`, one flight (several when they grow past `batch_bytes`), each
+    /// slot's units in order, at most one flight per slot. A master's other ready slots stay
+    /// listed, untouched, until one of its flights is answered.
     fn dispatch(&mut self) -> Result<(), TargetError> {
-        let now = Instant::now();
-        let ready: Vec<u16> = self
-            .dirty
-            .iter()
-            .copied()
-            .filter(|&s| {
+        if !self.delayed.is_empty() {
+            let now = Instant::now();
+            let mut due = Vec::new();
+            self.delayed.retain(|&s| {
                 let st = &self.slots[s as usize];
-                st.inflight.is_none() && st.not_before.is_none_or(|t| t <= now)
-            })
-            .collect();
-        for s in ready {
-            self.dispatch_slot(s)?;
+                if st.not_before.is_none_or(|t| t <= now) {
+                    due.push(s);
+                    false
+                } else {
+                    true
+                }
+            });
+            for s in due {
+                self.slots[s as usize].not_before = None;
+                self.wake(s);
+            }
+        }
+        for i in 0..self.ready.len() {
+            let mut room = self.room(i);
+            let mut open: Option<OpenFlight> = None;
+            while room {
+                let Some(slot) = self.ready[i].pop_front() else {
+                    break;
+                };
+                self.slots[slot as usize].listed = false;
+                // Sized for the slots at hand (growing it would move every unit), but not a
+                // big allocation for a stream's few.
+                let n = (self.ready[i].len() + 1).min(1024);
+                let f =
+                    open.get_or_insert_with(|| (Vec::with_capacity(n), Vec::with_capacity(n), 0));
+                let start = f.0.len();
+                if self.take_units(slot, &mut f.0) == 0 {
+                    continue;
+                }
+                // A flight's size is capped in bytes sent (its memory is counted in
+                // `outstanding`).
+                f.2 += f.0[start..].iter().map(|u| u.bytes.len()).sum::<usize>();
+                f.1.push(slot);
+                if f.2 >= self.opts.batch_bytes {
+                    let (units, slots, _) = open.take().unwrap_or_default();
+                    let ep = self.map.masters[i].clone();
+                    self.send(&ep, units, slots)?;
+                    room = self.room(i);
+                }
+            }
+            if let Some((units, slots, _)) = open.filter(|f| !f.0.is_empty()) {
+                let ep = self.map.masters[i].clone();
+                self.send(&ep, units, slots)?;
+            }
         }
         Ok(())
     }
 
-    fn dispatch_slot(&mut self, slot: u16) -> Result<(), TargetError> {
+    /// Appends a slot's next batch to `out`: what was refused first, else queued items up to
+    /// `batch_bytes`. Returns the weight appended.
+    fn take_units(&mut self, slot: u16, out: &mut Vec<Unit>) -> usize {
         let st = &mut self.slots[slot as usize];
-        st.not_before = None;
+        if st.inflight.is_some() || st.not_before.is_some() || !st.has_work() {
+            return 0;
+        }
+        let start = out.len();
         // Queued work leaves `outstanding` here and comes back as the flight's weight.
-        let units: Vec<Unit> = if !st.retry.is_empty() {
-            let units: Vec<Unit> = st.retry.drain(..).collect();
-            let size: usize = units.iter().map(|u| u.bytes.len()).sum();
+        if !st.retry.is_empty() {
+            let mut size = 0;
+            for u in st.retry.drain(..) {
+                size += u.weight();
+                out.push(u);
+            }
             self.outstanding = self.outstanding.saturating_sub(size);
-            units
         } else {
+            // Units go straight into the flight until a command item needs `units_of`.
+            // A batch is capped by the bytes it sends, not by its memory: a busy slot's
+            // stream (one slot takes all of `redis-benchmark --cluster`'s keys of a master)
+            // goes in batches as big as on a standalone target.
             let mut items = Vec::new();
             let mut size = 0;
+            let mut bytes = 0;
             while let Some(item) = st.pending.pop_front() {
                 size += item.weight();
-                items.push(item);
-                if size >= self.opts.batch_bytes {
+                bytes += item.bytes();
+                match item {
+                    Item::Unit(u) if items.is_empty() => out.push(u),
+                    item => items.push(item),
+                }
+                if bytes >= self.opts.batch_bytes {
                     break;
                 }
             }
+            if st.pending.is_empty() && st.pending.capacity() > 64 {
+                // A burst's queue is not kept for the rest of the sync.
+                st.pending = VecDeque::new();
+            }
             self.outstanding = self.outstanding.saturating_sub(size);
-            self.units_of(slot, items)
-        };
-        let st = &mut self.slots[slot as usize];
-        if st.pending.is_empty() && st.retry.is_empty() {
-            self.dirty.remove(&slot);
+            if !items.is_empty() {
+                self.units_of(slot, items, out);
+            }
         }
-        if units.is_empty() {
-            return Ok(());
+        if !self.slots[slot as usize].has_work() {
+            self.busy -= 1;
         }
-        let Some(ep) = self.map.endpoint(slot).cloned() else {
-            return Err(TargetError::Incompatible {
-                addr: self.addr.clone(),
-                message: format!("slot {slot} is served by no master"),
-            });
-        };
-        let id = self.send(&ep, units, Some(slot));
-        self.slots[slot as usize].inflight = Some(id);
-        Ok(())
+        let mut weight = 0;
+        for u in &mut out[start..] {
+            u.slot = Some(slot);
+            weight += u.weight();
+        }
+        weight
     }
 
-    fn send(&mut self, ep: &Endpoint, units: Vec<Unit>, slot: Option<u16>) -> u64 {
+    /// Sends a flight to the master at `ep`; `slots` are the slots it carries units of.
+    fn send(
+        &mut self,
+        ep: &Endpoint,
+        units: Vec<Unit>,
+        slots: Vec<u16>,
+    ) -> Result<u64, TargetError> {
+        let addr = ep.addr();
+        still_valid(&self.opts.still_valid, &addr)?;
         let id = self.next_id;
         self.next_id += 1;
-        let addr = ep.addr();
         let reports = self.reports_tx.clone();
         let name = self.opts.client_name.clone();
+        let valid = self.opts.still_valid.clone();
         let node = self
             .nodes
             .entry(addr.clone())
-            .or_insert_with(|| spawn_node(ep.clone(), reports, name));
+            .or_insert_with(|| spawn_node(ep.clone(), reports, name, valid));
+        let weight = units.iter().map(Unit::weight).sum();
+        let units = Arc::new(units);
         let batch = NodeBatch {
             id,
-            bytes: units.iter().map(|u| u.bytes.clone()).collect(),
-            expects: units.iter().map(|u| u.expects.clone()).collect(),
+            units: units.clone(),
         };
         // A node task that ended has reported its loss (or a failure), still queued for
         // `report`: the recovery then takes this flight too. A new connection must not, or
         // a batch could be applied twice.
         let _ = node.send(batch);
-        let weight = units.iter().map(|u| u.bytes.len()).sum();
+        *self.node_inflight.entry(addr.clone()).or_default() += weight;
         self.outstanding += weight;
+        for &s in &slots {
+            self.slots[s as usize].inflight = Some(id);
+        }
         self.flights.insert(
             id,
             Flight {
-                slot,
                 addr,
                 units,
+                slots,
                 weight,
             },
         );
-        id
+        Ok(id)
     }
 
-    /// Turns a slot's queued items into units: under checkpoints all its commands become
-    /// one transaction that also records the slot's checkpoint.
-    fn units_of(&mut self, slot: u16, items: Vec<Item>) -> Vec<Unit> {
-        let mut units = Vec::new();
-        let ckpt_key = self
-            .opts
-            .checkpoint_key
-            .as_ref()
-            .map(|k| slot_checkpoint_key(k, slot));
+    /// Turns a slot's queued items into units, appended to `units`: under checkpoints all its
+    /// commands become one transaction that also records the slot's checkpoint.
+    fn units_of(&mut self, slot: u16, items: Vec<Item>, units: &mut Vec<Unit>) {
+        // Only a batch of stream commands needs the slot's checkpoint key.
+        let ckpt_key = match self.opts.checkpoint_key.as_ref() {
+            Some(k) if items.iter().any(|i| matches!(i, Item::Cmds { .. })) => {
+                Some(slot_checkpoint_key(k, slot))
+            }
+            _ => None,
+        };
         let mut txn: Option<OpenTxn> = None;
         let mut last = (0u64, 0u32);
         for item in items {
@@ -739,7 +1042,7 @@ impl ClusterWriter {
                                 buf,
                                 vec![Expect::Control { what: "MULTI" }],
                                 Vec::new(),
-                                Unit::new(Bytes::new(), Vec::new(), String::new()),
+                                Unit::new(Bytes::new(), Vec::new()),
                             )
                         });
                         for c in &cmds {
@@ -760,7 +1063,6 @@ impl ClusterWriter {
                         for (i, c) in cmds.into_iter().enumerate() {
                             let mut buf = BytesMut::new();
                             frame::write_command(&mut buf, &c);
-                            let what = describe(&c);
                             let mut u = Unit::new(
                                 buf.freeze(),
                                 vec![Expect::Command {
@@ -768,7 +1070,6 @@ impl ClusterWriter {
                                     key: c.get(1).cloned(),
                                     offset: None,
                                 }],
-                                what,
                             );
                             if i == 0 {
                                 u.offsets.push(offset);
@@ -783,7 +1084,6 @@ impl ClusterWriter {
         if let Some(t) = txn.take() {
             units.push(self.close_txn(t, ckpt_key.as_ref(), last));
         }
-        units
     }
 
     fn close_txn(
@@ -807,28 +1107,24 @@ impl ClusterWriter {
             unit.checkpoint = Some(offset);
         }
         frame::write_command(&mut buf, &[b"EXEC"]);
-        unit.what = format!(
-            "a transaction of {} command(s) ({}…)",
-            names.len(),
-            names
-                .first()
-                .map(|(n, _)| lossy(n).to_uppercase())
-                .unwrap_or_default()
-        );
         expects.push(Expect::Exec {
             names,
             offset: None,
             folded: 0,
         });
         unit.bytes = buf.freeze();
-        unit.expects = expects;
+        unit.expects = Expects::Many(expects);
         unit
     }
 
     fn queue(&mut self, slot: u16, item: Item) {
         self.outstanding += item.weight();
-        self.slots[slot as usize].pending.push_back(item);
-        self.dirty.insert(slot);
+        let st = &mut self.slots[slot as usize];
+        if !st.has_work() {
+            self.busy += 1;
+        }
+        st.pending.push_back(item);
+        self.wake(slot);
     }
 
     fn check_db(&self, db: u32) -> Result<(), TargetError> {
@@ -941,13 +1237,10 @@ impl ClusterWriter {
             Event::SnapshotHeader { rdb_version } => self.rdb_version = rdb_version,
             Event::Entry(e) => {
                 self.check_db(e.db as u32)?;
-                let mut buf = BytesMut::new();
+                let mut buf = BytesMut::with_capacity(e.key.len() + e.payload.len() + 96);
                 write_restore(&mut buf, &e, self.opts.overwrite, self.rdb_version);
-                let mut u = Unit::new(
-                    buf.freeze(),
-                    vec![Expect::Restore { key: e.key.clone() }],
-                    format!("RESTORE {:?}", lossy(&e.key)),
-                );
+                // The key is read back from the command if an error needs it.
+                let mut u = Unit::new(buf.freeze(), Expect::Restore { key: Bytes::new() });
                 u.keys = 1;
                 u.records = 1;
                 self.queue(key_slot(&e.key), Item::Unit(u));
@@ -987,11 +1280,7 @@ impl ClusterWriter {
                 last: completes_key && i + 1 == n,
             });
         }
-        let mut u = Unit::new(
-            buf.freeze(),
-            expects,
-            format!("key {:?} rewritten into commands", lossy(&key)),
-        );
+        let mut u = Unit::new(buf.freeze(), expects);
         if completes_key {
             u.keys = 1;
             u.records = 1;
@@ -1150,9 +1439,8 @@ impl ClusterWriter {
             vec![Expect::Control {
                 what: "SET checkpoint",
             }],
-            "SET checkpoint".into(),
         );
-        u.global = Some(c);
+        u.global = Some(Box::new(c));
         u.idempotent = true;
         self.global_pending = true;
         self.queue(slot, Item::Unit(u));
@@ -1166,7 +1454,6 @@ impl ClusterWriter {
         at: Option<(u64, u32)>,
     ) -> Result<(), TargetError> {
         self.drain().await?;
-        let what = describe(&argv);
         let mut buf = BytesMut::new();
         frame::write_command(&mut buf, &argv);
         let bytes = buf.freeze();
@@ -1202,14 +1489,14 @@ impl ClusterWriter {
                     offset: None,
                 },
             };
-            let mut u = Unit::new(bytes.clone(), vec![expect], what.clone());
+            let mut u = Unit::new(bytes.clone(), vec![expect]);
             u.idempotent = idempotent;
             if let Some((o, _)) = at {
                 u.offsets.push(o);
                 *self.unacked.entry(o).or_default() += 1;
                 u.records = u64::from(i == 0 && last.is_none());
             }
-            self.send(ep, vec![u], None);
+            self.send(ep, vec![u], Vec::new())?;
         }
         self.drain().await?;
         if let Some((ep, offset, db, key)) = last {
@@ -1239,14 +1526,14 @@ impl ClusterWriter {
                     folded: 0,
                 },
             ];
-            let mut u = Unit::new(buf.freeze(), expects, what);
+            let mut u = Unit::new(buf.freeze(), expects);
             u.idempotent = true;
             u.offsets.push(offset);
             *self.unacked.entry(offset).or_default() += 1;
             u.records = 1;
-            u.global = Some(c);
+            u.global = Some(Box::new(c));
             self.global_pending = true;
-            self.send(&ep, vec![u], None);
+            self.send(&ep, vec![u], Vec::new())?;
             self.drain().await?;
         } else if flush {
             // The global checkpoint is written again as soon as the stream moves on.
@@ -1282,13 +1569,16 @@ impl ClusterWriter {
                     return Ok(());
                 };
                 self.outstanding = self.outstanding.saturating_sub(flight.weight);
+                self.flight_done(&flight.addr, flight.weight);
                 let mut refresh = false;
-                let mut later = false;
+                // Slots refused with `ASK`/`TRYAGAIN`/`CLUSTERDOWN`: paused before resending.
+                let mut later: Vec<u16> = Vec::new();
                 let mut retry = Vec::new();
-                for (mut unit, refused) in flight.units.into_iter().zip(results) {
+                for (unit, refused) in flight.units.iter().zip(results) {
                     match refused {
                         None => self.acked(unit),
                         Some(r) => {
+                            let mut unit = unit.clone();
                             let first = *unit.first_refusal.get_or_insert_with(Instant::now);
                             let message = match &r {
                                 Refusal::Moved(m) => {
@@ -1297,7 +1587,11 @@ impl ClusterWriter {
                                     m
                                 }
                                 Refusal::Later(m) => {
-                                    later = true;
+                                    if let Some(s) = unit.slot {
+                                        if later.last() != Some(&s) {
+                                            later.push(s);
+                                        }
+                                    }
                                     self.asked += 1;
                                     m
                                 }
@@ -1305,7 +1599,7 @@ impl ClusterWriter {
                             if first.elapsed() > REDIRECT_PATIENCE {
                                 return Err(TargetError::Rejected {
                                     addr: flight.addr.clone(),
-                                    command: unit.what.clone(),
+                                    command: unit.what(),
                                     message: format!(
                                         "still refused after {REDIRECT_PATIENCE:?}: {message}"
                                     ),
@@ -1316,13 +1610,18 @@ impl ClusterWriter {
                         }
                     }
                 }
-                self.requeue(flight.slot, &flight.addr, retry)?;
-                if let Some(s) = flight.slot {
+                self.requeue(&flight.addr, retry)?;
+                let now = Instant::now();
+                for &s in &later {
                     let st = &mut self.slots[s as usize];
-                    st.inflight = None;
-                    if later {
-                        st.not_before = Some(Instant::now() + RETRY_BACKOFF);
+                    if st.not_before.is_none() {
+                        st.not_before = Some(now + RETRY_BACKOFF);
+                        self.delayed.push(s);
                     }
+                }
+                for &s in &flight.slots {
+                    self.slots[s as usize].inflight = None;
+                    self.wake(s);
                 }
                 if refresh {
                     self.refresh().await?;
@@ -1334,40 +1633,44 @@ impl ClusterWriter {
         }
     }
 
-    /// Units to send again: a slot's go first in its queue, a broadcast's straight back.
-    fn requeue(
-        &mut self,
-        slot: Option<u16>,
-        addr: &str,
-        units: Vec<Unit>,
-    ) -> Result<(), TargetError> {
-        if units.is_empty() {
-            return Ok(());
+    /// A flight to `addr` is answered: that master may take more.
+    fn flight_done(&mut self, addr: &str, weight: usize) {
+        if let Some(n) = self.node_inflight.get_mut(addr) {
+            *n = n.saturating_sub(weight);
         }
-        match slot {
-            Some(s) => {
-                let st = &mut self.slots[s as usize];
-                for u in units.into_iter().rev() {
-                    self.outstanding += u.bytes.len();
-                    st.retry.push_front(u);
-                }
-                self.dirty.insert(s);
+    }
+
+    /// Units to send again: a slot's go first in its queue (in their order), a broadcast's
+    /// straight back to its master.
+    fn requeue(&mut self, addr: &str, units: Vec<Unit>) -> Result<(), TargetError> {
+        let mut direct = Vec::new();
+        for u in units.into_iter().rev() {
+            let Some(s) = u.slot else {
+                direct.push(u);
+                continue;
+            };
+            self.outstanding += u.weight();
+            let st = &mut self.slots[s as usize];
+            if !st.has_work() {
+                self.busy += 1;
             }
-            None => {
-                let ep = self
-                    .map
-                    .masters
-                    .iter()
-                    .find(|m| m.addr() == addr)
-                    .cloned()
-                    .unwrap_or_else(|| self.seed.clone());
-                self.send(&ep, units, None);
-            }
+            st.retry.push_front(u);
+        }
+        if !direct.is_empty() {
+            direct.reverse();
+            let ep = self
+                .map
+                .masters
+                .iter()
+                .find(|m| m.addr() == addr)
+                .cloned()
+                .unwrap_or_else(|| self.seed.clone());
+            self.send(&ep, direct, Vec::new())?;
         }
         Ok(())
     }
 
-    fn acked(&mut self, unit: Unit) {
+    fn acked(&mut self, unit: &Unit) {
         for o in &unit.offsets {
             if let Some(n) = self.unacked.get_mut(o) {
                 *n -= 1;
@@ -1383,9 +1686,9 @@ impl ClusterWriter {
             self.summary.commands += unit.records;
         }
         self.stats.records_applied.fetch_add(unit.records, Relaxed);
-        if let Some(c) = unit.global {
+        if let Some(c) = &unit.global {
             self.global_pending = false;
-            if let Checkpoint::Stream { offset, .. } = c {
+            if let Checkpoint::Stream { offset, .. } = **c {
                 self.global_written = Some(offset);
             }
         }
@@ -1400,7 +1703,7 @@ impl ClusterWriter {
                 masters = map.masters.len(),
                 "slot map refreshed after MOVED"
             );
-            self.map = map;
+            self.set_map(map);
         }
         Ok(())
     }
@@ -1435,29 +1738,35 @@ impl ClusterWriter {
                 .units
                 .iter()
                 .find(|u| !u.idempotent && u.checkpoint.is_none())
-                .map(|u| u.what.clone())
+                .map(Unit::what)
                 .unwrap_or_default();
             warn!(target = %addr, command = %what, "connection lost with writes that cannot be verified in flight");
             return Err(error);
         }
+        // Under a lapsed lease nothing is resent (nor is the cluster asked to reconnect).
+        still_valid(&self.opts.still_valid, &addr)?;
         warn!(target = %addr, error = %error, batches = lost.len(), "lost a target master; waiting for the cluster to replace it");
         self.wait_replaced(&addr, &error).await?;
+        still_valid(&self.opts.still_valid, &addr)?;
+        let mut conns = HashMap::new();
+        self.node_inflight.remove(&addr);
         for (_, flight) in lost {
             self.outstanding = self.outstanding.saturating_sub(flight.weight);
             let mut resend = Vec::new();
-            for unit in flight.units {
-                match (unit.checkpoint, flight.slot) {
+            for unit in flight.units.iter() {
+                match (unit.checkpoint, unit.slot) {
                     (Some(offset), Some(slot))
-                        if self.slot_applied(slot).await? >= Some(offset) =>
+                        if self.slot_applied(slot, &mut conns).await? >= Some(offset) =>
                     {
                         self.acked(unit)
                     }
-                    _ => resend.push(unit),
+                    _ => resend.push(unit.clone()),
                 }
             }
-            self.requeue(flight.slot, &flight.addr, resend)?;
-            if let Some(s) = flight.slot {
+            self.requeue(&flight.addr, resend)?;
+            for &s in &flight.slots {
                 self.slots[s as usize].inflight = None;
+                self.wake(s);
             }
         }
         self.advance();
@@ -1486,7 +1795,7 @@ impl ClusterWriter {
                         };
                     if !serves || back {
                         info!(lost = %addr, masters = map.masters.len(), "slot map refreshed");
-                        self.map = map;
+                        self.set_map(map);
                         return Ok(());
                     }
                 }
@@ -1504,12 +1813,21 @@ impl ClusterWriter {
     }
 
     /// The offset a slot's checkpoint records on its current master.
-    async fn slot_applied(&self, slot: u16) -> Result<Option<u64>, TargetError> {
+    async fn slot_applied(
+        &self,
+        slot: u16,
+        conns: &mut HashMap<String, Connection>,
+    ) -> Result<Option<u64>, TargetError> {
         let (Some(key), Some(ep)) = (&self.opts.checkpoint_key, self.map.endpoint(slot)) else {
             return Ok(None);
         };
         let key = slot_checkpoint_key(key, slot);
-        let mut conn = Connection::connect(ep).await?;
+        let conn = match conns.entry(ep.addr()) {
+            std::collections::hash_map::Entry::Occupied(e) => e.into_mut(),
+            std::collections::hash_map::Entry::Vacant(e) => {
+                e.insert(Connection::connect(ep).await?)
+            }
+        };
         match conn.request(&[b"GET".as_ref(), &key]).await? {
             Frame::Bulk(v) => Ok(match Checkpoint::parse(&v) {
                 Some(Checkpoint::Stream { offset, .. }) => Some(offset),
@@ -1526,11 +1844,15 @@ async fn sleep_until(t: Option<Instant>) {
     }
 }
 
-fn describe(argv: &[Bytes]) -> String {
-    match argv.get(1) {
-        Some(k) => format!("{} {:?}", lossy(&argv[0]).to_uppercase(), lossy(k)),
-        None => lossy(&argv[0]).to_uppercase(),
-    }
+/// The key of an encoded `RESTORE` (`*n`, `$7 RESTORE`, then the key's bulk string), read
+/// back from the command for an error message.
+fn restore_key(cmd: &Bytes) -> Option<Bytes> {
+    let head = b"\r\n$7\r\nRESTORE\r\n$".len();
+    let start = cmd.iter().position(|&b| b == b'\r')? + head;
+    let cr = start + cmd.get(start..)?.iter().position(|&b| b == b'\r')?;
+    let len: usize = std::str::from_utf8(&cmd[start..cr]).ok()?.parse().ok()?;
+    let key = cr + 2;
+    (cmd.len() >= key + len).then(|| cmd.slice(key..key + len))
 }
 
 /// The masters of the cluster `seed` belongs to.
@@ -1707,6 +2029,24 @@ mod tests {
         );
         let e = route_command(argv(&["SWAPDB", "0", "1"]), "t").unwrap_err();
         assert!(e.to_string().contains("SWAPDB"), "{e}");
+    }
+
+    #[test]
+    fn the_key_of_a_restore_is_read_back_from_the_command() {
+        for key in [&b"k"[..], b"a key with\r\n inside", &[b'x'; 300]] {
+            let e = ferry_rdb::Entry {
+                db: 0,
+                key: Bytes::copy_from_slice(key),
+                value_type: 0,
+                payload: Bytes::from_static(b"\x00\x01v"),
+                expire_ms: Some(5),
+                idle: None,
+                freq: None,
+            };
+            let mut buf = BytesMut::new();
+            write_restore(&mut buf, &e, true, 9);
+            assert_eq!(restore_key(&buf.freeze()).as_deref(), Some(key));
+        }
     }
 
     #[test]

@@ -14,6 +14,10 @@ pub enum TargetError {
     },
     #[error("{addr}: {message}")]
     Incompatible { addr: String, message: String },
+    /// The writer's lease lapsed (its `still_valid` hook said so): it stopped without
+    /// sending anything more.
+    #[error("{addr}: the writer is no longer allowed to write (its lease lapsed); stopped before sending more")]
+    Fenced { addr: String },
 }
 
 impl TargetError {

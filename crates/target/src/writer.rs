@@ -56,6 +56,9 @@ pub struct WriterOptions {
     pub slot_offsets: Option<Arc<HashMap<u16, u64>>>,
     /// `CLIENT SETNAME` of the writer's connections (see [`crate::fence`]).
     pub client_name: Option<String>,
+    /// Cluster target: checked before every batch, reconnection and resend; once it says
+    /// `false` the writer stops with [`TargetError::Fenced`] (see [`crate::cluster::StillValid`]).
+    pub still_valid: Option<crate::cluster::StillValid>,
 }
 
 impl WriterOptions {
@@ -73,6 +76,7 @@ impl WriterOptions {
             db_map: DbMap::default(),
             slot_offsets: None,
             client_name: None,
+            still_valid: None,
         }
     }
 }

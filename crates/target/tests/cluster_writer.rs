@@ -1,0 +1,308 @@
+//! The cluster writer against a real cluster. Its `still_valid` hook: a writer whose lease
+//! has lapsed sends nothing more, not even the batches a lost connection left unanswered;
+//! with the lease still valid the same loss is recovered by resending them. Its snapshot
+//! batches: keys land once each, and an existing key is named in the error.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::thread;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use ferry_resp::Endpoint;
+use ferry_source::{Event, ShardStats};
+use ferry_target::cluster::StillValid;
+use ferry_target::{checkpoint, write_cluster, TargetError, WriteSummary, WriterOptions};
+use ferry_testkit::{Cluster, Server};
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+
+const CLIENT_NAME: &str = "ferry-fence-test-g1";
+const LONG: Duration = Duration::from_secs(60);
+
+struct Run {
+    rt: tokio::runtime::Runtime,
+    tx: Option<mpsc::Sender<Event>>,
+    writer: tokio::task::JoinHandle<Result<WriteSummary, TargetError>>,
+    valid: Arc<AtomicBool>,
+    offset: u64,
+}
+
+impl Run {
+    fn start(cluster: &Cluster) -> Run {
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_all()
+            .build()
+            .unwrap();
+        let port = cluster.masters()[0].port();
+        let mut opts = WriterOptions::new(Endpoint::new("127.0.0.1", port));
+        opts.checkpoint_key = Some(checkpoint::key("fence-test", "0"));
+        opts.client_name = Some(CLIENT_NAME.to_string());
+        let valid = Arc::new(AtomicBool::new(true));
+        let v = valid.clone();
+        opts.still_valid = Some(StillValid::new(move || v.load(Ordering::SeqCst)));
+        let (tx, rx) = mpsc::channel(1024);
+        let writer = rt.spawn(write_cluster(
+            opts,
+            rx,
+            Arc::new(ShardStats::default()),
+            CancellationToken::new(),
+        ));
+        let mut run = Run {
+            rt,
+            tx: Some(tx),
+            writer,
+            valid,
+            offset: 1000,
+        };
+        run.send(Event::Continue {
+            replid: "f".repeat(40),
+            offset: 1000,
+        });
+        run
+    }
+
+    /// Queues an event; a writer that stopped takes no more (its result says why).
+    fn send(&mut self, ev: Event) {
+        let _ = self.tx.as_ref().unwrap().blocking_send(ev);
+    }
+
+    /// `SET <prefix>:<i> <i>` for each i, as replicated commands.
+    fn set_keys(&mut self, prefix: &str, n: usize) {
+        for i in 0..n {
+            self.offset += 40;
+            let argv = vec![
+                Bytes::from_static(b"SET"),
+                Bytes::from(format!("{prefix}:{i}")),
+                Bytes::from(i.to_string()),
+            ];
+            let offset = self.offset;
+            self.send(Event::Command {
+                db: 0,
+                argv,
+                offset,
+            });
+        }
+    }
+
+    /// Closes the event queue and waits for the writer's result.
+    fn finish(mut self) -> Result<WriteSummary, TargetError> {
+        self.tx = None;
+        let writer = self.writer;
+        self.rt.block_on(async {
+            tokio::time::timeout(LONG, writer)
+                .await
+                .expect("the writer did not stop")
+                .expect("the writer panicked")
+        })
+    }
+}
+
+fn count_keys(cluster: &Cluster, prefix: &str, n: usize) -> usize {
+    (0..n)
+        .filter(|i| {
+            let key = format!("{prefix}:{i}");
+            !cluster.cmd_routed(&[b"GET", key.as_bytes()]).is_nil()
+        })
+        .count()
+}
+
+fn wait_keys(cluster: &Cluster, prefix: &str, n: usize) {
+    let deadline = Instant::now() + LONG;
+    while count_keys(cluster, prefix, n) < n {
+        assert!(Instant::now() < deadline, "{prefix}:* never all arrived");
+        thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// Blocked clients (a paused write counts) on a node.
+fn blocked(node: &Server) -> u64 {
+    node.info("clients")["blocked_clients"].parse().unwrap()
+}
+
+/// Pauses writes on every master, sends `after:*`, and waits until each master holds one of
+/// the writer's batches blocked by the pause (sent, unanswered).
+fn send_into_pause(run: &mut Run, cluster: &Cluster, n: usize) {
+    for m in cluster.masters() {
+        assert_eq!(m.cmd(&["CLIENT", "PAUSE", "60000", "WRITE"]).as_str(), "OK");
+    }
+    run.send_keys_after(n);
+    let deadline = Instant::now() + LONG;
+    while !cluster.masters().iter().all(|m| blocked(m) > 0) {
+        assert!(
+            Instant::now() < deadline,
+            "the writer's batches never reached every master"
+        );
+        thread::sleep(Duration::from_millis(10));
+    }
+}
+
+impl Run {
+    fn send_keys_after(&mut self, n: usize) {
+        self.set_keys("after", n);
+    }
+}
+
+/// Closes the writer's connections on every master, then lets the masters write again: the
+/// batches they held are discarded with the connections.
+fn kill_writer_connections_and_unpause(cluster: &Cluster) {
+    for m in cluster.masters() {
+        let list = m.cmd(&["CLIENT", "LIST", "TYPE", "normal"]).as_str();
+        for line in list.lines() {
+            let field = |k: &str| {
+                line.split(' ')
+                    .find_map(|kv| kv.strip_prefix(k).and_then(|v| v.strip_prefix('=')))
+            };
+            if field("name") == Some(CLIENT_NAME) {
+                let id = field("id").unwrap();
+                m.cmd(&["CLIENT", "KILL", "ID", id]);
+            }
+        }
+        assert_eq!(m.cmd(&["CLIENT", "UNPAUSE"]).as_str(), "OK");
+    }
+}
+
+#[test]
+fn a_lapsed_lease_stops_the_cluster_writer_before_it_resends() {
+    let cluster = Cluster::start(3, 0);
+    let mut run = Run::start(&cluster);
+    run.set_keys("before", 200);
+    wait_keys(&cluster, "before", 200);
+
+    send_into_pause(&mut run, &cluster, 200);
+    run.valid.store(false, Ordering::SeqCst);
+    kill_writer_connections_and_unpause(&cluster);
+
+    // More events after the lease lapsed: none of them may be written either.
+    let offset = run.offset + 40;
+    run.send(Event::Command {
+        db: 0,
+        argv: vec![
+            Bytes::from_static(b"SET"),
+            Bytes::from_static(b"late"),
+            Bytes::from_static(b"1"),
+        ],
+        offset,
+    });
+    let result = run.finish();
+    assert!(
+        matches!(result, Err(TargetError::Fenced { .. })),
+        "expected a fenced writer, got {result:?}"
+    );
+    assert_eq!(count_keys(&cluster, "before", 200), 200);
+    assert_eq!(
+        count_keys(&cluster, "after", 200),
+        0,
+        "a batch was resent after the lease lapsed"
+    );
+    assert!(cluster.cmd_routed(&[b"GET", b"late"]).is_nil());
+    // Nor does anything arrive later: no writer connection is left on any master.
+    for m in cluster.masters() {
+        let list = m.cmd(&["CLIENT", "LIST", "TYPE", "normal"]).as_str();
+        assert!(
+            !list.contains(CLIENT_NAME),
+            "a writer connection is left: {list}"
+        );
+    }
+}
+
+#[test]
+fn a_valid_lease_resends_what_a_lost_connection_left_unanswered() {
+    let cluster = Cluster::start(3, 0);
+    let mut run = Run::start(&cluster);
+    run.set_keys("before", 200);
+    wait_keys(&cluster, "before", 200);
+
+    send_into_pause(&mut run, &cluster, 200);
+    kill_writer_connections_and_unpause(&cluster);
+    wait_keys(&cluster, "after", 200);
+    let summary = run.finish().expect("the writer failed");
+    assert_eq!(summary.commands, 400);
+}
+
+#[test]
+fn a_lease_lapsed_before_the_start_writes_nothing() {
+    let cluster = Cluster::start(3, 0);
+    let mut run = Run::start(&cluster);
+    run.valid.store(false, Ordering::SeqCst);
+    run.set_keys("never", 50);
+    let result = run.finish();
+    assert!(
+        matches!(result, Err(TargetError::Fenced { .. })),
+        "expected a fenced writer, got {result:?}"
+    );
+    for m in cluster.masters() {
+        assert_eq!(m.cmd(&["DBSIZE"]).as_int(), 0, "{} was written", m.addr());
+    }
+}
+
+fn entry(key: &str) -> Event {
+    Event::Entry(ferry_rdb::Entry {
+        db: 0,
+        key: Bytes::from(key.to_string()),
+        value_type: 0,
+        // An RDB string: length, then the bytes.
+        payload: Bytes::from_static(b"\x05hello"),
+        expire_ms: None,
+        idle: None,
+        freq: None,
+    })
+}
+
+fn snapshot(run: &mut Run, keys: &[String]) {
+    run.send(Event::SnapshotBegin {
+        replid: "s".repeat(40),
+        offset: 1,
+        rdb_size: None,
+    });
+    run.send(Event::SnapshotHeader { rdb_version: 9 });
+    for k in keys {
+        run.send(entry(k));
+    }
+    run.send(Event::SnapshotEnd {
+        rdb_version: 9,
+        keys: keys.len() as u64,
+    });
+}
+
+/// The snapshot's keys land on the masters of their slots, each once; the writer's own
+/// bookkeeping (slot batches of many keys per master) leaves no key behind or twice.
+#[test]
+fn snapshot_keys_land_in_their_slots() {
+    let cluster = Cluster::start(3, 0);
+    let mut run = Run::start(&cluster);
+    let keys: Vec<String> = (0..5000).map(|i| format!("snap:{i}")).collect();
+    snapshot(&mut run, &keys);
+    let summary = run.finish().expect("the writer failed");
+    assert_eq!(summary.keys, 5000);
+    let total: i64 = cluster
+        .masters()
+        .iter()
+        .map(|m| m.cmd(&["DBSIZE"]).as_int())
+        .sum();
+    // The keys and the job's global checkpoint.
+    assert_eq!(total, 5001);
+    for k in keys.iter().step_by(97) {
+        assert_eq!(cluster.cmd_routed_str(&["GET", k]).as_str(), "hello");
+    }
+}
+
+/// A snapshot key that already exists on the target (no overwrite) stops the writer with an
+/// error naming that key, read back from the command it sent.
+#[test]
+fn an_existing_key_is_named_in_the_error() {
+    let cluster = Cluster::start(3, 0);
+    cluster.cmd_routed_str(&["SET", "snap:busy", "there"]);
+    let mut run = Run::start(&cluster);
+    let keys = vec!["snap:a".to_string(), "snap:busy".to_string()];
+    snapshot(&mut run, &keys);
+    match run.finish() {
+        Err(TargetError::KeyExists { key, .. }) => assert_eq!(key, "snap:busy"),
+        other => panic!("expected KeyExists for snap:busy, got {other:?}"),
+    }
+    assert_eq!(
+        cluster.cmd_routed_str(&["GET", "snap:busy"]).as_str(),
+        "there"
+    );
+}
