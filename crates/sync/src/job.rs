@@ -634,12 +634,18 @@ async fn attempt_shard(
     wopts.skip_unsupported = config.skip_unsupported;
     wopts.slot_offsets = slot_offsets;
     wopts.client_name = client_name;
-    // Fencing of the cluster writer's own reconnects: once `WriterOptions` has
-    // `still_valid`, the writer asks it before resending after a reconnect, so a task
-    // whose lease lapsed resends nothing:
-    //     wopts.still_valid = config.fence.clone().map(|f| {
-    //         Arc::new(move || f.is_valid()) as Arc<dyn Fn() -> bool + Send + Sync>
-    //     });
+    // Fencing of the cluster writer's own sends, reconnects and resends: it asks the
+    // lease before each, and a lapsed lease stops the task (tripping the fence cancels it,
+    // so the writer's `Fenced` error ends the attempt as a stop, not a failure).
+    wopts.still_valid = config.fence.clone().map(|fence| {
+        ferry_target::cluster::StillValid::new(move || {
+            let valid = fence.is_valid();
+            if !valid {
+                fence.trip();
+            }
+            valid
+        })
+    });
     if let Some(t) = config.big_key_threshold {
         wopts.big_value_bytes = t;
     }
