@@ -24,7 +24,7 @@ struct Family {
     help: &'static str,
 }
 
-const FAMILIES: [Family; 8] = [
+const FAMILIES: [Family; 9] = [
     Family {
         name: "ferry_records_read_total",
         kind: "counter",
@@ -65,6 +65,11 @@ const FAMILIES: [Family; 8] = [
         kind: "counter",
         help: "Failures seen (retried or final).",
     },
+    Family {
+        name: "ferry_split_transactions_total",
+        kind: "counter",
+        help: "Source transactions spanning slots of a cluster target, applied as one transaction per slot (each part atomic, not the whole), since the task started on this worker.",
+    },
 ];
 
 /// Escapes a label value as the text format requires.
@@ -95,6 +100,9 @@ pub fn render(jobs: &[std::sync::Arc<Running>]) -> String {
                 "ferry_lag_seconds" => format!("{:.3}", stats.lag_seconds()),
                 "ferry_retries_total" => r.retries_total.load(Relaxed).to_string(),
                 "ferry_errors_total" => r.errors_total.load(Relaxed).to_string(),
+                "ferry_split_transactions_total" => {
+                    stats.split_transactions.load(Relaxed).to_string()
+                }
                 _ => {
                     let current = r.status.view().state.name();
                     for s in STATES {

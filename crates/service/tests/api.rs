@@ -778,3 +778,48 @@ async fn a_jobs_filter_and_db_map_apply_to_the_copy_and_its_verification() {
     );
     api.stop().await;
 }
+
+/// A source transaction over keys of several slots is applied on a cluster target as one
+/// transaction per slot; `/metrics` counts it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn metrics_count_transactions_split_over_slots() {
+    let source = Server::start();
+    let target = ferry_testkit::Cluster::start(3, 0);
+    let dir = tempfile::tempdir().expect("tempdir");
+    let api = Api::start(&store_url(&dir), None).await;
+    let mut body = spec("split", &source, target.masters()[0]);
+    body["target"]["topology"] = json!("cluster");
+    let (status, v) = api.post("/api/v1/jobs?start=true", body).await;
+    assert_eq!(status, 201, "{v}");
+    api.wait_job("split", "reached incremental", |v| {
+        v["state"] == "incremental"
+    })
+    .await;
+    let metric = "ferry_split_transactions_total{job=\"split\",shard=\"0\"}";
+    let (_, before) = api.call(reqwest::Method::GET, "/metrics", None).await;
+    assert!(before.contains(&format!("{metric} 0")), "{before}");
+    // `a` and `b` hash to different slots (15495 and 3300); `{a}x` shares `a`'s.
+    let mut c = source.client();
+    for cmd in [
+        vec!["MULTI"],
+        vec!["SET", "a", "1"],
+        vec!["SET", "b", "2"],
+        vec!["EXEC"],
+        vec!["MULTI"],
+        vec!["SET", "{a}x", "3"],
+        vec!["INCR", "a"],
+        vec!["EXEC"],
+    ] {
+        c.cmd_str(&cmd);
+    }
+    let deadline = Instant::now() + LONG;
+    while target.cmd_routed_str(&["GET", "{a}x"]).is_nil() {
+        assert!(Instant::now() < deadline, "{{a}}x never arrived");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(target.cmd_routed_str(&["GET", "a"]).as_str(), "2");
+    assert_eq!(target.cmd_routed_str(&["GET", "b"]).as_str(), "2");
+    let (_, after) = api.call(reqwest::Method::GET, "/metrics", None).await;
+    assert!(after.contains(&format!("{metric} 1")), "{after}");
+    api.stop().await;
+}

@@ -60,6 +60,9 @@ pub struct ShardStats {
     pub filtered_keys: AtomicU64,
     pub filtered_commands: AtomicU64,
     pub filtered_mixed: AtomicU64,
+    /// Source transactions (`MULTI`/`EXEC`) that spanned slots of a cluster target and were
+    /// applied as one transaction per slot: each part atomic, not the whole.
+    pub split_transactions: AtomicU64,
 }
 
 impl Default for ShardStats {
@@ -82,6 +85,7 @@ impl Default for ShardStats {
             filtered_keys: AtomicU64::new(0),
             filtered_commands: AtomicU64::new(0),
             filtered_mixed: AtomicU64::new(0),
+            split_transactions: AtomicU64::new(0),
         }
     }
 }
@@ -160,6 +164,8 @@ impl ShardStats {
         self.records_applied
             .store(sum(|s| &s.records_applied), Relaxed);
         self.bytes_read.store(sum(|s| &s.bytes_read), Relaxed);
+        self.split_transactions
+            .store(sum(|s| &s.split_transactions), Relaxed);
         self.read_offset.store(sum(|s| &s.read_offset), Relaxed);
         self.applied_offset
             .store(sum(|s| &s.applied_offset), Relaxed);

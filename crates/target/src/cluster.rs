@@ -1349,6 +1349,7 @@ impl ClusterWriter {
         }
         if per_slot.len() > 1 {
             self.summary.cross_slot_transactions += 1;
+            self.stats.split_transactions.fetch_add(1, Relaxed);
             debug!(
                 offset,
                 slots = per_slot.len(),
