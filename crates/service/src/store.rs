@@ -51,21 +51,6 @@ pub struct Store {
     postgres: bool,
 }
 
-/// A job's lease: which worker runs it, until when (database clock, ms).
-#[derive(Debug, Clone)]
-pub struct Lease {
-    pub job_id: i64,
-    pub owner: Option<String>,
-    pub generation: i64,
-    pub expires_at: i64,
-    /// The job's state as its owner last reported it.
-    pub state: Option<String>,
-    /// The owner's listen address.
-    pub address: Option<String>,
-    /// Held and not expired.
-    pub live: bool,
-}
-
 /// A task: one source shard of a job, leased and run by one worker.
 #[derive(Debug, Clone)]
 pub struct TaskRow {
@@ -599,104 +584,6 @@ impl Store {
         Ok(())
     }
 
-    /// Every lease, with its owner's address.
-    pub async fn leases(&self) -> Result<Vec<Lease>, StoreError> {
-        let now = self.now();
-        let rows = sqlx::query(sql(format!(
-            "SELECT l.job_id, l.owner, l.generation, l.expires_at, l.state, w.address, {now} AS now \
-             FROM job_leases l LEFT JOIN workers w ON w.id = l.owner ORDER BY l.job_id"
-        )))
-        .fetch_all(&self.pool)
-        .await?;
-        rows.iter()
-            .map(|r| {
-                let owner: Option<String> = r.try_get("owner")?;
-                let expires_at: i64 = r.try_get("expires_at")?;
-                let now: i64 = r.try_get("now")?;
-                Ok(Lease {
-                    job_id: r.try_get("job_id")?,
-                    live: owner.is_some() && expires_at >= now,
-                    owner,
-                    generation: r.try_get("generation")?,
-                    expires_at,
-                    state: r.try_get("state")?,
-                    address: r.try_get("address")?,
-                })
-            })
-            .collect::<Result<Vec<_>, sqlx::Error>>()
-            .map_err(StoreError::from)
-    }
-
-    /// Takes the lease of a job that should run and that nobody holds (never held,
-    /// released, or expired): one `UPDATE` whose condition is evaluated again on the row
-    /// it locks, so of two workers racing for it exactly one gets a row back. Returns the
-    /// new generation.
-    pub async fn claim_lease(
-        &self,
-        job_id: i64,
-        owner: &str,
-        lease_ms: i64,
-    ) -> Result<Option<i64>, StoreError> {
-        let now = self.now();
-        let row = sqlx::query(sql(format!(
-            "UPDATE job_leases SET owner = $1, generation = generation + 1, expires_at = {now} + $2, state = NULL \
-             WHERE job_id = $3 AND (owner IS NULL OR expires_at < {now}) \
-             AND EXISTS (SELECT 1 FROM jobs WHERE jobs.id = $3 AND jobs.desired_state = 'running') \
-             RETURNING generation"
-        )))
-        .bind(owner.to_string())
-        .bind(lease_ms)
-        .bind(job_id)
-        .fetch_optional(&self.pool)
-        .await?;
-        Ok(row.map(|r| r.try_get("generation")).transpose()?)
-    }
-
-    /// Extends a lease still held by `owner` at `generation` and not expired; false when
-    /// it is lost (expired, taken by another worker, or its job deleted).
-    pub async fn renew_lease(
-        &self,
-        job_id: i64,
-        owner: &str,
-        generation: i64,
-        lease_ms: i64,
-        state: &str,
-    ) -> Result<bool, StoreError> {
-        let now = self.now();
-        let row = sqlx::query(sql(format!(
-            "UPDATE job_leases SET expires_at = {now} + $1, state = $2 \
-             WHERE job_id = $3 AND owner = $4 AND generation = $5 AND expires_at >= {now} \
-             RETURNING job_id"
-        )))
-        .bind(lease_ms)
-        .bind(state.to_string())
-        .bind(job_id)
-        .bind(owner.to_string())
-        .bind(generation)
-        .fetch_optional(&self.pool)
-        .await?;
-        Ok(row.is_some())
-    }
-
-    /// Gives a lease back (its job is stopped): another worker may take it at once.
-    pub async fn release_lease(
-        &self,
-        job_id: i64,
-        owner: &str,
-        generation: i64,
-    ) -> Result<(), StoreError> {
-        sqlx::query(
-            "UPDATE job_leases SET owner = NULL, expires_at = 0, state = NULL \
-             WHERE job_id = $1 AND owner = $2 AND generation = $3",
-        )
-        .bind(job_id)
-        .bind(owner.to_string())
-        .bind(generation)
-        .execute(&self.pool)
-        .await?;
-        Ok(())
-    }
-
     /// Forgets every lease and worker: a SQLite store has one process, so whatever an
     /// earlier process held is void.
     pub async fn clear_leases(&self) -> Result<(), StoreError> {
@@ -710,32 +597,6 @@ impl Store {
             .execute(&self.pool)
             .await?;
         Ok(())
-    }
-
-    /// Stores how a job ended, only if `owner` still holds its lease at `generation`: a
-    /// worker that lost its lease must not overwrite what the new owner decides.
-    pub async fn finish_job(
-        &self,
-        id: i64,
-        state: &str,
-        error: Option<&str>,
-        owner: &str,
-        generation: i64,
-    ) -> Result<bool, StoreError> {
-        let r = sqlx::query(
-            "UPDATE jobs SET desired_state = $1, last_error = COALESCE($2, last_error), updated_at = $3 \
-             WHERE id = $4 AND desired_state = 'running' AND EXISTS (SELECT 1 FROM job_leases \
-             WHERE job_leases.job_id = $4 AND job_leases.owner = $5 AND job_leases.generation = $6)",
-        )
-        .bind(state.to_string())
-        .bind(error.map(str::to_string))
-        .bind(now_ms())
-        .bind(id)
-        .bind(owner.to_string())
-        .bind(generation)
-        .execute(&self.pool)
-        .await?;
-        Ok(r.rows_affected() > 0)
     }
 }
 
