@@ -15,25 +15,14 @@ N="${BIG_N:-2000000}"
 MB="${BIG_STRING_MB:-512}"
 say() { printf 'bigkeys: %s\n' "$*"; }
 die() { printf 'bigkeys: error: %s\n' "$*" >&2; exit 1; }
+need() { command -v "$1" >/dev/null 2>&1 || die "'$1' not found in PATH ($2)"; }
 command -v redis-server >/dev/null || die "redis-server not found (apt-get install redis-server)"
 [[ -x /usr/bin/time ]] || die "/usr/bin/time not found (apt-get install time)"
 
-if [[ -n "${FERRY_BIN:-}" ]]; then
-    FERRY="$FERRY_BIN"
-else
-    say "building ferry (release)"
-    cargo build --release -q -p ferry --manifest-path "$ROOT/Cargo.toml"
-    FERRY="$ROOT/target/release/ferry"
-fi
-
-WORK="$(mktemp -d)"
-PIDS=()
-cleanup() {
-    for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done
-    wait 2>/dev/null || true
-    rm -rf "$WORK"
-}
-trap cleanup EXIT
+# shellcheck source=scripts/lib.sh
+source "$ROOT/scripts/lib.sh"
+ferry_binary "$ROOT"
+work_dir ferry-bigkeys
 
 free_port() {
     python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'

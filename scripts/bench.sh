@@ -68,31 +68,12 @@ else
 fi
 
 # ---------------------------------------------------------------- ferry binary
-if [[ -n "${FERRY_BIN:-}" ]]; then
-    FERRY="$FERRY_BIN"
-    [[ -x "$FERRY" ]] || die "FERRY_BIN=$FERRY is not an executable file"
-else
-    need cargo "install Rust, or set FERRY_BIN"
-    say "building ferry (cargo build --release -p ferry)"
-    (cd "$REPO_ROOT" && cargo build --release -p ferry --quiet) || die "cargo build failed"
-    FERRY="$REPO_ROOT/target/release/ferry"
-fi
+# shellcheck source=scripts/lib.sh
+source "$REPO_ROOT/scripts/lib.sh"
+ferry_binary "$REPO_ROOT"
 
 # ---------------------------------------------------------------- servers
-WORK="$(mktemp -d "${TMPDIR:-/tmp}/ferry-bench.XXXXXX")"
-PIDS=()
-
-cleanup() {
-    local pid
-    for pid in ${PIDS[@]+"${PIDS[@]}"}; do
-        kill "$pid" 2>/dev/null || true
-    done
-    for pid in ${PIDS[@]+"${PIDS[@]}"}; do
-        wait "$pid" 2>/dev/null || true
-    done
-    rm -rf "$WORK"
-}
-trap cleanup EXIT
+work_dir ferry-bench
 trap 'exit 130' INT
 trap 'exit 143' TERM
 

@@ -21,25 +21,10 @@ need() { command -v "$1" >/dev/null 2>&1 || die "'$1' not found in PATH ($2)"; }
 need redis-server "apt-get install redis-server"
 need redis-cli "apt-get install redis-tools"
 
-if [[ -n "${FERRY_BIN:-}" ]]; then
-    FERRY="$FERRY_BIN"
-    [[ -x "$FERRY" ]] || die "FERRY_BIN=$FERRY is not an executable file"
-else
-    need cargo "install Rust, or set FERRY_BIN"
-    say "building ferry (cargo build --release -p ferry)"
-    (cd "$REPO_ROOT" && cargo build --release -p ferry --quiet) || die "cargo build failed"
-    FERRY="$REPO_ROOT/target/release/ferry"
-fi
-
-WORK="$(mktemp -d "${TMPDIR:-/tmp}/ferry-demo.XXXXXX")"
-PIDS=()
-cleanup() {
-    local pid
-    for pid in ${PIDS[@]+"${PIDS[@]}"}; do kill "$pid" 2>/dev/null || true; done
-    for pid in ${PIDS[@]+"${PIDS[@]}"}; do wait "$pid" 2>/dev/null || true; done
-    rm -rf "$WORK"
-}
-trap cleanup EXIT
+# shellcheck source=scripts/lib.sh
+source "$REPO_ROOT/scripts/lib.sh"
+ferry_binary "$REPO_ROOT"
+work_dir ferry-demo
 trap 'exit 130' INT
 trap 'exit 143' TERM
 
