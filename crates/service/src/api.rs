@@ -642,10 +642,10 @@ async fn update_job(
     show_job(State(app), Path(row.id.to_string())).await
 }
 
-/// Refuses to start a job whose pre-check fails (409, with the checks). `shards`: the
-/// job's source shards known so far (its tasks), whose checkpoints say it resumes.
+/// Refuses to start a job whose pre-check fails (409, with the checks). A target holding
+/// this job's own checkpoints passes as "resumes there" (see `ferry_sync::precheck`).
 async fn gate(config: &ferry_sync::JobConfig) -> ApiResult<Vec<Check>> {
-    let checks = checks_for(config).await;
+    let checks = ferry_sync::precheck(config).await;
     if ferry_sync::precheck::worst(&checks) == Level::Fail {
         return Err(ApiError {
             status: StatusCode::CONFLICT,
@@ -654,12 +654,6 @@ async fn gate(config: &ferry_sync::JobConfig) -> ApiResult<Vec<Check>> {
         });
     }
     Ok(checks)
-}
-
-/// The pre-check (a target that holds this job's own checkpoint is not "non-empty": the
-/// job resumes there).
-async fn checks_for(config: &ferry_sync::JobConfig) -> Vec<Check> {
-    ferry_sync::precheck(config).await
 }
 
 /// The job's source shards as its tasks know them ("0" before its first discovery).
@@ -917,7 +911,7 @@ fn now_ms() -> i64 {
 async fn precheck_job(State(app): Shared, Path(id): Path<String>) -> ApiResult<Json<Value>> {
     let row = find(&app, &id).await?;
     let config = row.spec.config().map_err(ApiError::bad)?;
-    Ok(Json(checks_json(checks_for(&config).await)))
+    Ok(Json(checks_json(ferry_sync::precheck(&config).await)))
 }
 
 fn checks_json(checks: Vec<Check>) -> Value {
@@ -930,7 +924,7 @@ async fn precheck_spec(State(app): Shared, body: Bytes) -> ApiResult<Json<Value>
     resolve(&app, &mut spec.source).await?;
     resolve(&app, &mut spec.target).await?;
     let config = spec.config().map_err(ApiError::bad)?;
-    Ok(Json(checks_json(checks_for(&config).await)))
+    Ok(Json(checks_json(ferry_sync::precheck(&config).await)))
 }
 
 #[derive(Deserialize)]
