@@ -337,4 +337,35 @@ mod tests {
         )
         .is_err());
     }
+
+    #[test]
+    fn filter_and_db_map_are_checked_and_kept() {
+        let mut s = spec();
+        s.db_map = Some("1:x".into());
+        let e = s.config().unwrap_err();
+        assert!(e.contains("db") && e.contains("1:x"), "{e}");
+        let mut s = spec();
+        s.filter.include_key_regex = Some(vec!["(".into()]);
+        let e = s.config().unwrap_err();
+        assert!(
+            e.contains("regex") || e.contains("regular expression"),
+            "{e}"
+        );
+        assert!(serde_json::from_value::<JobSpec>(serde_json::json!({
+            "name": "x", "source": {}, "target": {}, "filter": {"include_prefixes": ["a"]}
+        }))
+        .is_err());
+        let mut s = spec();
+        s.filter.include_key_prefixes = Some(vec!["keep:".into()]);
+        s.db_map = Some("1:3".into());
+        let c = s.config().unwrap();
+        assert_eq!(c.db_map.target(1), 3);
+        assert!(c.filter.is_some());
+        let text = serde_json::to_string(&s).unwrap();
+        assert!(
+            text.contains(r#""filter":{"include_key_prefixes":["keep:"]}"#),
+            "{text}"
+        );
+        assert!(!serde_json::to_string(&spec()).unwrap().contains("filter"));
+    }
 }
