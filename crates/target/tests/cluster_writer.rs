@@ -306,3 +306,97 @@ fn an_existing_key_is_named_in_the_error() {
         "there"
     );
 }
+
+/// The index (in `cluster.nodes()`) of the master serving `slot`.
+fn owner_of(cluster: &Cluster, slot: u16) -> usize {
+    let r = cluster.masters()[0].cmd(&["CLUSTER", "SLOTS"]);
+    for range in r.as_array() {
+        let range = range.as_array();
+        if range[0].as_int() <= slot as i64 && slot as i64 <= range[1].as_int() {
+            let port = range[2].as_array()[1].as_int() as u16;
+            return cluster.index_of_port(port).expect("owner");
+        }
+    }
+    panic!("slot {slot} unassigned");
+}
+
+/// Snapshot keys are sent many to one request buffer per master; when the master refuses
+/// some of them (their slot is being migrated: `ASK`) and applies the others, only the
+/// refused ones are sent again, until the slot's new owner takes them. Every key lands
+/// once, and the count of keys applied is exact.
+#[test]
+fn snapshot_keys_refused_by_a_migrating_slot_are_resent_alone() {
+    let cluster = Cluster::start(3, 0);
+    let slot = cluster.keyslot(b"mig");
+    let from = owner_of(&cluster, slot);
+    let to = cluster
+        .master_indices()
+        .into_iter()
+        .find(|&m| m != from)
+        .expect("another master");
+    let (from_id, to_id) = (cluster.node_id(from), cluster.node_id(to));
+    let s = slot.to_string();
+    cluster
+        .node(to)
+        .cmd(&["CLUSTER", "SETSLOT", &s, "IMPORTING", &from_id]);
+    cluster
+        .node(from)
+        .cmd(&["CLUSTER", "SETSLOT", &s, "MIGRATING", &to_id]);
+
+    let mut run = Run::start(&cluster);
+    // The migrating slot's keys between the others, so that they share request buffers.
+    let mut keys = Vec::new();
+    for i in 0..3000 {
+        keys.push(format!("snap:{i}"));
+        if i % 50 == 0 {
+            keys.push(format!("{{mig}}:{}", i / 50));
+        }
+    }
+    snapshot(&mut run, &keys);
+    // Everything else lands while the slot's keys are refused (`ASK`: the old owner does
+    // not have them) and wait.
+    wait_keys(&cluster, "snap", 3000);
+    thread::sleep(Duration::from_millis(300));
+    for m in cluster.masters() {
+        assert_eq!(
+            m.cmd(&["CLUSTER", "COUNTKEYSINSLOT", &s]).as_int(),
+            0,
+            "{} holds a key of the migrating slot",
+            m.addr()
+        );
+    }
+    assert!(!run.writer.is_finished(), "the writer gave up");
+    // The migration ends: the new owner serves the slot, the old one answers `MOVED`.
+    cluster
+        .node(to)
+        .cmd(&["CLUSTER", "SETSLOT", &s, "NODE", &to_id]);
+    cluster
+        .node(from)
+        .cmd(&["CLUSTER", "SETSLOT", &s, "NODE", &to_id]);
+    for i in cluster.master_indices() {
+        if i != from && i != to {
+            cluster
+                .node(i)
+                .cmd(&["CLUSTER", "SETSLOT", &s, "NODE", &to_id]);
+        }
+    }
+    let summary = run.finish().expect("the writer failed");
+    assert_eq!(summary.keys, keys.len() as u64);
+    assert_eq!(
+        cluster
+            .node(to)
+            .cmd(&["CLUSTER", "COUNTKEYSINSLOT", &s])
+            .as_int(),
+        60
+    );
+    let total: i64 = cluster
+        .masters()
+        .iter()
+        .map(|m| m.cmd(&["DBSIZE"]).as_int())
+        .sum();
+    // The keys and the job's global checkpoint.
+    assert_eq!(total, keys.len() as i64 + 1);
+    for k in keys.iter().step_by(7) {
+        assert_eq!(cluster.cmd_routed_str(&["GET", k]).as_str(), "hello");
+    }
+}
