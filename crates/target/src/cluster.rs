@@ -81,8 +81,8 @@ pub fn slot_checkpoint_key(global: &[u8], slot: u16) -> Bytes {
 enum Route {
     /// Per slot, the command (or the part of it) that slot's master applies.
     Slots(Vec<(u16, Vec<Bytes>)>),
-    /// Sent to every master (`FLUSHALL`, `FUNCTION LOAD`, …).
-    Broadcast,
+    /// Sent to every master (`FLUSHALL`, `FUNCTION LOAD`, …): the command, given back.
+    Broadcast(Vec<Bytes>),
 }
 
 fn refuse(addr: &str, argv: &[Bytes], why: &str) -> TargetError {
@@ -97,7 +97,17 @@ fn refuse(addr: &str, argv: &[Bytes], why: &str) -> TargetError {
 
 /// Splits a command whose keys may span slots where its meaning allows.
 fn route_command(argv: Vec<Bytes>, addr: &str) -> Result<Route, TargetError> {
-    let name = argv[0].to_ascii_uppercase();
+    // Upper-cased on the stack: this runs for every replicated command. A name longer than
+    // any matched below is left as it is (and matches nothing).
+    let mut upper = [0u8; 16];
+    let name: &[u8] = match argv[0].len() {
+        n if n <= upper.len() => {
+            upper[..n].copy_from_slice(&argv[0]);
+            upper[..n].make_ascii_uppercase();
+            &upper[..n]
+        }
+        _ => &argv[0],
+    };
     let per_key = |argv: Vec<Bytes>, step: usize| -> Vec<(u16, Vec<Bytes>)> {
         let mut parts: Vec<(u16, Vec<Bytes>)> = Vec::new();
         for chunk in argv[1..].chunks(step) {
@@ -113,8 +123,8 @@ fn route_command(argv: Vec<Bytes>, addr: &str) -> Result<Route, TargetError> {
         }
         parts
     };
-    match name.as_slice() {
-        b"FLUSHALL" | b"FLUSHDB" | b"FUNCTION" | b"SCRIPT" => Ok(Route::Broadcast),
+    match name {
+        b"FLUSHALL" | b"FLUSHDB" | b"FUNCTION" | b"SCRIPT" => Ok(Route::Broadcast(argv)),
         b"DEL" | b"UNLINK" | b"EXISTS" | b"TOUCH" if argv.len() > 1 => {
             Ok(Route::Slots(per_key(argv, 1)))
         }
@@ -187,6 +197,12 @@ enum Expects {
     /// A pack of snapshot `RESTORE`s (see [`Pack`]): each one's slot and where it ends in
     /// the unit's bytes. Each is answered on its own; the refused ones are resent alone.
     Pack(Vec<(u16, u32)>),
+    /// One of ferry's transactions: `MULTI`, `queued` commands (the last of them the slot
+    /// checkpoint's `SET` when checkpoints are on), `EXEC`. The commands' names, for an
+    /// error, are read back from the unit's bytes.
+    Txn {
+        queued: u32,
+    },
 }
 
 impl Expects {
@@ -194,7 +210,7 @@ impl Expects {
         match self {
             Expects::One(e) => std::slice::from_ref(e),
             Expects::Many(v) => v,
-            Expects::Pack(_) => &[],
+            Expects::Pack(_) | Expects::Txn { .. } => &[],
         }
     }
 }
@@ -288,12 +304,19 @@ impl Unit {
                 Expects::One(_) => 0,
                 Expects::Many(v) => v.len() * std::mem::size_of::<Expect>(),
                 Expects::Pack(v) => v.len() * PACKED_OVERHEAD,
+                Expects::Txn { .. } => 0,
             }
     }
 
     /// What it is, for an error message.
     fn what(&self) -> String {
         let upper = |n: &Bytes| lossy(n).to_uppercase();
+        if let Expects::Txn { queued } = &self.expects {
+            return format!(
+                "a transaction of {queued} command(s) ({}…)",
+                txn_command_name(&self.bytes, 0)
+            );
+        }
         if let Expects::Pack(ends) = &self.expects {
             return format!(
                 "{} RESTORE(s) of the snapshot (RESTORE {:?}…)",
@@ -403,8 +426,9 @@ struct Flight {
 /// A flight being filled for one master: its units, their slots, their bytes.
 type OpenFlight = (Vec<Unit>, Vec<u16>, usize);
 
-/// A transaction being built: its bytes, expectations, queued names, and the unit's figures.
-type OpenTxn = (BytesMut, Vec<Expect>, Vec<(Bytes, bool)>, Unit);
+/// A transaction being built: its bytes, how many commands it queues, and the unit's
+/// figures.
+type OpenTxn = (BytesMut, u32, Unit);
 
 struct NodeBatch {
     id: u64,
@@ -588,6 +612,9 @@ async fn read_node(
         for unit in units.iter() {
             let answer = match &unit.expects {
                 Expects::Pack(ends) => read_pack(&mut rd, &mut buf, &dead, &addr, unit, ends).await,
+                Expects::Txn { queued } => {
+                    read_txn(&mut rd, &mut buf, &dead, &addr, unit, *queued).await
+                }
                 _ => read_unit(&mut rd, &mut buf, &dead, &addr, unit).await,
             };
             match answer {
@@ -723,6 +750,134 @@ async fn read_pack(
     } else {
         Answer::Partly(refused)
     })
+}
+
+/// The replies to one of ferry's transactions, read without building frames for the
+/// commonest (`+OK`, `+QUEUED`, and `EXEC`'s array scanned in place): a refusal refuses the
+/// transaction (`EXEC` then answers `EXECABORT`), another error fails the writer, naming the
+/// command.
+async fn read_txn(
+    rd: &mut tokio::io::ReadHalf<ferry_resp::Stream>,
+    buf: &mut BytesMut,
+    dead: &CancellationToken,
+    addr: &str,
+    unit: &Unit,
+    queued: u32,
+) -> Result<Answer, Stop> {
+    let rejected = |command: String, message: &[u8]| {
+        Stop::Failed(TargetError::Rejected {
+            addr: addr.to_string(),
+            command,
+            message: lossy(message),
+        })
+    };
+    let mut refused = None;
+    if let Some(reply) = next_reply(rd, buf, dead, addr, true).await? {
+        if let Frame::Error(m) = &reply {
+            match refusal(m) {
+                Some(r) => refused = Some(r),
+                None => return Err(rejected("MULTI".into(), m)),
+            }
+        }
+    }
+    for i in 0..queued as usize {
+        while buf.len() < QUEUED.len() && QUEUED.starts_with(buf) {
+            read_more(rd, buf, dead, addr).await.map_err(Stop::Lost)?;
+        }
+        if buf.starts_with(QUEUED) {
+            buf.advance(QUEUED.len());
+            continue;
+        }
+        let Some(Frame::Error(m)) = next_reply(rd, buf, dead, addr, false).await? else {
+            continue;
+        };
+        match refusal(&m) {
+            Some(r) => {
+                refused.get_or_insert(r);
+            }
+            // Replies after a refusal only echo it.
+            None if refused.is_some() => {}
+            None => {
+                let name = txn_command_name(&unit.bytes, i);
+                return Err(rejected(format!("{name} (inside MULTI)"), &m));
+            }
+        }
+    }
+    // `EXEC`'s reply, whole in the buffer, then scanned for an error.
+    let len = loop {
+        match frame::frame_len(buf) {
+            Ok(Some(len)) => break len,
+            Ok(None) => read_more(rd, buf, dead, addr).await.map_err(Stop::Lost)?,
+            Err(source) => {
+                return Err(Stop::Failed(
+                    ferry_resp::Error::Protocol {
+                        addr: addr.to_string(),
+                        source,
+                    }
+                    .into(),
+                ))
+            }
+        }
+    };
+    let reply = buf.split_to(len);
+    if let Some(r) = refused {
+        return Ok(Answer::Refused(r));
+    }
+    match reply.first() {
+        Some(b'*') if !reply.starts_with(b"*-1") => {
+            let mut p = reply
+                .iter()
+                .position(|&b| b == b'\n')
+                .map_or(len, |n| n + 1);
+            let mut i = 0;
+            while p < len {
+                if reply[p] == b'-' {
+                    let end = reply[p..]
+                        .iter()
+                        .position(|&b| b == b'\r')
+                        .map_or(len, |e| p + e);
+                    let name = txn_command_name(&unit.bytes, i);
+                    return Err(rejected(
+                        format!("{name} (in a checkpointed batch)"),
+                        &reply[p + 1..end],
+                    ));
+                }
+                match frame::frame_len(&reply[p..]) {
+                    Ok(Some(n)) => p += n,
+                    _ => break,
+                }
+                i += 1;
+            }
+            Ok(Answer::Applied)
+        }
+        Some(b'-') => {
+            let m = &reply[1..len.saturating_sub(2).max(1)];
+            match refusal(m) {
+                Some(r) => Ok(Answer::Refused(r)),
+                None => Err(rejected("EXEC".into(), m)),
+            }
+        }
+        _ => Err(rejected("EXEC".into(), b"transaction aborted".as_slice())),
+    }
+}
+
+const QUEUED: &[u8] = b"+QUEUED\r\n";
+
+/// The name (upper-cased) of the `i`th command queued in one of ferry's transactions, read
+/// back from the bytes it sent (`MULTI` first): for an error message.
+fn txn_command_name(bytes: &Bytes, i: usize) -> String {
+    let mut buf = BytesMut::from(bytes.as_ref());
+    let mut n = 0;
+    while let Ok(Some((f, _))) = frame::parse(&mut buf) {
+        if n == i + 1 {
+            return match f.into_argv() {
+                Some(argv) if !argv.is_empty() => lossy(&argv[0]).to_uppercase(),
+                _ => "a command".into(),
+            };
+        }
+        n += 1;
+    }
+    "a command".into()
 }
 
 /// Reads more replies into `buf`; the connection's end (or the writer half's failure) is
@@ -1217,20 +1372,14 @@ impl ClusterWriter {
                         let t = txn.get_or_insert_with(|| {
                             let mut buf = BytesMut::new();
                             frame::write_command(&mut buf, &[b"MULTI"]);
-                            (
-                                buf,
-                                vec![Expect::Control { what: "MULTI" }],
-                                Vec::new(),
-                                Unit::new(Bytes::new(), Vec::new()),
-                            )
+                            (buf, 0, Unit::new(Bytes::new(), Vec::new()))
                         });
                         for c in &cmds {
                             frame::write_command(&mut t.0, c);
-                            t.1.push(Expect::Queued { name: c[0].clone() });
-                            t.2.push((c[0].clone(), false));
                         }
-                        t.3.offsets.push(offset);
-                        t.3.records += records;
+                        t.1 += cmds.len() as u32;
+                        t.2.offsets.push(offset);
+                        t.2.records += records;
                         last = (offset, db);
                         if ckpt_key.is_none() {
                             // Without checkpoints, a source transaction is its own unit.
@@ -1267,7 +1416,7 @@ impl ClusterWriter {
 
     fn close_txn(
         &self,
-        (mut buf, mut expects, mut names, mut unit): OpenTxn,
+        (mut buf, mut queued, mut unit): OpenTxn,
         ckpt_key: Option<&Bytes>,
         (offset, db): (u64, u32),
     ) -> Unit {
@@ -1279,20 +1428,12 @@ impl ClusterWriter {
             }
             .encode();
             frame::write_command(&mut buf, &[b"SET".as_ref(), key, value.as_bytes()]);
-            expects.push(Expect::Queued {
-                name: Bytes::from_static(b"SET checkpoint"),
-            });
-            names.push((Bytes::from_static(b"SET checkpoint"), false));
+            queued += 1;
             unit.checkpoint = Some(offset);
         }
         frame::write_command(&mut buf, &[b"EXEC"]);
-        expects.push(Expect::Exec {
-            names,
-            offset: None,
-            folded: 0,
-        });
         unit.bytes = buf.freeze();
-        unit.expects = Expects::Many(expects);
+        unit.expects = Expects::Txn { queued };
         unit
     }
 
@@ -1485,8 +1626,8 @@ impl ClusterWriter {
             cmds.push(argv);
             return Ok(());
         }
-        match route_command(argv.clone(), &self.addr)? {
-            Route::Broadcast => self.broadcast(argv, Some((offset, db))).await?,
+        match route_command(argv, &self.addr)? {
+            Route::Broadcast(argv) => self.broadcast(argv, Some((offset, db))).await?,
             Route::Slots(parts) => {
                 for (i, (slot, part)) in parts.into_iter().enumerate() {
                     let records = u64::from(i == 0);
@@ -1509,8 +1650,8 @@ impl ClusterWriter {
         let mut records = 2; // MULTI and EXEC
         for argv in cmds {
             records += 1;
-            match route_command(argv.clone(), &self.addr)? {
-                Route::Broadcast => {
+            match route_command(argv, &self.addr)? {
+                Route::Broadcast(argv) => {
                     // Cannot be atomic with anything: everything before it goes first.
                     for (slot, cmds) in per_slot.drain(..) {
                         self.queue_cmds(slot, cmds, offset, db, 0, true);
@@ -2228,7 +2369,7 @@ mod tests {
         assert!(route_command(argv(&["MSETNX", "{a}1", "1", "{a}2", "2"]), "t").is_ok());
         assert_eq!(
             route_command(argv(&["FLUSHALL"]), "t").unwrap(),
-            Route::Broadcast
+            Route::Broadcast(argv(&["FLUSHALL"]))
         );
         let e = route_command(argv(&["SWAPDB", "0", "1"]), "t").unwrap_err();
         assert!(e.to_string().contains("SWAPDB"), "{e}");

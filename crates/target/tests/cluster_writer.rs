@@ -86,6 +86,18 @@ impl Run {
         }
     }
 
+    /// One replicated command.
+    fn command(&mut self, words: &[&str]) {
+        self.offset += 40;
+        let argv = words.iter().map(|w| Bytes::from(w.to_string())).collect();
+        let offset = self.offset;
+        self.send(Event::Command {
+            db: 0,
+            argv,
+            offset,
+        });
+    }
+
     /// Closes the event queue and waits for the writer's result.
     fn finish(mut self) -> Result<WriteSummary, TargetError> {
         self.tx = None;
@@ -399,4 +411,40 @@ fn snapshot_keys_refused_by_a_migrating_slot_are_resent_alone() {
     for k in keys.iter().step_by(7) {
         assert_eq!(cluster.cmd_routed_str(&["GET", k]).as_str(), "hello");
     }
+}
+
+/// A stream command the target rejects inside one of the writer's transactions stops the
+/// writer with an error naming that command (read back from the bytes sent) and giving the
+/// target's message: an error in `EXEC`'s replies, and a command refused when queued.
+#[test]
+fn a_rejected_stream_command_is_named() {
+    let cluster = Cluster::start(3, 0);
+    cluster.cmd_routed_str(&["RPUSH", "list", "x"]);
+    let cases: [(&[&str], &str, &str); 2] = [
+        (
+            &["INCR", "list"],
+            "INCR (in a checkpointed batch)",
+            "WRONGTYPE",
+        ),
+        (
+            &["SET", "lonely"],
+            "SET (inside MULTI)",
+            "wrong number of arguments",
+        ),
+    ];
+    for (words, command_is, message_has) in cases {
+        let mut run = Run::start(&cluster);
+        run.set_keys("before", 20);
+        run.command(words);
+        match run.finish() {
+            Err(TargetError::Rejected {
+                command, message, ..
+            }) => {
+                assert_eq!(command, command_is);
+                assert!(message.contains(message_has), "{message}");
+            }
+            other => panic!("expected {command_is} to be rejected, got {other:?}"),
+        }
+    }
+    assert_eq!(count_keys(&cluster, "before", 20), 20);
 }
