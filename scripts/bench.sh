@@ -14,6 +14,13 @@
 #   BENCH_ROWS       comma-separated rows to run         (default full,incr,cluster,cluster-incr)
 #   BENCH_NO_GNU_TIME=1  ignore /usr/bin/time, sample /proc/<pid>/status instead
 #
+# CPU: each timed run of the full and cluster rows also prints a "cpu:" line, CPU seconds
+# (user + sys) spent during the run: ferry's own (GNU time, or /proc/<pid>/stat), and per
+# role the deltas of the servers' INFO cpu: "sources"/"targets"/"replicas" are the servers'
+# main processes (all their threads, used_cpu_user + used_cpu_sys), "source forks" the
+# sources' reaped children (used_cpu_user_children + used_cpu_sys_children: the fork that
+# serializes the RDB for the sync; read once no fork is running any more).
+#
 # Small run (CI):  BENCH_KEYS=20000 BENCH_REPEAT=1 BENCH_INCR_OPS=50000 scripts/bench.sh
 # Memory row (peak RSS of ferry at 5M keys, standalone and cluster full syncs; ~1 GB of
 # redis memory per copy of the data, at most three copies alive at once):
@@ -156,6 +163,51 @@ ferry_warnings() {
     sed -E 's/\x1b\[[0-9;]*m//g' "$1" | grep -E ' (WARN|ERROR) ' | sed 's/^/bench:   ferry: /' || true
 }
 
+# cpu_snap PORT...: "MAIN CHILDREN", CPU seconds (user + sys) summed over the servers:
+# the main process with its threads, and its children once reaped (INFO cpu).
+cpu_snap() {
+    local p
+    for p in "$@"; do rcli "$p" INFO cpu; done | tr -d '\r' | awk -F: '
+        $1 == "used_cpu_user" || $1 == "used_cpu_sys" { m += $2 }
+        $1 == "used_cpu_user_children" || $1 == "used_cpu_sys_children" { c += $2 }
+        END { printf "%.3f %.3f\n", m, c }'
+}
+# wait_forks PORT...: wait (up to 10 s) until none of the servers has a fork running (an
+# RDB child is only in used_cpu_*_children once it has ended and been reaped).
+wait_forks() {
+    local p i busy
+    for ((i = 0; i < 1000; i++)); do
+        busy=0
+        for p in "$@"; do
+            [[ "$(info_field "$p" persistence rdb_bgsave_in_progress)" == 0 ]] || busy=1
+        done
+        [[ "$busy" -eq 0 ]] && return 0
+        sleep 0.01
+    done
+    say "warning: a fork of a source server still runs 10 s after the sync; its CPU is not counted"
+}
+# cpu_deltas SRC_BEFORE SRC_AFTER TGT_BEFORE TGT_AFTER (cpu_snap outputs): prints
+# "TARGETS SOURCE_FORKS SOURCES", CPU seconds spent in between.
+cpu_deltas() {
+    awk -v a="$1" -v b="$2" -v c="$3" -v d="$4" 'BEGIN {
+        split(a, sa, " "); split(b, sb, " "); split(c, ta, " "); split(d, tb, " ")
+        printf "%.2f %.2f %.2f\n", tb[1] - ta[1], sb[2] - sa[2], sb[1] - sa[1] }'
+}
+# with_s X: "X s", or "n/a" as is.
+with_s() { if [[ "$1" == n/a ]]; then echo n/a; else echo "$1 s"; fi; }
+# cpu_median COL RECORD...: the median of field COL (1-based) of the space-separated
+# records, with two decimals; "n/a" if any record has n/a there.
+cpu_median() {
+    local col="$1" r v vals=()
+    shift
+    for r in "$@"; do
+        v="$(awk -v c="$col" '{ print $c }' <<<"$r")"
+        if [[ "$v" == n/a || -z "$v" ]]; then echo n/a; return 0; fi
+        vals+=("$v")
+    done
+    median "${vals[@]}" | awk '{ printf "%.2f", $1 }'
+}
+
 MACHINE="$(nproc) cores, $(awk -F': *' '/^model name/ { print $2; exit }' /proc/cpuinfo)"
 say "machine: $MACHINE; keys=$KEYS repeat=$REPEAT incr_ops=$INCR_OPS; work dir $WORK"
 
@@ -182,23 +234,30 @@ ratio() { awk -v f="$1" -v n="$2" 'BEGIN { if (n > 0) printf "%.2f", f / n; else
 # ---------------------------------------------------------------- full: native
 if row full; then
 native_times=()
+native_cpu=()
 for ((i = 1; i <= REPEAT; i++)); do
     start_server "native-full-$i"
     port="$SERVER_PORT" pid="$SERVER_PID"
+    src0="$(cpu_snap "$SRC")" tgt0="$(cpu_snap "$port")"
     t="$(python3 "$HELPER" replicate --port "$port" --master-port "$SRC" \
         --expect "$SRC_KEYS" --timeout "$TIMEOUT")" || die "native replica never caught up"
+    wait_forks "$SRC"
+    read -r c_tgt c_fork c_src < <(cpu_deltas "$src0" "$(cpu_snap "$SRC")" "$tgt0" "$(cpu_snap "$port")")
     rcli "$port" REPLICAOF NO ONE >/dev/null
     stop_server "$pid"
     native_times+=("$t")
+    native_cpu+=("$c_tgt $c_fork $c_src")
     say "full sync  native REPLICAOF  run $i/$REPEAT: $t s ($SYNC_KIND)"
+    say "  cpu: replicas $c_tgt s, source forks $c_fork s, sources $c_src s"
 done
 
 fi
 
 # ---------------------------------------------------------------- full: ferry
-# run_ferry_full SOURCE_PORT TARGET_PORT LOG [FERRY ARGS...]: sets RUN_SECS and RUN_RSS_KB.
+# run_ferry_full SOURCE_PORT TARGET_PORT LOG [FERRY ARGS...]: sets RUN_SECS, RUN_RSS_KB
+# and RUN_CPU (ferry's CPU seconds, user + sys, or "n/a").
 run_ferry_full() {
-    local src="$1" port="$2" log="$3" rc=0 t0 fpid v hwm=0
+    local src="$1" port="$2" log="$3" rc=0 t0 fpid v hwm=0 ticks="" tck
     shift 3
     local -a cmd=(timeout --signal=INT --kill-after=10 "$TIMEOUT"
         "$FERRY" sync --source "redis://127.0.0.1:$src" --target "redis://127.0.0.1:$port"
@@ -208,6 +267,8 @@ run_ferry_full() {
         "$GNU_TIME" -v -o "$log.time" "${cmd[@]}" >"$log" 2>&1 || rc=$?
         RUN_SECS="$(secs_since "$t0")"
         hwm="$(awk -F': *' '/Maximum resident set size/ { print $2 }' "$log.time")"
+        RUN_CPU="$(awk -F': *' '/User time \(seconds\)|System time \(seconds\)/ { s += $2; n++ }
+            END { if (n == 2) printf "%.2f", s; else print "n/a" }' "$log.time")"
     else
         # Sample the high-water mark every 50 ms; a zombie has no Vm* lines,
         # which ends the loop as soon as ferry has exited.
@@ -215,15 +276,25 @@ run_ferry_full() {
             --mode full --progress never "$@" >"$log" 2>&1 &
         fpid=$!
         PIDS+=("$fpid")
+        # utime + stime (fields 14 and 15 of /proc/<pid>/stat, after the "(comm)" field) are
+        # read on each sample and once more when ferry is a zombie, not yet reaped.
         while v="$(awk '/^VmHWM:/ { print $2 }' "/proc/$fpid/status" 2>/dev/null)" && [[ -n "$v" ]]; do
             hwm="$v"
+            v="$(sed 's/^.*) //' "/proc/$fpid/stat" 2>/dev/null | awk '{ print $12 + $13 }')" && ticks="${v:-$ticks}"
             if (( $(now_ns) - t0 > TIMEOUT * 1000000000 )); then
                 kill -INT "$fpid" 2>/dev/null || true
             fi
             sleep 0.05
         done
+        v="$(sed 's/^.*) //' "/proc/$fpid/stat" 2>/dev/null | awk '{ print $12 + $13 }')" && ticks="${v:-$ticks}"
         wait "$fpid" || rc=$?
         RUN_SECS="$(secs_since "$t0")"
+        tck="$(getconf CLK_TCK 2>/dev/null || echo 100)"
+        if [[ -n "$ticks" ]]; then
+            RUN_CPU="$(awk -v t="$ticks" -v h="$tck" 'BEGIN { printf "%.2f", t / h }')"
+        else
+            RUN_CPU=n/a
+        fi
     fi
     RUN_RSS_KB="${hwm:-0}"
     if [[ "$rc" -ne 0 ]]; then
@@ -236,6 +307,7 @@ if row full; then
 ferry_times=()
 ferry_rss=()
 ferry_off_times=()
+ferry_cpu=()
 FULL_DIGEST=MATCH
 # Checkpoints on (the default) and off, alternating so both see the same noise.
 for ((i = 1; i <= REPEAT; i++)); do
@@ -243,12 +315,16 @@ for ((i = 1; i <= REPEAT; i++)); do
         start_server "ferry-full-$ckpt-$i"
         port="$SERVER_PORT" pid="$SERVER_PID"
         log="$WORK/ferry-full-$ckpt-$i.log"
+        src0="$(cpu_snap "$SRC")" tgt0="$(cpu_snap "$port")"
         run_ferry_full "$SRC" "$port" "$log" --checkpoint "$ckpt"
+        wait_forks "$SRC"
+        read -r c_tgt c_fork c_src < <(cpu_deltas "$src0" "$(cpu_snap "$SRC")" "$tgt0" "$(cpu_snap "$port")")
         d="$(ferry_digest "$port")"
         n="$(rcli "$port" DBSIZE)"
         if [[ "$d" == "$SRC_DIGEST" ]]; then m=MATCH; else m=MISMATCH; FULL_DIGEST=MISMATCH; fi
         summary="$(grep -o 'full sync complete.*' "$log" | tail -n 1 || true)"
         say "full sync  ferry --mode full --checkpoint $ckpt run $i/$REPEAT: $RUN_SECS s, peak RSS $((RUN_RSS_KB / 1024)) MB, DBSIZE $n/$SRC_KEYS, digest $m (ferry: ${summary:-no summary line})"
+        say "  cpu: ferry $(with_s "$RUN_CPU"), targets $c_tgt s, source forks $c_fork s, sources $c_src s"
         if [[ "$m" == MISMATCH ]]; then
             say "  source digest $SRC_DIGEST, target digest $d"
         fi
@@ -256,6 +332,7 @@ for ((i = 1; i <= REPEAT; i++)); do
         stop_server "$pid"
         if [[ "$ckpt" == on ]]; then
             ferry_times+=("$RUN_SECS")
+            ferry_cpu+=("$RUN_CPU $c_tgt $c_fork $c_src")
         else
             ferry_off_times+=("$RUN_SECS")
         fi
@@ -269,6 +346,7 @@ FERRY_OFF_MED="$(median "${ferry_off_times[@]}")"
 RATIO="$(ratio "$FERRY_MED" "$NATIVE_MED")"
 RATIO_OFF="$(ratio "$FERRY_OFF_MED" "$NATIVE_MED")"
 PEAK_RSS_MB="$(printf '%s\n' "${ferry_rss[@]}" | sort -n | tail -n 1 | awk '{ printf "%d", $1 / 1024 }')"
+FULL_CPU="native: replicas $(cpu_median 1 "${native_cpu[@]}") s, source forks $(cpu_median 2 "${native_cpu[@]}") s, sources $(cpu_median 3 "${native_cpu[@]}") s; ferry (--checkpoint on): ferry $(with_s "$(cpu_median 1 "${ferry_cpu[@]}")"), targets $(cpu_median 2 "${ferry_cpu[@]}") s, source forks $(cpu_median 3 "${ferry_cpu[@]}") s, sources $(cpu_median 4 "${ferry_cpu[@]}") s"
 fi
 
 # ---------------------------------------------------------------- incremental
@@ -429,12 +507,14 @@ fi
 
 if row cluster; then
 cnative_times=()
+cnative_cpu=()
 for ((i = 1; i <= REPEAT; i++)); do
     rports=() rpids=() jobs_=()
     for j in 0 1 2; do
         start_server "cnative-$i-$j"
         rports+=("$SERVER_PORT") rpids+=("$SERVER_PID")
     done
+    src0="$(cpu_snap "${CSRC[@]}")" tgt0="$(cpu_snap "${rports[@]}")"
     t0="$(now_ns)"
     for j in 0 1 2; do
         python3 "$HELPER" replicate --port "${rports[$j]}" --master-port "${CSRC[$j]}" \
@@ -443,32 +523,43 @@ for ((i = 1; i <= REPEAT; i++)); do
     done
     for j in 0 1 2; do wait "${jobs_[$j]}" || die "native replica of ${CSRC[$j]} never caught up"; done
     t="$(secs_since "$t0")"
+    wait_forks "${CSRC[@]}"
+    read -r c_tgt c_fork c_src < <(cpu_deltas "$src0" "$(cpu_snap "${CSRC[@]}")" "$tgt0" "$(cpu_snap "${rports[@]}")")
     for j in 0 1 2; do
         rcli "${rports[$j]}" REPLICAOF NO ONE >/dev/null
         stop_server "${rpids[$j]}"
     done
     cnative_times+=("$t")
+    cnative_cpu+=("$c_tgt $c_fork $c_src")
     say "cluster full sync  3 native REPLICAOF at once  run $i/$REPEAT: $t s"
+    say "  cpu: replicas $c_tgt s, source forks $c_fork s, sources $c_src s"
 done
 
 cferry_times=()
 cferry_rss=()
+cferry_cpu=()
 CLUSTER_DIGEST=MATCH
 for ((i = 1; i <= REPEAT; i++)); do
     for p in "${CTGT[@]}"; do rcli "$p" FLUSHALL >/dev/null; done
     log="$WORK/ferry-cluster-$i.log"
+    src0="$(cpu_snap "${CSRC[@]}")" tgt0="$(cpu_snap "${CTGT[@]}")"
     run_ferry_full "${CSRC[0]}" "${CTGT[0]}" "$log"
+    wait_forks "${CSRC[@]}"
+    read -r c_tgt c_fork c_src < <(cpu_deltas "$src0" "$(cpu_snap "${CSRC[@]}")" "$tgt0" "$(cpu_snap "${CTGT[@]}")")
     d="$(cluster_digests "${CTGT[@]}")"
     if [[ "$d" == "$CSRC_DIGESTS" ]]; then m=MATCH; else m=MISMATCH; CLUSTER_DIGEST=MISMATCH; fi
     say "cluster full sync  ferry --mode full  run $i/$REPEAT: $RUN_SECS s, peak RSS $((RUN_RSS_KB / 1024)) MB, digests $m"
+    say "  cpu: ferry $(with_s "$RUN_CPU"), targets $c_tgt s, source forks $c_fork s, sources $c_src s"
     ferry_warnings "$log"
     cferry_times+=("$RUN_SECS")
+    cferry_cpu+=("$RUN_CPU $c_tgt $c_fork $c_src")
     cferry_rss+=("$RUN_RSS_KB")
 done
 CNATIVE_MED="$(median "${cnative_times[@]}")"
 CFERRY_MED="$(median "${cferry_times[@]}")"
 CRATIO="$(ratio "$CFERRY_MED" "$CNATIVE_MED")"
 CPEAK_RSS_MB="$(printf '%s\n' "${cferry_rss[@]}" | sort -n | tail -n 1 | awk '{ printf "%d", $1 / 1024 }')"
+CLUSTER_CPU="native: replicas $(cpu_median 1 "${cnative_cpu[@]}") s, source forks $(cpu_median 2 "${cnative_cpu[@]}") s, sources $(cpu_median 3 "${cnative_cpu[@]}") s; ferry: ferry $(with_s "$(cpu_median 1 "${cferry_cpu[@]}")"), targets $(cpu_median 2 "${cferry_cpu[@]}") s, source forks $(cpu_median 3 "${cferry_cpu[@]}") s, sources $(cpu_median 4 "${cferry_cpu[@]}") s"
 fi
 
 # ---------------------------------------------------------------- cluster incremental
@@ -558,12 +649,14 @@ printf '%-16s %-17s median %.2f s   ratio %sx   peak RSS %s MB   digest %s\n' \
     "" "ferry --mode full" "$FERRY_MED" "$RATIO" "$PEAK_RSS_MB" "$FULL_DIGEST"
 printf '%-16s %-17s median %.2f s   ratio %sx   (--checkpoint off)\n' \
     "" "ferry --mode full" "$FERRY_OFF_MED" "$RATIO_OFF"
+printf '%-16s %-17s median %s\n' "" "cpu seconds" "$FULL_CPU"
 fi
 if row cluster; then
 printf '%-16s %-17s median %.2f s   (3 masters, 3 replicas at once)\n' \
     "cluster 3 to 3" "native REPLICAOF" "$CNATIVE_MED"
 printf '%-16s %-17s median %.2f s   ratio %sx   peak RSS %s MB   digest %s\n' \
     "" "ferry --mode full" "$CFERRY_MED" "$CRATIO" "$CPEAK_RSS_MB" "$CLUSTER_DIGEST"
+printf '%-16s %-17s median %s\n' "" "cpu seconds" "$CLUSTER_CPU"
 fi
 if row incr; then
 printf '%-16s redis-benchmark %s ops/s      marker delay: native %s ms, ferry %s ms (checkpoints off %s ms)   digest %s\n' \
