@@ -772,12 +772,10 @@ async fn read_txn(
         })
     };
     let mut refused = None;
-    if let Some(reply) = next_reply(rd, buf, dead, addr, true).await? {
-        if let Frame::Error(m) = &reply {
-            match refusal(m) {
-                Some(r) => refused = Some(r),
-                None => return Err(rejected("MULTI".into(), m)),
-            }
+    if let Some(Frame::Error(m)) = next_reply(rd, buf, dead, addr, true).await? {
+        match refusal(&m) {
+            Some(r) => refused = Some(r),
+            None => return Err(rejected("MULTI".into(), &m)),
         }
     }
     for i in 0..queued as usize {
