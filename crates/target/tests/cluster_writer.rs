@@ -448,3 +448,61 @@ fn a_rejected_stream_command_is_named() {
     }
     assert_eq!(count_keys(&cluster, "before", 20), 20);
 }
+
+/// The offset the job's global checkpoint names, if any.
+fn global_offset(cluster: &Cluster) -> Option<u64> {
+    let value = cluster.cmd_routed(&[b"GET", &checkpoint::key("fence-test", "0")]);
+    if value.is_nil() {
+        return None;
+    }
+    let text = String::from_utf8_lossy(&value.as_bytes()).into_owned();
+    text.split(' ').nth(2).and_then(|o| o.parse().ok())
+}
+
+fn wait_global(cluster: &Cluster, offset: u64, within: Duration) {
+    let deadline = Instant::now() + within;
+    while global_offset(cluster) != Some(offset) {
+        assert!(
+            Instant::now() < deadline,
+            "the global checkpoint names {:?}, the last event's offset is {offset}",
+            global_offset(cluster)
+        );
+        thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// The job's global checkpoint catches up with the last stream event even when nothing
+/// follows it: the position reached while an earlier checkpoint write was in flight (held
+/// here by a write pause on the master that holds the checkpoint) is written once that
+/// write is answered.
+#[test]
+fn the_global_checkpoint_reaches_the_last_event_without_a_next_one() {
+    let cluster = Cluster::start(3, 0);
+    let global = owner_of(
+        &cluster,
+        cluster.keyslot(&checkpoint::key("fence-test", "0")),
+    );
+    // Keys the other masters serve: they are applied while the checkpoint's master pauses.
+    let keys: Vec<String> = (0..400)
+        .map(|i| format!("elsewhere:{i}"))
+        .filter(|k| owner_of(&cluster, cluster.keyslot(k.as_bytes())) != global)
+        .take(100)
+        .collect();
+    let mut run = Run::start(&cluster);
+    run.command(&["SET", &keys[0], "0"]);
+    wait_global(&cluster, run.offset, Duration::from_secs(10));
+    cluster
+        .node(global)
+        .cmd(&["CLIENT", "PAUSE", "1000", "WRITE"]);
+    for k in &keys[1..] {
+        run.command(&["SET", k, "1"]);
+    }
+    let last = run.offset;
+    wait_global(&cluster, last, Duration::from_secs(10));
+    // The event queue is still open: the writer had nothing to wait for.
+    assert!(!run.writer.is_finished());
+    run.finish().expect("the writer failed");
+    for k in &keys[1..] {
+        assert_eq!(cluster.cmd_routed_str(&["GET", k]).as_str(), "1");
+    }
+}
