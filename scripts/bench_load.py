@@ -268,21 +268,23 @@ def cmd_marker(args):
         print("%s=%.1f" % (name, delays[name]))
 
 
-def _global_checkpoints(conn):
-    """(replid, offset) of each global (not per-slot) stream checkpoint on a node."""
-    out = set()
+def _global_checkpoint_keys(conn):
+    """Names of the global (not per-slot) checkpoint keys on a node (one SCAN)."""
+    out = []
     cursor = b"0"
     while True:
         cursor, keys = conn.cmd("SCAN", cursor, "MATCH", "ferry:checkpoint:*", "COUNT", "1000")
-        for k in keys:
-            if b"{" in k:
-                continue
-            v = conn.cmd("GET", k)
-            f = v.split(b" ") if isinstance(v, bytes) else []
-            if len(f) == 4 and f[0] == b"stream":
-                out.add((f[1], int(f[2])))
+        out.extend(k for k in keys if b"{" not in k)
         if cursor == b"0":
             return out
+
+
+def _stream_position(value):
+    """(replid, offset) of a stream checkpoint's value, else None."""
+    f = value.split(b" ") if isinstance(value, bytes) else []
+    if len(f) == 4 and f[0] == b"stream":
+        return (f[1], int(f[2]))
+    return None
 
 
 def cmd_catchup(args):
@@ -290,19 +292,30 @@ def cmd_catchup(args):
     targets = [Conn(p) for p in args.target]
     t0 = time.monotonic()
     deadline = t0 + args.timeout
+    # The keys are found once (a SCAN over a big keyspace takes long): each poll then only
+    # GETs them, so the figure is not rounded up to the length of a SCAN.
+    keys = {}
     while True:
         want = set()
         for c in sources:
             f = info_fields(c, "replication")
             want.add((f["master_replid"].encode(), int(f["master_repl_offset"])))
         have = set()
-        for c in targets:
-            have |= _global_checkpoints(c)
+        for i, c in enumerate(targets):
+            if i not in keys:
+                keys[i] = _global_checkpoint_keys(c)
+            for k in keys[i]:
+                pos = _stream_position(c.cmd("GET", k))
+                if pos:
+                    have.add(pos)
         if want <= have:
             break
+        if len(have) < len(want):
+            # A checkpoint key not seen yet (or a new one): look again next time.
+            keys.clear()
         if time.monotonic() > deadline:
             sys.exit("not caught up after %ds: want %r, have %r" % (args.timeout, want, have))
-        time.sleep(0.005)
+        time.sleep(0.002)
     print("%.3f" % (time.monotonic() - t0))
 
 
