@@ -214,6 +214,57 @@ pub fn parse(buf: &mut BytesMut) -> Result<Option<(Frame, usize)>, DecodeError> 
     Ok(Some((frame, len)))
 }
 
+/// Splits one whole frame off the front of `buf` as a command's argv (what
+/// [`Frame::into_argv`] gives), without building a frame when it is an array of bulk
+/// strings, as every replicated command is. `Ok(None)` (and `buf` untouched) if it is not
+/// all there yet; the inner `None` for a whole frame that is not a command. Returns the
+/// number of bytes it took too.
+#[allow(clippy::type_complexity)]
+pub fn parse_command(
+    buf: &mut BytesMut,
+) -> Result<Option<(Option<Vec<Bytes>>, usize)>, DecodeError> {
+    let Some(len) = frame_len(buf)? else {
+        return Ok(None);
+    };
+    let bytes = buf.split_to(len).freeze();
+    Ok(Some((command_of(bytes)?, len)))
+}
+
+/// The argv of one whole, checked frame.
+fn command_of(bytes: Bytes) -> Result<Option<Vec<Bytes>>, DecodeError> {
+    if bytes[0] == b'*' {
+        let eol = find_crlf(&bytes, 1).ok_or_else(|| bad(0, "truncated"))?;
+        let n = parse_int(&bytes[1..eol], 1)?;
+        if n >= 0 {
+            // `frame_len` saw all `n` elements, so `n` is bounded by the frame's size.
+            let mut argv = Vec::with_capacity(n as usize);
+            let mut p = eol + 2;
+            let mut bulks = true;
+            for _ in 0..n {
+                if bytes[p] != b'$' {
+                    bulks = false;
+                    break;
+                }
+                let e = find_crlf(&bytes, p + 1).ok_or_else(|| bad(p, "truncated"))?;
+                let l = parse_int(&bytes[p + 1..e], p + 1)?;
+                if l < 0 {
+                    bulks = false;
+                    break;
+                }
+                let start = e + 2;
+                let end = start + l as usize;
+                argv.push(bytes.slice(start..end));
+                p = end + 2;
+            }
+            if bulks {
+                return Ok(Some(argv));
+            }
+        }
+    }
+    let mut b = bytes;
+    Ok(read_frame(&mut b)?.into_argv())
+}
+
 /// Parses a frame from a buffer already known (by [`frame_len`]) to hold it whole.
 fn read_frame(b: &mut Bytes) -> Result<Frame, DecodeError> {
     let tag = b[0];
@@ -337,6 +388,40 @@ pub fn command<A: AsRef<[u8]>>(args: &[A]) -> BytesMut {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn parse_command_gives_what_into_argv_gives() {
+        let cases: Vec<&[u8]> = vec![
+            b"*3\r\n$3\r\nSET\r\n$1\r\nk\r\n$0\r\n\r\n",
+            b"*1\r\n$4\r\nPING\r\n",
+            b"*0\r\n",
+            b"*-1\r\n",
+            b"*2\r\n$3\r\nGET\r\n:12\r\n",
+            b"*2\r\n$3\r\nGET\r\n$-1\r\n",
+            b"*2\r\n$3\r\nGET\r\n*1\r\n$1\r\nx\r\n",
+            b"+OK\r\n",
+            b"$5\r\nhello\r\n",
+        ];
+        for case in cases {
+            for extra in [&b""[..], b"*1\r\n$4\r\nPI"] {
+                let mut a = BytesMut::from(case);
+                a.extend_from_slice(extra);
+                let mut b = a.clone();
+                let (argv, n) = parse_command(&mut a).unwrap().unwrap();
+                let (frame, m) = parse(&mut b).unwrap().unwrap();
+                assert_eq!((argv, n), (frame.into_argv(), m), "{case:?}");
+                assert_eq!(a, b);
+            }
+            // Cut anywhere before its end: not all there yet, nothing taken.
+            for cut in 0..case.len() {
+                let mut a = BytesMut::from(&case[..cut]);
+                assert_eq!(parse_command(&mut a).unwrap(), None);
+                assert_eq!(a.len(), cut);
+            }
+        }
+        let mut bad = BytesMut::from(&b"*1\r\n$x\r\n"[..]);
+        assert!(parse_command(&mut bad).is_err());
+    }
+
     use super::*;
 
     fn one(input: &[u8]) -> Option<(Frame, usize)> {

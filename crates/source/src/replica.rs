@@ -702,7 +702,7 @@ async fn command_stream(
         }
         let mut idle_bytes = false;
         loop {
-            let (frame, n) = match frame::parse(&mut buf) {
+            let (argv, n) = match frame::parse_command(&mut buf) {
                 Ok(Some(f)) => f,
                 Ok(None) => break,
                 Err(e) => {
@@ -716,7 +716,7 @@ async fn command_stream(
                 }
             };
             offset += n as u64;
-            let Some(argv) = frame.into_argv() else {
+            let Some(argv) = argv else {
                 return Err(SourceError::Protocol {
                     addr: addr.to_string(),
                     message: format!("command stream at offset {offset}: not a command"),
@@ -761,6 +761,16 @@ async fn command_stream(
                     Verdict::Drop => continue,
                 }
             }
+            // Most sends find room: no future, no wake-up of our own.
+            let ev = match tx.try_send(ev) {
+                Ok(()) => continue,
+                Err(mpsc::error::TrySendError::Full(ev)) => ev,
+                Err(mpsc::error::TrySendError::Closed(_)) => {
+                    return Err(SourceError::Downstream {
+                        addr: addr.to_string(),
+                    })
+                }
+            };
             tokio::select! {
                 r = tx.send(ev) => r.map_err(|_| SourceError::Downstream { addr: addr.to_string() })?,
                 _ = cancel.cancelled() => return Ok(()),
