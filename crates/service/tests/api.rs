@@ -132,6 +132,51 @@ async fn wait_value(target: &Server, key: &str, want: &str) {
     }
 }
 
+/// "incremental" means the snapshot is on the target, not merely read: while the target
+/// holds the writer's batches (a write pause), the job stays in its full sync although its
+/// reader is already in the source's stream.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_job_is_incremental_only_once_its_snapshot_is_applied() {
+    let source = Server::builder().password(SECRET).start();
+    let target = Server::builder().password(SECRET).start();
+    for i in 0..200 {
+        source.cmd(&["SET", &format!("key:{i}"), &i.to_string()]);
+    }
+    let dir = tempfile::tempdir().expect("tempdir");
+    let api = Api::start(&store_url(&dir), None).await;
+    target.cmd(&["CLIENT", "PAUSE", "3000", "WRITE"]);
+    let paused = Instant::now();
+    let (status, v) = api
+        .post("/api/v1/jobs?start=true", spec("held", &source, &target))
+        .await;
+    assert_eq!(status, 201, "{v}");
+    let mut seen = Vec::new();
+    while paused.elapsed() < Duration::from_millis(2500) {
+        let v = api.get("/api/v1/jobs/held").await;
+        let state = v["state"].as_str().unwrap_or_default().to_string();
+        assert_ne!(state, "incremental", "while the target is paused: {v}");
+        if !seen.contains(&state) {
+            seen.push(state);
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(
+        seen.iter().any(|s| s == "full-sync"),
+        "states seen: {seen:?}"
+    );
+    let v = api
+        .wait_job("held", "reached incremental", |v| {
+            v["state"] == "incremental"
+        })
+        .await;
+    assert!(v["keys_applied"].as_u64().unwrap_or(0) >= 200, "{v}");
+    assert_eq!(
+        target.cmd(&["DBSIZE"]).as_int(),
+        201,
+        "200 keys and the checkpoint"
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn job_reaches_incremental_and_follows_writes() {
     let source = Server::builder().password(SECRET).start();

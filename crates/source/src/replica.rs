@@ -212,6 +212,7 @@ async fn replicate_inner(
             *stats.replid.lock().unwrap_or_else(|e| e.into_inner()) = replid.clone();
             stats.read_offset.store(last, Relaxed);
             stats.applied_offset.store(last, Relaxed);
+            stats.set_snapshot_unapplied(false);
             send(
                 &tx,
                 Event::Continue {

@@ -2,7 +2,7 @@
 //! progress. Plain atomics: written on the hot path, read by the display.
 
 use std::collections::VecDeque;
-use std::sync::atomic::{AtomicU64, AtomicU8, Ordering::Relaxed};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicU8, Ordering::Relaxed};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
@@ -31,6 +31,9 @@ impl Phase {
 #[derive(Debug)]
 pub struct ShardStats {
     phase: AtomicU8,
+    /// A snapshot the writer has begun and not yet seen applied: the reader may already be
+    /// in the stream, but the shard is still in its full sync (see [`ShardStats::phase`]).
+    snapshot_unapplied: AtomicBool,
     /// RDB size when known, and bytes of it read so far.
     pub rdb_size: AtomicU64,
     pub rdb_read: AtomicU64,
@@ -69,6 +72,7 @@ impl Default for ShardStats {
     fn default() -> Self {
         ShardStats {
             phase: AtomicU8::new(Phase::Connecting as u8),
+            snapshot_unapplied: AtomicBool::new(false),
             rdb_size: AtomicU64::new(0),
             rdb_read: AtomicU64::new(0),
             expected_keys: AtomicU64::new(0),
@@ -91,17 +95,33 @@ impl Default for ShardStats {
 }
 
 impl ShardStats {
+    /// Where the shard is. The reader moves it on as it reads; a shard whose reader is in
+    /// the stream while its writer still applies the snapshot is in [`Phase::Snapshot`]:
+    /// "incremental" means the snapshot is on the target.
     pub fn phase(&self) -> Phase {
         match self.phase.load(Relaxed) {
             0 => Phase::Connecting,
             1 => Phase::WaitingForSnapshot,
             2 => Phase::Snapshot,
+            3 if self.snapshot_unapplied.load(Relaxed) => Phase::Snapshot,
             3 => Phase::Incremental,
             _ => Phase::Done,
         }
     }
 
+    /// A snapshot is (`true`) or is no longer (`false`) waiting to be applied: the writer
+    /// clears it once the snapshot is on the target, a reader that resumes the stream
+    /// (no snapshot coming) too.
+    pub fn set_snapshot_unapplied(&self, pending: bool) {
+        self.snapshot_unapplied.store(pending, Relaxed);
+    }
+
+    /// Moves the shard on. A snapshot that begins is unapplied until its writer says so
+    /// ([`ShardStats::set_snapshot_unapplied`]).
     pub fn set_phase(&self, p: Phase) {
+        if p == Phase::Snapshot {
+            self.snapshot_unapplied.store(true, Relaxed);
+        }
         self.phase.store(p as u8, Relaxed);
     }
 

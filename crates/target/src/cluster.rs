@@ -1508,6 +1508,7 @@ impl ClusterWriter {
                 });
                 self.drain().await?;
                 self.streaming = true;
+                self.stats.set_snapshot_unapplied(false);
                 info!(target = %self.addr, keys = self.summary.keys, "snapshot applied");
                 Ok(())
             }

@@ -704,6 +704,7 @@ async fn read_replies(
             match queue.peek() {
                 Some(Expect::Mark { offset }) => stats.applied_offset.store(*offset, Relaxed),
                 Some(Expect::SnapshotApplied) => {
+                    stats.set_snapshot_unapplied(false);
                     info!(target = %addr, keys = summary.keys, "snapshot applied")
                 }
                 _ => break,
