@@ -67,7 +67,9 @@ fn job_commands_drive_a_running_service() {
     let mut last = String::new();
     wait_until("the job to be incremental", Duration::from_secs(60), || {
         last = job(&server, &["list"]).1;
-        last.contains("incremental")
+        // The STATE column (the MODE column says "full+incremental" from the start).
+        last.lines()
+            .any(|l| l.split_whitespace().take(2).eq(["cli", "incremental"]))
     });
     assert!(
         last.contains("NAME") && last.contains("cli") && last.contains("100%"),
