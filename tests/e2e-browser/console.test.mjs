@@ -184,7 +184,9 @@ async function main() {
     // The list.
     await page.getByRole("link", { name: "← Jobs" }).click();
     await page.getByRole("link", { name: "e2e-copy" }).waitFor();
-    await until("the list to show incremental", async () => (await page.locator("#jobs-body").innerText()).includes("incremental"));
+    // The state cell (the mode cell says "full+incremental" from the start).
+    await until("the list to show incremental", async () =>
+      (await page.locator("#jobs-body span.state").first().innerText()) === "incremental");
     await page.screenshot({ path: path.join(shots, "6-jobs.png"), fullPage: true });
     console.log(`ok: console e2e passed; screenshots in ${path.relative(root, shots)}/`);
   } finally {
