@@ -262,7 +262,7 @@ fn target_resharding_mid_sync() {
     let first = slot.saturating_sub(5);
     for s in first..first + 10 {
         // Only slots `from` owns (the neighbours may belong to another master).
-        if cluster.keyslot(b"churn:counter") == s || owner_index(&cluster, s) == from {
+        if cluster.keyslot(b"churn:counter") == s || cluster.slot_owner(s) == from {
             cluster.migrate_slot(s, from, to, Duration::from_millis(5));
         }
     }
@@ -270,27 +270,13 @@ fn target_resharding_mid_sync() {
     churn.stop();
     wait_caught_up(&source, &cluster, LONG);
     assert_exact(&source, &cluster);
-    assert_eq!(owner_index(&cluster, slot), to);
+    assert_eq!(cluster.slot_owner(slot), to);
     assert!(ferry.signal("INT").success(), "{}", ferry.output());
     assert!(
         ferry.output().contains("slot map refreshed after MOVED"),
         "{}",
         ferry.output()
     );
-}
-
-fn owner_index(cluster: &Cluster, slot: u16) -> usize {
-    let r = cluster
-        .node(cluster.master_indices()[0])
-        .cmd(&["CLUSTER", "SLOTS"]);
-    for range in r.as_array() {
-        let range = range.as_array();
-        if range[0].as_int() <= slot as i64 && slot as i64 <= range[1].as_int() {
-            let port = range[2].as_array()[1].as_int() as u16;
-            return cluster.index_of_port(port).expect("owner");
-        }
-    }
-    panic!("slot {slot} unassigned");
 }
 
 #[test]

@@ -113,6 +113,16 @@ fn spec(name: &str, source: &Server, target: &Server) -> Value {
     })
 }
 
+/// A password-protected source holding `key:0` … `key:<n-1>`, and an empty target.
+fn pair_with_keys(n: usize) -> (Server, Server) {
+    let source = Server::builder().password(SECRET).start();
+    let target = Server::builder().password(SECRET).start();
+    for i in 0..n {
+        source.cmd(&["SET", &format!("key:{i}"), &i.to_string()]);
+    }
+    (source, target)
+}
+
 fn store_url(dir: &tempfile::TempDir) -> String {
     format!("sqlite://{}", dir.path().join("ferry.db").display())
 }
@@ -137,11 +147,7 @@ async fn wait_value(target: &Server, key: &str, want: &str) {
 /// reader is already in the source's stream.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_job_is_incremental_only_once_its_snapshot_is_applied() {
-    let source = Server::builder().password(SECRET).start();
-    let target = Server::builder().password(SECRET).start();
-    for i in 0..200 {
-        source.cmd(&["SET", &format!("key:{i}"), &i.to_string()]);
-    }
+    let (source, target) = pair_with_keys(200);
     let dir = tempfile::tempdir().expect("tempdir");
     let api = Api::start(&store_url(&dir), None).await;
     target.cmd(&["CLIENT", "PAUSE", "3000", "WRITE"]);
@@ -179,11 +185,7 @@ async fn a_job_is_incremental_only_once_its_snapshot_is_applied() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn job_reaches_incremental_and_follows_writes() {
-    let source = Server::builder().password(SECRET).start();
-    let target = Server::builder().password(SECRET).start();
-    for i in 0..200 {
-        source.cmd(&["SET", &format!("key:{i}"), &i.to_string()]);
-    }
+    let (source, target) = pair_with_keys(200);
     let dir = tempfile::tempdir().expect("tempdir");
     let api = Api::start(&store_url(&dir), None).await;
     let (status, v) = api

@@ -236,6 +236,11 @@ impl Pack {
         self.ends.is_empty()
     }
 
+    /// What it holds, as counted in `outstanding`.
+    fn weight(&self) -> usize {
+        self.buf.len() + self.ends.len() * PACKED_OVERHEAD
+    }
+
     /// The pack as a unit to send; the pack is left empty.
     fn take(&mut self, capacity: usize) -> Unit {
         let n = self.ends.len() as u64;
@@ -644,6 +649,19 @@ enum Stop {
     Failed(TargetError),
 }
 
+impl Stop {
+    /// A malformed reply from the master at `addr`.
+    fn protocol(addr: &str, source: frame::DecodeError) -> Stop {
+        Stop::Failed(
+            ferry_resp::Error::Protocol {
+                addr: addr.to_string(),
+                source,
+            }
+            .into(),
+        )
+    }
+}
+
 /// The next reply; `None` for a `+OK` taken without building a frame (when `ok` allows it:
 /// the commonest reply, to a `RESTORE`).
 async fn next_reply(
@@ -669,15 +687,7 @@ async fn next_reply(
         match frame::parse(buf) {
             Ok(Some((f, _))) => return Ok(Some(f)),
             Ok(None) => {}
-            Err(source) => {
-                return Err(Stop::Failed(
-                    ferry_resp::Error::Protocol {
-                        addr: addr.to_string(),
-                        source,
-                    }
-                    .into(),
-                ))
-            }
+            Err(source) => return Err(Stop::protocol(addr, source)),
         }
         read_more(rd, buf, dead, addr).await.map_err(Stop::Lost)?;
     }
@@ -806,15 +816,7 @@ async fn read_txn(
         match frame::frame_len(buf) {
             Ok(Some(len)) => break len,
             Ok(None) => read_more(rd, buf, dead, addr).await.map_err(Stop::Lost)?,
-            Err(source) => {
-                return Err(Stop::Failed(
-                    ferry_resp::Error::Protocol {
-                        addr: addr.to_string(),
-                        source,
-                    }
-                    .into(),
-                ))
-            }
+            Err(source) => return Err(Stop::protocol(addr, source)),
         }
     };
     let reply = buf.split_to(len);
@@ -1154,10 +1156,8 @@ impl ClusterWriter {
             self.ready[i].push_back(s);
         }
         for mut pack in packs.into_iter().filter(|p| !p.is_empty()) {
+            self.outstanding = self.outstanding.saturating_sub(pack.weight());
             let unit = pack.take(0);
-            self.outstanding = self
-                .outstanding
-                .saturating_sub(unit.weight() - UNIT_OVERHEAD);
             let Expects::Pack(ends) = &unit.expects else {
                 continue;
             };
@@ -1196,11 +1196,9 @@ impl ClusterWriter {
         }
         for i in 0..self.ready.len() {
             if !self.packs[i].is_empty() && self.room(i) {
-                let unit = self.packs[i].take(self.opts.batch_bytes + self.opts.batch_bytes / 4);
                 // Its memory was counted as packed; `send` counts it again as in flight.
-                self.outstanding = self
-                    .outstanding
-                    .saturating_sub(unit.weight() - UNIT_OVERHEAD);
+                self.outstanding = self.outstanding.saturating_sub(self.packs[i].weight());
+                let unit = self.packs[i].take(self.opts.batch_bytes + self.opts.batch_bytes / 4);
                 let ep = self.map.masters[i].clone();
                 self.send(&ep, vec![unit], Vec::new())?;
             }

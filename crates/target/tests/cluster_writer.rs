@@ -319,19 +319,6 @@ fn an_existing_key_is_named_in_the_error() {
     );
 }
 
-/// The index (in `cluster.nodes()`) of the master serving `slot`.
-fn owner_of(cluster: &Cluster, slot: u16) -> usize {
-    let r = cluster.masters()[0].cmd(&["CLUSTER", "SLOTS"]);
-    for range in r.as_array() {
-        let range = range.as_array();
-        if range[0].as_int() <= slot as i64 && slot as i64 <= range[1].as_int() {
-            let port = range[2].as_array()[1].as_int() as u16;
-            return cluster.index_of_port(port).expect("owner");
-        }
-    }
-    panic!("slot {slot} unassigned");
-}
-
 /// Snapshot keys are sent many to one request buffer per master; when the master refuses
 /// some of them (their slot is being migrated: `ASK`) and applies the others, only the
 /// refused ones are sent again, until the slot's new owner takes them. Every key lands
@@ -340,7 +327,7 @@ fn owner_of(cluster: &Cluster, slot: u16) -> usize {
 fn snapshot_keys_refused_by_a_migrating_slot_are_resent_alone() {
     let cluster = Cluster::start(3, 0);
     let slot = cluster.keyslot(b"mig");
-    let from = owner_of(&cluster, slot);
+    let from = cluster.slot_owner(slot);
     let to = cluster
         .master_indices()
         .into_iter()
@@ -478,14 +465,11 @@ fn wait_global(cluster: &Cluster, offset: u64, within: Duration) {
 #[test]
 fn the_global_checkpoint_reaches_the_last_event_without_a_next_one() {
     let cluster = Cluster::start(3, 0);
-    let global = owner_of(
-        &cluster,
-        cluster.keyslot(&checkpoint::key("fence-test", "0")),
-    );
+    let global = cluster.slot_owner(cluster.keyslot(&checkpoint::key("fence-test", "0")));
     // Keys the other masters serve: they are applied while the checkpoint's master pauses.
     let keys: Vec<String> = (0..400)
         .map(|i| format!("elsewhere:{i}"))
-        .filter(|k| owner_of(&cluster, cluster.keyslot(k.as_bytes())) != global)
+        .filter(|k| cluster.slot_owner(cluster.keyslot(k.as_bytes())) != global)
         .take(100)
         .collect();
     let mut run = Run::start(&cluster);

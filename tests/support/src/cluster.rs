@@ -259,6 +259,22 @@ impl Cluster {
         self.live_nodes().next().expect("no live node").url()
     }
 
+    /// The index (in [`Cluster::nodes`]) of the master serving `slot`, as the first master's
+    /// `CLUSTER SLOTS` says.
+    pub fn slot_owner(&self, slot: u16) -> usize {
+        let r = self
+            .node(self.master_indices()[0])
+            .cmd(&["CLUSTER", "SLOTS"]);
+        for range in r.as_array() {
+            let range = range.as_array();
+            if range[0].as_int() <= slot as i64 && slot as i64 <= range[1].as_int() {
+                let port = range[2].as_array()[1].as_int() as u16;
+                return self.index_of_port(port).expect("owner");
+            }
+        }
+        panic!("slot {slot} unassigned");
+    }
+
     /// The slot of `key` (`CLUSTER KEYSLOT` on a live node).
     pub fn keyslot(&self, key: &[u8]) -> u16 {
         let n = self.live_nodes().next().expect("no live node");
