@@ -26,7 +26,7 @@ pub async fn run(args: SyncArgs) -> ExitCode {
 }
 
 /// Checks as aligned columns; the fix goes on its own indented line.
-fn table(checks: &[ferry_sync::Check]) -> String {
+pub(crate) fn table(checks: &[ferry_sync::Check]) -> String {
     let width = checks
         .iter()
         .map(|c| c.name.len())

@@ -16,7 +16,7 @@ use anyhow::Context;
 use clap::{Parser, Subcommand, ValueEnum};
 use ferry_sync::{FileConfig, JobStatus, RetryConfig};
 use tokio_util::sync::CancellationToken;
-use tracing::{error, info};
+use tracing::{error, info, warn};
 
 #[derive(Parser)]
 #[command(
@@ -109,6 +109,18 @@ struct SyncArgs {
     /// Replace keys that already exist on the target instead of failing.
     #[arg(long)]
     overwrite: bool,
+    /// Accept a target that already holds keys this job did not write: they stay beside
+    /// the copy, and the job never deletes anything there (see --allow-flush).
+    #[arg(long)]
+    allow_nonempty_target: bool,
+    /// Let a new snapshot flush the target before it is applied even where the target held
+    /// other data when the job started (by default ferry deletes only what it owns).
+    #[arg(long)]
+    allow_flush: bool,
+    /// Start without running the pre-check first (`ferry check`); its failures otherwise
+    /// stop `ferry sync` before anything is written.
+    #[arg(long)]
+    skip_precheck: bool,
     /// Job name: names the checkpoint kept on the target (default: the source address).
     /// A re-run with the same name resumes where the last one stopped.
     #[arg(long)]
@@ -188,7 +200,7 @@ fn main() -> ExitCode {
     };
     let result = rt.block_on(async {
         match cli.command {
-            Command::Sync(args) => sync(*args).await.map(|()| ExitCode::SUCCESS),
+            Command::Sync(args) => sync(*args).await,
             Command::Verify(args) => Ok(verify::run(args).await),
             Command::Check(args) => Ok(check::run(*args).await),
             Command::Serve(args) => serve::run(args).await.map(|()| ExitCode::SUCCESS),
@@ -249,6 +261,8 @@ pub(crate) fn job_file(args: &SyncArgs) -> anyhow::Result<(FileConfig, FileConfi
         target_master: args.target_master.clone(),
         mode: args.mode.clone(),
         overwrite: args.overwrite.then_some(true),
+        allow_nonempty_target: args.allow_nonempty_target.then_some(true),
+        allow_flush: args.allow_flush.then_some(true),
         checkpoint: args.checkpoint.as_ref().map(|c| c == "on"),
         rate_limit_mb: args.rate_limit,
         source_timeout: args.source_timeout.clone(),
@@ -271,11 +285,22 @@ pub(crate) fn job_file(args: &SyncArgs) -> anyhow::Result<(FileConfig, FileConfi
     Ok((file, flags))
 }
 
-async fn sync(args: SyncArgs) -> anyhow::Result<()> {
+async fn sync(args: SyncArgs) -> anyhow::Result<ExitCode> {
     let (file, flags) = job_file(&args)?;
     let job = file.merge(flags)?;
     info!(name = %job.name, source = %job.source, target = %job.target, mode = %job.mode,
           checkpoint = job.checkpoint, "starting sync");
+    if !args.skip_precheck {
+        let checks = ferry_sync::precheck(&job).await;
+        if ferry_sync::precheck::worst(&checks) == ferry_sync::Level::Fail {
+            print!("{}", check::table(&checks));
+            error!("the pre-check failed (table above); nothing was written. Fix what it says, or pass --skip-precheck to start anyway");
+            return Ok(ExitCode::from(2));
+        }
+        for c in checks.iter().filter(|c| c.level == ferry_sync::Level::Warn) {
+            warn!(check = %c.name, fix = c.fix.as_deref().unwrap_or(""), "pre-check: {}", c.message);
+        }
+    }
     let status = JobStatus::new();
     let stats = status.stats.clone();
     let cancel = CancellationToken::new();
@@ -301,5 +326,5 @@ async fn sync(args: SyncArgs) -> anyhow::Result<()> {
             outcome.keys, outcome.commands, secs
         );
     }
-    Ok(())
+    Ok(ExitCode::SUCCESS)
 }

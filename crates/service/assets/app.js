@@ -111,6 +111,8 @@ function spec() {
     target: endpoint("target"),
     mode: $("#f-mode").value,
     overwrite: $("#f-overwrite").checked,
+    allow_nonempty_target: $("#f-allow-nonempty").checked,
+    allow_flush: $("#f-allow-flush").checked,
     use_replica: $("#f-replica").checked,
     retry: {},
   };

@@ -772,6 +772,13 @@ async fn delete_job(State(app): Shared, Path(id): Path<String>) -> ApiResult<Jso
                     ));
                 }
             }
+            // The job's ownership record goes with it: a new job of that name decides anew.
+            let cluster = row.spec.target.topology == "cluster";
+            if let Err(e) = ferry_target::owner::forget(&target, cluster, &row.spec.name).await {
+                warning = Some(format!(
+                    "the job's ownership record could not be deleted from the target: {e}"
+                ));
+            }
         }
         Err(e) => warning = Some(e),
     }

@@ -179,6 +179,12 @@ pub struct JobSpec {
     pub mode: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub overwrite: Option<bool>,
+    /// Accept a target holding keys the job did not write (`--allow-nonempty-target`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub allow_nonempty_target: Option<bool>,
+    /// Let a new snapshot flush a target the job shares (`--allow-flush`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub allow_flush: Option<bool>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub checkpoint: Option<bool>,
     /// MB/s read from the source; absent means unlimited.
@@ -236,6 +242,8 @@ impl JobSpec {
             target_master: self.target.master_name.clone(),
             mode: self.mode.clone(),
             overwrite: self.overwrite,
+            allow_nonempty_target: self.allow_nonempty_target,
+            allow_flush: self.allow_flush,
             checkpoint: self.checkpoint,
             rate_limit_mb: self.rate_limit_mb,
             source_timeout: self.source_timeout.clone(),

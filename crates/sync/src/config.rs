@@ -118,6 +118,12 @@ pub struct JobConfig {
     pub mode: Mode,
     /// Replace keys and function libraries that already exist on the target.
     pub overwrite: bool,
+    /// Accept a target that holds keys this job did not write (they stay beside the copy);
+    /// without it (or `overwrite`) such a target is refused before anything is written.
+    pub allow_nonempty_target: bool,
+    /// Let a new snapshot flush a target that held other data when the job started (by
+    /// default ferry deletes only what it owns, and such a snapshot fails instead).
+    pub allow_flush: bool,
     /// Keep a checkpoint in the target, in the same transaction as the data, so that any
     /// restart resumes exactly (off: faster, but a failure means a new snapshot).
     pub checkpoint: bool,
@@ -246,6 +252,8 @@ pub struct FileConfig {
     pub target_master: Option<String>,
     pub mode: Option<String>,
     pub overwrite: Option<bool>,
+    pub allow_nonempty_target: Option<bool>,
+    pub allow_flush: Option<bool>,
     pub checkpoint: Option<bool>,
     /// MB/s read from the source.
     pub rate_limit_mb: Option<f64>,
@@ -405,6 +413,11 @@ impl FileConfig {
             aof_until,
             mode,
             overwrite: over.overwrite.or(self.overwrite).unwrap_or(false),
+            allow_nonempty_target: over
+                .allow_nonempty_target
+                .or(self.allow_nonempty_target)
+                .unwrap_or(false),
+            allow_flush: over.allow_flush.or(self.allow_flush).unwrap_or(false),
             checkpoint: over.checkpoint.or(self.checkpoint).unwrap_or(true),
             retry: over.retry.or(self.retry).resolve()?,
             rate_limit,

@@ -65,6 +65,9 @@ pub enum JobError {
     /// The shard is no longer one of the source's (resharded): its task ends.
     #[error("source shard {shard} is no longer in the source's topology (shards now: {shards})")]
     ShardGone { shard: String, shards: String },
+    /// The target lost data under an incremental job, which cannot copy it again.
+    #[error("{0}; an incremental job copies only new writes, so it cannot restore what was lost: run the job as full+incremental to copy the source again")]
+    CannotRecopy(TargetError),
 }
 
 impl From<SourceError> for JobError {
@@ -87,7 +90,7 @@ impl JobError {
             JobError::Source(e) => e.is_connection(),
             JobError::Target(e) => e.is_connection(),
             JobError::GaveUp { last, .. } => last.is_connection(),
-            JobError::ShardGone { .. } => false,
+            JobError::ShardGone { .. } | JobError::CannotRecopy(_) => false,
         }
     }
 
@@ -95,9 +98,14 @@ impl JobError {
     pub fn is_permanent(&self) -> bool {
         matches!(
             self,
-            JobError::Target(TargetError::KeyExists { .. } | TargetError::Incompatible { .. })
-                | JobError::Source(SourceError::BacklogGone { .. })
+            JobError::Target(
+                TargetError::KeyExists { .. }
+                    | TargetError::Incompatible { .. }
+                    | TargetError::NotEmpty { .. }
+                    | TargetError::FlushRefused { .. }
+            ) | JobError::Source(SourceError::BacklogGone { .. })
                 | JobError::GaveUp { .. }
+                | JobError::CannotRecopy(_)
         )
     }
 }
@@ -445,8 +453,7 @@ async fn shard_loop(
     cancel: &CancellationToken,
 ) -> Result<JobOutcome, JobError> {
     let mut retry = RetryState::new(config.retry.clone());
-    // Applied data in an earlier attempt: a new snapshot flushes first.
-    let mut applied_before = false;
+    let mut carry = Carry::default();
     let stopped = JobOutcome {
         keys: 0,
         commands: 0,
@@ -475,14 +482,15 @@ async fn shard_loop(
                 (count > 1).then(|| shard.slots.clone()),
                 &stats,
                 limiter.clone(),
-                applied_before,
+                &mut carry,
                 cancel,
             )
             .await
         }
         .await;
         if stats.records_applied.load(Relaxed) > 0 {
-            applied_before = true;
+            carry.applied_before = true;
+            carry.had_checkpoint |= config.checkpoint;
         }
         let progressed = (
             stats.records_applied.load(Relaxed),
@@ -495,6 +503,16 @@ async fn shard_loop(
                 return Ok(stopped);
             }
             Err(e @ JobError::ShardGone { .. }) => return Err(e),
+            Err(JobError::Target(e @ TargetError::LostData { .. })) => {
+                if config.mode == Mode::Incremental {
+                    return Err(JobError::CannotRecopy(e));
+                }
+                warn!(shard = %id, error = %e, "the target lost data: copying the source again (a new snapshot)");
+                status.record(format!("shard {id}: {e}; copying the source again"));
+                carry.recopy = true;
+                carry.had_checkpoint = false;
+                carry.applied_before = true;
+            }
             Err(e) => {
                 if progressed {
                     retry.on_progress();
@@ -507,6 +525,20 @@ async fn shard_loop(
             }
         }
     }
+}
+
+/// What one shard's attempts learn and pass on to the next.
+#[derive(Default)]
+struct Carry {
+    /// An earlier attempt applied data: a new snapshot flushes first.
+    applied_before: bool,
+    /// The shard's checkpoint existed (or was written) in an earlier attempt: if it is gone
+    /// now, the target lost data under ferry.
+    had_checkpoint: bool,
+    /// The target lost data: the next attempt forgets the checkpoint and copies again.
+    recopy: bool,
+    /// The job's ownership of the target, once established.
+    owned: Option<ferry_target::owner::Ownership>,
 }
 
 /// The node to write to: for a replica-set or sentinel target its current master (found
@@ -556,7 +588,7 @@ async fn attempt_shard(
     slots: Option<Vec<(u16, u16)>>,
     stats: &Arc<ShardStats>,
     limiter: Option<Arc<RateLimiter>>,
-    applied_before: bool,
+    carry: &mut Carry,
     cancel: &CancellationToken,
 ) -> Result<JobOutcome, JobError> {
     stats.set_phase(Phase::Connecting);
@@ -585,6 +617,17 @@ async fn attempt_shard(
         }
         None => None,
     };
+    if carry.recopy {
+        // The checkpoint written after the loss claims what the target no longer holds.
+        if let Some(k) = &ckpt_key {
+            if cluster {
+                ferry_target::delete_cluster_checkpoint(target, &config.name, shard_id).await?;
+            } else {
+                checkpoint::delete(target, k).await?;
+            }
+        }
+        carry.recopy = false;
+    }
     let (saved, slot_offsets) = match &ckpt_key {
         Some(_) if cluster => {
             match ferry_target::load_cluster_checkpoint(target, &config.name, shard_id).await? {
@@ -595,6 +638,20 @@ async fn attempt_shard(
         Some(k) => (checkpoint::load(target, k).await?, None),
         None => (None, None),
     };
+    if let (None, Some(k)) = (&saved, &ckpt_key) {
+        if carry.had_checkpoint && !config.source.is_file() {
+            return Err(JobError::Target(TargetError::LostData {
+                addr: target.addr(),
+                key: String::from_utf8_lossy(k).into_owned(),
+            }));
+        }
+    }
+    if saved.is_some() {
+        carry.had_checkpoint = true;
+    }
+    let ownership =
+        crate::ownership::establish(config, target, cluster, saved.is_some(), carry.owned).await?;
+    carry.owned = Some(ownership);
     let mut ropts = ReplicaOptions::new(node.clone());
     if let Some(name) = &config.psync_command {
         ropts.psync_command = name.clone();
@@ -603,7 +660,7 @@ async fn attempt_shard(
     ropts.read_timeout = config.source_timeout;
     // Whatever this job applied before (a checkpoint says so, or an earlier attempt) must
     // not outlive a new snapshot: the target is flushed before one.
-    let mut flush = saved.is_some() || applied_before;
+    let mut flush = saved.is_some() || carry.applied_before;
     match (config.mode, &saved) {
         // Files and SCAN have no offsets to resume from: a restart reads everything
         // again, after the flush.
@@ -629,7 +686,12 @@ async fn attempt_shard(
     let mut wopts = WriterOptions::new(target.clone());
     wopts.overwrite = config.overwrite;
     wopts.checkpoint_key = ckpt_key;
-    wopts.flush_before_snapshot = flush;
+    // ferry flushes only what it owns: a job sharing its target fails a new snapshot instead
+    // (unless the user allowed the flush).
+    let may_flush = ownership == ferry_target::owner::Ownership::Owned || config.allow_flush;
+    wopts.flush_before_snapshot = flush && may_flush;
+    wopts.refuse_snapshot = flush && !may_flush;
+    wopts.checkpoint_exists = saved.is_some();
     wopts.flush_slots = slots;
     wopts.skip_unsupported = config.skip_unsupported;
     wopts.slot_offsets = slot_offsets;

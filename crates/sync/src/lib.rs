@@ -5,6 +5,7 @@
 pub mod config;
 pub mod fence;
 pub mod job;
+mod ownership;
 pub mod precheck;
 pub mod retry;
 pub mod scope;

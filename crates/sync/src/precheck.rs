@@ -166,7 +166,7 @@ async fn file_source_checks(config: &JobConfig) -> Vec<Check> {
     if let Some(mut target) = target {
         checks.push(target_role(&target));
         let resumes = holds_checkpoint(&mut target, &config.name, &["0".to_string()]).await;
-        checks.push(target_empty(&mut target, config.overwrite, resumes).await);
+        checks.push(target_empty(&mut target, config, resumes).await);
     }
     checks
 }
@@ -302,7 +302,7 @@ pub async fn precheck(config: &JobConfig) -> Vec<Check> {
     }
     for target in &mut targets {
         checks.push(on(target_role(target), target, several_targets));
-        let c = target_empty(target, config.overwrite, resumes).await;
+        let c = target_empty(target, config, resumes).await;
         checks.push(on(c, target, several_targets));
     }
     checks.push(databases(&sources, &mut targets[0]).await);
@@ -427,7 +427,7 @@ fn target_role(target: &Node) -> Check {
 /// A db 0 this small is scanned to leave ferry's own checkpoint keys out of the count.
 const SCAN_LIMIT: u64 = 1000;
 
-async fn target_empty(target: &mut Node, overwrite: bool, resumes: bool) -> Check {
+async fn target_empty(target: &mut Node, config: &JobConfig, resumes: bool) -> Check {
     let name = "target empty";
     let mut keys: Vec<(u32, u64)> = target.keyspace.keyspace();
     // Checkpoint keys live in db 0; a small db 0 is scanned to leave them out.
@@ -457,17 +457,27 @@ async fn target_empty(target: &mut Node, overwrite: bool, resumes: bool) -> Chec
             name,
             format!("the target holds this job's data: it resumes from its checkpoint ({message})"),
         )
-    } else if overwrite {
+    } else if config.mode == crate::Mode::Incremental {
+        Check::pass(
+            name,
+            format!("{message}; an incremental job applies new writes on top of them"),
+        )
+    } else if config.overwrite || config.allow_nonempty_target {
+        let replaced = if config.overwrite {
+            "keys that also exist on the source will be replaced"
+        } else {
+            "keys that also exist on the source are an error (--overwrite replaces them)"
+        };
         Check::warn(
             name,
-            format!("{message}; keys that also exist on the source will be replaced"),
-            "flush the target first if its other keys must not stay",
+            format!("{message}; they stay beside the copy and {replaced}; this job will never flush the target"),
+            "empty the target first if its other keys must not stay (a new snapshot then fails unless --allow-flush)",
         )
     } else {
         Check::fail(
             name,
             message,
-            "flush the target (FLUSHALL) or allow overwriting existing keys",
+            "empty the target (FLUSHALL), or pass --allow-nonempty-target to keep its keys beside the copy (and --overwrite to replace the ones the source also has)",
         )
     }
 }

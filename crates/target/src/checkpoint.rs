@@ -28,6 +28,27 @@ pub fn key(job: &str, shard: &str) -> Bytes {
     Bytes::from(k)
 }
 
+/// Whether `key` is one of job `job`'s own keys in ferry's namespace: a shard's checkpoint
+/// (`ferry:checkpoint:<job>:<shard>`), its ownership record, or a cluster target's slot
+/// checkpoint (`ferry:checkpoint:{<tag>}:<job>:<shard>`). Other jobs' keys are not.
+pub fn is_job_key(key: &[u8], job: &str) -> bool {
+    let Some(rest) = key.strip_prefix(PREFIX) else {
+        return false;
+    };
+    let rest = match rest.strip_prefix(b"{") {
+        Some(tagged) => match tagged.iter().position(|&b| b == b'}') {
+            Some(end) => match tagged[end + 1..].strip_prefix(b":") {
+                Some(r) => r,
+                None => return false,
+            },
+            None => return false,
+        },
+        None => rest,
+    };
+    rest.strip_prefix(job.as_bytes())
+        .is_some_and(|r| r.first() == Some(&b':'))
+}
+
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Checkpoint {
     /// A snapshot was being applied and may be incomplete.
@@ -124,5 +145,12 @@ mod tests {
         assert_eq!(Checkpoint::parse(b"stream x 1 2 3"), None);
         assert!(is_checkpoint_key(&key("job", "0")));
         assert_eq!(&key("job", "0")[..], b"ferry:checkpoint:job:0");
+        assert!(is_job_key(b"ferry:checkpoint:job:0", "job"));
+        assert!(is_job_key(b"ferry:checkpoint:job:target", "job"));
+        assert!(is_job_key(b"ferry:checkpoint:{a1}:job:slots-0", "job"));
+        assert!(!is_job_key(b"ferry:checkpoint:job2:0", "job"));
+        assert!(!is_job_key(b"ferry:checkpoint:{a1}:job2:0", "job"));
+        assert!(!is_job_key(b"ferry:checkpoint:{a1job:0", "job"));
+        assert!(!is_job_key(b"job:0", "job"));
     }
 }

@@ -202,6 +202,9 @@ enum Expects {
     /// error, are read back from the unit's bytes.
     Txn {
         queued: u32,
+        /// The last queued command is the slot checkpoint's `GETSET`, whose old value must
+        /// exist (the slot had a checkpoint): a missing one means the target lost data.
+        must_exist: bool,
     },
 }
 
@@ -316,7 +319,7 @@ impl Unit {
     /// What it is, for an error message.
     fn what(&self) -> String {
         let upper = |n: &Bytes| lossy(n).to_uppercase();
-        if let Expects::Txn { queued } = &self.expects {
+        if let Expects::Txn { queued, .. } = &self.expects {
             return format!(
                 "a transaction of {queued} command(s) ({}…)",
                 txn_command_name(&self.bytes, 0)
@@ -617,8 +620,8 @@ async fn read_node(
         for unit in units.iter() {
             let answer = match &unit.expects {
                 Expects::Pack(ends) => read_pack(&mut rd, &mut buf, &dead, &addr, unit, ends).await,
-                Expects::Txn { queued } => {
-                    read_txn(&mut rd, &mut buf, &dead, &addr, unit, *queued).await
+                Expects::Txn { queued, must_exist } => {
+                    read_txn(&mut rd, &mut buf, &dead, &addr, unit, *queued, *must_exist).await
                 }
                 _ => read_unit(&mut rd, &mut buf, &dead, &addr, unit).await,
             };
@@ -773,6 +776,7 @@ async fn read_txn(
     addr: &str,
     unit: &Unit,
     queued: u32,
+    must_exist: bool,
 ) -> Result<Answer, Stop> {
     let rejected = |command: String, message: &[u8]| {
         Stop::Failed(TargetError::Rejected {
@@ -830,7 +834,9 @@ async fn read_txn(
                 .position(|&b| b == b'\n')
                 .map_or(len, |n| n + 1);
             let mut i = 0;
+            let mut last = p;
             while p < len {
+                last = p;
                 if reply[p] == b'-' {
                     let end = reply[p..]
                         .iter()
@@ -847,6 +853,15 @@ async fn read_txn(
                     _ => break,
                 }
                 i += 1;
+            }
+            if must_exist && reply[last..].starts_with(b"$-1\r\n") {
+                return Err(Stop::Failed(TargetError::LostData {
+                    addr: addr.to_string(),
+                    key: format!(
+                        "the checkpoint of slot {}",
+                        unit.slot.map_or("?".into(), |s| s.to_string())
+                    ),
+                }));
             }
             Ok(Answer::Applied)
         }
@@ -987,7 +1002,15 @@ pub async fn write_cluster(
         compat,
         moved: 0,
         asked: 0,
+        ckpt_exists: vec![false; SLOTS],
+        global_exists: false,
     };
+    w.global_exists = w.opts.checkpoint_exists;
+    if let Some(slots) = &w.opts.slot_offsets {
+        for &slot in slots.keys() {
+            w.ckpt_exists[slot as usize] = true;
+        }
+    }
     let result = w.run(&mut rx, &cancel).await;
     if w.summary.cross_slot_transactions > 0 {
         info!(
@@ -1065,6 +1088,11 @@ struct ClusterWriter {
     /// Units resent after `MOVED` / after `ASK`, `TRYAGAIN`, `CLUSTERDOWN`.
     moved: u64,
     asked: u64,
+    /// Per slot, whether its checkpoint key is known to exist on the target (loaded at
+    /// resume, or written since): its next `GETSET` must find it.
+    ckpt_exists: Vec<bool>,
+    /// The same for the job's global checkpoint.
+    global_exists: bool,
 }
 
 impl ClusterWriter {
@@ -1353,7 +1381,7 @@ impl ClusterWriter {
             match item {
                 Item::Unit(u) => {
                     if let Some(t) = txn.take() {
-                        units.push(self.close_txn(t, ckpt_key.as_ref(), last));
+                        units.push(self.close_txn(t, slot, ckpt_key.as_ref(), last));
                     }
                     units.push(u);
                 }
@@ -1380,7 +1408,7 @@ impl ClusterWriter {
                         if ckpt_key.is_none() {
                             // Without checkpoints, a source transaction is its own unit.
                             if let Some(t) = txn.take() {
-                                units.push(self.close_txn(t, None, last));
+                                units.push(self.close_txn(t, slot, None, last));
                             }
                         }
                     } else {
@@ -1406,16 +1434,18 @@ impl ClusterWriter {
             }
         }
         if let Some(t) = txn.take() {
-            units.push(self.close_txn(t, ckpt_key.as_ref(), last));
+            units.push(self.close_txn(t, slot, ckpt_key.as_ref(), last));
         }
     }
 
     fn close_txn(
-        &self,
+        &mut self,
         (mut buf, mut queued, mut unit): OpenTxn,
+        slot: u16,
         ckpt_key: Option<&Bytes>,
         (offset, db): (u64, u32),
     ) -> Unit {
+        let mut must_exist = false;
         if let Some(key) = ckpt_key {
             let value = Checkpoint::Stream {
                 replid: self.replid.clone(),
@@ -1423,13 +1453,14 @@ impl ClusterWriter {
                 db,
             }
             .encode();
-            frame::write_command(&mut buf, &[b"SET".as_ref(), key, value.as_bytes()]);
+            frame::write_command(&mut buf, &[b"GETSET".as_ref(), key, value.as_bytes()]);
             queued += 1;
             unit.checkpoint = Some(offset);
+            must_exist = std::mem::replace(&mut self.ckpt_exists[slot as usize], true);
         }
         frame::write_command(&mut buf, &[b"EXEC"]);
         unit.bytes = buf.freeze();
-        unit.expects = Expects::Txn { queued };
+        unit.expects = Expects::Txn { queued, must_exist };
         unit
     }
 
@@ -1471,6 +1502,11 @@ impl ClusterWriter {
                 self.replid = replid;
                 self.snapshot_offset = offset;
                 self.streaming = false;
+                if self.opts.refuse_snapshot {
+                    return Err(TargetError::FlushRefused {
+                        addr: self.addr.clone(),
+                    });
+                }
                 if self.opts.flush_before_snapshot {
                     match self.opts.flush_slots.clone() {
                         // One shard of a cluster source owns only its slots' keys.
@@ -1481,6 +1517,8 @@ impl ClusterWriter {
                             }
                         }
                         None => {
+                            self.drain().await?;
+                            crate::flush::log_flushall(&self.seed, true).await;
                             self.broadcast(vec![Bytes::from_static(b"FLUSHALL")], None)
                                 .await?
                         }
@@ -1754,13 +1792,9 @@ impl ClusterWriter {
         };
         let value = c.encode();
         let mut buf = BytesMut::new();
-        frame::write_command(&mut buf, &[b"SET".as_ref(), &key, value.as_bytes()]);
-        let mut u = Unit::new(
-            buf.freeze(),
-            vec![Expect::Control {
-                what: "SET checkpoint",
-            }],
-        );
+        frame::write_command(&mut buf, &[b"GETSET".as_ref(), &key, value.as_bytes()]);
+        let must_exist = std::mem::replace(&mut self.global_exists, true);
+        let mut u = Unit::new(buf.freeze(), vec![Expect::Checkpoint { key, must_exist }]);
         u.global = Some(Box::new(c));
         u.idempotent = true;
         self.global_pending = true;
@@ -1782,6 +1816,11 @@ impl ClusterWriter {
         let flush = matches!(name.as_slice(), b"FLUSHALL" | b"FLUSHDB");
         // Flushing twice or loading a script twice changes nothing.
         let idempotent = flush || name.as_slice() == b"SCRIPT";
+        if flush {
+            // The checkpoints go with the rest: the next writes cannot expect them.
+            self.ckpt_exists.iter_mut().for_each(|e| *e = false);
+            self.global_exists = false;
+        }
         let mut masters = self.map.masters.clone();
         // A replicated flush takes the checkpoints with it: the master holding the global
         // checkpoint flushes last, in one transaction with the checkpoint of the flush.
@@ -1845,6 +1884,7 @@ impl ClusterWriter {
                     names: vec![(argv[0].clone(), true), (checkpoint, false)],
                     offset: None,
                     folded: 0,
+                    must_exist: None,
                 },
             ];
             let mut u = Unit::new(buf.freeze(), expects);
@@ -1854,6 +1894,7 @@ impl ClusterWriter {
             u.records = 1;
             u.global = Some(Box::new(c));
             self.global_pending = true;
+            self.global_exists = true;
             self.send(&ep, vec![u], Vec::new())?;
             self.drain().await?;
         } else if flush {

@@ -14,6 +14,22 @@ pub enum TargetError {
     },
     #[error("{addr}: {message}")]
     Incompatible { addr: String, message: String },
+    /// The target holds keys this job did not write, and the user did not say they may stay.
+    #[error("{addr}: the target already holds {keys} keys that this job did not write (e.g. {example:?} in db {db}); ferry does not copy into a target holding other data unless told to: empty the target, or pass --allow-nonempty-target (job field allow_nonempty_target) to keep those keys beside the copy (and --overwrite to replace the ones the source also has)")]
+    NotEmpty {
+        addr: String,
+        keys: u64,
+        db: u32,
+        example: String,
+    },
+    /// A new snapshot needs the job's earlier copy removed, but the job does not own the
+    /// target (it held other data when the job started).
+    #[error("{addr}: the source sent a new snapshot (its backlog no longer holds this job's position, or it restarted), and applying it needs this job's earlier copy removed first; but the target held other data when this job started and ferry deletes only what it owns, so nothing was deleted: pass --allow-flush (job field allow_flush) to let this job flush the target before a new snapshot, or empty the target and start again")]
+    FlushRefused { addr: String },
+    /// The job's checkpoint vanished from the target while the job ran: the target lost
+    /// data (flushed, restarted empty, failed over to a replica without it).
+    #[error("{addr}: the target lost data under ferry: this job's checkpoint {key:?} is gone (the target was flushed, restarted without its data, or failed over to a node without it)")]
+    LostData { addr: String, key: String },
     /// The writer's lease lapsed (its `still_valid` hook said so): it stopped without
     /// sending anything more.
     #[error("{addr}: the writer is no longer allowed to write (its lease lapsed); stopped before sending more")]

@@ -5,7 +5,7 @@
 
 use bytes::Bytes;
 use ferry_resp::{Connection, Endpoint, Frame};
-use tracing::info;
+use tracing::warn;
 
 use crate::checkpoint::is_checkpoint_key;
 use crate::error::TargetError;
@@ -69,8 +69,21 @@ pub async fn delete_slots(target: &Endpoint, ranges: &[(u16, u16)]) -> Result<u6
             cursor = next;
         }
     }
-    info!(target = %target, deleted, "removed the shard's keys before its new snapshot");
+    warn!(target = %target, deleted, "flushed the shard's slots before its new snapshot: removed {deleted} keys this job wrote before");
     Ok(deleted)
+}
+
+/// Logs, at warn, the `FLUSHALL` the writer is about to send before a new snapshot, with the
+/// number of keys it removes (every flush is told, with what it costs).
+pub async fn log_flushall(target: &Endpoint, cluster: bool) {
+    match crate::owner::count_keys(target, cluster).await {
+        Ok(keys) => {
+            warn!(target = %target, keys, "flushing the target (FLUSHALL) before a new snapshot: removing {keys} keys this job wrote before")
+        }
+        Err(e) => {
+            warn!(target = %target, error = %e, "flushing the target (FLUSHALL) before a new snapshot (could not count its keys)")
+        }
+    }
 }
 
 fn unexpected(target: &Endpoint) -> TargetError {

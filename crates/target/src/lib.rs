@@ -9,6 +9,7 @@ pub mod dbmap;
 pub mod error;
 pub mod fence;
 pub mod flush;
+pub mod owner;
 pub mod rewrite;
 pub mod slot;
 pub mod version;

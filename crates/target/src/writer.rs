@@ -43,6 +43,13 @@ pub struct WriterOptions {
     /// With several source shards, a shard owns only the keys of its slots: its flush
     /// deletes those keys instead of `FLUSHALL`.
     pub flush_slots: Option<Vec<(u16, u16)>>,
+    /// A new snapshot would need a flush the job may not do (it does not own the target):
+    /// the writer stops with [`TargetError::FlushRefused`] before writing anything of it.
+    pub refuse_snapshot: bool,
+    /// The checkpoint key exists on the target as the writer starts (the job resumes). Each
+    /// checkpoint write (`GETSET`) then checks that the key it replaces is still there: a
+    /// missing one means the target lost data under ferry ([`TargetError::LostData`]).
+    pub checkpoint_exists: bool,
     /// A snapshot value whose payload is bigger than this is written as chunks of commands
     /// instead of one `RESTORE`.
     pub big_value_bytes: usize,
@@ -71,6 +78,8 @@ impl WriterOptions {
             checkpoint_key: None,
             flush_before_snapshot: false,
             flush_slots: None,
+            refuse_snapshot: false,
+            checkpoint_exists: false,
             big_value_bytes: crate::compat::DEFAULT_BIG_VALUE_BYTES,
             skip_unsupported: false,
             db_map: DbMap::default(),
@@ -111,6 +120,12 @@ pub(crate) enum Expect {
     },
     FunctionLoad,
     ScriptLoad,
+    /// A checkpoint write (`GETSET`) outside a transaction; with `must_exist`, a missing
+    /// old value means the target lost data.
+    Checkpoint {
+        key: Bytes,
+        must_exist: bool,
+    },
     /// The `EXEC` closing one of ferry's own transactions: one reply per queued command
     /// (`names`, with `true` for the source's commands that count as records).
     Exec {
@@ -118,6 +133,9 @@ pub(crate) enum Expect {
         offset: Option<u64>,
         /// The source's own MULTI/EXEC folded into this transaction: applied records too.
         folded: u64,
+        /// The transaction ends with a `GETSET` of this checkpoint key, whose old value must
+        /// exist (see [`WriterOptions::checkpoint_exists`]).
+        must_exist: Option<Bytes>,
     },
     /// A command of a snapshot key rewritten into plain commands; `last` when it completes
     /// the key.
@@ -140,6 +158,8 @@ struct Encoder {
     rdb_version: u16,
     overwrite: bool,
     checkpoint: Option<Bytes>,
+    /// The checkpoint key is known to exist on the target before the next checkpoint write.
+    checkpoint_exists: bool,
     flush_before_snapshot: bool,
     /// Stream position: which history, and the offset the snapshot started from.
     replid: String,
@@ -179,6 +199,7 @@ impl Encoder {
             rdb_version: 0,
             overwrite: opts.overwrite,
             checkpoint: opts.checkpoint_key.clone(),
+            checkpoint_exists: opts.checkpoint_exists,
             // A slot-scoped flush is done here, before the snapshot's first event.
             flush_before_snapshot: opts.flush_before_snapshot && opts.flush_slots.is_none(),
             replid: String::new(),
@@ -228,8 +249,17 @@ impl Encoder {
         }
     }
 
-    fn set_checkpoint(&mut self, key: &Bytes, value: String) {
-        frame::write_command(&mut self.buf, &[b"SET".as_ref(), key, value.as_bytes()]);
+    /// Writes the checkpoint with `GETSET`: its old value tells whether the key was still
+    /// there. Returns whether it must have been.
+    fn set_checkpoint(&mut self, key: &Bytes, value: String) -> bool {
+        frame::write_command(&mut self.buf, &[b"GETSET".as_ref(), key, value.as_bytes()]);
+        std::mem::replace(&mut self.checkpoint_exists, true)
+    }
+
+    /// An outside checkpoint write's expected reply.
+    fn expect_checkpoint(&mut self, key: Bytes, value: String) {
+        let must_exist = self.set_checkpoint(&key, value);
+        self.expects.push(Expect::Checkpoint { key, must_exist });
     }
 
     /// Opens ferry's transaction for this batch if it is not open yet.
@@ -250,10 +280,13 @@ impl Encoder {
         let Some(key) = self.checkpoint.clone() else {
             return;
         };
+        let mut must_exist = None;
         if let Some((offset, db)) = self.txn_offset {
             self.queue_select_target(0);
             let value = format!("stream {} {offset} {db}", self.replid);
-            self.set_checkpoint(&key, value);
+            if self.set_checkpoint(&key, value) {
+                must_exist = Some(key.clone());
+            }
             self.txn_names
                 .push((Bytes::from_static(b"SET checkpoint"), false));
             self.expects.push(Expect::Queued {
@@ -265,6 +298,7 @@ impl Encoder {
             names: std::mem::take(&mut self.txn_names),
             offset: self.txn_offset.take().map(|(o, _)| o),
             folded: std::mem::take(&mut self.txn_folded),
+            must_exist,
         });
         self.txn_open = false;
         self.in_multi = false;
@@ -303,6 +337,9 @@ impl Encoder {
         }
         self.open_txn();
         self.queue_select(db);
+        if may_remove_checkpoint(name) {
+            self.checkpoint_exists = false;
+        }
         frame::write_command(&mut self.buf, &argv);
         self.expects.push(Expect::Queued { name: name.clone() });
         self.txn_names.push((argv[0].clone(), true));
@@ -391,14 +428,12 @@ impl Encoder {
                 if self.flush_before_snapshot {
                     frame::write_command(&mut self.buf, &[b"FLUSHALL".as_ref()]);
                     self.expects.push(Expect::Control { what: "FLUSHALL" });
+                    self.checkpoint_exists = false;
                 }
                 if let Some(key) = self.checkpoint.clone() {
                     self.select_target(0);
                     let value = format!("snapshot {} {offset}", self.replid);
-                    self.set_checkpoint(&key, value);
-                    self.expects.push(Expect::Control {
-                        what: "SET checkpoint",
-                    });
+                    self.expect_checkpoint(key, value);
                 }
             }
             Event::SnapshotEnd { .. } => {
@@ -406,10 +441,7 @@ impl Encoder {
                     self.select_target(0);
                     // The source SELECTs before its first command after a snapshot.
                     let value = format!("stream {} {} 0", self.replid, self.snapshot_offset);
-                    self.set_checkpoint(&key, value);
-                    self.expects.push(Expect::Control {
-                        what: "SET checkpoint",
-                    });
+                    self.expect_checkpoint(key, value);
                 }
                 self.expects.push(Expect::SnapshotApplied);
             }
@@ -466,6 +498,20 @@ impl Encoder {
             Event::BigEntryStart(_) | Event::BigEntryChunk { .. } | Event::BigEntryEnd { .. } => {}
         }
     }
+}
+
+/// A replicated command that may remove ferry's checkpoint key with the rest (a flush, a
+/// database swap, a script): the next checkpoint write cannot expect to find it.
+pub(crate) fn may_remove_checkpoint(name: &[u8]) -> bool {
+    const NAMES: [&[u8]; 6] = [
+        b"FLUSHALL",
+        b"FLUSHDB",
+        b"SWAPDB",
+        b"EVAL",
+        b"EVALSHA",
+        b"FCALL",
+    ];
+    NAMES.iter().any(|n| name.eq_ignore_ascii_case(n))
 }
 
 /// `RESTORE key ttl payload [REPLACE] [ABSTTL] [IDLETIME n | FREQ n]` for one snapshot entry,
@@ -578,10 +624,18 @@ pub async fn write(
                     r = &mut replies => return Err(reply_task_result(r, &addr).err().unwrap_or_else(|| closed(&addr))),
                 };
                 let Some(ev) = ev else { break };
-                if let (Event::SnapshotBegin { .. }, true, Some(ranges)) =
-                    (&ev, opts.flush_before_snapshot, &opts.flush_slots)
-                {
-                    crate::flush::delete_slots(&opts.endpoint, ranges).await?;
+                if let Event::SnapshotBegin { .. } = &ev {
+                    if opts.refuse_snapshot {
+                        return Err(TargetError::FlushRefused { addr: addr.clone() });
+                    }
+                    if opts.flush_before_snapshot {
+                        match &opts.flush_slots {
+                            Some(ranges) => {
+                                crate::flush::delete_slots(&opts.endpoint, ranges).await?;
+                            }
+                            None => crate::flush::log_flushall(&opts.endpoint, false).await,
+                        }
+                    }
                 }
                 enc.route(&mut compat, ev)?;
             }
@@ -775,6 +829,7 @@ async fn read_replies(
                 names,
                 offset,
                 folded,
+                ..
             } => {
                 let n = names.iter().filter(|(_, counted)| *counted).count() as u64 + folded;
                 summary.commands += n;
@@ -854,7 +909,26 @@ pub(crate) fn check_reply(expect: &Expect, reply: &Frame, addr: &str) -> Result<
         (Expect::Exec { .. }, Frame::Null) => {
             Err(rejected("EXEC".into(), "transaction aborted".into()))
         }
-        (Expect::Exec { names, .. }, Frame::Array(items)) => {
+        (Expect::Checkpoint { key, must_exist }, reply) => match reply {
+            Frame::Error(m) => Err(rejected("GETSET checkpoint".into(), lossy(m))),
+            Frame::Null if *must_exist => Err(TargetError::LostData {
+                addr: addr.to_string(),
+                key: lossy(key),
+            }),
+            _ => Ok(()),
+        },
+        (
+            Expect::Exec {
+                names, must_exist, ..
+            },
+            Frame::Array(items),
+        ) => {
+            if let (Some(key), Some(Frame::Null)) = (must_exist, items.last()) {
+                return Err(TargetError::LostData {
+                    addr: addr.to_string(),
+                    key: lossy(key),
+                });
+            }
             for (i, item) in items.iter().enumerate() {
                 if let Frame::Error(m) = item {
                     let name = names

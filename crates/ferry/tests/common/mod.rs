@@ -165,6 +165,13 @@ pub fn assert_exact_copy_with_checkpoint(source: &Server, target: &Server, name:
         offset <= source_offset,
         "checkpoint {offset} past the source's {source_offset}"
     );
+    // The job's other keys in ferry's namespace (its ownership record) go too.
+    for k in target
+        .cmd(&["KEYS", &format!("ferry:checkpoint:{name}:*")])
+        .as_array()
+    {
+        target.cmd(&["DEL", &k.as_str()]);
+    }
     target.cmd(&["DEL", &key]);
     assert_eq!(source.digest(), target.digest());
 }
