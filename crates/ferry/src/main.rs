@@ -293,7 +293,7 @@ async fn sync(args: SyncArgs) -> anyhow::Result<ExitCode> {
     if !args.skip_precheck {
         let checks = ferry_sync::precheck(&job).await;
         if ferry_sync::precheck::worst(&checks) == ferry_sync::Level::Fail {
-            print!("{}", check::table(&checks));
+            eprint!("{}", check::table(&checks));
             error!("the pre-check failed (table above); nothing was written. Fix what it says, or pass --skip-precheck to start anyway");
             return Ok(ExitCode::from(2));
         }

@@ -182,6 +182,7 @@ fn streamed_big_string_respects_overwrite() {
         &source.url(),
         &target.url(),
         &[
+            "--allow-nonempty-target",
             "--mode",
             "full",
             "--big-key-threshold",
@@ -200,10 +201,13 @@ fn streamed_big_string_respects_overwrite() {
     );
     assert_eq!(target.cmd(&["GET", "big:lzf"]).as_str(), "old");
 
+    // A new job (the refused one, sharing the target, would need --allow-flush to start over).
     let mut ferry = Ferry::sync(
         &source.url(),
         &target.url(),
         &[
+            "--name",
+            "replacing",
             "--mode",
             "full",
             "--overwrite",

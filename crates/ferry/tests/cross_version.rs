@@ -324,7 +324,13 @@ fn rewritten_keys_respect_overwrite() {
     let mut ferry = Ferry::sync(
         &source.url(),
         &target.url(),
-        &["--mode", "full", "--checkpoint", "off"],
+        &[
+            "--mode",
+            "full",
+            "--checkpoint",
+            "off",
+            "--allow-nonempty-target",
+        ],
     );
     assert!(!ferry.wait(LONG).success());
     assert!(

@@ -245,7 +245,6 @@ fn scheduled_policy_waits_for_its_window() {
     let source = Server::start();
     let target = Server::start();
     let proxy = Proxy::start(&source.addr());
-    proxy.refuse(true);
     // A one-minute window twelve hours away: the job waits instead of retrying now.
     let now = jiff_free_utc_hour();
     let start = (now + 12) % 24;
@@ -264,6 +263,10 @@ fn scheduled_policy_waits_for_its_window() {
             "UTC",
         ]),
     );
+    // Connected first (a first contact that fails stops the CLI at once), then cut off.
+    wait_incremental(&mut ferry);
+    proxy.refuse(true);
+    proxy.reset_all();
     ferry.wait_for_output("waiting for the retry window", LONG);
     let accepted = proxy.accepted();
     thread::sleep(Duration::from_secs(2));

@@ -81,7 +81,13 @@ fn psync_method_on_a_source_without_psync_fails_clearly() {
     let mut ferry = Ferry::sync(
         &source.url(),
         &target.url(),
-        &["--source-method", "psync", "--retry-other-limit", "0s"],
+        &[
+            "--source-method",
+            "psync",
+            "--retry-other-limit",
+            "0s",
+            "--skip-precheck",
+        ],
     );
     let status = ferry.wait(LONG);
     assert!(!status.success());

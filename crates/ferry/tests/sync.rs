@@ -156,7 +156,8 @@ fn psync_renamed_is_a_clear_error() {
     let target = Server::start();
     // (The default method, auto, falls back to SCAN here: see tests/sources.rs.)
     let mut args = full_no_retry();
-    args.extend_from_slice(&["--source-method", "psync"]);
+    // The job's own refusal (the pre-check would refuse it first).
+    args.extend_from_slice(&["--source-method", "psync", "--skip-precheck"]);
     let mut ferry = Ferry::sync(&source.url(), &target.url(), &args);
     assert!(!ferry.wait(LONG).success());
     let out = ferry.output();
@@ -206,7 +207,12 @@ fn existing_key_fails_unless_overwrite() {
     source.cmd(&["SET", "shared", "from-source"]);
     source.cmd(&["SET", "other", "1"]);
     target.cmd(&["SET", "shared", "old"]);
-    let mut ferry = Ferry::sync(&source.url(), &target.url(), &["--mode", "full"]);
+    // The target's other keys are allowed to stay: the collision itself is the error.
+    let mut ferry = Ferry::sync(
+        &source.url(),
+        &target.url(),
+        &["--mode", "full", "--allow-nonempty-target"],
+    );
     assert!(!ferry.wait(LONG).success());
     let out = ferry.output();
     assert!(out.contains("\"shared\" already exists"), "{out}");
@@ -215,7 +221,8 @@ fn existing_key_fails_unless_overwrite() {
     let mut ferry = Ferry::sync(
         &source.url(),
         &target.url(),
-        &["--mode", "full", "--overwrite"],
+        // A new job: the refused one shares the target and would need --allow-flush.
+        &["--mode", "full", "--overwrite", "--name", "replacing"],
     );
     assert!(ferry.wait(LONG).success(), "{}", ferry.output());
     assert_same_data(&source, &target);

@@ -178,8 +178,8 @@ async fn a_job_is_incremental_only_once_its_snapshot_is_applied() {
     assert!(v["keys_applied"].as_u64().unwrap_or(0) >= 200, "{v}");
     assert_eq!(
         target.cmd(&["DBSIZE"]).as_int(),
-        201,
-        "200 keys and the checkpoint"
+        202,
+        "200 keys, the checkpoint and the job's ownership record"
     );
 }
 
@@ -206,8 +206,8 @@ async fn job_reaches_incremental_and_follows_writes() {
     assert_eq!(v["target_nodes"], json!([target.addr()]));
     assert_eq!(
         target.cmd(&["DBSIZE"]).as_int(),
-        201,
-        "200 keys and the checkpoint"
+        202,
+        "200 keys, the checkpoint and the job's ownership record"
     );
 
     source.cmd(&["SET", "later", "write"]);

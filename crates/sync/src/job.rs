@@ -649,7 +649,7 @@ async fn attempt_shard(
     if saved.is_some() {
         carry.had_checkpoint = true;
     }
-    let ownership =
+    let (ownership, unrecorded) =
         crate::ownership::establish(config, target, cluster, saved.is_some(), carry.owned).await?;
     carry.owned = Some(ownership);
     let mut ropts = ReplicaOptions::new(node.clone());
@@ -692,6 +692,8 @@ async fn attempt_shard(
     wopts.flush_before_snapshot = flush && may_flush;
     wopts.refuse_snapshot = flush && !may_flush;
     wopts.checkpoint_exists = saved.is_some();
+    wopts.record_ownership =
+        unrecorded.then(|| (ferry_target::owner::key(&config.name), ownership.as_str()));
     wopts.flush_slots = slots;
     wopts.skip_unsupported = config.skip_unsupported;
     wopts.slot_offsets = slot_offsets;

@@ -12,17 +12,18 @@ use crate::config::{JobConfig, Mode};
 
 /// The job's ownership of `target`: the one recorded there, else `remembered` (what an
 /// earlier attempt of this process established: a target that lost data under ferry is
-/// still the job's), else found out now and recorded.
+/// still the job's), else found out now. The second value is true when the record is still
+/// to be written (the writer does it, first thing, with `SET … NX`).
 pub async fn establish(
     config: &JobConfig,
     target: &Endpoint,
     cluster: bool,
     resuming: bool,
     remembered: Option<Ownership>,
-) -> Result<Ownership, TargetError> {
+) -> Result<(Ownership, bool), TargetError> {
     if config.checkpoint {
         if let Some(o) = owner::read(target, cluster, &config.name).await? {
-            return Ok(o);
+            return Ok((o, false));
         }
     }
     let found = match remembered {
@@ -35,7 +36,7 @@ pub async fn establish(
             Some(foreign) => {
                 // Another shard of this job may have recorded it and started writing since.
                 if let Some(o) = owner::read(target, cluster, &config.name).await? {
-                    return Ok(o);
+                    return Ok((o, false));
                 }
                 let allowed = config.allow_nonempty_target
                     || config.overwrite
@@ -57,11 +58,10 @@ pub async fn establish(
     // Without checkpoints ferry leaves no key of its own on the target: the answer lasts
     // for this run only.
     if !config.checkpoint {
-        return Ok(found);
+        return Ok((found, false));
     }
-    let o = owner::record(target, cluster, &config.name, found).await?;
     if remembered.is_some() {
         warn!(target = %target, "the job's ownership record was gone from the target: written again");
     }
-    Ok(o)
+    Ok((found, true))
 }

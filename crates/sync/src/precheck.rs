@@ -292,7 +292,21 @@ pub async fn precheck(config: &JobConfig) -> Vec<Check> {
     checks.push(versions(newest, oldest));
     for source in &mut sources {
         let ep = source.endpoint.clone();
-        for c in psync_allowed(source, &ep).await {
+        let psync = config.psync_command.as_deref().unwrap_or("psync");
+        for c in psync_allowed(source, &ep, psync).await {
+            // A source read with SCAN does not need PSYNC; `auto` falls back to SCAN.
+            let c = match config.source_method {
+                ferry_source::SourceMethod::Psync => c,
+                _ if c.level == Level::Fail => Check::warn(
+                    c.name,
+                    format!(
+                        "{}; ferry reads it with SCAN instead (--source-method)",
+                        c.message
+                    ),
+                    c.fix.unwrap_or_default(),
+                ),
+                _ => c,
+            };
             checks.push(on(c, source, several_sources));
         }
     }
@@ -305,7 +319,7 @@ pub async fn precheck(config: &JobConfig) -> Vec<Check> {
         let c = target_empty(target, config, resumes).await;
         checks.push(on(c, target, several_targets));
     }
-    checks.push(databases(&sources, &mut targets[0]).await);
+    checks.push(databases(&sources, &mut targets[0], config).await);
     checks.push(memory(&sources, &targets));
     for target in &targets {
         checks.push(on(eviction(target), target, several_targets));
@@ -357,10 +371,10 @@ fn versions(source: &Node, target: &Node) -> Check {
 
 /// `COMMAND INFO psync` answers nil when the command is renamed away or disabled; on Redis
 /// 7 `ACL DRYRUN` tells whether this user may run it.
-async fn psync_allowed(source: &mut Node, ep: &Endpoint) -> Vec<Check> {
+async fn psync_allowed(source: &mut Node, ep: &Endpoint, psync: &str) -> Vec<Check> {
     let name = "PSYNC allowed";
     let mut out = Vec::new();
-    match source.conn.request(&["COMMAND", "INFO", "psync"]).await {
+    match source.conn.request(&["COMMAND", "INFO", psync]).await {
         Ok(Frame::Array(items)) if items.first().is_some_and(|f| matches!(f, Frame::Array(_))) => {
             out.push(Check::pass(name, "PSYNC is available on the source"))
         }
@@ -381,7 +395,7 @@ async fn psync_allowed(source: &mut Node, ep: &Endpoint) -> Vec<Check> {
         let name = "ACL permits PSYNC";
         match source
             .conn
-            .request_raw(&["ACL", "DRYRUN", user, "PSYNC", "?", "-1"])
+            .request_raw(&["ACL", "DRYRUN", user, psync, "?", "-1"])
             .await
         {
             Ok(Frame::Simple(s)) if s.as_ref() == b"OK" => {
@@ -529,15 +543,19 @@ async fn config_get(
     })
 }
 
-async fn databases(sources: &[Node], target: &mut Node) -> Check {
+async fn databases(sources: &[Node], target: &mut Node, config: &JobConfig) -> Check {
     let name = "databases";
+    // The target databases the job writes: the source's non-empty ones the filter keeps,
+    // through the db map.
     let highest = sources
         .iter()
         .flat_map(|s| s.keyspace.keyspace())
         .map(|(db, _)| db)
+        .filter(|db| config.filter.as_ref().is_none_or(|f| f.db_allowed(*db)))
+        .map(|db| config.db_map.target(db))
         .max();
     let Some(highest) = highest else {
-        return Check::pass(name, "the source holds no data");
+        return Check::pass(name, "the source holds no data the job copies");
     };
     let cluster = target.server.get("redis_mode") == Some("cluster");
     let count = if cluster {
@@ -557,6 +575,13 @@ async fn databases(sources: &[Node], target: &mut Node) -> Check {
             format!("make sure the target has at least {} databases", highest + 1),
         );
     };
+    if cluster && highest > 0 {
+        return Check::fail(
+            name,
+            format!("source data in db {highest}: a cluster target has only db 0"),
+            format!("map it with --db-map {highest}:0 (or leave that database out with a filter)"),
+        );
+    }
     if count > highest {
         Check::pass(
             name,
@@ -566,7 +591,7 @@ async fn databases(sources: &[Node], target: &mut Node) -> Check {
         Check::fail(
             name,
             format!(
-                "the source has data in db{highest} but the target has only {count} database{}",
+                "the job writes into db{highest} but the target has only {count} database{}",
                 if count == 1 { "" } else { "s" }
             ),
             format!("start the target with `databases {}` or more", highest + 1),
@@ -852,13 +877,16 @@ async fn modules(sources: &mut [Node], targets: &mut [Node]) -> Check {
             )
         }
     } else {
-        Check::fail(
+        // A warning: a server's own built-in modules (Redis 8's vectorset, Valkey's lua)
+        // hold no keys of their own types; a value the target cannot hold stops the job
+        // naming its key (or is skipped with --skip-unsupported).
+        Check::warn(
             name,
             format!(
-                "the target lacks module(s) the source loads: {}",
+                "the target lacks module(s) the source loads: {}; keys of their types cannot be copied",
                 lacking.join("; ")
             ),
-            "load the same modules on the target (loadmodule)",
+            "load the same modules on the target (loadmodule), or pass --skip-unsupported to skip such keys",
         )
     }
 }

@@ -1114,6 +1114,18 @@ impl ClusterWriter {
         rx: &mut mpsc::Receiver<Event>,
         cancel: &CancellationToken,
     ) -> Result<(), TargetError> {
+        if let Some((key, value)) = self.opts.record_ownership.clone() {
+            let mut buf = BytesMut::new();
+            frame::write_command(&mut buf, &[b"SET".as_ref(), &key, value.as_bytes(), b"NX"]);
+            let mut u = Unit::new(
+                buf.freeze(),
+                vec![Expect::Control {
+                    what: "SET ownership record",
+                }],
+            );
+            u.idempotent = true;
+            self.queue(key_slot(&key), Item::Unit(u));
+        }
         let mut reading = true;
         loop {
             self.dispatch()?;

@@ -24,7 +24,7 @@ pub enum Ownership {
 }
 
 impl Ownership {
-    fn as_str(self) -> &'static str {
+    pub fn as_str(self) -> &'static str {
         match self {
             Ownership::Owned => "owned",
             Ownership::Shared => "shared",
@@ -101,24 +101,6 @@ pub async fn read(
             message: format!("unexpected reply to GET: {}", other.to_text()),
         }),
     }
-}
-
-/// Records `ownership` unless a record exists already (another shard of the job was first);
-/// returns the record that holds.
-pub async fn record(
-    target: &Endpoint,
-    cluster: bool,
-    job: &str,
-    ownership: Ownership,
-) -> Result<Ownership, TargetError> {
-    let k = key(job);
-    let node = node_of(target, cluster, &k).await?;
-    let mut conn = Connection::connect(&node).await?;
-    conn.request(&[b"SELECT".as_ref(), b"0"]).await?;
-    conn.request(&[b"SET".as_ref(), &k, ownership.as_str().as_bytes(), b"NX"])
-        .await?;
-    drop(conn);
-    Ok(read(target, cluster, job).await?.unwrap_or(ownership))
 }
 
 /// Removes the record (the job is deleted).

@@ -50,6 +50,10 @@ pub struct WriterOptions {
     /// checkpoint write (`GETSET`) then checks that the key it replaces is still there: a
     /// missing one means the target lost data under ferry ([`TargetError::LostData`]).
     pub checkpoint_exists: bool,
+    /// `SET <key> <value> NX` before anything else (db 0): the job's ownership record
+    /// ([`crate::owner`]), written by the writer's own pipeline so it costs no round trip
+    /// and lands before the first key.
+    pub record_ownership: Option<(Bytes, &'static str)>,
     /// A snapshot value whose payload is bigger than this is written as chunks of commands
     /// instead of one `RESTORE`.
     pub big_value_bytes: usize,
@@ -80,6 +84,7 @@ impl WriterOptions {
             flush_slots: None,
             refuse_snapshot: false,
             checkpoint_exists: false,
+            record_ownership: None,
             big_value_bytes: crate::compat::DEFAULT_BIG_VALUE_BYTES,
             skip_unsupported: false,
             db_map: DbMap::default(),
@@ -602,6 +607,16 @@ pub async fn write(
     ));
 
     let mut enc = Encoder::new(&opts);
+    if let Some((key, value)) = &opts.record_ownership {
+        enc.select_target(0);
+        frame::write_command(
+            &mut enc.buf,
+            &[b"SET".as_ref(), key, value.as_bytes(), b"NX"],
+        );
+        enc.expects.push(Expect::Control {
+            what: "SET ownership record",
+        });
+    }
     let mut compat = Compat::new(
         version.clone(),
         opts.overwrite,
