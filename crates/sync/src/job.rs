@@ -65,6 +65,9 @@ pub enum JobError {
     /// The shard is no longer one of the source's (resharded): its task ends.
     #[error("source shard {shard} is no longer in the source's topology (shards now: {shards})")]
     ShardGone { shard: String, shards: String },
+    /// Source and target are one server, replication group or cluster (see `identity`).
+    #[error("{0}; give a different target")]
+    SameServer(String),
 }
 
 impl From<SourceError> for JobError {
@@ -87,7 +90,7 @@ impl JobError {
             JobError::Source(e) => e.is_connection(),
             JobError::Target(e) => e.is_connection(),
             JobError::GaveUp { last, .. } => last.is_connection(),
-            JobError::ShardGone { .. } => false,
+            JobError::ShardGone { .. } | JobError::SameServer(_) => false,
         }
     }
 
@@ -98,6 +101,7 @@ impl JobError {
             JobError::Target(TargetError::KeyExists { .. } | TargetError::Incompatible { .. })
                 | JobError::Source(SourceError::BacklogGone { .. })
                 | JobError::GaveUp { .. }
+                | JobError::SameServer(_)
         )
     }
 }
@@ -565,6 +569,9 @@ async fn attempt_shard(
         .then(|| checkpoint::key(&config.name, shard_id));
     // A cluster target keeps a checkpoint per slot besides the job's own (ferry_target::cluster).
     let cluster = ferry_target::is_cluster(target).await?;
+    if !config.source.is_file() {
+        refuse_same_server(node, target, cluster).await?;
+    }
     // Under a lease (a task of the service: one source shard of the job): cut off an
     // earlier holder's writers of this shard before reading its checkpoint. The name is
     // per shard, so tasks of one job on other workers are left alone.
@@ -722,6 +729,36 @@ async fn attempt_shard(
         commands: summary.commands,
         completed,
     })
+}
+
+/// Refuses, before anything is written, a source node that is the target (or one of its
+/// masters) or shares its replication group or cluster: the job would feed itself.
+async fn refuse_same_server(
+    source: &Endpoint,
+    target: &Endpoint,
+    cluster: bool,
+) -> Result<(), JobError> {
+    let sid = crate::identity::identify(source)
+        .await
+        .map_err(|e| JobError::Source(SourceError::Node(e)))?;
+    let nodes = if cluster {
+        ferry_target::slot::fetch_any(std::slice::from_ref(target))
+            .await?
+            .masters
+    } else {
+        vec![target.clone()]
+    };
+    for t in &nodes {
+        let tid = crate::identity::identify(t)
+            .await
+            .map_err(|e| JobError::Target(TargetError::Node(e)))?;
+        if let Some(why) = crate::identity::same(&sid, &tid) {
+            return Err(JobError::SameServer(crate::identity::refusal(
+                source, t, why,
+            )));
+        }
+    }
+    Ok(())
 }
 
 /// The name a task (one source shard of a job) goes by in its writers' client names:

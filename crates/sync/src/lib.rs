@@ -4,6 +4,7 @@
 
 pub mod config;
 pub mod fence;
+pub mod identity;
 pub mod job;
 pub mod precheck;
 pub mod retry;
