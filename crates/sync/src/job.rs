@@ -738,9 +738,16 @@ async fn refuse_same_server(
     target: &Endpoint,
     cluster: bool,
 ) -> Result<(), JobError> {
-    let sid = crate::identity::identify(source)
-        .await
-        .map_err(|e| JobError::Source(SourceError::Node(e)))?;
+    let sid = match crate::identity::identify(source).await {
+        Ok(id) => id,
+        Err(e) if e.is_connection() => return Err(JobError::Source(SourceError::Node(e))),
+        // A source that refuses INFO (some managed services) cannot be told apart:
+        // the address check of the pre-check is all there is.
+        Err(e) => {
+            warn!(source = %source, error = %e, "cannot identify the source server; not checking that the target differs");
+            return Ok(());
+        }
+    };
     let nodes = if cluster {
         ferry_target::slot::fetch_any(std::slice::from_ref(target))
             .await?
@@ -749,9 +756,14 @@ async fn refuse_same_server(
         vec![target.clone()]
     };
     for t in &nodes {
-        let tid = crate::identity::identify(t)
-            .await
-            .map_err(|e| JobError::Target(TargetError::Node(e)))?;
+        let tid = match crate::identity::identify(t).await {
+            Ok(id) => id,
+            Err(e) if e.is_connection() => return Err(JobError::Target(TargetError::Node(e))),
+            Err(e) => {
+                warn!(target = %t, error = %e, "cannot identify the target server; not checking that it differs from the source");
+                continue;
+            }
+        };
         if let Some(why) = crate::identity::same(&sid, &tid) {
             return Err(JobError::SameServer(crate::identity::refusal(
                 source, t, why,
