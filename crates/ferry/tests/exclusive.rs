@@ -7,8 +7,41 @@ mod common;
 use std::process::Command;
 use std::time::Duration;
 
-use common::{wait_until, Ferry};
+use common::{assert_exact_copy_with_checkpoint, wait_caught_up, wait_until, Churn, Ferry};
 use ferry_testkit::Server;
+
+const LONG: Duration = Duration::from_secs(60);
+
+/// INCRs on a few counters until stopped: a write applied twice shows as a higher count.
+fn incr_load(source: &Server) -> Churn {
+    let mut c = source.client();
+    Churn::with(move |stop| {
+        std::thread::spawn(move || {
+            let mut n = 0u64;
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                let key = format!("ctr:{}", n % 5);
+                c.cmd_str(&["INCR", &key]);
+                n += 1;
+                std::thread::sleep(Duration::from_millis(1));
+            }
+            n
+        })
+    })
+}
+
+/// A second run of a job fails at once, naming the first, which goes on alone.
+fn refused_while_the_first_runs(source: &Server, target: &Server, first: &Ferry) {
+    let mut second = Ferry::sync(&source.url(), &target.url(), &["--name", "j"]);
+    let status = second.wait(Duration::from_secs(30));
+    let out = second.output();
+    assert!(!status.success(), "{out}");
+    assert!(
+        out.contains("job j is already running against target")
+            && out.contains(&format!("pid {}", first.pid())),
+        "{out}"
+    );
+    assert!(!out.contains("retrying"), "{out}");
+}
 
 fn fill(server: &Server, n: usize) {
     for i in 0..n {
@@ -168,4 +201,69 @@ fn a_second_serve_on_one_sqlite_store_fails_at_start() {
     drop(first);
     // Once the first is gone the store is free again.
     let (_third, _) = serve(&store);
+}
+
+#[test]
+fn a_second_run_of_a_job_is_refused_naming_the_first() {
+    let source = Server::start();
+    let target = Server::start();
+    fill(&source, 100);
+    let load = incr_load(&source);
+    let mut first = Ferry::sync(&source.url(), &target.url(), &["--name", "j"]);
+    first.wait_for_output("snapshot applied", LONG);
+    refused_while_the_first_runs(&source, &target, &first);
+    assert!(first.is_running(), "{}", first.output());
+    assert!(load.stop() > 10);
+    wait_caught_up(&source, &target, "j", LONG);
+    assert!(first.signal("INT").success(), "{}", first.output());
+    // Stopped cleanly: the job can run again.
+    let mut again = Ferry::sync(&source.url(), &target.url(), &["--name", "j"]);
+    again.wait_for_output("partial resync (+CONTINUE)", LONG);
+    assert!(again.signal("INT").success(), "{}", again.output());
+    assert_exact_copy_with_checkpoint(&source, &target, "j");
+}
+
+#[test]
+fn a_killed_run_is_taken_over_at_once() {
+    let source = Server::start();
+    let target = Server::start();
+    fill(&source, 100);
+    let load = incr_load(&source);
+    let mut first = Ferry::sync(&source.url(), &target.url(), &["--name", "j"]);
+    first.wait_for_output("snapshot applied", LONG);
+    first.signal("KILL");
+    let mut again = Ferry::sync(&source.url(), &target.url(), &["--name", "j"]);
+    again.wait_for_output("partial resync (+CONTINUE)", LONG);
+    assert!(load.stop() > 10);
+    wait_caught_up(&source, &target, "j", LONG);
+    assert!(again.signal("INT").success(), "{}", again.output());
+    assert_exact_copy_with_checkpoint(&source, &target, "j");
+}
+
+#[test]
+fn a_frozen_run_still_holds_its_job() {
+    let source = Server::start();
+    let target = Server::start();
+    fill(&source, 100);
+    let load = incr_load(&source);
+    let mut first = Ferry::sync(&source.url(), &target.url(), &["--name", "j"]);
+    first.wait_for_output("snapshot applied", LONG);
+    assert!(Command::new("kill")
+        .args(["-STOP", &first.pid().to_string()])
+        .status()
+        .expect("kill -STOP")
+        .success());
+    // Frozen longer than a lease would last: its connection still holds the job.
+    std::thread::sleep(Duration::from_secs(3));
+    refused_while_the_first_runs(&source, &target, &first);
+    assert!(Command::new("kill")
+        .args(["-CONT", &first.pid().to_string()])
+        .status()
+        .expect("kill -CONT")
+        .success());
+    assert!(load.stop() > 10);
+    wait_caught_up(&source, &target, "j", LONG);
+    assert!(first.signal("INT").success(), "{}", first.output());
+    // Counters not doubled: the target equals the source.
+    assert_exact_copy_with_checkpoint(&source, &target, "j");
 }

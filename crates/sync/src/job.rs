@@ -68,6 +68,12 @@ pub enum JobError {
     /// Source and target are one server, replication group or cluster (see `identity`).
     #[error("{0}; give a different target")]
     SameServer(String),
+    /// Another run holds the job's lease on the target (see `lease`).
+    #[error("{0}")]
+    LeaseHeld(String),
+    /// Another run took the job's lease over while this one ran.
+    #[error("{0}")]
+    LeaseLost(String),
 }
 
 impl From<SourceError> for JobError {
@@ -90,7 +96,10 @@ impl JobError {
             JobError::Source(e) => e.is_connection(),
             JobError::Target(e) => e.is_connection(),
             JobError::GaveUp { last, .. } => last.is_connection(),
-            JobError::ShardGone { .. } | JobError::SameServer(_) => false,
+            JobError::ShardGone { .. }
+            | JobError::SameServer(_)
+            | JobError::LeaseHeld(_)
+            | JobError::LeaseLost(_) => false,
         }
     }
 
@@ -102,6 +111,8 @@ impl JobError {
                 | JobError::Source(SourceError::BacklogGone { .. })
                 | JobError::GaveUp { .. }
                 | JobError::SameServer(_)
+                | JobError::LeaseHeld(_)
+                | JobError::LeaseLost(_)
         )
     }
 }
@@ -120,6 +131,74 @@ pub struct JobOutcome {
 /// runs and retries on its own, as `config.retry` says (a failing shard does not restart
 /// the others); each attempt resumes from the shard's checkpoint in the target.
 pub async fn run(
+    config: JobConfig,
+    status: Arc<JobStatus>,
+    cancel: CancellationToken,
+) -> Result<JobOutcome, JobError> {
+    // One run per job and target (a run under a fence of its own, the service's, has its
+    // own exclusion).
+    if config.fence.is_some() {
+        return run_unleased(config, status, cancel).await;
+    }
+    let mut retry = RetryState::new(config.retry.clone());
+    let lease = loop {
+        let taken = async {
+            let node = lease_node(&config).await?;
+            crate::lease::acquire(&node, &config.name, &cancel).await
+        }
+        .await;
+        match taken {
+            Ok(l) => break l,
+            Err(e) => {
+                match retry_or_give_up(&config, &mut retry, e, &status, None, &cancel).await {
+                    Ok(true) => continue,
+                    Ok(false) => {
+                        status.finish(JobState::Stopped, None);
+                        return Ok(JobOutcome {
+                            keys: 0,
+                            commands: 0,
+                            completed: false,
+                        });
+                    }
+                    Err(e) => {
+                        status.finish(JobState::Failed, Some(e.to_string()));
+                        return Err(e);
+                    }
+                }
+            }
+        }
+    };
+    let token = lease.token.clone();
+    let r = run_unleased(config, status.clone(), token).await;
+    let r = lease.finish(r).await;
+    if let Err(e @ JobError::LeaseLost(_)) = &r {
+        status.finish(JobState::Failed, Some(e.to_string()));
+    }
+    r
+}
+
+/// The node where a run holds the job (see `lease`): the target (its current master), or
+/// on a cluster one master chosen by the job's name.
+async fn lease_node(config: &JobConfig) -> Result<Endpoint, JobError> {
+    let target = resolve_target(config).await?;
+    if !ferry_target::is_cluster(&target).await? {
+        return Ok(target);
+    }
+    let map = ferry_target::slot::fetch_any(std::slice::from_ref(&target)).await?;
+    // Any fixed master per job does: the one of the slot of a key named after the job.
+    let key = format!("ferry:checkpoint:{}:lease", config.name);
+    map.endpoint(ferry_target::slot::key_slot(key.as_bytes()))
+        .cloned()
+        .ok_or_else(|| {
+            JobError::Target(TargetError::Incompatible {
+                addr: target.addr(),
+                message: "the slot of the job's lease key is served by no master".into(),
+            })
+        })
+}
+
+/// [`run`] without the hold on the target.
+async fn run_unleased(
     config: JobConfig,
     status: Arc<JobStatus>,
     cancel: CancellationToken,

@@ -6,6 +6,7 @@ pub mod config;
 pub mod fence;
 pub mod identity;
 pub mod job;
+pub mod lease;
 pub mod precheck;
 pub mod retry;
 pub mod scope;
