@@ -120,7 +120,22 @@ pub async fn acquire(
     cancel: &CancellationToken,
 ) -> Result<RunLease, JobError> {
     let name = client_name(job);
-    let conn = match claim(node, &name).await.map_err(TargetError::Node)? {
+    let claimed = match claim(node, &name).await {
+        Ok(c) => c,
+        Err(e) if e.is_connection() => return Err(JobError::Target(TargetError::Node(e))),
+        // A target user without CLIENT (some managed services) cannot hold the job: the
+        // run goes on unguarded, and says so.
+        Err(e) => {
+            warn!(target = %node, error = %e, "cannot hold the job on the target (CLIENT SETNAME/LIST refused): a second run of this job would not be refused");
+            return Ok(RunLease {
+                lost: Arc::new(Mutex::new(None)),
+                stop: CancellationToken::new(),
+                keeper: tokio::spawn(async {}),
+                token: cancel.child_token(),
+            });
+        }
+    };
+    let conn = match claimed {
         Ok(c) => c,
         Err(holder) => {
             return Err(JobError::LeaseHeld(format!(
