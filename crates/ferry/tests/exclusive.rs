@@ -267,3 +267,22 @@ fn a_frozen_run_still_holds_its_job() {
     // Counters not doubled: the target equals the source.
     assert_exact_copy_with_checkpoint(&source, &target, "j");
 }
+
+#[test]
+fn sync_refuses_a_target_in_the_source_cluster() {
+    let cluster = ferry_testkit::Cluster::start(3, 0);
+    for i in 0..200 {
+        cluster.cmd_routed_str(&["SET", &format!("k{i}"), "v"]);
+    }
+    let target = format!("redis://localhost:{}", cluster.node(1).port());
+    let mut f = Ferry::sync(
+        &cluster.seed_url(),
+        &target,
+        &["--name", "c", "--overwrite"],
+    );
+    let status = f.wait(Duration::from_secs(60));
+    let out = f.output();
+    assert!(!status.success(), "{out}");
+    assert!(out.contains("are not distinct"), "{out}");
+    assert_eq!(cluster.keys_per_master().iter().sum::<i64>(), 200);
+}
