@@ -5,6 +5,7 @@ mod jobcmd;
 mod progress;
 mod scope_args;
 mod serve;
+mod storelock;
 mod verify;
 
 use std::io::IsTerminal;

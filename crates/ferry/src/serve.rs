@@ -29,6 +29,8 @@ pub struct ServeArgs {
 }
 
 pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
+    // Held until the process exits: one `ferry serve` per SQLite store.
+    let _store_lock = crate::storelock::lock(&args.store)?;
     let service = Service::start(ServeOptions {
         token: args.token,
         lease: std::time::Duration::from_secs(args.lease_seconds),

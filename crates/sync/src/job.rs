@@ -68,6 +68,15 @@ pub enum JobError {
     /// The target lost data under an incremental job, which cannot copy it again.
     #[error("{0}; an incremental job copies only new writes, so it cannot restore what was lost: run the job as full+incremental to copy the source again")]
     CannotRecopy(TargetError),
+    /// Source and target are one server, replication group or cluster (see `identity`).
+    #[error("{0}; give a different target")]
+    SameServer(String),
+    /// Another run holds the job's lease on the target (see `lease`).
+    #[error("{0}")]
+    LeaseHeld(String),
+    /// Another run took the job's lease over while this one ran.
+    #[error("{0}")]
+    LeaseLost(String),
 }
 
 impl From<SourceError> for JobError {
@@ -90,7 +99,11 @@ impl JobError {
             JobError::Source(e) => e.is_connection(),
             JobError::Target(e) => e.is_connection(),
             JobError::GaveUp { last, .. } => last.is_connection(),
-            JobError::ShardGone { .. } | JobError::CannotRecopy(_) => false,
+            JobError::ShardGone { .. }
+            | JobError::CannotRecopy(_)
+            | JobError::SameServer(_)
+            | JobError::LeaseHeld(_)
+            | JobError::LeaseLost(_) => false,
         }
     }
 
@@ -106,6 +119,9 @@ impl JobError {
             ) | JobError::Source(SourceError::BacklogGone { .. })
                 | JobError::GaveUp { .. }
                 | JobError::CannotRecopy(_)
+                | JobError::SameServer(_)
+                | JobError::LeaseHeld(_)
+                | JobError::LeaseLost(_)
         )
     }
 }
@@ -124,6 +140,74 @@ pub struct JobOutcome {
 /// runs and retries on its own, as `config.retry` says (a failing shard does not restart
 /// the others); each attempt resumes from the shard's checkpoint in the target.
 pub async fn run(
+    config: JobConfig,
+    status: Arc<JobStatus>,
+    cancel: CancellationToken,
+) -> Result<JobOutcome, JobError> {
+    // One run per job and target (a run under a fence of its own, the service's, has its
+    // own exclusion).
+    if config.fence.is_some() {
+        return run_unleased(config, status, cancel).await;
+    }
+    let mut retry = RetryState::new(config.retry.clone());
+    let lease = loop {
+        let taken = async {
+            let node = lease_node(&config).await?;
+            crate::lease::acquire(&node, &config.name, &cancel).await
+        }
+        .await;
+        match taken {
+            Ok(l) => break l,
+            Err(e) => {
+                match retry_or_give_up(&config, &mut retry, e, &status, None, &cancel).await {
+                    Ok(true) => continue,
+                    Ok(false) => {
+                        status.finish(JobState::Stopped, None);
+                        return Ok(JobOutcome {
+                            keys: 0,
+                            commands: 0,
+                            completed: false,
+                        });
+                    }
+                    Err(e) => {
+                        status.finish(JobState::Failed, Some(e.to_string()));
+                        return Err(e);
+                    }
+                }
+            }
+        }
+    };
+    let token = lease.token.clone();
+    let r = run_unleased(config, status.clone(), token).await;
+    let r = lease.finish(r).await;
+    if let Err(e @ JobError::LeaseLost(_)) = &r {
+        status.finish(JobState::Failed, Some(e.to_string()));
+    }
+    r
+}
+
+/// The node where a run holds the job (see `lease`): the target (its current master), or
+/// on a cluster one master chosen by the job's name.
+async fn lease_node(config: &JobConfig) -> Result<Endpoint, JobError> {
+    let target = resolve_target(config).await?;
+    if !ferry_target::is_cluster(&target).await? {
+        return Ok(target);
+    }
+    let map = ferry_target::slot::fetch_any(std::slice::from_ref(&target)).await?;
+    // Any fixed master per job does: the one of the slot of a key named after the job.
+    let key = format!("ferry:checkpoint:{}:lease", config.name);
+    map.endpoint(ferry_target::slot::key_slot(key.as_bytes()))
+        .cloned()
+        .ok_or_else(|| {
+            JobError::Target(TargetError::Incompatible {
+                addr: target.addr(),
+                message: "the slot of the job's lease key is served by no master".into(),
+            })
+        })
+}
+
+/// [`run`] without the hold on the target.
+async fn run_unleased(
     config: JobConfig,
     status: Arc<JobStatus>,
     cancel: CancellationToken,
@@ -597,6 +681,9 @@ async fn attempt_shard(
         .then(|| checkpoint::key(&config.name, shard_id));
     // A cluster target keeps a checkpoint per slot besides the job's own (ferry_target::cluster).
     let cluster = ferry_target::is_cluster(target).await?;
+    if !config.source.is_file() {
+        refuse_same_server(node, target, cluster).await?;
+    }
     // Under a lease (a task of the service: one source shard of the job): cut off an
     // earlier holder's writers of this shard before reading its checkpoint. The name is
     // per shard, so tasks of one job on other workers are left alone.
@@ -786,6 +873,48 @@ async fn attempt_shard(
         commands: summary.commands,
         completed,
     })
+}
+
+/// Refuses, before anything is written, a source node that is the target (or one of its
+/// masters) or shares its replication group or cluster: the job would feed itself.
+async fn refuse_same_server(
+    source: &Endpoint,
+    target: &Endpoint,
+    cluster: bool,
+) -> Result<(), JobError> {
+    let sid = match crate::identity::identify(source).await {
+        Ok(id) => id,
+        Err(e) if e.is_connection() => return Err(JobError::Source(SourceError::Node(e))),
+        // A source that refuses INFO (some managed services) cannot be told apart:
+        // the address check of the pre-check is all there is.
+        Err(e) => {
+            warn!(source = %source, error = %e, "cannot identify the source server; not checking that the target differs");
+            return Ok(());
+        }
+    };
+    let nodes = if cluster {
+        ferry_target::slot::fetch_any(std::slice::from_ref(target))
+            .await?
+            .masters
+    } else {
+        vec![target.clone()]
+    };
+    for t in &nodes {
+        let tid = match crate::identity::identify(t).await {
+            Ok(id) => id,
+            Err(e) if e.is_connection() => return Err(JobError::Target(TargetError::Node(e))),
+            Err(e) => {
+                warn!(target = %t, error = %e, "cannot identify the target server; not checking that it differs from the source");
+                continue;
+            }
+        };
+        if let Some(why) = crate::identity::same(&sid, &tid) {
+            return Err(JobError::SameServer(crate::identity::refusal(
+                source, t, why,
+            )));
+        }
+    }
+    Ok(())
 }
 
 /// The name a task (one source shard of a job) goes by in its writers' client names:

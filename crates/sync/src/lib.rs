@@ -4,8 +4,10 @@
 
 pub mod config;
 pub mod fence;
+pub mod identity;
 pub mod job;
 mod ownership;
+pub mod lease;
 pub mod precheck;
 pub mod retry;
 pub mod scope;

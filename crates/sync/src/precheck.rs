@@ -275,6 +275,9 @@ pub async fn precheck(config: &JobConfig) -> Vec<Check> {
             "give a different target",
         ));
     }
+    if same.is_empty() {
+        checks.extend(distinct(&mut sources, &mut targets).await);
+    }
     if sources.len() < source_eps.len() || targets.len() < target_eps.len() {
         return checks;
     }
@@ -331,6 +334,37 @@ pub async fn precheck(config: &JobConfig) -> Vec<Check> {
     }
     checks.push(modules(&mut sources, &mut targets).await);
     checks
+}
+
+/// Source and target told apart by what the servers say of themselves (addresses cannot:
+/// 127.0.0.1 and localhost are one server): a failure names both nodes and why.
+async fn distinct(sources: &mut [Node], targets: &mut [Node]) -> Option<Check> {
+    let mut target_ids = Vec::new();
+    for t in targets.iter_mut() {
+        if let Ok(id) = crate::identity::identify_conn(&mut t.conn).await {
+            target_ids.push((t.endpoint.clone(), id));
+        }
+    }
+    for s in sources.iter_mut() {
+        let Ok(sid) = crate::identity::identify_conn(&mut s.conn).await else {
+            continue;
+        };
+        for (tep, tid) in &target_ids {
+            if let Some(why) = crate::identity::same(&sid, tid) {
+                return Some(Check::fail(
+                    "source and target differ",
+                    crate::identity::refusal(&s.endpoint, tep, why),
+                    "give a target that is neither the source nor in its replication group or cluster",
+                ));
+            }
+        }
+    }
+    (!sources.is_empty() && !target_ids.is_empty()).then(|| {
+        Check::pass(
+            "source and target differ",
+            "source and target are different servers",
+        )
+    })
 }
 
 fn versions(source: &Node, target: &Node) -> Check {
