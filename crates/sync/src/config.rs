@@ -134,6 +134,8 @@ pub struct JobConfig {
     pub big_key_elements: Option<u64>,
     /// Skip keys the target cannot hold (module values, hash field TTLs on an old target).
     pub skip_unsupported: bool,
+    /// Log, count and go past replicated commands the target refuses instead of failing.
+    pub skip_failed_commands: bool,
     /// Keys, databases and commands to leave out; `None` copies everything.
     pub filter: Option<std::sync::Arc<ferry_source::Filter>>,
     /// Source db → target db.
@@ -256,6 +258,7 @@ pub struct FileConfig {
     pub big_key_threshold: Option<usize>,
     pub big_key_elements: Option<u64>,
     pub skip_unsupported: Option<bool>,
+    pub skip_failed_commands: Option<bool>,
     #[serde(default)]
     pub filter: FilterConfig,
     /// "source:target,…", e.g. "0:0,1:0,5:3".
@@ -414,6 +417,10 @@ impl FileConfig {
             skip_unsupported: over
                 .skip_unsupported
                 .or(self.skip_unsupported)
+                .unwrap_or(false),
+            skip_failed_commands: over
+                .skip_failed_commands
+                .or(self.skip_failed_commands)
                 .unwrap_or(false),
             filter: over.filter.or(self.filter).resolve()?,
             db_map: scope::parse_db_map(over.db_map.or(self.db_map))?,

@@ -95,8 +95,11 @@ impl JobError {
     pub fn is_permanent(&self) -> bool {
         matches!(
             self,
-            JobError::Target(TargetError::KeyExists { .. } | TargetError::Incompatible { .. })
-                | JobError::Source(SourceError::BacklogGone { .. })
+            JobError::Target(
+                TargetError::KeyExists { .. }
+                    | TargetError::Incompatible { .. }
+                    | TargetError::CommandFailed { .. }
+            ) | JobError::Source(SourceError::BacklogGone { .. })
                 | JobError::GaveUp { .. }
         )
     }
@@ -632,6 +635,7 @@ async fn attempt_shard(
     wopts.flush_before_snapshot = flush;
     wopts.flush_slots = slots;
     wopts.skip_unsupported = config.skip_unsupported;
+    wopts.skip_failed_commands = config.skip_failed_commands;
     wopts.slot_offsets = slot_offsets;
     wopts.client_name = client_name;
     // Fencing of the cluster writer's own sends, reconnects and resends: it asks the

@@ -73,6 +73,8 @@ pub(crate) struct Compat {
     pub skipped: u64,
     /// The big value being written chunk by chunk.
     big: Option<BigKey>,
+    /// Where a replicated command the target cannot run goes (see [`crate::failed`]).
+    pub(crate) failures: Option<crate::failed::Failures>,
 }
 
 /// A big value in progress; `chunker` is `None` while its chunks are being dropped
@@ -109,6 +111,7 @@ impl Compat {
             rewritten: 0,
             skipped: 0,
             big: None,
+            failures: None,
         }
     }
 
@@ -168,6 +171,15 @@ impl Compat {
                 }
             }
             Event::Command { db, argv, offset } => {
+                if let Err(e) = self.check_arguments(db, &argv, offset) {
+                    return match &self.failures {
+                        // Gone past: its bytes still move the checkpoint.
+                        Some(f) => f
+                            .handle(e)
+                            .map(|()| Routed::Pass(Event::Offset { offset, db })),
+                        None => Err(e),
+                    };
+                }
                 let argv = match &self.target {
                     Some(t) => adapt_command(t, argv).map_err(|m| self.incompatible(m))?,
                     None => argv,
@@ -267,6 +279,35 @@ impl Compat {
             }
             ev => Ok(Routed::Pass(ev)),
         }
+    }
+
+    /// Refuses, before it is sent, a replicated command using an argument the target's
+    /// version lacks ([`crate::compat_args`]): inside ferry's transaction it would fail at
+    /// `EXEC` after the rest of the batch and its checkpoint are applied.
+    pub(crate) fn check_arguments(
+        &self,
+        db: u32,
+        argv: &[Bytes],
+        offset: u64,
+    ) -> Result<(), TargetError> {
+        let Some(t) = &self.target else {
+            return Ok(());
+        };
+        let Some((arg, since)) = crate::compat_args::unsupported_argument(redis_level(t), argv)
+        else {
+            return Ok(());
+        };
+        Err(TargetError::CommandFailed {
+            addr: self.addr.clone(),
+            command: lossy(&argv[0]).to_uppercase(),
+            key: argv.get(1).map(|k| lossy(k)).unwrap_or_default(),
+            db,
+            offset,
+            message: format!(
+                "its argument {arg} needs Redis {}.{}+, the target is {t}; upgrade the target",
+                since.0, since.1
+            ),
+        })
     }
 
     fn big_commands(&self, big: &BigKey, cmds: Vec<Cmd>, completes_key: bool) -> Routed {
