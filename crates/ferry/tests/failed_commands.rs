@@ -153,3 +153,72 @@ fn wrongtype_on_a_cluster_target_fails_the_job_for_good() {
     let master = cluster.node(cluster.slot_owner(cluster.keyslot(b"k")));
     assert!(out.contains(&master.addr()), "{out}");
 }
+
+/// A command the target refuses at queue time (`INCR` renamed away on the target) aborts
+/// the whole `EXEC`: nothing of the batch is applied, so it stops the job for good even
+/// under `--skip-failed-commands` (skipping it would drop the rest of its batch).
+#[test]
+fn a_command_refused_at_queue_time_stops_even_when_skipping() {
+    let source = Server::start();
+    let target = Server::builder()
+        .arg_values("rename-command", &["INCR", ""])
+        .start();
+    source.cmd(&["SET", "k", "1"]);
+    let mut ferry = sync(&source, &target.url(), &["--skip-failed-commands"]);
+    common::wait_until("k on the target", LONG, || {
+        target.cmd(&["EXISTS", "k"]) == Reply::Int(1)
+    });
+    source.cmd(&["INCR", "k"]);
+    let offset = source_offset(&source);
+    source.cmd(&["SET", "after", "1"]);
+    let status = ferry.wait(LONG);
+    assert!(!status.success());
+    let out = ferry.output();
+    assert!(out.contains("INCR \"k\""), "{out}");
+    assert!(out.contains(&format!("offset {offset}")), "{out}");
+    assert!(!out.contains("retrying"), "{out}");
+    assert_eq!(target.cmd(&["GET", "k"]), Reply::Bulk(Some(b"1".to_vec())));
+    assert_eq!(target.cmd(&["EXISTS", "after"]), Reply::Int(0));
+}
+
+/// `ZADD … GT` into a 6.0 target under `--skip-failed-commands`: logged, counted, and the
+/// writes after it are applied.
+#[test]
+fn an_option_the_target_lacks_is_skipped_when_asked() {
+    let all = available_servers();
+    let old = all
+        .iter()
+        .find(|b| !b.valkey && b.version >= (6, 0, 0) && b.version < (6, 2, 0));
+    let Some(old) = old else {
+        assert!(
+            !versions_required(),
+            "Redis 6.0 missing (FERRY_REQUIRE_VERSIONS=1)"
+        );
+        eprintln!("needs a Redis 6.0; skipped");
+        return;
+    };
+    let source = Server::start();
+    let target = Server::builder().binary(&old.path).start();
+    source.cmd(&["SET", "seed", "1"]);
+    let mut ferry = sync(&source, &target.url(), &["--skip-failed-commands"]);
+    common::wait_until("the snapshot on the target", LONG, || {
+        target.cmd(&["EXISTS", "seed"]) == Reply::Int(1)
+    });
+    source.cmd(&["ZADD", "z", "GT", "5", "a"]);
+    source.cmd(&["SET", "after", "1"]);
+    common::wait_until("the later write on the target", LONG, || {
+        target.cmd(&["EXISTS", "after"]) == Reply::Int(1)
+    });
+    assert_eq!(target.cmd(&["EXISTS", "z"]), Reply::Int(0));
+    ferry.signal("INT");
+    let out = ferry.output();
+    assert_eq!(
+        out.matches("skipped a command the target refused").count(),
+        1,
+        "{out}"
+    );
+    assert!(
+        out.contains("1 replicated command(s) failed on the target"),
+        "{out}"
+    );
+}
