@@ -222,3 +222,35 @@ fn an_option_the_target_lacks_is_skipped_when_asked() {
         "{out}"
     );
 }
+
+/// Without checkpoints the source's own `MULTI`/`EXEC` is passed through: a command failing
+/// inside that `EXEC` is named too, and stops the job.
+#[test]
+fn wrongtype_inside_a_source_transaction_without_checkpoints() {
+    let source = Server::start();
+    let target = Server::start();
+    source.cmd(&["SET", "k", "1"]);
+    let mut ferry = sync(&source, &target.url(), &["--checkpoint", "off"]);
+    common::wait_until("k on the target", LONG, || {
+        target.cmd(&["EXISTS", "k"]) == Reply::Int(1)
+    });
+    target.cmd(&["DEL", "k"]);
+    target.cmd(&["RPUSH", "k", "x"]);
+    let mut c = source.client();
+    let cmds: Vec<Vec<Vec<u8>>> = [
+        vec!["MULTI"],
+        vec!["SET", "a", "1"],
+        vec!["INCR", "k"],
+        vec!["EXEC"],
+    ]
+    .iter()
+    .map(|c| c.iter().map(|a| a.as_bytes().to_vec()).collect())
+    .collect();
+    c.pipeline(&cmds).expect("source transaction");
+    let status = ferry.wait(LONG);
+    assert!(!status.success());
+    let out = ferry.output();
+    assert!(out.contains("INCR \"k\""), "{out}");
+    assert!(out.contains("WRONGTYPE"), "{out}");
+    assert!(!out.contains("retrying"), "{out}");
+}
