@@ -630,7 +630,7 @@ async fn read_node(
                 Expects::Txn { queued } => {
                     read_txn(&mut rd, &mut buf, &dead, &addr, unit, *queued, &failures).await
                 }
-                _ => read_unit(&mut rd, &mut buf, &dead, &addr, unit).await,
+                _ => read_unit(&mut rd, &mut buf, &dead, &addr, unit, &failures).await,
             };
             match answer {
                 Ok(a) => results.push(a),
@@ -711,6 +711,7 @@ async fn read_unit(
     dead: &CancellationToken,
     addr: &str,
     unit: &Unit,
+    failures: &Failures,
 ) -> Result<Answer, Stop> {
     let mut refused = None;
     for expect in unit.expects.as_slice() {
@@ -733,7 +734,14 @@ async fn read_unit(
                 }
                 _ => check_reply(expect, &reply, addr),
             };
-            checked.map_err(Stop::Failed)?;
+            match checked {
+                // A stream command sent on its own (no checkpoints) failed: nothing else
+                // depends on it.
+                Err(e @ TargetError::CommandFailed { .. }) => {
+                    failures.handle(e).map_err(Stop::Failed)?
+                }
+                r => r.map_err(Stop::Failed)?,
+            }
         }
     }
     Ok(refused.map_or(Answer::Applied, Answer::Refused))
@@ -1463,7 +1471,9 @@ impl ClusterWriter {
                                 vec![Expect::Command {
                                     name: c[0].clone(),
                                     key: c.get(1).cloned(),
-                                    offset: None,
+                                    // For an error naming it (the cluster writer tracks
+                                    // applied offsets by unit, not by this).
+                                    offset: Some(offset),
                                     db,
                                 }],
                             );
