@@ -434,6 +434,24 @@ mod tests {
     use super::*;
 
     #[test]
+    fn skip_failed_commands_from_the_file() {
+        let text = "source = \"127.0.0.1:1\"\ntarget = \"127.0.0.1:2\"\n";
+        let off: FileConfig = toml::from_str(text).unwrap();
+        assert!(
+            !off.merge(FileConfig::default())
+                .unwrap()
+                .skip_failed_commands
+        );
+        let on: FileConfig =
+            toml::from_str(&format!("{text}skip_failed_commands = true\n")).unwrap();
+        assert!(
+            on.merge(FileConfig::default())
+                .unwrap()
+                .skip_failed_commands
+        );
+    }
+
+    #[test]
     fn merges_file_and_flags() {
         let file: FileConfig = toml::from_str(
             "source = \"redis://:it's@127.0.0.1:1\"\ntarget = \"127.0.0.1:2\"\nmode = \"full\"\n",
