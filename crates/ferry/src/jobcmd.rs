@@ -224,6 +224,7 @@ fn spec_from_file(path: &std::path::Path) -> anyhow::Result<Value> {
         "rate_limit_mb": file.rate_limit_mb, "source_timeout": file.source_timeout,
         "big_key_threshold": file.big_key_threshold, "big_key_elements": file.big_key_elements,
         "skip_unsupported": file.skip_unsupported,
+        "skip_failed_commands": file.skip_failed_commands,
         "filter": file.filter, "db_map": file.db_map,
         "retry": {
             "policy": file.retry.policy, "connection_limit": file.retry.connection_limit,

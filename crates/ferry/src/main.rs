@@ -166,6 +166,10 @@ struct SyncArgs {
     /// TTLs on a target before Redis 7.4, instead of stopping.
     #[arg(long)]
     skip_unsupported: bool,
+    /// Log, count and go past a replicated command the target refuses (a key of another
+    /// type written on the target, say), instead of stopping.
+    #[arg(long)]
+    skip_failed_commands: bool,
     /// Progress display.
     #[arg(long, value_enum, default_value_t = ProgressMode::Auto)]
     progress: ProgressMode,
@@ -278,6 +282,7 @@ pub(crate) fn job_file(args: &SyncArgs) -> anyhow::Result<(FileConfig, FileConfi
         big_key_threshold: args.big_key_threshold,
         big_key_elements: args.big_key_elements,
         skip_unsupported: args.skip_unsupported.then_some(true),
+        skip_failed_commands: args.skip_failed_commands.then_some(true),
         source_method: args.source_method.clone(),
         psync_command: args.psync_command.clone(),
         aof_until: args.aof_until,
@@ -319,6 +324,12 @@ async fn sync(args: SyncArgs) -> anyhow::Result<ExitCode> {
     display.finish().await;
     let outcome = outcome?;
     let secs = started.elapsed().as_secs_f64();
+    let failed = stats
+        .commands_failed
+        .load(std::sync::atomic::Ordering::Relaxed);
+    if failed > 0 {
+        println!("{failed} replicated command(s) failed on the target and were skipped (--skip-failed-commands)");
+    }
     if outcome.completed {
         println!("full sync complete: {} keys in {:.2} s", outcome.keys, secs);
     } else {

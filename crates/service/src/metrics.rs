@@ -24,7 +24,7 @@ struct Family {
     help: &'static str,
 }
 
-const FAMILIES: [Family; 9] = [
+const FAMILIES: [Family; 10] = [
     Family {
         name: "ferry_records_read_total",
         kind: "counter",
@@ -70,6 +70,11 @@ const FAMILIES: [Family; 9] = [
         kind: "counter",
         help: "Source transactions spanning slots of a cluster target, applied as one transaction per slot (each part atomic, not the whole), since the task started on this worker.",
     },
+    Family {
+        name: "ferry_commands_failed_total",
+        kind: "counter",
+        help: "Replicated commands the target refused and the job went past (skip_failed_commands), since the task started on this worker.",
+    },
 ];
 
 /// Escapes a label value as the text format requires.
@@ -103,6 +108,7 @@ pub fn render(jobs: &[std::sync::Arc<Running>]) -> String {
                 "ferry_split_transactions_total" => {
                     stats.split_transactions.load(Relaxed).to_string()
                 }
+                "ferry_commands_failed_total" => stats.commands_failed.load(Relaxed).to_string(),
                 _ => {
                     let current = r.status.view().state.name();
                     for s in STATES {

@@ -203,6 +203,8 @@ pub struct JobSpec {
     pub big_key_elements: Option<u64>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub skip_unsupported: Option<bool>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub skip_failed_commands: Option<bool>,
     /// Which keys, databases and commands the job copies (`[filter]` of a job file).
     #[serde(default, skip_serializing_if = "FilterConfig::is_empty")]
     pub filter: FilterConfig,
@@ -258,6 +260,7 @@ impl JobSpec {
             big_key_threshold: self.big_key_threshold,
             big_key_elements: self.big_key_elements,
             skip_unsupported: self.skip_unsupported,
+            skip_failed_commands: self.skip_failed_commands,
             filter: self.filter.clone(),
             db_map: self.db_map.clone(),
             ..Default::default()

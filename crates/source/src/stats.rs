@@ -66,6 +66,9 @@ pub struct ShardStats {
     /// Source transactions (`MULTI`/`EXEC`) that spanned slots of a cluster target and were
     /// applied as one transaction per slot: each part atomic, not the whole.
     pub split_transactions: AtomicU64,
+    /// Replicated commands the target refused and the writer went past
+    /// (`--skip-failed-commands`).
+    pub commands_failed: AtomicU64,
 }
 
 impl Default for ShardStats {
@@ -90,6 +93,7 @@ impl Default for ShardStats {
             filtered_commands: AtomicU64::new(0),
             filtered_mixed: AtomicU64::new(0),
             split_transactions: AtomicU64::new(0),
+            commands_failed: AtomicU64::new(0),
         }
     }
 }
@@ -186,6 +190,8 @@ impl ShardStats {
         self.bytes_read.store(sum(|s| &s.bytes_read), Relaxed);
         self.split_transactions
             .store(sum(|s| &s.split_transactions), Relaxed);
+        self.commands_failed
+            .store(sum(|s| &s.commands_failed), Relaxed);
         self.read_offset.store(sum(|s| &s.read_offset), Relaxed);
         self.applied_offset
             .store(sum(|s| &s.applied_offset), Relaxed);

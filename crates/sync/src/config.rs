@@ -140,6 +140,8 @@ pub struct JobConfig {
     pub big_key_elements: Option<u64>,
     /// Skip keys the target cannot hold (module values, hash field TTLs on an old target).
     pub skip_unsupported: bool,
+    /// Log, count and go past replicated commands the target refuses instead of failing.
+    pub skip_failed_commands: bool,
     /// Keys, databases and commands to leave out; `None` copies everything.
     pub filter: Option<std::sync::Arc<ferry_source::Filter>>,
     /// Source db → target db.
@@ -264,6 +266,7 @@ pub struct FileConfig {
     pub big_key_threshold: Option<usize>,
     pub big_key_elements: Option<u64>,
     pub skip_unsupported: Option<bool>,
+    pub skip_failed_commands: Option<bool>,
     #[serde(default)]
     pub filter: FilterConfig,
     /// "source:target,…", e.g. "0:0,1:0,5:3".
@@ -428,6 +431,10 @@ impl FileConfig {
                 .skip_unsupported
                 .or(self.skip_unsupported)
                 .unwrap_or(false),
+            skip_failed_commands: over
+                .skip_failed_commands
+                .or(self.skip_failed_commands)
+                .unwrap_or(false),
             filter: over.filter.or(self.filter).resolve()?,
             db_map: scope::parse_db_map(over.db_map.or(self.db_map))?,
             fence: None,
@@ -438,6 +445,24 @@ impl FileConfig {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn skip_failed_commands_from_the_file() {
+        let text = "source = \"127.0.0.1:1\"\ntarget = \"127.0.0.1:2\"\n";
+        let off: FileConfig = toml::from_str(text).unwrap();
+        assert!(
+            !off.merge(FileConfig::default())
+                .unwrap()
+                .skip_failed_commands
+        );
+        let on: FileConfig =
+            toml::from_str(&format!("{text}skip_failed_commands = true\n")).unwrap();
+        assert!(
+            on.merge(FileConfig::default())
+                .unwrap()
+                .skip_failed_commands
+        );
+    }
 
     #[test]
     fn merges_file_and_flags() {

@@ -116,6 +116,7 @@ impl JobError {
                     | TargetError::Incompatible { .. }
                     | TargetError::NotEmpty { .. }
                     | TargetError::FlushRefused { .. }
+                    | TargetError::CommandFailed { .. }
             ) | JobError::Source(SourceError::BacklogGone { .. })
                 | JobError::GaveUp { .. }
                 | JobError::CannotRecopy(_)
@@ -783,6 +784,7 @@ async fn attempt_shard(
         unrecorded.then(|| (ferry_target::owner::key(&config.name), ownership.as_str()));
     wopts.flush_slots = slots;
     wopts.skip_unsupported = config.skip_unsupported;
+    wopts.skip_failed_commands = config.skip_failed_commands;
     wopts.slot_offsets = slot_offsets;
     wopts.client_name = client_name;
     // Fencing of the cluster writer's own sends, reconnects and resends: it asks the

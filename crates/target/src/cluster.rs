@@ -49,10 +49,13 @@ use tracing::{debug, info, warn};
 use crate::checkpoint::{self, is_checkpoint_key, Checkpoint, PREFIX};
 use crate::compat::{Compat, Routed};
 use crate::error::TargetError;
+use crate::failed::{is_transient, Failures};
 use crate::rewrite::Cmd;
 use crate::slot::{self, key_slot, slot_tag, SlotMap, SLOTS};
 use crate::version::ServerVersion;
-use crate::writer::{check_reply, lossy, write_restore, Expect, WriteSummary, WriterOptions};
+use crate::writer::{
+    check_reply, command_failed, lossy, write_restore, Expect, TxnCmd, WriteSummary, WriterOptions,
+};
 
 /// A redirected batch is retried this long before the writer gives up.
 const REDIRECT_PATIENCE: Duration = Duration::from_secs(120);
@@ -175,6 +178,9 @@ struct Unit {
     expects: Expects,
     /// Source offsets of the stream events it applies (each counted in `unacked`).
     offsets: Vec<u64>,
+    /// A transaction: per event of `offsets`, how many commands it queued and its source
+    /// db, to name a command that fails inside the `EXEC`.
+    spans: Vec<(u32, u32)>,
     /// Its slot checkpoint records this offset (a checkpointed transaction).
     checkpoint: Option<u64>,
     records: u64,
@@ -294,6 +300,7 @@ impl Unit {
             bytes,
             expects: expects.into(),
             offsets: Vec::new(),
+            spans: Vec::new(),
             checkpoint: None,
             records: 0,
             keys: 0,
@@ -336,7 +343,7 @@ impl Unit {
             return format!(
                 "a transaction of {} command(s) ({}…)",
                 names.len(),
-                names.first().map(|(n, _)| upper(n)).unwrap_or_default()
+                names.first().map(|c| upper(&c.name)).unwrap_or_default()
             );
         }
         match self.expects.as_slice().first() {
@@ -352,7 +359,7 @@ impl Unit {
             Some(Expect::Rewrite { key, .. }) => {
                 format!("key {:?} rewritten into commands", lossy(key))
             }
-            Some(Expect::Queued { name }) => upper(name),
+            Some(Expect::Queued { name, .. }) => upper(name),
             Some(Expect::Control { what }) => what.to_string(),
             Some(Expect::FunctionLoad) => "FUNCTION LOAD".into(),
             Some(Expect::ScriptLoad) => "SCRIPT LOAD".into(),
@@ -519,6 +526,7 @@ fn spawn_node(
     reports: mpsc::UnboundedSender<Report>,
     client_name: Option<String>,
     valid: Option<StillValid>,
+    failures: Failures,
 ) -> mpsc::UnboundedSender<NodeBatch> {
     let (tx, mut rx) = mpsc::unbounded_channel::<NodeBatch>();
     tokio::spawn(async move {
@@ -560,6 +568,7 @@ fn spawn_node(
             addr.clone(),
             reports.clone(),
             dead.clone(),
+            failures.clone(),
         ));
         let mut out = BytesMut::new();
         while let Some(first) = rx.recv().await {
@@ -601,6 +610,7 @@ async fn read_node(
     addr: String,
     reports: mpsc::UnboundedSender<Report>,
     dead: CancellationToken,
+    failures: Failures,
 ) {
     loop {
         let next = tokio::select! {
@@ -621,9 +631,19 @@ async fn read_node(
             let answer = match &unit.expects {
                 Expects::Pack(ends) => read_pack(&mut rd, &mut buf, &dead, &addr, unit, ends).await,
                 Expects::Txn { queued, must_exist } => {
-                    read_txn(&mut rd, &mut buf, &dead, &addr, unit, *queued, *must_exist).await
+                    read_txn(
+                        &mut rd,
+                        &mut buf,
+                        &dead,
+                        &addr,
+                        unit,
+                        *queued,
+                        *must_exist,
+                        &failures,
+                    )
+                    .await
                 }
-                _ => read_unit(&mut rd, &mut buf, &dead, &addr, unit).await,
+                _ => read_unit(&mut rd, &mut buf, &dead, &addr, unit, &failures).await,
             };
             match answer {
                 Ok(a) => results.push(a),
@@ -704,6 +724,7 @@ async fn read_unit(
     dead: &CancellationToken,
     addr: &str,
     unit: &Unit,
+    failures: &Failures,
 ) -> Result<Answer, Stop> {
     let mut refused = None;
     for expect in unit.expects.as_slice() {
@@ -726,7 +747,14 @@ async fn read_unit(
                 }
                 _ => check_reply(expect, &reply, addr),
             };
-            checked.map_err(Stop::Failed)?;
+            match checked {
+                // A stream command sent on its own (no checkpoints) failed: nothing else
+                // depends on it.
+                Err(e @ TargetError::CommandFailed { .. }) => {
+                    failures.handle(e).map_err(Stop::Failed)?
+                }
+                r => r.map_err(Stop::Failed)?,
+            }
         }
     }
     Ok(refused.map_or(Answer::Applied, Answer::Refused))
@@ -777,6 +805,7 @@ async fn read_txn(
     unit: &Unit,
     queued: u32,
     must_exist: bool,
+    failures: &Failures,
 ) -> Result<Answer, Stop> {
     let rejected = |command: String, message: &[u8]| {
         Stop::Failed(TargetError::Rejected {
@@ -809,9 +838,19 @@ async fn read_txn(
             }
             // Replies after a refusal only echo it.
             None if refused.is_some() => {}
+            // Refused at queue time, the EXEC is aborted whole (nothing applied): a retry
+            // would meet the same refusal, and skipping would drop the batch, so it stops.
             None => {
-                let name = txn_command_name(&unit.bytes, i);
-                return Err(rejected(format!("{name} (inside MULTI)"), &m));
+                let failed = (!is_transient(&m))
+                    .then(|| txn_failure(unit, i, &m, addr))
+                    .flatten();
+                return Err(match failed {
+                    Some(e) => Stop::Failed(e),
+                    None => {
+                        let name = txn_command_name(&unit.bytes, i);
+                        rejected(format!("{name} (inside MULTI)"), &m)
+                    }
+                });
             }
         }
     }
@@ -842,11 +881,15 @@ async fn read_txn(
                         .iter()
                         .position(|&b| b == b'\r')
                         .map_or(len, |e| p + e);
-                    let name = txn_command_name(&unit.bytes, i);
-                    return Err(rejected(
-                        format!("{name} (in a checkpointed batch)"),
-                        &reply[p + 1..end],
-                    ));
+                    let m = &reply[p + 1..end];
+                    match txn_failure(unit, i, m, addr) {
+                        // The rest of the transaction, and its checkpoint, are applied.
+                        Some(e) => failures.handle(e).map_err(Stop::Failed)?,
+                        None => {
+                            let name = txn_command_name(&unit.bytes, i);
+                            return Err(rejected(format!("{name} (in a checkpointed batch)"), m));
+                        }
+                    }
                 }
                 match frame::frame_len(&reply[p..]) {
                     Ok(Some(n)) => p += n,
@@ -877,6 +920,43 @@ async fn read_txn(
 }
 
 const QUEUED: &[u8] = b"+QUEUED\r\n";
+
+/// The error naming the `i`th command queued in a transaction unit, read back from the
+/// bytes it sent (only when an error needs it) with its offset and db from the unit's
+/// events; `None` for ferry's own checkpoint `SET`, which is no source command.
+fn txn_failure(unit: &Unit, i: usize, message: &[u8], addr: &str) -> Option<TargetError> {
+    let mut first = 0usize;
+    let (offset, db) = unit
+        .offsets
+        .iter()
+        .zip(&unit.spans)
+        .find_map(|(&o, &(n, db))| {
+            first += n as usize;
+            (i < first).then_some((o, db))
+        })?;
+    let argv = txn_command_argv(&unit.bytes, i)?;
+    Some(command_failed(
+        addr,
+        argv.first()?,
+        argv.get(1),
+        db,
+        offset,
+        message,
+    ))
+}
+
+/// The `i`th command queued in one of ferry's transactions (`MULTI` first), parsed back.
+fn txn_command_argv(bytes: &Bytes, i: usize) -> Option<Vec<Bytes>> {
+    let mut buf = BytesMut::from(bytes.as_ref());
+    let mut n = 0;
+    while let Ok(Some((f, _))) = frame::parse(&mut buf) {
+        if n == i + 1 {
+            return f.into_argv();
+        }
+        n += 1;
+    }
+    None
+}
 
 /// The name (upper-cased) of the `i`th command queued in one of ferry's transactions, read
 /// back from the bytes it sent (`MULTI` first): for an error message.
@@ -955,13 +1035,17 @@ pub async fn write_cluster(
         });
     }
     info!(target = %addr, masters = map.masters.len(), version = ?version.as_ref().map(|v| v.to_string()), "cluster target connected");
-    let compat = Compat::new(
+    let mut compat = Compat::new(
         version,
         opts.overwrite,
         opts.skip_unsupported,
         opts.big_value_bytes,
         &addr,
     );
+    compat.failures = opts.skip_failed_commands.then(|| Failures {
+        skip: true,
+        stats: stats.clone(),
+    });
     let (reports_tx, reports) = mpsc::unbounded_channel();
     let limit = (opts.batch_bytes * opts.max_batches_in_flight.max(1)).max(1 << 20);
     let addrs: Vec<String> = map.masters.iter().map(Endpoint::addr).collect();
@@ -1346,10 +1430,14 @@ impl ClusterWriter {
         let reports = self.reports_tx.clone();
         let name = self.opts.client_name.clone();
         let valid = self.opts.still_valid.clone();
+        let failures = Failures {
+            skip: self.opts.skip_failed_commands,
+            stats: self.stats.clone(),
+        };
         let node = self
             .nodes
             .entry(addr.clone())
-            .or_insert_with(|| spawn_node(ep.clone(), reports, name, valid));
+            .or_insert_with(|| spawn_node(ep.clone(), reports, name, valid, failures));
         let weight = units.iter().map(Unit::weight).sum();
         let units = Arc::new(units);
         let batch = NodeBatch {
@@ -1415,6 +1503,7 @@ impl ClusterWriter {
                         }
                         t.1 += cmds.len() as u32;
                         t.2.offsets.push(offset);
+                        t.2.spans.push((cmds.len() as u32, db));
                         t.2.records += records;
                         last = (offset, db);
                         if ckpt_key.is_none() {
@@ -1432,7 +1521,10 @@ impl ClusterWriter {
                                 vec![Expect::Command {
                                     name: c[0].clone(),
                                     key: c.get(1).cloned(),
-                                    offset: None,
+                                    // For an error naming it (the cluster writer tracks
+                                    // applied offsets by unit, not by this).
+                                    offset: Some(offset),
+                                    db,
                                 }],
                             );
                             if i == 0 {
@@ -1574,6 +1666,17 @@ impl ClusterWriter {
                     return Ok(());
                 }
                 self.check_db(db)?;
+                if let Err(e) = self.compat.check_arguments(db, &argv, offset) {
+                    match &self.compat.failures {
+                        // Gone past: its bytes still move the checkpoint.
+                        Some(f) => f.handle(e)?,
+                        None => return Err(e),
+                    }
+                    if self.src_txn.is_none() {
+                        self.mark(offset, db);
+                    }
+                    return Ok(());
+                }
                 self.command(db, argv, offset).await
             }
             Event::Offset { offset, db } => {
@@ -1859,6 +1962,7 @@ impl ClusterWriter {
                     name: argv[0].clone(),
                     key: None,
                     offset: None,
+                    db: 0,
                 },
             };
             let mut u = Unit::new(bytes.clone(), vec![expect]);
@@ -1883,17 +1987,25 @@ impl ClusterWriter {
             frame::write_command(&mut buf, &argv);
             frame::write_command(&mut buf, &[b"SET".as_ref(), &key, value.as_bytes()]);
             frame::write_command(&mut buf, &[b"EXEC"]);
-            let checkpoint = Bytes::from_static(b"SET checkpoint");
             let expects = vec![
                 Expect::Control { what: "MULTI" },
                 Expect::Queued {
                     name: argv[0].clone(),
+                    key: None,
+                    at: Some((offset, db)),
                 },
-                Expect::Queued {
-                    name: checkpoint.clone(),
-                },
+                Expect::queued(b"SET checkpoint"),
                 Expect::Exec {
-                    names: vec![(argv[0].clone(), true), (checkpoint, false)],
+                    names: vec![
+                        TxnCmd {
+                            name: argv[0].clone(),
+                            key: None,
+                            db,
+                            offset,
+                            counted: true,
+                        },
+                        TxnCmd::own(b"SET checkpoint"),
+                    ],
                     offset: None,
                     folded: 0,
                     must_exist: None,

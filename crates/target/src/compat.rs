@@ -73,6 +73,8 @@ pub(crate) struct Compat {
     pub skipped: u64,
     /// The big value being written chunk by chunk.
     big: Option<BigKey>,
+    /// Where a replicated command the target cannot run goes (see [`crate::failed`]).
+    pub(crate) failures: Option<crate::failed::Failures>,
 }
 
 /// A big value in progress; `chunker` is `None` while its chunks are being dropped
@@ -109,6 +111,7 @@ impl Compat {
             rewritten: 0,
             skipped: 0,
             big: None,
+            failures: None,
         }
     }
 
@@ -172,6 +175,16 @@ impl Compat {
                     Some(t) => adapt_command(t, argv).map_err(|m| self.incompatible(m))?,
                     None => argv,
                 };
+                // What translation left that the target cannot run.
+                if let Err(e) = self.check_arguments(db, &argv, offset) {
+                    return match &self.failures {
+                        // Gone past: its bytes still move the checkpoint.
+                        Some(f) => f
+                            .handle(e)
+                            .map(|()| Routed::Pass(Event::Offset { offset, db })),
+                        None => Err(e),
+                    };
+                }
                 Ok(Routed::Pass(Event::Command { db, argv, offset }))
             }
             Event::BigEntryStart(e) => {
@@ -269,6 +282,35 @@ impl Compat {
         }
     }
 
+    /// Refuses, before it is sent, a replicated command using an argument the target's
+    /// version lacks ([`crate::compat_args`]): inside ferry's transaction it would fail at
+    /// `EXEC` after the rest of the batch and its checkpoint are applied.
+    pub(crate) fn check_arguments(
+        &self,
+        db: u32,
+        argv: &[Bytes],
+        offset: u64,
+    ) -> Result<(), TargetError> {
+        let Some(t) = &self.target else {
+            return Ok(());
+        };
+        let Some((arg, since)) = crate::compat_args::unsupported_argument(redis_level(t), argv)
+        else {
+            return Ok(());
+        };
+        Err(TargetError::CommandFailed {
+            addr: self.addr.clone(),
+            command: lossy(&argv[0]).to_uppercase(),
+            key: argv.get(1).map(|k| lossy(k)).unwrap_or_default(),
+            db,
+            offset,
+            message: format!(
+                "its argument {arg} needs Redis {}.{}+, the target is {t}; upgrade the target",
+                since.0, since.1
+            ),
+        })
+    }
+
     fn big_commands(&self, big: &BigKey, cmds: Vec<Cmd>, completes_key: bool) -> Routed {
         if cmds.is_empty() {
             return Routed::Drop;
@@ -362,8 +404,9 @@ const INTRODUCED: &[(&str, (u32, u32), u32)] = &[
 /// Translated: `SET … PXAT|EXAT` → `SET … PX` (relative to now) and `SET … GET` → `SET`
 /// before 6.2; `LMOVE src dst RIGHT LEFT` → `RPOPLPUSH` before 6.2; the stream counters
 /// (`XSETID … ENTRIESADDED|MAXDELETEDID`, `XGROUP CREATE|SETID … ENTRIESREAD`) dropped before
-/// 7.0 (the older target has nowhere to keep them). Everything else that is newer than the
-/// target is an error naming the command.
+/// 7.0 (the older target has nowhere to keep them), `EXPIRE`-family `NX|XX|GT|LT` dropped
+/// before 7.0. A command newer than the target is an error naming it; arguments newer than
+/// the target are refused afterwards by [`crate::compat_args`].
 pub fn adapt_command(t: &ServerVersion, mut argv: Vec<Bytes>) -> Result<Vec<Bytes>, String> {
     let Some(name) = argv.first().map(|n| n.to_ascii_uppercase()) else {
         return Ok(argv);
@@ -432,22 +475,24 @@ pub fn adapt_command(t: &ServerVersion, mut argv: Vec<Bytes>) -> Result<Vec<Byte
             }
             Ok(out)
         }
+        // The source replicates `EXPIRE … NX|XX|GT|LT` (as `PEXPIREAT k ms FLAG`) only when
+        // the condition held and the TTL was set, so without the flag it is the same write.
+        "EXPIRE" | "PEXPIRE" | "EXPIREAT" | "PEXPIREAT"
+            if level < (7, 0)
+                && argv.len() == 4
+                && [b"NX".as_ref(), b"XX", b"GT", b"LT"]
+                    .iter()
+                    .any(|f| argv[3].eq_ignore_ascii_case(f)) =>
+        {
+            argv.truncate(3);
+            Ok(argv)
+        }
         "XSETID" if level < (7, 0) => Ok(strip_options(
             argv,
             3,
             &[b"ENTRIESADDED".as_ref(), b"MAXDELETEDID"],
         )),
         "XGROUP" if level < (7, 0) => Ok(strip_options(argv, 5, &[b"ENTRIESREAD".as_ref()])),
-        "XADD" | "XTRIM" if level < (6, 2) => {
-            for a in argv.iter().skip(2) {
-                for opt in ["NOMKSTREAM", "MINID", "LIMIT"] {
-                    if a.eq_ignore_ascii_case(opt.as_bytes()) {
-                        return Err(lacks(&format!("{name} … {opt}"), (6, 2)));
-                    }
-                }
-            }
-            Ok(argv)
-        }
         _ => Ok(argv),
     }
 }
@@ -534,7 +579,16 @@ mod tests {
             text(&adapt_command(&old, args("XGROUP SETID s g 5-0 ENTRIESREAD 3")).unwrap()),
             "XGROUP SETID s g 5-0"
         );
-        assert!(adapt_command(&v("redis", 5, 0), args("XADD s MINID 5 * f v")).is_err());
+        // Refused by `compat_args` (a named, skippable failure), not here.
+        assert!(adapt_command(&v("redis", 5, 0), args("XADD s MINID 5 * f v")).is_ok());
+        assert_eq!(
+            text(&adapt_command(&old, args("PEXPIREAT k 99 NX")).unwrap()),
+            "PEXPIREAT k 99"
+        );
+        assert_eq!(
+            text(&adapt_command(&v("redis", 7, 0), args("PEXPIREAT k 99 GT")).unwrap()),
+            "PEXPIREAT k 99 GT"
+        );
         let new = v("redis", 7, 4);
         assert_eq!(
             text(&adapt_command(&new, args("SET k v PXAT 5 GET")).unwrap()),

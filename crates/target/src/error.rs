@@ -12,6 +12,18 @@ pub enum TargetError {
         command: String,
         message: String,
     },
+    /// A replicated command the target refused or failed (an error reply, inside an `EXEC`
+    /// or not): the rest of its batch and the batch's checkpoint may be committed, so a
+    /// retry would resume past it and the target would differ for good.
+    #[error("{addr}: the target refused {command} {key:?} (source db {db}, replication offset {offset}): {message}; the target no longer matches the source: remove the cause (a key written on the target, an older target) and start again, or pass --skip-failed-commands to log, count and go past such commands")]
+    CommandFailed {
+        addr: String,
+        command: String,
+        key: String,
+        db: u32,
+        offset: u64,
+        message: String,
+    },
     #[error("{addr}: {message}")]
     Incompatible { addr: String, message: String },
     /// The target holds keys this job did not write, and the user did not say they may stay.

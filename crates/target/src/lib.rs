@@ -5,8 +5,10 @@
 pub mod checkpoint;
 pub mod cluster;
 pub mod compat;
+pub mod compat_args;
 pub mod dbmap;
 pub mod error;
+mod failed;
 pub mod fence;
 pub mod flush;
 pub mod owner;

@@ -21,6 +21,7 @@ use crate::checkpoint::is_checkpoint_key;
 use crate::compat::{Compat, Routed};
 use crate::dbmap::DbMap;
 use crate::error::TargetError;
+use crate::failed::{is_transient, Failures};
 use crate::rewrite::{Check, Cmd};
 use crate::version::ServerVersion;
 
@@ -70,6 +71,9 @@ pub struct WriterOptions {
     /// Cluster target: checked before every batch, reconnection and resend; once it says
     /// `false` the writer stops with [`TargetError::Fenced`] (see [`crate::cluster::StillValid`]).
     pub still_valid: Option<crate::cluster::StillValid>,
+    /// A replicated command the target refuses is logged, counted and gone past instead of
+    /// stopping the job (see [`crate::failed`]).
+    pub skip_failed_commands: bool,
 }
 
 impl WriterOptions {
@@ -91,6 +95,7 @@ impl WriterOptions {
             slot_offsets: None,
             client_name: None,
             still_valid: None,
+            skip_failed_commands: false,
         }
     }
 }
@@ -108,14 +113,18 @@ pub(crate) enum Expect {
         name: Bytes,
         key: Option<Bytes>,
         offset: Option<u64>,
+        db: u32,
     },
     /// `MULTI`, `SELECT`: protocol replies that must be OK.
     Control {
         what: &'static str,
     },
-    /// A command queued inside MULTI: `+QUEUED`.
+    /// A command queued inside MULTI: `+QUEUED`; for an error, the source command's key
+    /// and (offset, db) when it is one.
     Queued {
         name: Bytes,
+        key: Option<Bytes>,
+        at: Option<(u64, u32)>,
     },
     /// Nothing was sent: everything of the snapshot before it is applied.
     SnapshotApplied,
@@ -132,9 +141,9 @@ pub(crate) enum Expect {
         must_exist: bool,
     },
     /// The `EXEC` closing one of ferry's own transactions: one reply per queued command
-    /// (`names`, with `true` for the source's commands that count as records).
+    /// (`names`, with `counted` for the source's commands that count as records).
     Exec {
-        names: Vec<(Bytes, bool)>,
+        names: Vec<TxnCmd>,
         offset: Option<u64>,
         /// The source's own MULTI/EXEC folded into this transaction: applied records too.
         folded: u64,
@@ -150,6 +159,42 @@ pub(crate) enum Expect {
         check: Check,
         last: bool,
     },
+}
+
+/// One command queued in a transaction, for the error naming it should it fail in `EXEC`
+/// (the names and keys are shared `Bytes` of the event: no copy).
+#[derive(Debug, Clone)]
+pub(crate) struct TxnCmd {
+    pub name: Bytes,
+    pub key: Option<Bytes>,
+    pub db: u32,
+    pub offset: u64,
+    /// A source command that counts as a record (not ferry's `SELECT` or checkpoint).
+    pub counted: bool,
+}
+
+impl TxnCmd {
+    /// Ferry's own command inside its transaction (`SELECT`, the checkpoint's `SET`).
+    pub(crate) fn own(name: &'static [u8]) -> TxnCmd {
+        TxnCmd {
+            name: Bytes::from_static(name),
+            key: None,
+            db: 0,
+            offset: 0,
+            counted: false,
+        }
+    }
+}
+
+impl Expect {
+    /// `+QUEUED` expected for one of ferry's own commands.
+    pub(crate) fn queued(name: &'static [u8]) -> Expect {
+        Expect::Queued {
+            name: Bytes::from_static(name),
+            key: None,
+            at: None,
+        }
+    }
 }
 
 /// Turns events into RESP in a reused buffer, tracking the connection's database and
@@ -172,7 +217,7 @@ struct Encoder {
     /// Inside a source MULTI whose EXEC has not arrived: the batch cannot end here.
     src_multi: bool,
     /// Commands queued in ferry's open transaction and the offset it will record.
-    txn_names: Vec<(Bytes, bool)>,
+    txn_names: Vec<TxnCmd>,
     /// Source offset and database the transaction's checkpoint will record.
     txn_offset: Option<(u64, u32)>,
     txn_open: bool,
@@ -233,9 +278,8 @@ impl Encoder {
                 &[b"SELECT".as_ref(), db.to_string().as_bytes()],
             );
             self.expects.push(if self.in_multi {
-                Expect::Queued {
-                    name: Bytes::from_static(b"SELECT"),
-                }
+                self.txn_names.push(TxnCmd::own(b"SELECT"));
+                Expect::queued(b"SELECT")
             } else {
                 Expect::Control { what: "SELECT" }
             });
@@ -248,10 +292,7 @@ impl Encoder {
     }
 
     fn queue_select_target(&mut self, db: u32) {
-        if self.db != Some(db) {
-            self.txn_names.push((Bytes::from_static(b"SELECT"), false));
-            self.select_target(db);
-        }
+        self.select_target(db);
     }
 
     /// Writes the checkpoint with `GETSET`: its old value tells whether the key was still
@@ -292,11 +333,8 @@ impl Encoder {
             if self.set_checkpoint(&key, value) {
                 must_exist = Some(key.clone());
             }
-            self.txn_names
-                .push((Bytes::from_static(b"SET checkpoint"), false));
-            self.expects.push(Expect::Queued {
-                name: Bytes::from_static(b"SET checkpoint"),
-            });
+            self.txn_names.push(TxnCmd::own(b"SET checkpoint"));
+            self.expects.push(Expect::queued(b"SET checkpoint"));
         }
         frame::write_command(&mut self.buf, &[b"EXEC"]);
         self.expects.push(Expect::Exec {
@@ -346,8 +384,19 @@ impl Encoder {
             self.checkpoint_exists = false;
         }
         frame::write_command(&mut self.buf, &argv);
-        self.expects.push(Expect::Queued { name: name.clone() });
-        self.txn_names.push((argv[0].clone(), true));
+        let key = argv.get(1).cloned();
+        self.expects.push(Expect::Queued {
+            name: name.clone(),
+            key: key.clone(),
+            at: Some((offset, db)),
+        });
+        self.txn_names.push(TxnCmd {
+            name: name.clone(),
+            key,
+            db,
+            offset,
+            counted: true,
+        });
         if !self.src_multi {
             self.txn_offset = Some((offset, db));
         }
@@ -462,23 +511,49 @@ impl Encoder {
                 let name = argv[0].clone();
                 let expect = if name.eq_ignore_ascii_case(b"MULTI") {
                     self.in_multi = true;
+                    self.txn_names.clear();
                     Expect::Control { what: "MULTI" }
+                } else if name.eq_ignore_ascii_case(b"EXEC") && self.in_multi {
+                    // The source's own transaction passed through: its commands (counted as
+                    // they were queued) are named if one fails inside the EXEC.
+                    self.in_multi = false;
+                    Expect::Exec {
+                        names: std::mem::take(&mut self.txn_names),
+                        offset: Some(offset),
+                        folded: 1,
+                        must_exist: None,
+                    }
                 } else if name.eq_ignore_ascii_case(b"EXEC")
                     || name.eq_ignore_ascii_case(b"DISCARD")
                 {
                     self.in_multi = false;
+                    self.txn_names.clear();
                     Expect::Command {
                         name,
                         key: None,
                         offset: Some(offset),
+                        db,
                     }
                 } else if self.in_multi {
-                    Expect::Queued { name }
+                    let key = argv.get(1).cloned();
+                    self.txn_names.push(TxnCmd {
+                        name: name.clone(),
+                        key: key.clone(),
+                        db,
+                        offset,
+                        counted: false,
+                    });
+                    Expect::Queued {
+                        name,
+                        key,
+                        at: Some((offset, db)),
+                    }
                 } else {
                     Expect::Command {
                         key: argv.get(1).cloned(),
                         name,
                         offset: Some(offset),
+                        db,
                     }
                 };
                 self.expects.push(expect);
@@ -604,6 +679,10 @@ pub async fn write(
         addr.clone(),
         stats.clone(),
         opts.checkpoint_key.is_some(),
+        Failures {
+            skip: opts.skip_failed_commands,
+            stats: stats.clone(),
+        },
     ));
 
     let mut enc = Encoder::new(&opts);
@@ -624,6 +703,10 @@ pub async fn write(
         opts.big_value_bytes,
         &addr,
     );
+    compat.failures = opts.skip_failed_commands.then(|| Failures {
+        skip: true,
+        stats: stats.clone(),
+    });
     let result: Result<(), TargetError> = async {
         loop {
             if enc.pending.is_some() {
@@ -756,6 +839,7 @@ async fn read_replies(
     addr: String,
     stats: Arc<ShardStats>,
     checkpointed: bool,
+    failures: Failures,
 ) -> Result<WriteSummary, TargetError> {
     let mut summary = WriteSummary::default();
     // The batch being answered, consumed in place (moving each batch into a VecDeque
@@ -822,7 +906,27 @@ async fn read_replies(
                 .into());
             }
         };
-        check_reply(&expect, &reply, &addr)?;
+        match (&expect, &reply) {
+            // Each command that failed inside a committed EXEC: the rest of it is applied.
+            (
+                Expect::Exec {
+                    names, must_exist, ..
+                },
+                Frame::Array(items),
+            ) => {
+                checkpoint_kept(must_exist.as_ref(), items, &addr)?;
+                for e in exec_failures(names, items, &addr) {
+                    failures.handle(e)?;
+                }
+            }
+            // Refused at queue time, the whole EXEC is aborted: skipping the one command
+            // would drop its batch, so this always stops.
+            (Expect::Queued { .. }, _) => check_reply(&expect, &reply, &addr)?,
+            _ => match check_reply(&expect, &reply, &addr) {
+                Err(e @ TargetError::CommandFailed { .. }) => failures.handle(e)?,
+                r => r?,
+            },
+        }
         match expect {
             Expect::Restore { .. } => {
                 summary.keys += 1;
@@ -846,7 +950,7 @@ async fn read_replies(
                 folded,
                 ..
             } => {
-                let n = names.iter().filter(|(_, counted)| *counted).count() as u64 + folded;
+                let n = names.iter().filter(|c| c.counted).count() as u64 + folded;
                 summary.commands += n;
                 stats.records_applied.fetch_add(n, Relaxed);
                 if let Some(o) = offset {
@@ -860,6 +964,67 @@ async fn read_replies(
             }
             _ => {}
         }
+    }
+}
+
+/// The error naming a replicated command the target refused.
+pub(crate) fn command_failed(
+    addr: &str,
+    name: &[u8],
+    key: Option<&Bytes>,
+    db: u32,
+    offset: u64,
+    message: &[u8],
+) -> TargetError {
+    TargetError::CommandFailed {
+        addr: addr.to_string(),
+        command: lossy(name).to_uppercase(),
+        key: key.map(|k| lossy(k)).unwrap_or_default(),
+        db,
+        offset,
+        message: lossy(message),
+    }
+}
+
+/// The commands that failed inside a committed `EXEC`, by their place in it. Ferry's own
+/// commands (`SELECT`, the checkpoint) failing is no source command's fault: those are
+/// [`TargetError::Rejected`].
+fn exec_failures<'a>(
+    names: &'a [TxnCmd],
+    items: &'a [Frame],
+    addr: &'a str,
+) -> impl Iterator<Item = TargetError> + 'a {
+    items.iter().enumerate().filter_map(move |(i, item)| {
+        let Frame::Error(m) = item else {
+            return None;
+        };
+        Some(match names.get(i) {
+            Some(c) if c.name.as_ref() != b"SELECT" && c.name.as_ref() != b"SET checkpoint" => {
+                command_failed(addr, &c.name, c.key.as_ref(), c.db, c.offset, m)
+            }
+            c => TargetError::Rejected {
+                addr: addr.to_string(),
+                command: c.map_or("a command".into(), |c| lossy(&c.name).to_uppercase())
+                    + " (in a checkpointed batch)",
+                message: lossy(m),
+            },
+        })
+    })
+}
+
+/// A transaction that ends with the `GETSET` of a checkpoint that must exist: its old value,
+/// the last reply, must be there, or the target lost data under ferry.
+fn checkpoint_kept(
+    must_exist: Option<&Bytes>,
+    items: &[Frame],
+    addr: &str,
+) -> Result<(), TargetError> {
+    match (must_exist, items.last()) {
+        (Some(key), Some(Frame::Null)) => Err(TargetError::LostData {
+            addr: addr.to_string(),
+            key: lossy(key),
+        }),
+        _ => Ok(()),
     }
 }
 
@@ -880,6 +1045,17 @@ pub(crate) fn check_reply(expect: &Expect, reply: &Frame, addr: &str) -> Result<
                 Err(rejected(format!("RESTORE {:?}", lossy(key)), lossy(m)))
             }
         }
+        (
+            Expect::Command {
+                name,
+                key,
+                offset: Some(offset),
+                db,
+            },
+            Frame::Error(m),
+        ) if !is_transient(m) && !name.eq_ignore_ascii_case(b"EXEC") => {
+            Err(command_failed(addr, name, key.as_ref(), *db, *offset, m))
+        }
         (Expect::Command { name, key, .. }, Frame::Error(m)) => {
             let cmd = match key {
                 Some(k) => format!("{} {:?}", lossy(name).to_uppercase(), lossy(k)),
@@ -887,23 +1063,21 @@ pub(crate) fn check_reply(expect: &Expect, reply: &Frame, addr: &str) -> Result<
             };
             Err(rejected(cmd, lossy(m)))
         }
-        (Expect::Command { name, .. }, Frame::Array(items))
-            if name.eq_ignore_ascii_case(b"EXEC") =>
-        {
-            match items.iter().find(|f| f.is_error()) {
-                Some(Frame::Error(m)) => {
-                    Err(rejected("a command inside MULTI/EXEC".into(), lossy(m)))
-                }
-                _ => Ok(()),
-            }
-        }
         (Expect::Command { name, .. }, Frame::Null) if name.eq_ignore_ascii_case(b"EXEC") => {
             Err(rejected(
                 "EXEC".into(),
                 "transaction aborted (a watched key changed)".into(),
             ))
         }
-        (Expect::Queued { name }, Frame::Error(m)) => Err(rejected(
+        (
+            Expect::Queued {
+                name,
+                key,
+                at: Some((offset, db)),
+            },
+            Frame::Error(m),
+        ) if !is_transient(m) => Err(command_failed(addr, name, key.as_ref(), *db, *offset, m)),
+        (Expect::Queued { name, .. }, Frame::Error(m)) => Err(rejected(
             format!("{} (inside MULTI)", lossy(name).to_uppercase()),
             lossy(m),
         )),
@@ -938,25 +1112,11 @@ pub(crate) fn check_reply(expect: &Expect, reply: &Frame, addr: &str) -> Result<
             },
             Frame::Array(items),
         ) => {
-            if let (Some(key), Some(Frame::Null)) = (must_exist, items.last()) {
-                return Err(TargetError::LostData {
-                    addr: addr.to_string(),
-                    key: lossy(key),
-                });
+            checkpoint_kept(must_exist.as_ref(), items, addr)?;
+            match exec_failures(names, items, addr).next() {
+                Some(e) => Err(e),
+                None => Ok(()),
             }
-            for (i, item) in items.iter().enumerate() {
-                if let Frame::Error(m) = item {
-                    let name = names
-                        .get(i)
-                        .map(|(n, _)| lossy(n).to_uppercase())
-                        .unwrap_or_else(|| "a command".into());
-                    return Err(rejected(
-                        format!("{name} (in a checkpointed batch)"),
-                        lossy(m),
-                    ));
-                }
-            }
-            Ok(())
         }
         (
             Expect::Rewrite {

@@ -401,33 +401,35 @@ fn snapshot_keys_refused_by_a_migrating_slot_are_resent_alone() {
 }
 
 /// A stream command the target rejects inside one of the writer's transactions stops the
-/// writer with an error naming that command (read back from the bytes sent) and giving the
-/// target's message: an error in `EXEC`'s replies, and a command refused when queued.
+/// writer with a permanent error naming that command and its key (read back from the bytes
+/// sent) and giving the target's message: an error in `EXEC`'s replies, and a command
+/// refused when queued.
 #[test]
 fn a_rejected_stream_command_is_named() {
     let cluster = Cluster::start(3, 0);
     cluster.cmd_routed_str(&["RPUSH", "list", "x"]);
-    let cases: [(&[&str], &str, &str); 2] = [
-        (
-            &["INCR", "list"],
-            "INCR (in a checkpointed batch)",
-            "WRONGTYPE",
-        ),
+    let cases: [(&[&str], &str, &str, &str); 2] = [
+        (&["INCR", "list"], "INCR", "list", "WRONGTYPE"),
         (
             &["SET", "lonely"],
-            "SET (inside MULTI)",
+            "SET",
+            "lonely",
             "wrong number of arguments",
         ),
     ];
-    for (words, command_is, message_has) in cases {
+    for (words, command_is, key_is, message_has) in cases {
         let mut run = Run::start(&cluster);
         run.set_keys("before", 20);
         run.command(words);
         match run.finish() {
-            Err(TargetError::Rejected {
-                command, message, ..
+            Err(TargetError::CommandFailed {
+                command,
+                key,
+                message,
+                ..
             }) => {
                 assert_eq!(command, command_is);
+                assert_eq!(key, key_is);
                 assert!(message.contains(message_has), "{message}");
             }
             other => panic!("expected {command_is} to be rejected, got {other:?}"),

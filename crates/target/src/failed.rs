@@ -1,0 +1,77 @@
+//! Replicated commands the target refuses: by default the writer stops with
+//! [`TargetError::CommandFailed`] (permanent: the rest of the batch and its checkpoint may
+//! be committed, so a retry would resume past the command); under
+//! `--skip-failed-commands` each is logged, counted in
+//! [`ShardStats::commands_failed`](ferry_source::ShardStats) and gone past.
+
+use std::sync::atomic::Ordering::Relaxed;
+use std::sync::Arc;
+
+use ferry_source::ShardStats;
+use tracing::warn;
+
+use crate::error::TargetError;
+
+/// Where a command refused by the target goes: an error, or a warning and a count.
+#[derive(Debug, Clone)]
+pub(crate) struct Failures {
+    pub skip: bool,
+    pub stats: Arc<ShardStats>,
+}
+
+impl Failures {
+    /// `Ok` when `e` is a failed command and the user chose to skip such commands.
+    pub fn handle(&self, e: TargetError) -> Result<(), TargetError> {
+        match e {
+            TargetError::CommandFailed {
+                addr,
+                command,
+                key,
+                db,
+                offset,
+                message,
+            } if self.skip => {
+                self.stats.commands_failed.fetch_add(1, Relaxed);
+                warn!(target = %addr, %command, %key, db, offset, error = %message, "skipped a command the target refused (--skip-failed-commands)");
+                Ok(())
+            }
+            e => Err(e),
+        }
+    }
+}
+
+/// Errors a master gives for a moment (memory full, loading, a failover, a busy script):
+/// refused at queue time they abort the `EXEC` whole, so nothing was applied and a retry
+/// can succeed. Any other refusal is the command's own and would recur.
+pub(crate) fn is_transient(message: &[u8]) -> bool {
+    const TRANSIENT: &[&[u8]] = &[
+        b"OOM",
+        b"BUSY",
+        b"LOADING",
+        b"READONLY",
+        b"MASTERDOWN",
+        b"TRYAGAIN",
+        b"CLUSTERDOWN",
+        b"NOREPLICAS",
+        b"MOVED",
+        b"ASK",
+    ];
+    TRANSIENT
+        .iter()
+        .any(|p| message.starts_with(p) && message.get(p.len()).is_none_or(|&b| b == b' '))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn transient_refusals() {
+        assert!(is_transient(b"OOM command not allowed"));
+        assert!(is_transient(b"MOVED 3999 127.0.0.1:6381"));
+        assert!(is_transient(b"BUSY Redis is busy running a script"));
+        assert!(!is_transient(b"BUSYKEY Target key name already exists."));
+        assert!(!is_transient(b"ERR unknown command 'FOO'"));
+        assert!(!is_transient(b"WRONGTYPE Operation against a key"));
+    }
+}
