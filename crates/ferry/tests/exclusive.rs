@@ -278,7 +278,8 @@ fn sync_refuses_a_target_in_the_source_cluster() {
     let mut f = Ferry::sync(
         &cluster.seed_url(),
         &target,
-        &["--name", "c", "--overwrite"],
+        // The job's own check (the pre-check refuses the shared address first).
+        &["--name", "c", "--overwrite", "--skip-precheck"],
     );
     let status = f.wait(Duration::from_secs(60));
     let out = f.output();

@@ -630,18 +630,8 @@ async fn read_node(
         for unit in units.iter() {
             let answer = match &unit.expects {
                 Expects::Pack(ends) => read_pack(&mut rd, &mut buf, &dead, &addr, unit, ends).await,
-                Expects::Txn { queued, must_exist } => {
-                    read_txn(
-                        &mut rd,
-                        &mut buf,
-                        &dead,
-                        &addr,
-                        unit,
-                        *queued,
-                        *must_exist,
-                        &failures,
-                    )
-                    .await
+                Expects::Txn { .. } => {
+                    read_txn(&mut rd, &mut buf, &dead, &addr, unit, &failures).await
                 }
                 _ => read_unit(&mut rd, &mut buf, &dead, &addr, unit, &failures).await,
             };
@@ -803,10 +793,12 @@ async fn read_txn(
     dead: &CancellationToken,
     addr: &str,
     unit: &Unit,
-    queued: u32,
-    must_exist: bool,
     failures: &Failures,
 ) -> Result<Answer, Stop> {
+    let (queued, must_exist) = match unit.expects {
+        Expects::Txn { queued, must_exist } => (queued, must_exist),
+        _ => (0, false),
+    };
     let rejected = |command: String, message: &[u8]| {
         Stop::Failed(TargetError::Rejected {
             addr: addr.to_string(),
