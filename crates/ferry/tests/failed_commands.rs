@@ -59,11 +59,11 @@ fn an_option_the_target_lacks_stops_the_job_naming_it() {
     assert!(!out.contains("retrying"), "{out}");
     assert_eq!(target.cmd(&["EXISTS", "z"]), Reply::Int(0));
     assert_eq!(target.cmd(&["EXISTS", "after"]), Reply::Int(0));
-    // Resuming from the checkpoint meets the same command again: it was not skipped.
+    // A rerun does not go past the command: the checkpoint is marked failed.
     let mut again = sync(&source, &target.url(), &[]);
     assert!(!again.wait(LONG).success());
     let out = again.output();
-    assert!(out.contains("ZADD") && out.contains("\"z\""), "{out}");
+    assert!(out.contains("cannot resume"), "{out}");
     assert_eq!(target.cmd(&["EXISTS", "after"]), Reply::Int(0));
 }
 
@@ -96,6 +96,14 @@ fn wrongtype_inside_exec_fails_the_job_for_good() {
     assert!(out.contains(&target.addr()), "{out}");
     assert!(out.contains("--skip-failed-commands"), "{out}");
     assert!(!out.contains("retrying"), "{out}");
+
+    // A rerun does not resume past the refused command: the checkpoint says it stopped.
+    source.cmd(&["SET", "later", "v"]);
+    let mut again = sync(&source, &target.url(), &[]);
+    assert!(!again.wait(LONG).success(), "{}", again.output());
+    let out = again.output();
+    assert!(out.contains("cannot resume"), "{out}");
+    assert!(target.cmd(&["EXISTS", "later"]) == Reply::Int(0), "{out}");
 }
 
 /// The same under `--skip-failed-commands`: logged with its offset, counted, and the job

@@ -65,6 +65,9 @@ pub enum JobError {
     /// The shard is no longer one of the source's (resharded): its task ends.
     #[error("source shard {shard} is no longer in the source's topology (shards now: {shards})")]
     ShardGone { shard: String, shards: String },
+    /// An earlier run stopped at a command the target refused (its checkpoint says so).
+    #[error("an earlier run of this job stopped at a replicated command the target refused (source offset {offset}), and writes after it may have been applied: the target no longer matches the source and the job cannot resume. Empty the target and delete the checkpoint {key:?} to copy again")]
+    StoppedAtFailure { key: String, offset: u64 },
     /// The target lost data under an incremental job, which cannot copy it again.
     #[error("{0}; an incremental job copies only new writes, so it cannot restore what was lost: run the job as full+incremental to copy the source again")]
     CannotRecopy(TargetError),
@@ -101,6 +104,7 @@ impl JobError {
             JobError::GaveUp { last, .. } => last.is_connection(),
             JobError::ShardGone { .. }
             | JobError::CannotRecopy(_)
+            | JobError::StoppedAtFailure { .. }
             | JobError::SameServer(_)
             | JobError::LeaseHeld(_)
             | JobError::LeaseLost(_) => false,
@@ -120,6 +124,7 @@ impl JobError {
             ) | JobError::Source(SourceError::BacklogGone { .. })
                 | JobError::GaveUp { .. }
                 | JobError::CannotRecopy(_)
+                | JobError::StoppedAtFailure { .. }
                 | JobError::SameServer(_)
                 | JobError::LeaseHeld(_)
                 | JobError::LeaseLost(_)
@@ -726,6 +731,12 @@ async fn attempt_shard(
         Some(k) => (checkpoint::load(target, k).await?, None),
         None => (None, None),
     };
+    if let (Some(Checkpoint::Failed { offset }), Some(k)) = (&saved, &ckpt_key) {
+        return Err(JobError::StoppedAtFailure {
+            key: String::from_utf8_lossy(k).into_owned(),
+            offset: *offset,
+        });
+    }
     if let (None, Some(k)) = (&saved, &ckpt_key) {
         if carry.had_checkpoint && !config.source.is_file() {
             return Err(JobError::Target(TargetError::LostData {
@@ -773,7 +784,7 @@ async fn attempt_shard(
     }
     let mut wopts = WriterOptions::new(target.clone());
     wopts.overwrite = config.overwrite;
-    wopts.checkpoint_key = ckpt_key;
+    wopts.checkpoint_key = ckpt_key.clone();
     // ferry flushes only what it owns: a job sharing its target fails a new snapshot instead
     // (unless the user allowed the flush).
     let may_flush = ownership == ferry_target::owner::Ownership::Owned || config.allow_flush;
@@ -862,6 +873,16 @@ async fn attempt_shard(
     };
     // A reader failure only closes the channel (the writer drains and succeeds), while a
     // writer failure makes the reader's sends fail: the writer's error is the cause.
+    if let (Err(TargetError::CommandFailed { offset, .. }), Some(k)) = (&written, &ckpt_key) {
+        // Batches sent after the refused one may still commit with their checkpoints: once
+        // they have (a moment on any link), the checkpoint is marked so that no later run
+        // resumes past the refused command.
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        match checkpoint::mark_failed(target, cluster, k, *offset).await {
+            Ok(()) => warn!(shard = shard_id, offset, "the checkpoint is marked failed: a later run refuses to resume past the refused command"),
+            Err(e) => warn!(shard = shard_id, error = %e, "could not mark the checkpoint failed"),
+        }
+    }
     let summary = written?;
     read?;
     let completed =

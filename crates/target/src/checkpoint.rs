@@ -60,6 +60,10 @@ pub enum Checkpoint {
         offset: u64,
         db: u32,
     },
+    /// The job stopped at a replicated command the target refused, at source offset
+    /// `offset`: batches already in flight may have been applied past it, so the job must not
+    /// resume from here (value `failed - <offset>`).
+    Failed { offset: u64 },
 }
 
 impl Checkpoint {
@@ -67,6 +71,7 @@ impl Checkpoint {
         match self {
             Checkpoint::Snapshot { replid, offset } => format!("snapshot {replid} {offset}"),
             Checkpoint::Stream { replid, offset, db } => format!("stream {replid} {offset} {db}"),
+            Checkpoint::Failed { offset } => format!("failed - {offset}"),
         }
     }
 
@@ -85,6 +90,7 @@ impl Checkpoint {
         }
         match (kind, db) {
             ("snapshot", None) => Some(Checkpoint::Snapshot { replid, offset }),
+            ("failed", None) if replid == "-" => Some(Checkpoint::Failed { offset }),
             ("stream", Some(db)) => Some(Checkpoint::Stream { replid, offset, db }),
             _ => None,
         }
@@ -114,6 +120,23 @@ pub async fn load(target: &Endpoint, key: &[u8]) -> Result<Option<Checkpoint>, T
     }
 }
 
+/// Replaces a shard's checkpoint with [`Checkpoint::Failed`] (on the node holding `key`, its
+/// slot's master on a cluster target), so that no later run resumes past a refused command.
+pub async fn mark_failed(
+    target: &Endpoint,
+    cluster: bool,
+    key: &[u8],
+    offset: u64,
+) -> Result<(), TargetError> {
+    let node = crate::owner::node_of(target, cluster, key).await?;
+    let mut conn = Connection::connect(&node).await?;
+    conn.request(&[b"SELECT".as_ref(), b"0"]).await?;
+    let value = Checkpoint::Failed { offset }.encode();
+    conn.request(&[b"SET".as_ref(), key, value.as_bytes()])
+        .await?;
+    Ok(())
+}
+
 /// Removes a job's checkpoint (when the job is deleted).
 pub async fn delete(target: &Endpoint, key: &[u8]) -> Result<(), TargetError> {
     let mut conn = Connection::connect(target).await?;
@@ -139,6 +162,9 @@ mod tests {
             offset: 0,
         };
         assert_eq!(Checkpoint::parse(s.encode().as_bytes()), Some(s));
+        let f = Checkpoint::Failed { offset: 42 };
+        assert_eq!(Checkpoint::parse(f.encode().as_bytes()), Some(f));
+        assert_eq!(Checkpoint::parse(b"failed x 1"), None);
         assert_eq!(Checkpoint::parse(b"stream x"), None);
         assert_eq!(Checkpoint::parse(b"other x 1"), None);
         assert_eq!(Checkpoint::parse(b"stream x 1"), None);

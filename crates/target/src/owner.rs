@@ -59,7 +59,11 @@ async fn nodes(target: &Endpoint, cluster: bool) -> Result<Vec<Endpoint>, Target
 }
 
 /// The node holding `key` (its slot's master on a cluster).
-async fn node_of(target: &Endpoint, cluster: bool, key: &[u8]) -> Result<Endpoint, TargetError> {
+pub(crate) async fn node_of(
+    target: &Endpoint,
+    cluster: bool,
+    key: &[u8],
+) -> Result<Endpoint, TargetError> {
     if !cluster {
         return Ok(target.clone());
     }
