@@ -1,0 +1,63 @@
+//! Outcomes told honestly: a run that did not copy everything never exits 0.
+
+mod common;
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use common::Ferry;
+use ferry_testkit::{populate_every_type, Server};
+
+const LONG: Duration = Duration::from_secs(60);
+
+fn config(s: &Server, name: &str) -> String {
+    s.cmd(&["CONFIG", "GET", name]).as_array()[1].as_str()
+}
+
+/// A cut or foreign RDB file fails the job (naming the file) every time: the reader's
+/// error used to be lost when the writer, seeing the channel close, finished first.
+#[test]
+fn rdb_file_with_read_error_fails() {
+    let source = Server::start();
+    let target = Server::start();
+    populate_every_type(&source, 3);
+    source.cmd(&["SAVE"]);
+    let path = PathBuf::from(config(&source, "dir")).join(config(&source, "dbfilename"));
+    let full = std::fs::read(&path).expect("dump.rdb");
+    let dir = tempfile_dir();
+    let mut cases: Vec<(String, Vec<u8>)> = Vec::new();
+    for i in 0..10 {
+        cases.push((format!("cut100-{i}"), full[..100.min(full.len())].to_vec()));
+    }
+    for frac in [3, 2] {
+        let n = full.len() * (frac - 1) / frac;
+        cases.push((format!("cut{n}"), full[..n].to_vec()));
+    }
+    cases.push(("nocrc".into(), full[..full.len() - 4].to_vec()));
+    for i in 0..5 {
+        cases.push((
+            format!("http-{i}"),
+            b"HTTP/1.1 200 OK\r\n\r\nhello".to_vec(),
+        ));
+    }
+    for (name, bytes) in cases {
+        let file = dir.join(format!("{name}.rdb"));
+        std::fs::write(&file, &bytes).expect("write cut file");
+        let spec = format!("rdb:{}", file.display());
+        let mut ferry = Ferry::sync(&spec, &target.url(), &["--name", "cut"]);
+        let status = ferry.wait(LONG);
+        let out = ferry.output();
+        assert!(!status.success(), "{name}: exit 0 on a bad file: {out}");
+        assert!(!out.contains("full sync complete"), "{name}: {out}");
+        assert!(
+            out.contains(&file.display().to_string()),
+            "{name}: file not named: {out}"
+        );
+    }
+}
+
+fn tempfile_dir() -> PathBuf {
+    let d = std::env::temp_dir().join(format!("ferry-outcomes-{}", std::process::id()));
+    std::fs::create_dir_all(&d).expect("temp dir");
+    d
+}
