@@ -2,6 +2,7 @@
 
 mod check;
 mod jobcmd;
+mod out;
 mod progress;
 mod scope_args;
 mod serve;
@@ -12,6 +13,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Instant;
 
+use crate::out::outln;
 use anyhow::Context;
 use clap::{Parser, Subcommand, ValueEnum};
 use ferry_sync::{FileConfig, JobStatus, RetryConfig};
@@ -294,11 +296,13 @@ async fn sync(args: SyncArgs) -> anyhow::Result<()> {
     let outcome = outcome?;
     let secs = started.elapsed().as_secs_f64();
     if outcome.completed {
-        println!("full sync complete: {} keys in {:.2} s", outcome.keys, secs);
+        outln!("full sync complete: {} keys in {:.2} s", outcome.keys, secs);
     } else {
-        println!(
+        outln!(
             "stopped: {} keys and {} commands applied in {:.2} s",
-            outcome.keys, outcome.commands, secs
+            outcome.keys,
+            outcome.commands,
+            secs
         );
     }
     Ok(())

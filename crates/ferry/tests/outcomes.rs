@@ -61,3 +61,51 @@ fn tempfile_dir() -> PathBuf {
     std::fs::create_dir_all(&d).expect("temp dir");
     d
 }
+
+/// Runs `ferry <args>` with stdout a pipe whose read end is closed at once (`| head -0`);
+/// returns the exit status and stderr.
+fn run_with_closed_stdout(args: &[&str]) -> (std::process::ExitStatus, String) {
+    use std::process::{Command, Stdio};
+    let mut child = Command::new(env!("CARGO_BIN_EXE_ferry"))
+        .args(args)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn ferry");
+    drop(child.stdout.take());
+    let out = child.wait_with_output().expect("wait ferry");
+    (
+        out.status,
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+/// A closed stdout (`ferry … | head -2`) never makes ferry panic (exit 101).
+#[test]
+fn closed_stdout_does_not_panic() {
+    let source = Server::start();
+    let target = Server::start();
+    populate_every_type(&source, 1);
+    let (s, t) = (source.url(), target.url());
+    let runs: Vec<Vec<&str>> = vec![
+        vec![
+            "sync",
+            "--progress",
+            "never",
+            "--mode",
+            "full",
+            "--source",
+            &s,
+            "--target",
+            &t,
+        ],
+        vec!["check", "--source", &s, "--target", &t],
+        vec!["verify", "--source", &s, "--target", &t],
+    ];
+    for args in runs {
+        let (status, stderr) = run_with_closed_stdout(&args);
+        assert_ne!(status.code(), Some(101), "{args:?}: {stderr}");
+        assert!(!stderr.contains("panicked"), "{args:?}: {stderr}");
+    }
+}
