@@ -6,6 +6,7 @@ mod out;
 mod progress;
 mod scope_args;
 mod serve;
+mod stop;
 mod verify;
 
 use std::io::IsTerminal;
@@ -190,7 +191,7 @@ fn main() -> ExitCode {
     };
     let result = rt.block_on(async {
         match cli.command {
-            Command::Sync(args) => sync(*args).await.map(|()| ExitCode::SUCCESS),
+            Command::Sync(args) => sync(*args).await,
             Command::Verify(args) => Ok(verify::run(args).await),
             Command::Check(args) => Ok(check::run(*args).await),
             Command::Serve(args) => serve::run(args).await.map(|()| ExitCode::SUCCESS),
@@ -273,7 +274,7 @@ pub(crate) fn job_file(args: &SyncArgs) -> anyhow::Result<(FileConfig, FileConfi
     Ok((file, flags))
 }
 
-async fn sync(args: SyncArgs) -> anyhow::Result<()> {
+async fn sync(args: SyncArgs) -> anyhow::Result<ExitCode> {
     let (file, flags) = job_file(&args)?;
     let job = file.merge(flags)?;
     info!(name = %job.name, source = %job.source, target = %job.target, mode = %job.mode,
@@ -282,6 +283,8 @@ async fn sync(args: SyncArgs) -> anyhow::Result<()> {
     let stats = status.stats.clone();
     let cancel = CancellationToken::new();
     stop_on_signals(cancel.clone());
+    let snapshot_only = job.mode == ferry_sync::Mode::Full || job.source.is_file();
+    let copies_snapshot = job.mode != ferry_sync::Mode::Incremental;
     let tty = match args.progress {
         ProgressMode::Auto => std::io::stdout().is_terminal(),
         ProgressMode::Always => true,
@@ -297,6 +300,17 @@ async fn sync(args: SyncArgs) -> anyhow::Result<()> {
     let secs = started.elapsed().as_secs_f64();
     if outcome.completed {
         outln!("full sync complete: {} keys in {:.2} s", outcome.keys, secs);
+    } else if copies_snapshot && (snapshot_only || !crate::stop::snapshot_applied(&status)) {
+        // Stopped before the snapshot was on the target: the target holds part of the
+        // data, and a rerun starts the copy over. Exit 130 (as for SIGINT) so no script
+        // takes it for a finished copy.
+        outln!(
+            "stopped before the copy completed: {} keys applied in {:.2} s; the target is \
+             incomplete and a rerun starts the copy over",
+            outcome.keys,
+            secs
+        );
+        return Ok(ExitCode::from(130));
     } else {
         outln!(
             "stopped: {} keys and {} commands applied in {:.2} s",
@@ -305,5 +319,5 @@ async fn sync(args: SyncArgs) -> anyhow::Result<()> {
             secs
         );
     }
-    Ok(())
+    Ok(ExitCode::SUCCESS)
 }

@@ -109,3 +109,44 @@ fn closed_stdout_does_not_panic() {
         assert!(!stderr.contains("panicked"), "{args:?}: {stderr}");
     }
 }
+
+fn dbsize(s: &Server) -> i64 {
+    s.cmd(&["DBSIZE"]).as_int()
+}
+
+/// SIGINT while the snapshot is being applied exits 130 and says the copy is incomplete,
+/// in `--mode full` and in full+incremental (whose clean stop once streaming stays 0).
+#[test]
+fn stop_before_snapshot_applied_is_not_success() {
+    let source = Server::start();
+    source.cmd(&["DEBUG", "POPULATE", "200000", "k", "100"]);
+    for mode in ["full", "full+incremental"] {
+        let target = Server::start();
+        let mut ferry = Ferry::sync(
+            &source.url(),
+            &target.url(),
+            &["--mode", mode, "--rate-limit", "1"],
+        );
+        common::wait_until("some keys applied", LONG, || dbsize(&target) > 0);
+        assert!(dbsize(&target) < 200_000, "{mode}: copy already done");
+        let status = ferry.signal("INT");
+        let out = ferry.output();
+        assert_eq!(status.code(), Some(130), "{mode}: {out}");
+        assert!(out.contains("incomplete"), "{mode}: {out}");
+        assert!(!out.contains("full sync complete"), "{mode}: {out}");
+    }
+    // Once streaming, a stop is clean.
+    let target = Server::start();
+    let small = Server::start();
+    small.cmd(&["SET", "a", "1"]);
+    let mut ferry = Ferry::sync(&small.url(), &target.url(), &[]);
+    common::wait_until("snapshot applied", LONG, || {
+        target.cmd(&["EXISTS", "a"]).as_int() == 1
+    });
+    small.cmd(&["SET", "b", "2"]);
+    common::wait_until("stream applied", LONG, || {
+        target.cmd(&["EXISTS", "b"]).as_int() == 1
+    });
+    let status = ferry.signal("INT");
+    assert!(status.success(), "{}", ferry.output());
+}
