@@ -269,7 +269,8 @@ fn scheduled_policy_waits_for_its_window() {
     thread::sleep(Duration::from_secs(2));
     assert!(ferry.is_running(), "{}", ferry.output());
     assert_eq!(proxy.accepted(), accepted, "retried outside its window");
-    assert!(ferry.signal("INT").success(), "{}", ferry.output());
+    // Stopped before any snapshot was applied: an incomplete copy, exit 130.
+    assert_eq!(ferry.signal("INT").code(), Some(130), "{}", ferry.output());
 }
 
 fn jiff_free_utc_hour() -> u64 {
