@@ -3,6 +3,7 @@
 mod check;
 mod jobcmd;
 mod out;
+mod probe;
 mod progress;
 mod scope_args;
 mod serve;
@@ -283,6 +284,18 @@ async fn sync(args: SyncArgs) -> anyhow::Result<ExitCode> {
     let stats = status.stats.clone();
     let cancel = CancellationToken::new();
     stop_on_signals(cancel.clone());
+    // The first contact fails the run at once (exit 2): see `probe`.
+    let mut first = match job.source.endpoint() {
+        Some(ep) => probe::first_contact("source", ep).await,
+        None => Ok(()),
+    };
+    if first.is_ok() {
+        first = probe::first_contact("target", &job.target).await;
+    }
+    if let Err(e) = first {
+        error!("{e}");
+        return Ok(ExitCode::from(2));
+    }
     let snapshot_only = job.mode == ferry_sync::Mode::Full || job.source.is_file();
     let copies_snapshot = job.mode != ferry_sync::Mode::Incremental;
     let tty = match args.progress {

@@ -150,3 +150,46 @@ fn stop_before_snapshot_applied_is_not_success() {
     let status = ferry.signal("INT");
     assert!(status.success(), "{}", ferry.output());
 }
+
+/// A first contact that cannot succeed (wrong password, nothing listening, not Redis)
+/// ends the run at once with exit 2 and the cause, instead of retrying for ever.
+#[test]
+fn first_contact_failure_exits_2_with_the_cause() {
+    let target = Server::start();
+    let locked = Server::builder().password("right").start();
+    // A free port with nothing on it.
+    let free = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let refused = format!("redis://{}", free.local_addr().expect("addr"));
+    drop(free);
+    // A listener that answers HTTP.
+    let http = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let http_url = format!("redis://{}", http.local_addr().expect("addr"));
+    std::thread::spawn(move || {
+        use std::io::{Read, Write};
+        for mut conn in http.incoming().flatten().take(20) {
+            let mut buf = [0u8; 256];
+            let _ = conn.read(&mut buf);
+            let _ = conn.write_all(b"HTTP/1.1 400 Bad Request\r\nContent-Length: 0\r\n\r\n");
+        }
+    });
+    let wrong = format!("redis://:wrong@{}", locked.addr());
+    let no_pass = format!("redis://{}", locked.addr());
+    let cases = [
+        (wrong.as_str(), "password"),
+        (no_pass.as_str(), "password"),
+        (refused.as_str(), "cannot connect"),
+        (http_url.as_str(), "not a Redis server"),
+    ];
+    for (source, cause) in cases {
+        let mut ferry = Ferry::sync(source, &target.url(), &[]);
+        let status = ferry.wait(Duration::from_secs(30));
+        let out = ferry.output();
+        assert_eq!(status.code(), Some(2), "{source}: {out}");
+        assert!(out.contains(cause), "{source}: {out}");
+    }
+    // The target too.
+    let mut ferry = Ferry::sync(&target.url(), &refused, &[]);
+    let status = ferry.wait(Duration::from_secs(30));
+    assert_eq!(status.code(), Some(2), "{}", ferry.output());
+    assert!(ferry.output().contains("target"), "{}", ferry.output());
+}
