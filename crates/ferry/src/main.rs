@@ -284,12 +284,13 @@ async fn sync(args: SyncArgs) -> anyhow::Result<ExitCode> {
     let stats = status.stats.clone();
     let cancel = CancellationToken::new();
     stop_on_signals(cancel.clone());
-    // The first contact fails the run at once (exit 2): see `probe`.
+    // The first contact fails the run at once (exit 2): see `probe`. A sentinel's
+    // credentials may differ from its master's, so sentinels are not probed here.
     let mut first = match job.source.endpoint() {
-        Some(ep) => probe::first_contact("source", ep).await,
-        None => Ok(()),
+        Some(ep) if job.source_master.is_none() => probe::first_contact("source", ep).await,
+        _ => Ok(()),
     };
-    if first.is_ok() {
+    if first.is_ok() && job.target_master.is_none() {
         first = probe::first_contact("target", &job.target).await;
     }
     if let Err(e) = first {
