@@ -6,6 +6,7 @@ use std::process::ExitCode;
 use ferry_sync::Level;
 use tracing::error;
 
+use crate::out::out;
 use crate::{job_file, SyncArgs};
 
 pub async fn run(args: SyncArgs) -> ExitCode {
@@ -17,7 +18,7 @@ pub async fn run(args: SyncArgs) -> ExitCode {
         }
     };
     let checks = ferry_sync::precheck(&config).await;
-    print!("{}", table(&checks));
+    out!("{}", table(&checks));
     match ferry_sync::precheck::worst(&checks) {
         Level::Pass => ExitCode::SUCCESS,
         Level::Warn => ExitCode::from(1),

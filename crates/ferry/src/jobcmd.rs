@@ -3,6 +3,7 @@
 use std::path::PathBuf;
 use std::process::ExitCode;
 
+use crate::out::{out, outln};
 use anyhow::{bail, Context};
 use ferry_sync::FileConfig;
 use serde_json::{json, Value};
@@ -140,7 +141,7 @@ async fn go(args: JobArgs) -> anyhow::Result<()> {
     match args.command {
         JobCommand::List => {
             let v = client.call(Method::GET, "/jobs", None).await?;
-            print!(
+            out!(
                 "{}",
                 list_table(v["jobs"].as_array().map(Vec::as_slice).unwrap_or(&[]))
             );
@@ -149,7 +150,7 @@ async fn go(args: JobArgs) -> anyhow::Result<()> {
             let v = client
                 .call(Method::GET, &format!("/jobs/{}", path_name(&name)), None)
                 .await?;
-            print!("{}", show(&v));
+            out!("{}", show(&v));
         }
         JobCommand::Create { config, start } => {
             let body = spec_from_file(&config)?;
@@ -157,7 +158,7 @@ async fn go(args: JobArgs) -> anyhow::Result<()> {
             let v = client
                 .call(Method::POST, &format!("/jobs{q}"), Some(body))
                 .await?;
-            println!(
+            outln!(
                 "created job {} ({})",
                 v["name"].as_str().unwrap_or(""),
                 v["state"].as_str().unwrap_or("")
@@ -169,7 +170,7 @@ async fn go(args: JobArgs) -> anyhow::Result<()> {
         JobCommand::Resume { name } => report(&post("resume", name).await?),
         JobCommand::Precheck { name } => {
             let v = post("precheck", name).await?;
-            print!(
+            out!(
                 "{}",
                 checks_table(v["checks"].as_array().map(Vec::as_slice).unwrap_or(&[]))
             );
@@ -178,7 +179,7 @@ async fn go(args: JobArgs) -> anyhow::Result<()> {
             let v = client
                 .call(Method::DELETE, &format!("/jobs/{}", path_name(&name)), None)
                 .await?;
-            println!("deleted job {}", v["deleted"].as_str().unwrap_or(&name));
+            outln!("deleted job {}", v["deleted"].as_str().unwrap_or(&name));
             if let Some(w) = v["warning"].as_str() {
                 eprintln!("warning: {w}");
             }
@@ -188,7 +189,7 @@ async fn go(args: JobArgs) -> anyhow::Result<()> {
 }
 
 fn report(v: &Value) {
-    println!(
+    outln!(
         "{}: {}",
         v["name"].as_str().unwrap_or(""),
         v["state"].as_str().unwrap_or("")

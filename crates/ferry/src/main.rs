@@ -2,9 +2,12 @@
 
 mod check;
 mod jobcmd;
+mod out;
+mod probe;
 mod progress;
 mod scope_args;
 mod serve;
+mod stop;
 mod storelock;
 mod verify;
 
@@ -13,6 +16,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Instant;
 
+use crate::out::outln;
 use anyhow::Context;
 use clap::{Parser, Subcommand, ValueEnum};
 use ferry_sync::{FileConfig, JobStatus, RetryConfig};
@@ -296,6 +300,23 @@ async fn sync(args: SyncArgs) -> anyhow::Result<ExitCode> {
     let job = file.merge(flags)?;
     info!(name = %job.name, source = %job.source, target = %job.target, mode = %job.mode,
           checkpoint = job.checkpoint, "starting sync");
+    let status = JobStatus::new();
+    let stats = status.stats.clone();
+    let cancel = CancellationToken::new();
+    stop_on_signals(cancel.clone());
+    // The first contact fails the run at once (exit 2): see `probe`. A sentinel's
+    // credentials may differ from its master's, so sentinels are not probed here.
+    let mut first = match job.source.endpoint() {
+        Some(ep) if job.source_master.is_none() => probe::first_contact("source", ep).await,
+        _ => Ok(()),
+    };
+    if first.is_ok() && job.target_master.is_none() {
+        first = probe::first_contact("target", &job.target).await;
+    }
+    if let Err(e) = first {
+        error!("{e}");
+        return Ok(ExitCode::from(2));
+    }
     if !args.skip_precheck {
         let checks = ferry_sync::precheck(&job).await;
         if ferry_sync::precheck::worst(&checks) == ferry_sync::Level::Fail {
@@ -307,10 +328,8 @@ async fn sync(args: SyncArgs) -> anyhow::Result<ExitCode> {
             warn!(check = %c.name, fix = c.fix.as_deref().unwrap_or(""), "pre-check: {}", c.message);
         }
     }
-    let status = JobStatus::new();
-    let stats = status.stats.clone();
-    let cancel = CancellationToken::new();
-    stop_on_signals(cancel.clone());
+    let snapshot_only = job.mode == ferry_sync::Mode::Full || job.source.is_file();
+    let copies_snapshot = job.mode != ferry_sync::Mode::Incremental;
     let tty = match args.progress {
         ProgressMode::Auto => std::io::stdout().is_terminal(),
         ProgressMode::Always => true,
@@ -328,14 +347,27 @@ async fn sync(args: SyncArgs) -> anyhow::Result<ExitCode> {
         .commands_failed
         .load(std::sync::atomic::Ordering::Relaxed);
     if failed > 0 {
-        println!("{failed} replicated command(s) failed on the target and were skipped (--skip-failed-commands)");
+        outln!("{failed} replicated command(s) failed on the target and were skipped (--skip-failed-commands)");
     }
     if outcome.completed {
-        println!("full sync complete: {} keys in {:.2} s", outcome.keys, secs);
+        outln!("full sync complete: {} keys in {:.2} s", outcome.keys, secs);
+    } else if copies_snapshot && (snapshot_only || !crate::stop::snapshot_applied(&status)) {
+        // Stopped before the snapshot was on the target: the target holds part of the
+        // data, and a rerun starts the copy over. Exit 130 (as for SIGINT) so no script
+        // takes it for a finished copy.
+        outln!(
+            "stopped before the copy completed: {} keys applied in {:.2} s; the target is \
+             incomplete and a rerun starts the copy over",
+            outcome.keys,
+            secs
+        );
+        return Ok(ExitCode::from(130));
     } else {
-        println!(
+        outln!(
             "stopped: {} keys and {} commands applied in {:.2} s",
-            outcome.keys, outcome.commands, secs
+            outcome.keys,
+            outcome.commands,
+            secs
         );
     }
     Ok(ExitCode::SUCCESS)

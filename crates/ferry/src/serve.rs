@@ -2,6 +2,7 @@
 
 use std::net::SocketAddr;
 
+use crate::out::outln;
 use anyhow::Context;
 use ferry_service::{ServeOptions, Service};
 use tokio_util::sync::CancellationToken;
@@ -39,8 +40,8 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
     })
     .await
     .context("cannot start the service")?;
-    println!("ferry service on http://{}/", service.addr());
-    println!("worker {}", service.worker_id());
+    outln!("ferry service on http://{}/", service.addr());
+    outln!("worker {}", service.worker_id());
     let cancel = CancellationToken::new();
     crate::stop_on_signals(cancel.clone());
     cancel.cancelled().await;

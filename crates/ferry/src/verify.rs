@@ -11,6 +11,7 @@ use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
 use std::time::Duration;
 
+use crate::out::outln;
 use clap::ValueEnum;
 use ferry_resp::Endpoint;
 use ferry_sync::{FileConfig, JobConfig};
@@ -90,7 +91,7 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
 
 fn fail(json: bool, message: &str) -> ExitCode {
     if json {
-        println!("{}", serde_json::json!({ "error": message }));
+        outln!("{}", serde_json::json!({ "error": message }));
     }
     eprintln!("ferry verify: {message}");
     ExitCode::from(2)
@@ -153,7 +154,7 @@ pub async fn run(args: VerifyArgs) -> ExitCode {
     };
     if args.json {
         match serde_json::to_string(&report) {
-            Ok(s) => println!("{s}"),
+            Ok(s) => outln!("{s}"),
             Err(e) => return fail(false, &format!("cannot encode the report: {e}")),
         }
     } else {
@@ -223,43 +224,45 @@ fn print_text(r: &Report, source: &Endpoint, target: &Endpoint) {
         ferry_verify::ValueMethod::Contents => "values by contents",
     };
     let kind = |cluster: bool| if cluster { " (cluster)" } else { "" };
-    println!(
+    outln!(
         "verify {source}{} -> {target}{} ({method})",
         kind(r.source_cluster),
         kind(r.target_cluster)
     );
     if r.source_keys_not_compared > 0 || r.target_keys_not_compared > 0 {
-        println!(
+        outln!(
             "  not compared        {} source and {} target keys in databases other than 0 \
              (a cluster has only db 0)",
-            r.source_keys_not_compared, r.target_keys_not_compared
+            r.source_keys_not_compared,
+            r.target_keys_not_compared
         );
     }
     if r.source_keys_filtered > 0 || r.target_keys_filtered > 0 {
-        println!(
+        outln!(
             "  outside the job     {} source and {} target keys (filters, db mapping)",
-            r.source_keys_filtered, r.target_keys_filtered
+            r.source_keys_filtered,
+            r.target_keys_filtered
         );
     }
-    println!("  keys compared       {}", r.keys_compared);
-    println!("  equal               {}", r.keys_equal);
-    println!("  missing on target   {}", r.missing_on_target);
-    println!("  extra on target     {}", r.extra_on_target);
-    println!("  type differences    {}", r.type_differences);
-    println!("  value differences   {}", r.value_differences);
-    println!("  ttl differences     {}", r.ttl_differences);
-    println!(
+    outln!("  keys compared       {}", r.keys_compared);
+    outln!("  equal               {}", r.keys_equal);
+    outln!("  missing on target   {}", r.missing_on_target);
+    outln!("  extra on target     {}", r.extra_on_target);
+    outln!("  type differences    {}", r.type_differences);
+    outln!("  value differences   {}", r.value_differences);
+    outln!("  ttl differences     {}", r.ttl_differences);
+    outln!(
         "  transient           {} (differed, then caught up)",
         r.transient
     );
-    println!(
+    outln!(
         "  rounds {}, {:.2} s, {} target keys scanned",
         r.rounds,
         r.duration_ms as f64 / 1000.0,
         r.target_keys_scanned
     );
     if !r.differences.is_empty() {
-        println!(
+        outln!(
             "differences{}:",
             if r.truncated { " (first ones)" } else { "" }
         );
@@ -270,10 +273,10 @@ fn print_text(r: &Report, source: &Endpoint, target: &Endpoint) {
             } else {
                 format!("db{}->db{}", d.db, d.target_db)
             };
-            println!("  {db} {:?}: {}", d.key, what.join("; "));
+            outln!("  {db} {:?}: {}", d.key, what.join("; "));
         }
     }
-    println!("result: {}", if r.equal { "EQUAL" } else { "DIFFERENT" });
+    outln!("result: {}", if r.equal { "EQUAL" } else { "DIFFERENT" });
 }
 
 #[cfg(test)]

@@ -50,17 +50,23 @@ pub async fn read_file(
             message: "not a file source".into(),
         }),
     });
-    let result = tokio::select! {
-        r = task => r.unwrap_or_else(|e| Err(SourceError::Protocol {
+    // Always wait for the thread, even once cancelled: the writer ends as soon as the
+    // thread drops its sender, which may be because the file could not be read, and the
+    // job is then stopped (cancelled) before this task was polled again. Returning Ok on
+    // cancel lost that error and a cut file was reported as a complete copy. The wait is
+    // short: a cancelled writer drops its receiver, so the thread's next send fails.
+    let result = task.await.unwrap_or_else(|e| {
+        Err(SourceError::Protocol {
             addr: String::new(),
             message: format!("file reader thread failed: {e}"),
-        })),
-        _ = cancel.cancelled() => return Ok(()),
-    };
-    if cancel.is_cancelled() {
-        return Ok(());
+        })
+    });
+    match result {
+        // Stopped (by the user or by the writer's end): the send failing is no error of
+        // the file; the writer's own result says why it ended.
+        Err(SourceError::Downstream { .. }) if cancel.is_cancelled() => Ok(()),
+        r => r,
     }
-    result
 }
 
 pub(crate) fn file_error(path: &Path, what: &str, e: impl std::fmt::Display) -> SourceError {

@@ -34,6 +34,9 @@ pub struct ShardStats {
     /// A snapshot the writer has begun and not yet seen applied: the reader may already be
     /// in the stream, but the shard is still in its full sync (see [`ShardStats::phase`]).
     snapshot_unapplied: AtomicBool,
+    /// The shard's target has been in step at least once in this run (a snapshot applied, or
+    /// a stream resumed from its checkpoint): a stop now leaves a target a rerun resumes.
+    streamed: AtomicBool,
     /// RDB size when known, and bytes of it read so far.
     pub rdb_size: AtomicU64,
     pub rdb_read: AtomicU64,
@@ -76,6 +79,7 @@ impl Default for ShardStats {
         ShardStats {
             phase: AtomicU8::new(Phase::Connecting as u8),
             snapshot_unapplied: AtomicBool::new(false),
+            streamed: AtomicBool::new(false),
             rdb_size: AtomicU64::new(0),
             rdb_read: AtomicU64::new(0),
             expected_keys: AtomicU64::new(0),
@@ -118,6 +122,15 @@ impl ShardStats {
     /// (no snapshot coming) too.
     pub fn set_snapshot_unapplied(&self, pending: bool) {
         self.snapshot_unapplied.store(pending, Relaxed);
+        if !pending {
+            self.streamed.store(true, Relaxed);
+        }
+    }
+
+    /// The target holds a whole snapshot (or a resumed stream) and no new snapshot is
+    /// being applied: a stop now is clean, not an incomplete copy.
+    pub fn target_in_step(&self) -> bool {
+        self.streamed.load(Relaxed) && self.phase() != Phase::Snapshot
     }
 
     /// Moves the shard on. A snapshot that begins is unapplied until its writer says so
