@@ -242,8 +242,16 @@ struct JobView {
     keys_read: u64,
     keys_applied: u64,
     bytes_read: u64,
-    lag_bytes: u64,
-    lag_seconds: f64,
+    /// Absent while any shard's lag is unknown (its source link is down), never 0.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    lag_bytes: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    lag_seconds: Option<f64>,
+    /// Every shard's source link is up.
+    link_up: bool,
+    /// The longest time since a shard last heard from its source.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    seconds_since_contact: Option<f64>,
     read_rate: f64,
     apply_rate: f64,
     bytes_rate: f64,
@@ -405,8 +413,13 @@ fn view(row: &JobRow, local: &[Arc<Running>], tasks: &[TaskRow]) -> JobView {
         keys_read: totals.keys_read,
         keys_applied: totals.keys_applied,
         bytes_read: totals.bytes_read,
-        lag_bytes: 0,
-        lag_seconds: 0.0,
+        lag_bytes: Some(0),
+        lag_seconds: Some(0.0),
+        link_up: !current.is_empty() && current.iter().all(|s| s.figures.link_up),
+        seconds_since_contact: current
+            .iter()
+            .filter_map(|s| s.figures.seconds_since_contact)
+            .reduce(f64::max),
         read_rate: 0.0,
         apply_rate: 0.0,
         bytes_rate: 0.0,
@@ -430,11 +443,12 @@ fn view(row: &JobRow, local: &[Arc<Running>], tasks: &[TaskRow]) -> JobView {
         samples: None,
     };
     if running {
+        // One shard whose lag is unknown makes the job's unknown.
         v.lag_bytes = current.iter().map(|s| s.figures.lag_bytes).sum();
         v.lag_seconds = current
             .iter()
             .map(|s| s.figures.lag_seconds)
-            .fold(0.0, f64::max);
+            .try_fold(0.0, |a, l| l.map(|l| f64::max(a, l)));
         v.read_rate = sum(|f| f.read_rate);
         v.apply_rate = sum(|f| f.apply_rate);
         v.bytes_rate = sum(|f| f.bytes_rate);

@@ -24,7 +24,7 @@ struct Family {
     help: &'static str,
 }
 
-const FAMILIES: [Family; 10] = [
+const FAMILIES: [Family; 12] = [
     Family {
         name: "ferry_records_read_total",
         kind: "counter",
@@ -49,6 +49,16 @@ const FAMILIES: [Family; 10] = [
         name: "ferry_lag_seconds",
         kind: "gauge",
         help: "Age of the oldest write read but not yet applied.",
+    },
+    Family {
+        name: "ferry_source_link_up",
+        kind: "gauge",
+        help: "1 while the shard's reader is connected to the source and reading; while 0 the lag is unknown and the lag series are absent.",
+    },
+    Family {
+        name: "ferry_source_last_contact_seconds",
+        kind: "gauge",
+        help: "Seconds since anything (data, pings, newlines) was last read from the source.",
     },
     Family {
         name: "ferry_job_state",
@@ -101,8 +111,20 @@ pub fn render(jobs: &[std::sync::Arc<Running>]) -> String {
                 "ferry_records_read_total" => totals.records_read.to_string(),
                 "ferry_records_applied_total" => totals.records_applied.to_string(),
                 "ferry_bytes_read_total" => totals.bytes_read.to_string(),
-                "ferry_lag_bytes" => stats.lag_bytes().to_string(),
-                "ferry_lag_seconds" => format!("{:.3}", stats.lag_seconds()),
+                // No lag series while it is unknown: a 0 would look healthy.
+                "ferry_lag_bytes" => match stats.known_lag_bytes() {
+                    Some(l) => l.to_string(),
+                    None => continue,
+                },
+                "ferry_lag_seconds" => match stats.known_lag_seconds() {
+                    Some(l) => format!("{l:.3}"),
+                    None => continue,
+                },
+                "ferry_source_link_up" => u8::from(stats.link_up()).to_string(),
+                "ferry_source_last_contact_seconds" => match stats.seconds_since_contact() {
+                    Some(s) => format!("{s:.3}"),
+                    None => continue,
+                },
                 "ferry_retries_total" => r.retries_total.load(Relaxed).to_string(),
                 "ferry_errors_total" => r.errors_total.load(Relaxed).to_string(),
                 "ferry_split_transactions_total" => {

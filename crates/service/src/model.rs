@@ -288,8 +288,16 @@ pub struct TaskFigures {
     pub keys_read: u64,
     pub keys_applied: u64,
     pub bytes_read: u64,
-    pub lag_bytes: u64,
-    pub lag_seconds: f64,
+    /// Absent while the lag is unknown (the source link is down), never 0.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub lag_bytes: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub lag_seconds: Option<f64>,
+    /// The shard's reader is connected to the source and reading.
+    pub link_up: bool,
+    /// Seconds since anything was last read from the source (when the figures were taken).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub seconds_since_contact: Option<f64>,
     pub progress_percent: f64,
     pub read_rate: f64,
     pub apply_rate: f64,

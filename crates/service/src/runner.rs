@@ -131,8 +131,14 @@ impl Running {
             keys_read: t.keys_read,
             keys_applied: t.keys_applied,
             bytes_read: t.bytes_read,
-            lag_bytes: if finished { 0 } else { s.lag_bytes() },
-            lag_seconds: if finished { 0.0 } else { s.lag_seconds() },
+            lag_bytes: if finished { Some(0) } else { view.lag_bytes },
+            lag_seconds: if finished {
+                Some(0.0)
+            } else {
+                view.lag_seconds
+            },
+            link_up: view.link_up,
+            seconds_since_contact: view.seconds_since_contact,
             progress_percent: (s.progress_percent() * 10.0).round() / 10.0,
             read_rate,
             apply_rate,

@@ -870,3 +870,79 @@ async fn metrics_count_transactions_split_over_slots() {
     assert!(after.contains(&format!("{metric} 1")), "{after}");
     api.stop().await;
 }
+
+/// With its source gone, a job's lag is unknown, not 0: the view says the link is down and
+/// since when, keeps its progress, and `/metrics` exports the link's state instead of a
+/// lag; once the source is back, the link is up again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn lag_is_unknown_while_the_source_is_unreachable() {
+    let (mut source, target) = pair_with_keys(50);
+    let dir = tempfile::tempdir().expect("tempdir");
+    let api = Api::start(&store_url(&dir), None).await;
+    let (status, v) = api
+        .post("/api/v1/jobs?start=true", spec("gone", &source, &target))
+        .await;
+    assert_eq!(status, 201, "{v}");
+    let v = api
+        .wait_job("gone", "reached incremental", |v| {
+            v["state"] == "incremental"
+        })
+        .await;
+    assert_eq!(v["shards"][0]["link_up"], json!(true), "{v}");
+    assert!(v["lag_bytes"].is_u64(), "{v}");
+    assert!(v["shards"][0]["seconds_since_contact"].is_f64(), "{v}");
+    let (_, metrics) = api.call(reqwest::Method::GET, "/metrics", None).await;
+    assert!(
+        metrics.contains("ferry_source_link_up{job=\"gone\",shard=\"0\"} 1"),
+        "{metrics}"
+    );
+
+    source.kill();
+    let v = api
+        .wait_job("gone", "saw its source gone", |v| {
+            v["shards"][0]["link_up"] == json!(false)
+        })
+        .await;
+    for view in [&v, &v["shards"][0]] {
+        assert!(view.get("lag_bytes").is_none(), "lag unknown, not 0: {v:#}");
+        assert!(
+            view.get("lag_seconds").is_none(),
+            "lag unknown, not 0: {v:#}"
+        );
+    }
+    assert_ne!(v["progress_percent"], json!(0.0), "progress kept: {v:#}");
+    assert_ne!(v["shards"][0]["progress_percent"], json!(0.0), "{v:#}");
+    let first = v["shards"][0]["seconds_since_contact"]
+        .as_f64()
+        .unwrap_or_else(|| panic!("seconds_since_contact: {v:#}"));
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    let v = api.get("/api/v1/jobs/gone").await;
+    let second = v["shards"][0]["seconds_since_contact"]
+        .as_f64()
+        .unwrap_or_else(|| panic!("seconds_since_contact: {v:#}"));
+    assert!(second > first, "{first} then {second}: {v:#}");
+    assert_eq!(v["link_up"], json!(false), "{v:#}");
+    assert!(v.get("lag_bytes").is_none(), "{v:#}");
+    let (_, metrics) = api.call(reqwest::Method::GET, "/metrics", None).await;
+    assert!(
+        metrics.contains("ferry_source_link_up{job=\"gone\",shard=\"0\"} 0"),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains("ferry_source_last_contact_seconds{job=\"gone\",shard=\"0\"} "),
+        "{metrics}"
+    );
+    assert!(
+        !metrics.contains("ferry_lag_bytes{job=\"gone\""),
+        "no lag while it is unknown: {metrics}"
+    );
+
+    source.restart();
+    let v = api
+        .wait_job("gone", "saw its source back", |v| {
+            v["shards"][0]["link_up"] == json!(true) && v["state"] == "incremental"
+        })
+        .await;
+    assert!(v["lag_bytes"].is_u64(), "{v:#}");
+    api.stop().await;
+}

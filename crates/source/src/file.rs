@@ -42,6 +42,9 @@ pub async fn read_file(
     cancel: CancellationToken,
 ) -> Result<(), SourceError> {
     let stop = cancel.clone();
+    // The file is open to read until this returns: its "link" is up.
+    let link = stats.clone();
+    let _link_up = link.link_up_while();
     let task = tokio::task::spawn_blocking(move || match spec {
         SourceSpec::Rdb(path) => read_rdb_file(&path, &opts, &tx, &stats),
         SourceSpec::Aof(path) => crate::aof::read_aof(&path, &opts, &tx, &stats, &stop),
@@ -96,6 +99,7 @@ impl<R: Read> Read for Counting<R> {
         let n = self.inner.read(buf)?;
         self.stats.rdb_read.fetch_add(n as u64, Relaxed);
         self.stats.bytes_read.fetch_add(n as u64, Relaxed);
+        self.stats.touch();
         Ok(n)
     }
 }

@@ -140,6 +140,8 @@ async fn replicate_inner(
     conn.send(&psync_args).await?;
     stats.set_phase(Phase::WaitingForSnapshot);
     let reply = read_psync_reply(&mut conn).await?;
+    // Connected and replicating: the link is up until this reader returns.
+    let _link_up = stats.link_up_while();
     let (stream, mut buf, _) = conn.into_parts();
     let (rd, wr) = tokio::io::split(stream);
     let mut link = Link {
@@ -444,6 +446,7 @@ impl Link {
             .into());
         }
         self.stats.bytes_read.fetch_add(n as u64, Relaxed);
+        self.stats.touch();
         if let Some(l) = &self.limiter {
             l.consume(n as u64).await;
         }

@@ -78,6 +78,8 @@ async fn scan_inner(
     }
     let mut conn = Connection::connect(&opts.endpoint).await?;
     let dbs = conn.info("keyspace").await?.keyspace();
+    // Connected: the link is up until this reader returns.
+    let _link_up = stats.link_up_while();
     stats
         .expected_keys
         .store(dbs.iter().map(|(_, k)| k).sum(), Relaxed);
@@ -154,6 +156,7 @@ async fn scan_inner(
                     keys += 1;
                     stats.keys_read.fetch_add(1, Relaxed);
                     stats.records_read.fetch_add(1, Relaxed);
+                    stats.touch();
                     send(Event::Entry(ferry_rdb::Entry {
                         db: *db as u64,
                         key,
@@ -221,6 +224,7 @@ async fn scan_inner(
                     None => vec![Bytes::from_static(b"DEL"), key.clone()],
                 };
                 stats.records_read.fetch_add(1, Relaxed);
+                stats.touch();
                 stats.mark_read(seq);
                 send(Event::Command {
                     db: *db,

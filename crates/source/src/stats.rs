@@ -59,6 +59,15 @@ pub struct ShardStats {
     read_marks: Mutex<VecDeque<(u64, Instant)>>,
     /// For a job's total over several shards: the largest shard lag, in µs.
     lag_override_us: AtomicU64,
+    /// The reader is connected and in its snapshot or stream: only then is the lag known
+    /// (a source that is gone sends nothing, which would look like no lag).
+    link_up: AtomicBool,
+    /// Last bytes read from the source (its pings and newlines too), or the moment the
+    /// link came up: ms since the Unix epoch, 0 before any contact.
+    last_contact_ms: AtomicU64,
+    /// The last progress shown, kept while the shard reconnects so that it does not drop
+    /// to 0 % (f64 bits).
+    last_progress: AtomicU64,
     pub replid: Mutex<String>,
     /// What the job's filters dropped: snapshot keys and keys cut out of multi-key
     /// commands; whole stream commands (and snapshot functions or scripts); commands whose
@@ -92,6 +101,9 @@ impl Default for ShardStats {
             applied_offset: AtomicU64::new(0),
             read_marks: Mutex::new(VecDeque::new()),
             lag_override_us: AtomicU64::new(0),
+            link_up: AtomicBool::new(false),
+            last_contact_ms: AtomicU64::new(0),
+            last_progress: AtomicU64::new(0),
             replid: Mutex::new(String::new()),
             filtered_keys: AtomicU64::new(0),
             filtered_commands: AtomicU64::new(0),
@@ -142,11 +154,16 @@ impl ShardStats {
         self.phase.store(p as u8, Relaxed);
     }
 
-    /// Snapshot progress in percent (100 once streaming).
+    /// Snapshot progress in percent (100 once streaming). While the reader (re)connects it
+    /// is the last value shown, not 0: the target still holds what was copied; a new
+    /// snapshot, if one comes, restarts it from its own figures.
     pub fn progress_percent(&self) -> f64 {
-        match self.phase() {
+        let p = match self.phase() {
             Phase::Incremental | Phase::Done => 100.0,
-            Phase::Connecting | Phase::WaitingForSnapshot => 0.0,
+            Phase::Connecting | Phase::WaitingForSnapshot if self.streamed.load(Relaxed) => 100.0,
+            Phase::Connecting | Phase::WaitingForSnapshot => {
+                return f64::from_bits(self.last_progress.load(Relaxed))
+            }
             Phase::Snapshot => {
                 let size = self.rdb_size.load(Relaxed);
                 let frac = if size > 0 {
@@ -161,7 +178,56 @@ impl ShardStats {
                 };
                 (frac * 100.0).clamp(0.0, 99.9)
             }
+        };
+        self.last_progress.store(p.to_bits(), Relaxed);
+        p
+    }
+
+    /// The reader is connected and reading (`true`), or its link ended (`false`); either
+    /// counts as a contact.
+    pub fn set_link_up(&self, up: bool) {
+        self.touch();
+        self.link_up.store(up, Relaxed);
+    }
+
+    /// Marks the link up until the returned guard is dropped (the reader returns, fails or
+    /// is cancelled).
+    pub fn link_up_while(&self) -> LinkUp<'_> {
+        self.set_link_up(true);
+        LinkUp(self)
+    }
+
+    pub fn link_up(&self) -> bool {
+        self.link_up.load(Relaxed)
+    }
+
+    /// Something was read from the source just now.
+    pub fn touch(&self) {
+        self.last_contact_ms.store(now_ms(), Relaxed);
+    }
+
+    /// Seconds since the last contact with the source; `None` before any.
+    pub fn seconds_since_contact(&self) -> Option<f64> {
+        match self.last_contact_ms.load(Relaxed) {
+            0 => None,
+            at => Some(now_ms().saturating_sub(at) as f64 / 1e3),
         }
+    }
+
+    /// Whether the lag figures mean anything: the link is up, or the shard is done (a
+    /// finished file or snapshot has nothing more to read).
+    pub fn lag_known(&self) -> bool {
+        self.link_up() || self.phase() == Phase::Done
+    }
+
+    /// [`ShardStats::lag_bytes`], or `None` while the lag is unknown (the link is down).
+    pub fn known_lag_bytes(&self) -> Option<u64> {
+        self.lag_known().then(|| self.lag_bytes())
+    }
+
+    /// [`ShardStats::lag_seconds`], or `None` while the lag is unknown (the link is down).
+    pub fn known_lag_seconds(&self) -> Option<f64> {
+        self.lag_known().then(|| self.lag_seconds())
     }
 
     /// Bytes of the replication stream read but not yet applied.
@@ -212,6 +278,21 @@ impl ShardStats {
         self.phase.store(phase, Relaxed);
         let lag = shards.iter().map(|s| s.lag_seconds()).fold(0.0, f64::max);
         self.lag_override_us.store((lag * 1e6) as u64, Relaxed);
+        // The total's link is up only while every shard's is; its last contact is the
+        // oldest shard's.
+        self.link_up.store(
+            !shards.is_empty() && shards.iter().all(|s| s.link_up()),
+            Relaxed,
+        );
+        let oldest = shards
+            .iter()
+            .map(|s| s.last_contact_ms.load(Relaxed))
+            .min()
+            .unwrap_or(0);
+        self.last_contact_ms.store(oldest, Relaxed);
+        if shards.iter().all(|s| s.streamed.load(Relaxed)) && !shards.is_empty() {
+            self.streamed.store(true, Relaxed);
+        }
     }
 
     /// Age of the oldest byte of the stream read but not yet applied on the target.
@@ -232,5 +313,80 @@ impl ShardStats {
             .front()
             .map(|(_, t)| t.elapsed().as_secs_f64())
             .unwrap_or(0.0)
+    }
+}
+
+/// Clears the link-up flag when the reader ends, however it ends.
+pub struct LinkUp<'a>(&'a ShardStats);
+
+impl Drop for LinkUp<'_> {
+    fn drop(&mut self) {
+        self.0.set_link_up(false);
+    }
+}
+
+fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn lag_is_unknown_while_the_link_is_down() {
+        let s = ShardStats::default();
+        assert_eq!(s.known_lag_bytes(), None, "no contact yet");
+        assert_eq!(s.seconds_since_contact(), None);
+        s.set_phase(Phase::Incremental);
+        s.set_snapshot_unapplied(false);
+        {
+            let _up = s.link_up_while();
+            s.mark_read(10);
+            assert_eq!(s.known_lag_bytes(), Some(10));
+            assert!(s.known_lag_seconds().is_some());
+            assert_eq!(s.progress_percent(), 100.0);
+        }
+        assert!(!s.link_up());
+        assert_eq!(s.known_lag_bytes(), None, "down: unknown, not 0");
+        assert_eq!(s.known_lag_seconds(), None);
+        assert!(s.seconds_since_contact().is_some());
+        s.set_phase(Phase::Connecting);
+        assert_eq!(
+            s.progress_percent(),
+            100.0,
+            "a reconnect keeps the progress"
+        );
+        s.set_phase(Phase::Done);
+        assert_eq!(s.known_lag_bytes(), Some(10), "done: nothing more to read");
+    }
+
+    #[test]
+    fn progress_is_kept_while_reconnecting_during_a_snapshot() {
+        let s = ShardStats::default();
+        s.set_phase(Phase::Snapshot);
+        s.rdb_size.store(200, Relaxed);
+        s.rdb_read.store(100, Relaxed);
+        assert_eq!(s.progress_percent(), 50.0);
+        s.set_phase(Phase::Connecting);
+        assert_eq!(s.progress_percent(), 50.0);
+    }
+
+    #[test]
+    fn a_total_is_up_only_while_every_shard_is() {
+        let a = std::sync::Arc::new(ShardStats::default());
+        let b = std::sync::Arc::new(ShardStats::default());
+        let total = ShardStats::default();
+        a.set_link_up(true);
+        b.set_link_up(true);
+        total.sum_of(&[a.clone(), b.clone()]);
+        assert!(total.link_up());
+        b.set_link_up(false);
+        total.sum_of(&[a, b]);
+        assert!(!total.link_up());
+        assert!(total.seconds_since_contact().is_some());
     }
 }

@@ -71,6 +71,13 @@ pub struct StatusView {
     pub next_attempt: Option<Timestamp>,
     pub last_error: Option<String>,
     pub history: Vec<HistoryEntry>,
+    /// The source link is up (the reader connected and reading its snapshot or stream).
+    pub link_up: bool,
+    /// Seconds since anything was last read from the source; `None` before any contact.
+    pub seconds_since_contact: Option<f64>,
+    /// The lag, `None` while it is unknown (the link is down): never a reassuring 0.
+    pub lag_bytes: Option<u64>,
+    pub lag_seconds: Option<f64>,
 }
 
 const HISTORY_CAP: usize = 500;
@@ -227,6 +234,10 @@ impl JobStatus {
                 next_attempt: i.next_attempt,
                 last_error: i.last_error.clone(),
                 history: i.history.iter().cloned().collect(),
+                link_up: self.stats.link_up(),
+                seconds_since_contact: self.stats.seconds_since_contact(),
+                lag_bytes: self.stats.known_lag_bytes(),
+                lag_seconds: self.stats.known_lag_seconds(),
             }
         })
     }
