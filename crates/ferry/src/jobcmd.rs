@@ -255,6 +255,20 @@ fn num(v: &Value) -> String {
     }
 }
 
+/// The lag of a job or shard view, or why it is unknown: the API leaves the lag out while
+/// the source link is down, and a 0 there would look healthy.
+fn lag_text(v: &Value, short: bool) -> String {
+    match (v["lag_bytes"].as_u64(), v["lag_seconds"].as_f64()) {
+        (Some(_), Some(secs)) if short => format!("{secs:.1}"),
+        (Some(bytes), Some(secs)) => format!("{bytes} bytes, {secs:.1} s"),
+        _ if short => "unknown".into(),
+        _ => match v["seconds_since_contact"].as_f64() {
+            Some(n) => format!("lag unknown (source unreachable for {n:.0} s)"),
+            None => "lag unknown (source not reached yet)".into(),
+        },
+    }
+}
+
 fn list_table(jobs: &[Value]) -> String {
     let mut rows = vec![[
         "NAME", "STATE", "PROGRESS", "MODE", "SOURCE", "TARGET", "READ", "APPLIED", "LAG(s)",
@@ -280,7 +294,7 @@ fn list_table(jobs: &[Value]) -> String {
             nodes("target_nodes"),
             num(&j["source_transactions"]),
             num(&j["target_transactions"]),
-            format!("{:.1}", j["lag_seconds"].as_f64().unwrap_or(0.0)),
+            lag_text(j, true),
         ]);
     }
     columns(&rows)
@@ -335,15 +349,7 @@ fn show(v: &Value) -> String {
         "Target transactions executed",
         num(&v["target_transactions"]),
     );
-    line(
-        &mut out,
-        "Lag",
-        format!(
-            "{} bytes, {:.1} s",
-            num(&v["lag_bytes"]),
-            v["lag_seconds"].as_f64().unwrap_or(0.0)
-        ),
-    );
+    line(&mut out, "Lag", lag_text(v, false));
     line(
         &mut out,
         "Rate",
@@ -375,7 +381,7 @@ fn show(v: &Value) -> String {
                 text("worker"),
                 format!("{}%", num(&sh["progress_percent"])),
                 num(&sh["records_applied"]),
-                format!("{:.1}", sh["lag_seconds"].as_f64().unwrap_or(0.0)),
+                lag_text(sh, true),
                 sh["error"]
                     .as_str()
                     .or(sh["last_error"].as_str())
@@ -417,4 +423,27 @@ fn checks_table(checks: &[Value]) -> String {
         }
     }
     out
+}
+
+#[cfg(test)]
+mod lag_tests {
+    use super::lag_text;
+    use serde_json::json;
+
+    #[test]
+    fn an_absent_lag_is_unknown_not_zero() {
+        let up = json!({"lag_bytes": 12, "lag_seconds": 0.25, "link_up": true});
+        assert_eq!(lag_text(&up, false), "12 bytes, 0.2 s");
+        assert_eq!(lag_text(&up, true), "0.2");
+        let down = json!({"link_up": false, "seconds_since_contact": 42.4});
+        assert_eq!(
+            lag_text(&down, false),
+            "lag unknown (source unreachable for 42 s)"
+        );
+        assert_eq!(lag_text(&down, true), "unknown");
+        assert_eq!(
+            lag_text(&json!({"link_up": false}), false),
+            "lag unknown (source not reached yet)"
+        );
+    }
 }

@@ -22,6 +22,19 @@ impl Display {
     }
 }
 
+/// The lag, or why it is unknown (the source link is down): never a reassuring 0.
+fn lag(s: &ShardStats) -> String {
+    match (s.known_lag_bytes(), s.known_lag_seconds()) {
+        (Some(b), Some(t)) => format!("  lag {b} B {t:.2} s"),
+        _ => match s.seconds_since_contact() {
+            Some(n) if s.link_lost() => {
+                format!("  lag unknown (source unreachable for {n:.0} s)")
+            }
+            _ => "  lag unknown (source not reached yet)".into(),
+        },
+    }
+}
+
 fn line(s: &ShardStats) -> String {
     let phase = s.phase();
     let mut out = format!(
@@ -33,12 +46,8 @@ fn line(s: &ShardStats) -> String {
         s.records_read.load(Relaxed),
         s.records_applied.load(Relaxed),
     );
-    if phase == Phase::Incremental {
-        out.push_str(&format!(
-            "  lag {} B {:.2} s",
-            s.lag_bytes(),
-            s.lag_seconds()
-        ));
+    if phase == Phase::Incremental || s.link_lost() {
+        out.push_str(&lag(s));
     } else {
         out.push_str(&format!(
             "  {:.1} MB read",
@@ -79,8 +88,16 @@ pub fn spawn(stats: Arc<ShardStats>, tty: bool, stop: CancellationToken) -> Disp
                     keys_applied = s.keys_applied.load(Relaxed),
                     records_read = s.records_read.load(Relaxed),
                     records_applied = s.records_applied.load(Relaxed),
-                    lag_bytes = s.lag_bytes(),
-                    lag_seconds = format!("{:.3}", s.lag_seconds()),
+                    lag_bytes = s
+                        .known_lag_bytes()
+                        .map_or("unknown".into(), |l| l.to_string()),
+                    lag_seconds = s
+                        .known_lag_seconds()
+                        .map_or("unknown".into(), |l| format!("{l:.3}")),
+                    link_up = s.link_up(),
+                    seconds_since_contact = s
+                        .seconds_since_contact()
+                        .map_or("-".into(), |n| format!("{n:.1}")),
                     "progress"
                 );
             }

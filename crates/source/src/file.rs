@@ -64,6 +64,9 @@ pub async fn read_file(
             message: format!("file reader thread failed: {e}"),
         })
     });
+    if result.is_ok() {
+        link.set_read_all();
+    }
     match result {
         // Stopped (by the user or by the writer's end): the send failing is no error of
         // the file; the writer's own result says why it ended.

@@ -200,6 +200,7 @@ async fn replicate_inner(
             awaiting_stream.store(buf.is_empty(), Relaxed);
             ack_now.notify_one();
             if opts.stop_after_snapshot || cancel.is_cancelled() {
+                stats.set_read_all();
                 return Ok(());
             }
             offset

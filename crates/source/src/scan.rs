@@ -182,6 +182,7 @@ async fn scan_inner(
         info!(source = %addr, keys, "SCAN snapshot read");
     }
     let Some(mut listener) = listener else {
+        stats.set_read_all();
         return Ok(());
     };
     stats.set_phase(Phase::Incremental);

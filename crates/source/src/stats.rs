@@ -62,6 +62,9 @@ pub struct ShardStats {
     /// The reader is connected and in its snapshot or stream: only then is the lag known
     /// (a source that is gone sends nothing, which would look like no lag).
     link_up: AtomicBool,
+    /// The reader read all it had to (a full-mode snapshot, a file) and returned: its link
+    /// is down by design, and the lag is still known.
+    read_all: AtomicBool,
     /// Last bytes read from the source (its pings and newlines too), or the moment the
     /// link came up: ms since the Unix epoch, 0 before any contact.
     last_contact_ms: AtomicU64,
@@ -102,6 +105,7 @@ impl Default for ShardStats {
             read_marks: Mutex::new(VecDeque::new()),
             lag_override_us: AtomicU64::new(0),
             link_up: AtomicBool::new(false),
+            read_all: AtomicBool::new(false),
             last_contact_ms: AtomicU64::new(0),
             last_progress: AtomicU64::new(0),
             replid: Mutex::new(String::new()),
@@ -187,7 +191,16 @@ impl ShardStats {
     /// counts as a contact.
     pub fn set_link_up(&self, up: bool) {
         self.touch();
+        if up {
+            self.read_all.store(false, Relaxed);
+        }
         self.link_up.store(up, Relaxed);
+    }
+
+    /// The reader read everything it was to read and ends: the link going down now is no
+    /// sign of a source gone.
+    pub fn set_read_all(&self) {
+        self.read_all.store(true, Relaxed);
     }
 
     /// Marks the link up until the returned guard is dropped (the reader returns, fails or
@@ -217,7 +230,13 @@ impl ShardStats {
     /// Whether the lag figures mean anything: the link is up, or the shard is done (a
     /// finished file or snapshot has nothing more to read).
     pub fn lag_known(&self) -> bool {
-        self.link_up() || self.phase() == Phase::Done
+        self.link_up() || self.read_all.load(Relaxed) || self.phase() == Phase::Done
+    }
+
+    /// The link is down while it should be up: the source is unreachable (not merely
+    /// read to its end, nor not yet reached).
+    pub fn link_lost(&self) -> bool {
+        !self.lag_known() && self.last_contact_ms.load(Relaxed) != 0
     }
 
     /// [`ShardStats::lag_bytes`], or `None` while the lag is unknown (the link is down).
@@ -282,6 +301,10 @@ impl ShardStats {
         // oldest shard's.
         self.link_up.store(
             !shards.is_empty() && shards.iter().all(|s| s.link_up()),
+            Relaxed,
+        );
+        self.read_all.store(
+            !shards.is_empty() && shards.iter().all(|s| s.lag_known()),
             Relaxed,
         );
         let oldest = shards
@@ -360,8 +383,25 @@ mod tests {
             100.0,
             "a reconnect keeps the progress"
         );
+        assert!(s.link_lost());
         s.set_phase(Phase::Done);
         assert_eq!(s.known_lag_bytes(), Some(10), "done: nothing more to read");
+    }
+
+    #[test]
+    fn a_reader_that_read_everything_leaves_the_lag_known() {
+        let s = ShardStats::default();
+        s.set_phase(Phase::Snapshot);
+        {
+            let _up = s.link_up_while();
+            s.set_read_all();
+        }
+        assert!(!s.link_up());
+        assert_eq!(s.known_lag_bytes(), Some(0));
+        assert!(!s.link_lost());
+        s.set_link_up(true);
+        s.set_link_up(false);
+        assert!(s.link_lost(), "a new link that fails is lost");
     }
 
     #[test]
