@@ -157,3 +157,60 @@ fn job_commands_drive_a_running_service() {
         serve.output()
     );
 }
+
+/// `ferry job show` with the job's source gone: the lag is unknown (and since when the
+/// source is unreachable), not a reassuring 0.
+#[test]
+fn job_show_says_the_lag_is_unknown_while_the_source_is_unreachable() {
+    let mut source = Server::start();
+    let target = Server::start();
+    source.cmd(&["SET", "k", "v"]);
+    let dir = tempfile::tempdir().expect("tempdir");
+    let store = format!("sqlite://{}", dir.path().join("ferry.db").display());
+    let mut serve = Ferry::start(&[
+        "serve",
+        "--listen",
+        "127.0.0.1:0",
+        "--store",
+        &store,
+        "--token",
+        "t0ken",
+    ]);
+    serve.wait_for_output("ferry service on http://", Duration::from_secs(20));
+    let server = serve
+        .output()
+        .lines()
+        .find_map(|l| l.strip_prefix("ferry service on "))
+        .map(|u| u.trim_end_matches('/').to_string())
+        .expect("service address");
+    let config = dir.path().join("job.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "name = \"gone\"\nsource = \"{}\"\ntarget = \"{}\"\n",
+            source.url(),
+            target.url()
+        ),
+    )
+    .expect("write job.toml");
+    let cfg = config.display().to_string();
+    let (ok, out) = job(&server, &["create", "--config", &cfg, "--start"]);
+    assert!(ok, "{out}");
+    let mut last = String::new();
+    wait_until("the job to be incremental", Duration::from_secs(60), || {
+        last = job(&server, &["show", "gone"]).1;
+        last.lines()
+            .any(|l| l.starts_with("Status") && l.ends_with("incremental"))
+    });
+    assert!(last.contains(" bytes, "), "a known lag: {last}");
+
+    source.kill();
+    wait_until("the lag to be unknown", Duration::from_secs(30), || {
+        last = job(&server, &["show", "gone"]).1;
+        last.contains("lag unknown (source unreachable for ")
+    });
+    assert!(!last.contains(" bytes, "), "{last}");
+    assert!(last.contains("unknown"), "the shard's row too: {last}");
+    let (_, list) = job(&server, &["list"]);
+    assert!(list.contains("unknown"), "{list}");
+}
