@@ -40,6 +40,16 @@ function fmt(n, digits) {
   return Number(n).toLocaleString("en-US", { maximumFractionDigits: digits ?? 0 });
 }
 
+// The lag is absent while the source link is down: "unknown", never a reassuring 0.
+function lag(v) {
+  if (v.lag_bytes === undefined || v.lag_bytes === null) {
+    return v.seconds_since_contact === undefined || v.seconds_since_contact === null
+      ? "unknown"
+      : `unknown (source unreachable for ${fmt(v.seconds_since_contact)} s)`;
+  }
+  return `${fmt(v.lag_bytes)} bytes · ${fmt(v.lag_seconds, 2)} s`;
+}
+
 function showOnly(id) {
   for (const s of $$("main > section")) s.hidden = s.id !== id;
 }
@@ -76,7 +86,7 @@ async function showJobs() {
         el("td", {}, j.target_nodes.join(", ")),
         el("td", { class: "num" }, fmt(j.source_transactions)),
         el("td", { class: "num" }, fmt(j.target_transactions)),
-        el("td", { class: "num" }, fmt(j.lag_seconds, 1) + " s"),
+        el("td", { class: "num" }, j.lag_seconds === undefined ? "unknown" : fmt(j.lag_seconds, 1) + " s"),
       ));
     }
   };
@@ -335,7 +345,7 @@ async function showJob(name) {
       figure("Mode", j.mode),
       figure("Source transactions executed", fmt(j.source_transactions), "fig-source-tx"),
       figure("Target transactions executed", fmt(j.target_transactions), "fig-target-tx"),
-      figure("Lag", `${fmt(j.lag_bytes)} bytes · ${fmt(j.lag_seconds, 2)} s`),
+      figure("Lag", lag(j)),
       figure("Throughput", `${fmt(j.apply_rate, 1)} records/s · ${fmt(j.bytes_rate / 1e6, 2)} MB/s read`),
       figure("Retries", retry),
       figure("Last error", j.last_error || "none"),
@@ -355,7 +365,7 @@ async function showJob(name) {
       el("td", {}, el("span", { class: "state " + s.state }, s.state), s.error ? " — " + s.error : ""),
       el("td", {}, s.node || "–"),
       el("td", {}, fmt(s.records_applied)),
-      el("td", {}, `${fmt(s.lag_bytes)} bytes · ${fmt(s.lag_seconds, 2)} s`),
+      el("td", {}, lag(s)),
       el("td", {}, "generation " + s.lease_generation))));
     chart(j.samples);
     $("#job-history").replaceChildren(...(j.history || []).slice(-30).reverse().map((h) =>
