@@ -371,8 +371,8 @@ start_ferry_incr() {
         --mode full+incremental --progress never --checkpoint "$ckpt" >"$INCR_LOG" 2>&1 &
     INCR_PID=$!
     PIDS+=("$INCR_PID")
-    # The source's keys plus ferry's checkpoint.
-    [[ "$ckpt" == on ]] && expect=$((SRC_KEYS + 1))
+    # The source's keys plus ferry's checkpoint and its ownership record.
+    [[ "$ckpt" == on ]] && expect=$((SRC_KEYS + 2))
     if ! python3 "$HELPER" wait-dbsize --port "$INCR_PORT" --expect "$expect" --timeout "$TIMEOUT" >/dev/null; then
         tail -n 30 "$INCR_LOG" >&2
         die "ferry (--checkpoint $ckpt) never caught up with the snapshot"
