@@ -695,13 +695,7 @@ async fn attempt_shard(
     // per shard, so tasks of one job on other workers are left alone.
     let client_name = match &config.fence {
         Some(fence) => {
-            let nodes = if cluster {
-                ferry_target::slot::fetch_any(std::slice::from_ref(target))
-                    .await?
-                    .masters
-            } else {
-                vec![target.clone()]
-            };
+            let nodes = ferry_target::slot::data_nodes(target, cluster).await?;
             let task = task_name(&config.name, shard_id);
             for node in &nodes {
                 ferry_target::fence::cut_off_older(node, &task, fence.generation()).await?;
@@ -915,13 +909,7 @@ async fn refuse_same_server(
             return Ok(());
         }
     };
-    let nodes = if cluster {
-        ferry_target::slot::fetch_any(std::slice::from_ref(target))
-            .await?
-            .masters
-    } else {
-        vec![target.clone()]
-    };
+    let nodes = ferry_target::slot::data_nodes(target, cluster).await?;
     for t in &nodes {
         let tid = match crate::identity::identify(t).await {
             Ok(id) => id,

@@ -48,16 +48,6 @@ pub fn key(job: &str) -> Bytes {
     Bytes::from(k)
 }
 
-/// The target's nodes that hold data: every master of a cluster, else the node itself.
-async fn nodes(target: &Endpoint, cluster: bool) -> Result<Vec<Endpoint>, TargetError> {
-    if !cluster {
-        return Ok(vec![target.clone()]);
-    }
-    let mut seed = target.clone();
-    seed.db = None;
-    Ok(crate::slot::fetch_any(&[seed]).await?.masters)
-}
-
 /// The node holding `key` (its slot's master on a cluster).
 pub(crate) async fn node_of(
     target: &Endpoint,
@@ -137,7 +127,7 @@ pub async fn foreign_key(
 ) -> Result<Option<Foreign>, TargetError> {
     let mut found: Option<Foreign> = None;
     let mut total = 0u64;
-    for node in nodes(target, cluster).await? {
+    for node in crate::slot::data_nodes(target, cluster).await? {
         let mut conn = Connection::connect(&node).await?;
         let keyspace = conn.info("keyspace").await?.keyspace();
         total += keyspace.iter().map(|(_, n)| n).sum::<u64>();
@@ -201,7 +191,7 @@ async fn first_foreign(
 /// Counts the keys on the target (every node, every database), for a flush's log line.
 pub async fn count_keys(target: &Endpoint, cluster: bool) -> Result<u64, TargetError> {
     let mut total = 0;
-    for node in nodes(target, cluster).await? {
+    for node in crate::slot::data_nodes(target, cluster).await? {
         let mut conn = Connection::connect(&node).await?;
         total += conn
             .info("keyspace")

@@ -141,6 +141,16 @@ impl SlotMap {
     }
 }
 
+/// The target's nodes that hold data: every master of a cluster, else the node itself.
+pub async fn data_nodes(target: &Endpoint, cluster: bool) -> Result<Vec<Endpoint>, TargetError> {
+    if !cluster {
+        return Ok(vec![target.clone()]);
+    }
+    let mut seed = target.clone();
+    seed.db = None;
+    Ok(fetch_any(&[seed]).await?.masters)
+}
+
 /// Fetches the slot map from the first of `candidates` that answers.
 pub async fn fetch_any(candidates: &[Endpoint]) -> Result<SlotMap, TargetError> {
     let mut last = None;
