@@ -80,6 +80,9 @@ pub enum JobError {
     /// Another run took the job's lease over while this one ran.
     #[error("{0}")]
     LeaseLost(String),
+    /// The target evicted keys while the job copied (see `evictions`): a retry would too.
+    #[error("{0}")]
+    Evicted(crate::evictions::Evicted),
 }
 
 impl From<SourceError> for JobError {
@@ -107,7 +110,8 @@ impl JobError {
             | JobError::StoppedAtFailure { .. }
             | JobError::SameServer(_)
             | JobError::LeaseHeld(_)
-            | JobError::LeaseLost(_) => false,
+            | JobError::LeaseLost(_)
+            | JobError::Evicted(_) => false,
         }
     }
 
@@ -128,6 +132,7 @@ impl JobError {
                 | JobError::SameServer(_)
                 | JobError::LeaseHeld(_)
                 | JobError::LeaseLost(_)
+                | JobError::Evicted(_)
         )
     }
 }
@@ -745,6 +750,7 @@ async fn attempt_shard(
     let (ownership, unrecorded) =
         crate::ownership::establish(config, target, cluster, saved.is_some(), carry.owned).await?;
     carry.owned = Some(ownership);
+    let evictions = crate::evictions::baseline(target, cluster).await?;
     let mut ropts = ReplicaOptions::new(node.clone());
     if let Some(name) = &config.psync_command {
         ropts.psync_command = name.clone();
@@ -851,8 +857,18 @@ async fn attempt_shard(
         reader_cancel.clone(),
     ));
 
-    // Whichever ends first, the other is brought to an end and both results are read.
+    // Whichever ends first, the other is brought to an end and both results are read; an
+    // eviction on the target ends both.
+    let watch = crate::evictions::watch(evictions.as_ref(), stats.clone());
+    tokio::pin!(watch);
     let (read, written) = tokio::select! {
+        e = &mut watch => {
+            reader_cancel.cancel();
+            writer_cancel.cancel();
+            let _ = reader.await;
+            let _ = writer.await;
+            return Err(e);
+        }
         r = &mut reader => {
             // Reader done (snapshot read in full mode, stopped, or failed): its sender is
             // gone, so the writer applies what is queued and returns.
@@ -876,6 +892,12 @@ async fn attempt_shard(
             Ok(()) => warn!(shard = shard_id, offset, "the checkpoint is marked failed: a later run refuses to resume past the refused command"),
             Err(e) => warn!(shard = shard_id, error = %e, "could not mark the checkpoint failed"),
         }
+    }
+    // Evictions since the watcher's last look fail the attempt before anything says
+    // complete, and explain a failure they caused (an evicted checkpoint reads as lost data,
+    // which would otherwise copy again, and be evicted again, forever).
+    if let Some(b) = &evictions {
+        b.check().await?;
     }
     let summary = written?;
     read?;

@@ -3,6 +3,7 @@
 //! drive it through [`job::run`] and read [`JobStatus`].
 
 pub mod config;
+pub mod evictions;
 pub mod fence;
 pub mod identity;
 pub mod job;
