@@ -47,13 +47,7 @@ impl std::fmt::Display for Evicted {
 /// cluster target. `None` when a node refuses INFO (some managed services): a warning, and
 /// the attempt goes on unchecked.
 pub async fn baseline(target: &Endpoint, cluster: bool) -> Result<Option<Baseline>, JobError> {
-    let nodes = if cluster {
-        ferry_target::slot::fetch_any(std::slice::from_ref(target))
-            .await?
-            .masters
-    } else {
-        vec![target.clone()]
-    };
+    let nodes = ferry_target::slot::data_nodes(target, cluster).await?;
     let mut out = Vec::with_capacity(nodes.len());
     for node in nodes {
         match evicted_keys(&node).await {
