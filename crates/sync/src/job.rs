@@ -549,10 +549,20 @@ async fn shard_loop(
 ) -> Result<JobOutcome, JobError> {
     let mut retry = RetryState::new(config.retry.clone());
     let mut carry = Carry::default();
-    let stopped = JobOutcome {
-        keys: 0,
-        commands: 0,
-        completed: false,
+    // What every attempt applied, not only the last one (the writer's own summary is lost
+    // with an attempt that fails).
+    let base = (
+        stats.keys_applied.load(Relaxed),
+        stats.records_applied.load(Relaxed),
+    );
+    let outcome = |completed: bool| {
+        let keys = stats.keys_applied.load(Relaxed).saturating_sub(base.0);
+        let records = stats.records_applied.load(Relaxed).saturating_sub(base.1);
+        JobOutcome {
+            keys,
+            commands: records.saturating_sub(keys),
+            completed,
+        }
     };
     loop {
         let progress_mark = (
@@ -592,10 +602,10 @@ async fn shard_loop(
             stats.applied_offset.load(Relaxed),
         ) != progress_mark;
         match result {
-            Ok(o) => return Ok(o),
+            Ok(o) => return Ok(outcome(o.completed)),
             Err(e) if cancel.is_cancelled() => {
                 warn!(shard = %id, error = %e, "error while stopping");
-                return Ok(stopped);
+                return Ok(outcome(false));
             }
             Err(e @ JobError::ShardGone { .. }) => return Err(e),
             Err(JobError::Target(e @ TargetError::LostData { .. })) => {
@@ -614,7 +624,7 @@ async fn shard_loop(
                 }
                 match retry_or_give_up(config, &mut retry, e, status, Some(&id), cancel).await {
                     Ok(true) => {}
-                    Ok(false) => return Ok(stopped),
+                    Ok(false) => return Ok(outcome(false)),
                     Err(e) => return Err(e),
                 }
             }

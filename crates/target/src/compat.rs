@@ -171,6 +171,7 @@ impl Compat {
                 }
             }
             Event::Command { db, argv, offset } => {
+                let argv = exact_trim(argv, self.target.as_ref().map(redis_level));
                 let argv = match &self.target {
                     Some(t) => adapt_command(t, argv).map_err(|m| self.incompatible(m))?,
                     None => argv,
@@ -497,6 +498,52 @@ pub fn adapt_command(t: &ServerVersion, mut argv: Vec<Bytes>) -> Result<Vec<Byte
     }
 }
 
+/// `XADD`/`XTRIM` as the source replicates an approximate trim: `MAXLEN|MINID = n LIMIT l`,
+/// the exact result of the source's trim, with the `LIMIT` only a replica accepts (a master
+/// refuses `LIMIT` without `~` from any client). Without `LIMIT` it is the same write on
+/// every target; before 6.2 (`level`), which has no `=`, the `=` goes too.
+pub fn exact_trim(mut argv: Vec<Bytes>, level: Option<(u32, u32)>) -> Vec<Bytes> {
+    let Some(name) = argv.first() else {
+        return argv;
+    };
+    let xadd = name.eq_ignore_ascii_case(b"XADD");
+    if !xadd && !name.eq_ignore_ascii_case(b"XTRIM") {
+        return argv;
+    }
+    let is = |a: &Bytes, t: &str| a.eq_ignore_ascii_case(t.as_bytes());
+    let mut i = 2;
+    if xadd && argv.get(i).is_some_and(|a| is(a, "NOMKSTREAM")) {
+        i += 1;
+    }
+    if !argv
+        .get(i)
+        .is_some_and(|a| is(a, "MAXLEN") || is(a, "MINID"))
+    {
+        return argv;
+    }
+    i += 1;
+    let op = i;
+    let approx = match argv.get(op) {
+        Some(a) if is(a, "~") => {
+            i += 1;
+            true
+        }
+        Some(a) if is(a, "=") => {
+            i += 1;
+            false
+        }
+        _ => false,
+    };
+    i += 1; // the threshold
+    if !approx && argv.get(i).is_some_and(|a| is(a, "LIMIT")) && argv.len() > i + 1 {
+        argv.drain(i..i + 2);
+    }
+    if level.is_some_and(|l| l < (6, 2)) && argv.get(op).is_some_and(|a| is(a, "=")) {
+        argv.remove(op);
+    }
+    argv
+}
+
 /// Drops `opt value` pairs named in `opts` from `argv[from..]`.
 fn strip_options(argv: Vec<Bytes>, from: usize, opts: &[&[u8]]) -> Vec<Bytes> {
     let mut out = Vec::with_capacity(argv.len());
@@ -537,6 +584,44 @@ mod tests {
             .map(|p| String::from_utf8_lossy(p).into_owned())
             .collect::<Vec<_>>()
             .join(" ")
+    }
+
+    #[test]
+    fn exact_trims_lose_their_limit() {
+        let t = |s: &str, level| text(&exact_trim(args(s), level));
+        let new = Some((7, 0));
+        assert_eq!(
+            t("xadd s MAXLEN = 3 LIMIT 1 1-1 a 4", new),
+            "xadd s MAXLEN = 3 1-1 a 4"
+        );
+        assert_eq!(
+            t("XADD s NOMKSTREAM MINID = 5-0 LIMIT 100 * f v", None),
+            "XADD s NOMKSTREAM MINID = 5-0 * f v"
+        );
+        assert_eq!(
+            t("XTRIM s MAXLEN = 70 LIMIT 30", new),
+            "XTRIM s MAXLEN = 70"
+        );
+        // An approximate trim keeps its LIMIT; without one there is nothing to drop.
+        assert_eq!(
+            t("XTRIM s MAXLEN ~ 70 LIMIT 30", new),
+            "XTRIM s MAXLEN ~ 70 LIMIT 30"
+        );
+        assert_eq!(
+            t("XADD s MAXLEN 5 * LIMIT 3", new),
+            "XADD s MAXLEN 5 * LIMIT 3"
+        );
+        assert_eq!(t("XADD s LIMIT 5 * f v", new), "XADD s LIMIT 5 * f v");
+        // Before 6.2 the `=` goes too.
+        assert_eq!(
+            t("XADD s MAXLEN = 3 LIMIT 1 1-1 a 4", Some((6, 0))),
+            "XADD s MAXLEN 3 1-1 a 4"
+        );
+        assert_eq!(t("XTRIM s MAXLEN = 3", Some((5, 0))), "XTRIM s MAXLEN 3");
+        assert_eq!(
+            t("SET s MAXLEN = 3 LIMIT 1", new),
+            "SET s MAXLEN = 3 LIMIT 1"
+        );
     }
 
     #[test]

@@ -400,6 +400,30 @@ impl Encoder {
         if !self.src_multi {
             self.txn_offset = Some((offset, db));
         }
+        if let Some(other) = swapped_with_zero(&argv) {
+            self.keep_job_keys_in_zero(other);
+        }
+    }
+
+    /// After `SWAPDB 0 other` in the transaction, the job's keys (its checkpoint and its
+    /// ownership record, which live in database 0) are in `other` with the data: moved back
+    /// in the same transaction, so database `other` holds only the source's data.
+    fn keep_job_keys_in_zero(&mut self, other: u32) {
+        let Some(ckpt) = self.checkpoint.clone() else {
+            return;
+        };
+        let mut keys = vec![ckpt.clone()];
+        if let Some(i) = ckpt.iter().rposition(|&b| b == b':') {
+            let mut owner = ckpt[..i].to_vec();
+            owner.extend_from_slice(b":target");
+            keys.push(Bytes::from(owner));
+        }
+        self.select_target(other);
+        for k in keys {
+            frame::write_command(&mut self.buf, &[b"MOVE".as_ref(), &k, b"0"]);
+            self.txn_names.push(TxnCmd::own(b"MOVE checkpoint"));
+            self.expects.push(Expect::queued(b"MOVE checkpoint"));
+        }
     }
 
     /// A snapshot key written as plain commands (see [`crate::rewrite`]). Outside a
@@ -466,6 +490,7 @@ impl Encoder {
                 self.push(Event::Offset { offset, db })
             }
             Event::Command { db, argv, offset } if self.checkpoint.is_some() => {
+                let argv = map_db_arguments(&self.db_map, argv);
                 self.push_checkpointed(db, argv, offset)
             }
             // Bytes with nothing to apply (PING, SELECT) still move the checkpoint, so it
@@ -506,6 +531,7 @@ impl Encoder {
                 self.expects.push(Expect::Restore { key: e.key });
             }
             Event::Command { db, argv, offset } => {
+                let argv = map_db_arguments(&self.db_map, argv);
                 self.select(db);
                 frame::write_command(&mut self.buf, &argv);
                 let name = argv[0].clone();
@@ -577,6 +603,46 @@ impl Encoder {
             // Big entries are turned into commands by `Compat` before they get here.
             Event::BigEntryStart(_) | Event::BigEntryChunk { .. } | Event::BigEntryEnd { .. } => {}
         }
+    }
+}
+
+/// The target database numbers in a command naming databases (`SWAPDB a b`, `MOVE key db`,
+/// `COPY src dst DB db`), mapped by `--db-map` like the databases ferry `SELECT`s.
+pub(crate) fn map_db_arguments(map: &DbMap, mut argv: Vec<Bytes>) -> Vec<Bytes> {
+    if map.is_empty() {
+        return argv;
+    }
+    let name = argv[0].to_ascii_uppercase();
+    let at: Vec<usize> = match name.as_slice() {
+        b"SWAPDB" => vec![1, 2],
+        b"MOVE" => vec![2],
+        b"COPY" => (3..argv.len().saturating_sub(1))
+            .filter(|&i| argv[i].eq_ignore_ascii_case(b"DB"))
+            .map(|i| i + 1)
+            .collect(),
+        _ => Vec::new(),
+    };
+    for i in at {
+        let mapped = std::str::from_utf8(&argv[i])
+            .ok()
+            .and_then(|d| d.parse::<u32>().ok())
+            .map(|d| map.target(d));
+        if let Some(d) = mapped {
+            argv[i] = Bytes::from(d.to_string());
+        }
+    }
+    argv
+}
+
+/// For `SWAPDB 0 n` or `SWAPDB n 0` (target numbers, n ≠ 0): `n`.
+fn swapped_with_zero(argv: &[Bytes]) -> Option<u32> {
+    if argv.len() != 3 || !argv[0].eq_ignore_ascii_case(b"SWAPDB") {
+        return None;
+    }
+    let db = |i: usize| std::str::from_utf8(&argv[i]).ok()?.parse::<u32>().ok();
+    match (db(1)?, db(2)?) {
+        (0, n) | (n, 0) if n != 0 => Some(n),
+        _ => None,
     }
 }
 
@@ -1150,6 +1216,33 @@ pub(crate) fn check_reply(expect: &Expect, reply: &Frame, addr: &str) -> Result<
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn database_arguments_follow_the_db_map() {
+        let map: DbMap = "1:5,2:0".parse().unwrap();
+        let args = |s: &str| s.split(' ').map(|p| Bytes::from(p.to_string())).collect();
+        let text = |v: Vec<Bytes>| {
+            v.iter()
+                .map(|p| String::from_utf8_lossy(p).into_owned())
+                .collect::<Vec<_>>()
+                .join(" ")
+        };
+        let m = |s: &str| text(map_db_arguments(&map, args(s)));
+        assert_eq!(m("SWAPDB 1 3"), "SWAPDB 5 3");
+        assert_eq!(m("MOVE k 2"), "MOVE k 0");
+        assert_eq!(m("COPY a b DB 1 REPLACE"), "COPY a b DB 5 REPLACE");
+        assert_eq!(m("COPY db DB REPLACE"), "COPY db DB REPLACE");
+        assert_eq!(m("SET 1 2"), "SET 1 2");
+        assert_eq!(
+            text(map_db_arguments(&DbMap::default(), args("MOVE k 1"))),
+            "MOVE k 1"
+        );
+        let z = |s: &str| swapped_with_zero(&args(s));
+        assert_eq!(z("SWAPDB 0 3"), Some(3));
+        assert_eq!(z("swapdb 4 0"), Some(4));
+        assert_eq!(z("SWAPDB 0 0"), None);
+        assert_eq!(z("SWAPDB 1 2"), None);
+    }
 
     fn cmd(i: usize) -> Cmd {
         Cmd {
