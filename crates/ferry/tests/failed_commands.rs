@@ -20,7 +20,7 @@ fn sync(source: &Server, target: &str, extra: &[&str]) -> Ferry {
     Ferry::sync(&source.url(), target, &args)
 }
 
-/// `ZADD … GT` (6.2) into a 6.0 target: refused by name before it is sent; what came before
+/// `XADD … NOMKSTREAM` (6.2) into a 6.0 target: refused by name before it is sent; what came before
 /// it is applied, and a second run stops at the same command (nothing is silently skipped).
 #[test]
 fn an_option_the_target_lacks_stops_the_job_naming_it() {
@@ -40,6 +40,7 @@ fn an_option_the_target_lacks_stops_the_job_naming_it() {
     let source = Server::builder().binary(&system.path).start();
     let target = Server::builder().binary(&old.path).start();
     source.cmd(&["SET", "seed", "1"]);
+    source.cmd(&["XADD", "z", "1-1", "f", "v"]);
     let mut ferry = sync(&source, &target.url(), &[]);
     common::wait_until("the snapshot on the target", LONG, || {
         target.cmd(&["EXISTS", "seed"]) == Reply::Int(1)
@@ -48,16 +49,16 @@ fn an_option_the_target_lacks_stops_the_job_naming_it() {
     common::wait_until("the write before on the target", LONG, || {
         target.cmd(&["EXISTS", "before"]) == Reply::Int(1)
     });
-    source.cmd(&["ZADD", "z", "GT", "5", "a"]);
+    source.cmd(&["XADD", "z", "NOMKSTREAM", "*", "f", "v"]);
     source.cmd(&["SET", "after", "1"]);
     let status = ferry.wait(LONG);
     assert!(!status.success());
     let out = ferry.output();
-    assert!(out.contains("ZADD") && out.contains("\"z\""), "{out}");
-    assert!(out.contains("GT") && out.contains("6.2"), "{out}");
+    assert!(out.contains("XADD") && out.contains("\"z\""), "{out}");
+    assert!(out.contains("NOMKSTREAM") && out.contains("6.2"), "{out}");
     assert!(out.contains(&target.addr()), "{out}");
     assert!(!out.contains("retrying"), "{out}");
-    assert_eq!(target.cmd(&["EXISTS", "z"]), Reply::Int(0));
+    assert_eq!(target.cmd(&["XLEN", "z"]), Reply::Int(1));
     assert_eq!(target.cmd(&["EXISTS", "after"]), Reply::Int(0));
     // A rerun does not go past the command: the checkpoint is marked failed.
     let mut again = sync(&source, &target.url(), &[]);
@@ -190,7 +191,7 @@ fn a_command_refused_at_queue_time_stops_even_when_skipping() {
     // known gap in the README: the checkpoint can then be past the refused command).
 }
 
-/// `ZADD … GT` into a 6.0 target under `--skip-failed-commands`: logged, counted, and the
+/// `XADD … NOMKSTREAM` into a 6.0 target under `--skip-failed-commands`: logged, counted, and the
 /// writes after it are applied.
 #[test]
 fn an_option_the_target_lacks_is_skipped_when_asked() {
@@ -209,16 +210,17 @@ fn an_option_the_target_lacks_is_skipped_when_asked() {
     let source = Server::start();
     let target = Server::builder().binary(&old.path).start();
     source.cmd(&["SET", "seed", "1"]);
+    source.cmd(&["XADD", "z", "1-1", "f", "v"]);
     let mut ferry = sync(&source, &target.url(), &["--skip-failed-commands"]);
     common::wait_until("the snapshot on the target", LONG, || {
         target.cmd(&["EXISTS", "seed"]) == Reply::Int(1)
     });
-    source.cmd(&["ZADD", "z", "GT", "5", "a"]);
+    source.cmd(&["XADD", "z", "NOMKSTREAM", "*", "f", "v"]);
     source.cmd(&["SET", "after", "1"]);
     common::wait_until("the later write on the target", LONG, || {
         target.cmd(&["EXISTS", "after"]) == Reply::Int(1)
     });
-    assert_eq!(target.cmd(&["EXISTS", "z"]), Reply::Int(0));
+    assert_eq!(target.cmd(&["XLEN", "z"]), Reply::Int(1));
     ferry.signal("INT");
     let out = ferry.output();
     assert_eq!(

@@ -157,6 +157,10 @@ fn route_command(argv: Vec<Bytes>, addr: &str) -> Result<Route, TargetError> {
             let slot = first_key.map_or(0, |k| key_slot(k));
             Ok(Route::Slots(vec![(slot, argv)]))
         }
+        b"XREADGROUP" => match crate::writer::command_key(&argv).map(|k| key_slot(k)) {
+            Some(slot) => Ok(Route::Slots(vec![(slot, argv)])),
+            None => Err(refuse(addr, &argv, "it names no stream")),
+        },
         b"XGROUP" | b"XINFO" | b"OBJECT" if argv.len() > 2 => {
             Ok(Route::Slots(vec![(key_slot(&argv[2]), argv)]))
         }
@@ -930,7 +934,7 @@ fn txn_failure(unit: &Unit, i: usize, message: &[u8], addr: &str) -> Option<Targ
     Some(command_failed(
         addr,
         argv.first()?,
-        argv.get(1),
+        crate::writer::command_key(&argv),
         db,
         offset,
         message,

@@ -172,6 +172,27 @@ impl Compat {
             }
             Event::Command { db, argv, offset } => {
                 let argv = exact_trim(argv, self.target.as_ref().map(redis_level));
+                let argv = match self.restore_for_target(&argv) {
+                    RestoreFix::AsIs => argv,
+                    RestoreFix::Replace(a) => a,
+                    RestoreFix::Gone => return Ok(Routed::Pass(Event::Offset { offset, db })),
+                    RestoreFix::Refuse(message) => {
+                        let e = TargetError::CommandFailed {
+                            addr: self.addr.clone(),
+                            command: "RESTORE".into(),
+                            key: lossy(&argv[1]),
+                            db,
+                            offset,
+                            message,
+                        };
+                        return match &self.failures {
+                            Some(f) => f
+                                .handle(e)
+                                .map(|()| Routed::Pass(Event::Offset { offset, db })),
+                            None => Err(e),
+                        };
+                    }
+                };
                 let argv = match &self.target {
                     Some(t) => adapt_command(t, argv).map_err(|m| self.incompatible(m))?,
                     None => argv,
@@ -312,6 +333,78 @@ impl Compat {
         })
     }
 
+    /// A replicated `RESTORE key ttl payload [REPLACE] [ABSTTL] [IDLETIME s] [FREQ f]` (a
+    /// `MIGRATE` into the source, a client's `RESTORE`) whose payload the target cannot
+    /// read, made readable as snapshot keys are: the payload re-framed with the target's
+    /// RDB version when its encoding is one the target knows, else the value rewritten
+    /// into commands run as one script.
+    fn restore_for_target(&mut self, argv: &[Bytes]) -> RestoreFix {
+        let Some(t) = &self.target else {
+            return RestoreFix::AsIs;
+        };
+        if argv.len() < 4 || !argv[0].eq_ignore_ascii_case(b"RESTORE") {
+            return RestoreFix::AsIs;
+        }
+        let Ok((value_type, body, version)) = ferry_rdb::parse_dump_payload(&argv[3]) else {
+            return RestoreFix::AsIs; // the target refuses it by name
+        };
+        let limit = restore_rdb_limit(t, version);
+        if version <= limit {
+            return RestoreFix::AsIs;
+        }
+        let mut out = argv.to_vec();
+        if type_min_rdb(value_type) <= limit {
+            let mut p = bytes::BytesMut::new();
+            ferry_rdb::write_dump_payload(&mut p, value_type, body, limit);
+            out[3] = p.freeze();
+            return RestoreFix::Replace(out);
+        }
+        let key = argv[1].clone();
+        let flag = |f: &str| {
+            argv[4..]
+                .iter()
+                .any(|a| a.eq_ignore_ascii_case(f.as_bytes()))
+        };
+        let ttl: i64 = std::str::from_utf8(&argv[2])
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(0);
+        let now = now_ms();
+        let expire_ms = match ttl {
+            0 => None,
+            t if flag("ABSTTL") => Some(t),
+            t => Some(now + t),
+        };
+        let value = match ferry_rdb::decode_value(value_type, body) {
+            Ok(v) => v,
+            Err(e) => {
+                return RestoreFix::Refuse(format!(
+                    "its payload (RDB {version}) is newer than the target ({t}) reads, and cannot be decoded to rewrite it: {e}"
+                ))
+            }
+        };
+        let mut opts = self.opts;
+        opts.overwrite = flag("REPLACE");
+        match rewrite::rewrite_value(&key, &value, expire_ms, now, &opts) {
+            Ok(Rewrite::Commands(cmds)) => {
+                self.rewritten += 1;
+                let tmp = rewrite::tmp_key(&key);
+                let cmds = cmds.into_iter().map(|c| c.argv).collect();
+                RestoreFix::Replace(crate::translate::rebuild(&key, &tmp, cmds))
+            }
+            Ok(Rewrite::Expired) => RestoreFix::Gone,
+            Ok(Rewrite::Skipped(u)) => {
+                self.skipped += 1;
+                warn!(target = %self.addr, key = %lossy(&u.key), "replicated RESTORE skipped: {}", u.reason);
+                RestoreFix::Gone
+            }
+            Err(u) => RestoreFix::Refuse(format!(
+                "the target ({t}) cannot hold its value: {}; pass --skip-unsupported to skip such keys",
+                u.reason
+            )),
+        }
+    }
+
     fn big_commands(&self, big: &BigKey, cmds: Vec<Cmd>, completes_key: bool) -> Routed {
         if cmds.is_empty() {
             return Routed::Drop;
@@ -337,6 +430,16 @@ impl Compat {
             message,
         }
     }
+}
+
+/// What a replicated `RESTORE` becomes for the target.
+enum RestoreFix {
+    AsIs,
+    Replace(Vec<Bytes>),
+    /// Nothing to write: a past TTL, or a value skipped with `--skip-unsupported`.
+    Gone,
+    /// The target cannot hold it: why.
+    Refuse(String),
 }
 
 /// Feeds one decoded chunk of a big value to its chunker.
@@ -396,12 +499,17 @@ const INTRODUCED: &[(&str, (u32, u32), u32)] = &[
     ("LMOVE", (6, 2), 0),
     ("BLMOVE", (6, 2), 0),
     ("ZRANGESTORE", (6, 2), 0),
+    ("ZDIFFSTORE", (6, 2), 0),
+    ("GEOSEARCHSTORE", (6, 2), 0),
     ("XAUTOCLAIM", (6, 2), 0),
 ];
 
 /// Makes a replicated command acceptable to an older target where that is easy, or says
 /// which command the target lacks.
 ///
+/// Translated exactly by [`crate::translate`] (scripts or older commands): `ZADD … GT|LT`,
+/// `ZDIFFSTORE`, `GEOSEARCHSTORE … BYRADIUS`, `XGROUP CREATECONSUMER` before 6.2, the
+/// replicated `XCLAIM` (which drops deleted entries from the pending list) before 7.0.
 /// Translated: `SET … PXAT|EXAT` → `SET … PX` (relative to now) and `SET … GET` → `SET`
 /// before 6.2; `LMOVE src dst RIGHT LEFT` → `RPOPLPUSH` before 6.2; the stream counters
 /// (`XSETID … ENTRIESADDED|MAXDELETEDID`, `XGROUP CREATE|SETID … ENTRIESREAD`) dropped before
@@ -421,6 +529,26 @@ pub fn adapt_command(t: &ServerVersion, mut argv: Vec<Bytes>) -> Result<Vec<Byte
             since.0, since.1
         )
     };
+    // Exact translations into what the older target has (see `crate::translate`).
+    let translated = match name.as_str() {
+        "ZADD" if level < (6, 2) => crate::translate::zadd_gt_lt(&argv),
+        "ZDIFFSTORE" if level < (6, 2) => crate::translate::zdiffstore(&argv),
+        "GEOSEARCHSTORE" if level < (6, 2) => crate::translate::geosearchstore(&argv),
+        "XGROUP" if level < (6, 2) => crate::translate::createconsumer(&argv),
+        "XCLAIM" if level < (7, 0) => crate::translate::xclaim_deleted(&argv),
+        _ => None,
+    };
+    if let Some(t) = translated {
+        return Ok(t);
+    }
+    if name == "XGROUP"
+        && level < (6, 2)
+        && argv
+            .get(1)
+            .is_some_and(|s| s.eq_ignore_ascii_case(b"CREATECONSUMER"))
+    {
+        return Err(lacks("XGROUP CREATECONSUMER", (6, 2)));
+    }
     if let Some((_, since, valkey_major)) = INTRODUCED.iter().find(|(n, ..)| *n == name) {
         let has = if valkey && *valkey_major > 0 {
             t.major >= *valkey_major

@@ -14,6 +14,7 @@ pub mod flush;
 pub mod owner;
 pub mod rewrite;
 pub mod slot;
+mod translate;
 pub mod version;
 pub mod writer;
 

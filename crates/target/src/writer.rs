@@ -384,7 +384,7 @@ impl Encoder {
             self.checkpoint_exists = false;
         }
         frame::write_command(&mut self.buf, &argv);
-        let key = argv.get(1).cloned();
+        let key = command_key(&argv).cloned();
         self.expects.push(Expect::Queued {
             name: name.clone(),
             key: key.clone(),
@@ -561,7 +561,7 @@ impl Encoder {
                         db,
                     }
                 } else if self.in_multi {
-                    let key = argv.get(1).cloned();
+                    let key = command_key(&argv).cloned();
                     self.txn_names.push(TxnCmd {
                         name: name.clone(),
                         key: key.clone(),
@@ -576,7 +576,7 @@ impl Encoder {
                     }
                 } else {
                     Expect::Command {
-                        key: argv.get(1).cloned(),
+                        key: command_key(&argv).cloned(),
                         name,
                         offset: Some(offset),
                         db,
@@ -632,6 +632,28 @@ pub(crate) fn map_db_arguments(map: &DbMap, mut argv: Vec<Bytes>) -> Vec<Bytes> 
         }
     }
     argv
+}
+
+/// The key an error about `argv` names: its first argument, or a script's first key (not
+/// its body).
+pub(crate) fn command_key(argv: &[Bytes]) -> Option<&Bytes> {
+    let name = argv.first()?;
+    let script = [b"EVAL".as_ref(), b"EVALSHA", b"FCALL"]
+        .iter()
+        .any(|n| name.eq_ignore_ascii_case(n));
+    if script {
+        return match argv.get(2).map(|n| n.as_ref()) {
+            Some(b"0") | None => None,
+            Some(_) => argv.get(3),
+        };
+    }
+    if name.eq_ignore_ascii_case(b"XREADGROUP") {
+        let at = argv
+            .iter()
+            .position(|a| a.eq_ignore_ascii_case(b"STREAMS"))?;
+        return argv.get(at + 1);
+    }
+    argv.get(1)
 }
 
 /// For `SWAPDB 0 n` or `SWAPDB n 0` (target numbers, n ≠ 0): `n`.
