@@ -1,12 +1,14 @@
 //! The `ferry` command: glue between the command line and the job crates.
 
 mod check;
+mod cutover;
 mod jobcmd;
 mod out;
 mod probe;
 mod progress;
 mod scope_args;
 mod serve;
+mod status;
 mod stop;
 mod storelock;
 mod verify;
@@ -63,10 +65,16 @@ enum Command {
     Serve(serve::ServeArgs),
     /// Manage the jobs of a running service.
     Job(jobcmd::JobArgs),
+    /// Finish a migration while its job runs: pause the source's writes, prove the target
+    /// holds every one, keep the source paused while clients move; exit 0 only then.
+    Cutover(cutover::CutoverArgs),
+    /// Where a job stands: its runs, each shard's checkpoint against the source, the lag
+    /// in bytes and (measured) seconds.
+    Status(status::StatusArgs),
 }
 
 #[derive(clap::Args)]
-struct SyncArgs {
+pub(crate) struct SyncArgs {
     /// Job settings in TOML (source, target, mode, overwrite); flags override them.
     #[arg(long)]
     config: Option<PathBuf>,
@@ -177,6 +185,10 @@ struct SyncArgs {
     /// Progress display.
     #[arg(long, value_enum, default_value_t = ProgressMode::Auto)]
     progress: ProgressMode,
+    /// Serve Prometheus `/metrics` for this job on ADDR (e.g. 127.0.0.1:9187), the same
+    /// series as the service's.
+    #[arg(long, value_name = "ADDR")]
+    metrics_listen: Option<std::net::SocketAddr>,
     #[command(flatten)]
     scope: scope_args::ScopeArgs,
 }
@@ -214,6 +226,8 @@ fn main() -> ExitCode {
             Command::Check(args) => Ok(check::run(*args).await),
             Command::Serve(args) => serve::run(args).await.map(|()| ExitCode::SUCCESS),
             Command::Job(args) => Ok(jobcmd::run(args).await),
+            Command::Cutover(args) => Ok(cutover::run(args).await),
+            Command::Status(args) => Ok(status::run(args).await),
         }
     });
     match result {
@@ -226,7 +240,7 @@ fn main() -> ExitCode {
 }
 
 /// Cancels the token on SIGINT or SIGTERM.
-fn stop_on_signals(cancel: CancellationToken) {
+pub(crate) fn stop_on_signals(cancel: CancellationToken) {
     tokio::spawn(async move {
         #[cfg(unix)]
         {
@@ -304,6 +318,21 @@ async fn sync(args: SyncArgs) -> anyhow::Result<ExitCode> {
     let stats = status.stats.clone();
     let cancel = CancellationToken::new();
     stop_on_signals(cancel.clone());
+    let _metrics = match args.metrics_listen {
+        Some(addr) => {
+            match ferry_service::metrics::serve_cli(addr, job.name.clone(), status.clone()).await {
+                Ok(task) => {
+                    info!(%addr, "serving /metrics");
+                    Some(task)
+                }
+                Err(e) => {
+                    error!("cannot listen on {addr} for /metrics: {e}");
+                    return Ok(ExitCode::from(2));
+                }
+            }
+        }
+        None => None,
+    };
     // The first contact fails the run at once (exit 2): see `probe`. A sentinel's
     // credentials may differ from its master's, so sentinels are not probed here.
     let mut first = match job.source.endpoint() {

@@ -94,19 +94,89 @@ fn label(v: &str) -> String {
         .replace('\n', "\\n")
 }
 
+/// One job (or task) as `/metrics` shows it.
+pub struct Series<'a> {
+    pub job: &'a str,
+    pub shard: &'a str,
+    pub status: &'a ferry_sync::JobStatus,
+    pub totals: crate::store::Totals,
+    pub retries: u64,
+    pub errors: u64,
+}
+
 pub fn render(jobs: &[std::sync::Arc<Running>]) -> String {
+    let series: Vec<Series> = jobs
+        .iter()
+        .map(|r| Series {
+            job: &r.name,
+            shard: &r.key.shard,
+            status: &r.status,
+            totals: r.totals(),
+            retries: r.retries_total.load(Relaxed),
+            errors: r.errors_total.load(Relaxed),
+        })
+        .collect();
+    render_series(&series)
+}
+
+/// `ferry sync --metrics-listen`: the same families for the one job the CLI runs.
+pub fn render_cli(job: &str, status: &ferry_sync::JobStatus) -> String {
+    let s = &status.stats;
+    let view = status.view();
+    render_series(&[Series {
+        job,
+        shard: "all",
+        status,
+        totals: crate::store::Totals {
+            records_read: s.records_read.load(Relaxed),
+            records_applied: s.records_applied.load(Relaxed),
+            keys_read: s.keys_read.load(Relaxed),
+            keys_applied: s.keys_applied.load(Relaxed),
+            bytes_read: s.bytes_read.load(Relaxed),
+        },
+        retries: u64::from(view.attempts),
+        errors: u64::from(view.last_error.is_some()),
+    }])
+}
+
+/// Serves `GET /metrics` for the CLI's job on `addr` until the process ends.
+pub async fn serve_cli(
+    addr: std::net::SocketAddr,
+    job: String,
+    status: std::sync::Arc<ferry_sync::JobStatus>,
+) -> std::io::Result<tokio::task::JoinHandle<()>> {
+    let listener = tokio::net::TcpListener::bind(addr).await?;
+    let app = axum::Router::new().route(
+        "/metrics",
+        axum::routing::get(move || {
+            let body = render_cli(&job, &status);
+            async move {
+                (
+                    [(
+                        axum::http::header::CONTENT_TYPE,
+                        "text/plain; version=0.0.4",
+                    )],
+                    body,
+                )
+            }
+        }),
+    );
+    Ok(tokio::spawn(async move {
+        if let Err(e) = axum::serve(listener, app).await {
+            tracing::warn!(error = %e, "the metrics listener stopped");
+        }
+    }))
+}
+
+pub fn render_series(jobs: &[Series]) -> String {
     let mut out = String::new();
     for f in &FAMILIES {
         let _ = writeln!(out, "# HELP {} {}", f.name, f.help);
         let _ = writeln!(out, "# TYPE {} {}", f.name, f.kind);
         for r in jobs {
             let stats = &r.status.stats;
-            let totals = r.totals();
-            let labels = format!(
-                "job=\"{}\",shard=\"{}\"",
-                label(&r.name),
-                label(&r.key.shard)
-            );
+            let totals = &r.totals;
+            let labels = format!("job=\"{}\",shard=\"{}\"", label(r.job), label(r.shard));
             let value = match f.name {
                 "ferry_records_read_total" => totals.records_read.to_string(),
                 "ferry_records_applied_total" => totals.records_applied.to_string(),
@@ -125,8 +195,8 @@ pub fn render(jobs: &[std::sync::Arc<Running>]) -> String {
                     Some(s) => format!("{s:.3}"),
                     None => continue,
                 },
-                "ferry_retries_total" => r.retries_total.load(Relaxed).to_string(),
-                "ferry_errors_total" => r.errors_total.load(Relaxed).to_string(),
+                "ferry_retries_total" => r.retries.to_string(),
+                "ferry_errors_total" => r.errors.to_string(),
                 "ferry_split_transactions_total" => {
                     stats.split_transactions.load(Relaxed).to_string()
                 }

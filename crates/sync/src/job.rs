@@ -199,7 +199,7 @@ pub async fn run(
 
 /// The node where a run holds the job (see `lease`): the target (its current master), or
 /// on a cluster one master chosen by the job's name.
-async fn lease_node(config: &JobConfig) -> Result<Endpoint, JobError> {
+pub(crate) async fn lease_node(config: &JobConfig) -> Result<Endpoint, JobError> {
     let target = resolve_target(config).await?;
     if !ferry_target::is_cluster(&target).await? {
         return Ok(target);
@@ -649,7 +649,7 @@ struct Carry {
 /// The node to write to: for a replica-set or sentinel target its current master (found
 /// again at every attempt, so a target failover is followed), for a cluster any node that
 /// answers (the cluster writer learns the rest), else the first address.
-async fn resolve_target(config: &JobConfig) -> Result<Endpoint, JobError> {
+pub(crate) async fn resolve_target(config: &JobConfig) -> Result<Endpoint, JobError> {
     if config.target_type == SourceType::Standalone {
         return Ok(config.target.clone());
     }

@@ -22,6 +22,11 @@ const CHECK: Duration = Duration::from_secs(5);
 
 const PREFIX: &str = "ferry-run~";
 
+/// This host's name as runs record it.
+pub fn this_host() -> String {
+    hostname()
+}
+
 fn hostname() -> String {
     std::fs::read_to_string("/proc/sys/kernel/hostname")
         .or_else(|_| std::fs::read_to_string("/etc/hostname"))
@@ -38,6 +43,48 @@ fn client_name(job: &str) -> String {
         .map(|c| if c.is_whitespace() { '_' } else { c })
         .collect();
     format!("{PREFIX}{}~{}~{job}", hostname(), std::process::id())
+}
+
+/// The CLI runs holding `config`'s job on its target: `(host, pid)` of each.
+pub async fn holders(config: &crate::JobConfig) -> Result<Vec<(String, u32)>, JobError> {
+    let node = crate::job::lease_node(config).await?;
+    let mut conn = Connection::connect(&node)
+        .await
+        .map_err(|e| JobError::Target(TargetError::Node(e)))?;
+    let list = conn
+        .request(&["CLIENT", "LIST"])
+        .await
+        .map_err(|e| JobError::Target(TargetError::Node(e)))?
+        .to_text();
+    let want = client_name_job(&config.name);
+    Ok(list
+        .lines()
+        .filter_map(|l| l.split(' ').find_map(|f| f.strip_prefix("name=")))
+        .filter(|n| job_of(n) == Some(want.as_str()))
+        .filter_map(|n| {
+            let mut it = n.strip_prefix(PREFIX)?.splitn(3, '~');
+            Some((it.next()?.to_string(), it.next()?.parse().ok()?))
+        })
+        .collect())
+}
+
+/// Whether a client name is one of `job`'s runs: a CLI run's hold
+/// (`ferry-run~host~pid~job`) or a service worker's writer (`ferry-<job>-g<n>`,
+/// `ferry-<job>:<shard>-g<n>`).
+pub(crate) fn names_job(name: &str, job: &str) -> bool {
+    if let Some(j) = job_of(name) {
+        return j == client_name_job(job);
+    }
+    name.strip_prefix("ferry-")
+        .and_then(|r| r.strip_prefix(job))
+        .is_some_and(|r| r.starts_with("-g") || r.starts_with(':'))
+}
+
+/// A job's name as it appears in a client name (no whitespace).
+fn client_name_job(job: &str) -> String {
+    job.chars()
+        .map(|c| if c.is_whitespace() { '_' } else { c })
+        .collect()
 }
 
 /// The job's name in a run's client name.

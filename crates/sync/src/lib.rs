@@ -3,6 +3,7 @@
 //! drive it through [`job::run`] and read [`JobStatus`].
 
 pub mod config;
+pub mod cutover;
 pub mod evictions;
 pub mod fence;
 pub mod identity;
@@ -17,7 +18,7 @@ pub mod status;
 
 pub use config::{FileConfig, JobConfig, Mode, RetryConfig};
 pub use fence::Fence;
-pub use ferry_source::{Phase, ShardStats};
+pub use ferry_source::{Phase, ShardStats, SourceSpec};
 pub use job::{run, JobError, JobOutcome};
 pub use precheck::{precheck, Check, Level};
 pub use retry::{RetryPolicy, Window};
