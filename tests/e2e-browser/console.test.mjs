@@ -181,6 +181,13 @@ async function main() {
     await page.getByRole("button", { name: "Resume" }).click();
     await until("incremental again", async () => (await page.locator("#fig-state").innerText()).includes("incremental"));
 
+    // Cut over from the page: the source is held 30 s, so this comes last for the job.
+    page.once("dialog", (d) => d.accept());
+    await page.getByRole("button", { name: "Cut over" }).click();
+    await until("the cutover to finish", async () =>
+      (await page.locator("#job-cutover").innerText()).startsWith("cut over: the target holds every write"));
+    await page.screenshot({ path: path.join(shots, "5b-cutover.png"), fullPage: true });
+
     // The list.
     await page.getByRole("link", { name: "← Jobs" }).click();
     await page.getByRole("link", { name: "e2e-copy" }).waitFor();

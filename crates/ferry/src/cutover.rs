@@ -9,7 +9,7 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use crate::out::outln;
-use ferry_sync::cutover::{self, Cutover, CutoverError};
+use ferry_service::cutover::{self as service_cutover, Failure, Proven};
 use ferry_sync::{JobConfig, JobStatus, Mode};
 use ferry_sync::{Phase, SourceSpec};
 use serde_json::json;
@@ -54,20 +54,6 @@ pub async fn run(args: CutoverArgs) -> ExitCode {
         Ok(j) => j,
         Err(e) => return fail(args.json, 2, &format!("{e:#}")),
     };
-    if job.source_seeds.is_empty() {
-        return fail(
-            args.json,
-            2,
-            "the source is a file: there is nothing to cut over",
-        );
-    }
-    if !job.checkpoint {
-        return fail(
-            args.json,
-            2,
-            "a cutover reads the job's checkpoints: the job must run with checkpoints on",
-        );
-    }
     if args.reverse && !job.db_map.is_empty() {
         return fail(
             args.json,
@@ -76,132 +62,46 @@ pub async fn run(args: CutoverArgs) -> ExitCode {
         );
     }
     info!(name = %job.name, max_pause = ?args.max_pause, "cutover: pre-flight");
-    let c = match cutover::cutover(&job, args.max_pause).await {
-        Ok(c) => c,
-        Err(e) => {
-            let code = if matches!(e, CutoverError::Node { .. } | CutoverError::Job(_)) {
-                2
-            } else {
-                1
-            };
-            return fail(args.json, code, &e.to_string());
-        }
+    let failed = |f: Failure| {
+        let code = if matches!(f, Failure::Node(_)) { 2 } else { 1 };
+        fail(args.json, code, f.message())
     };
-    let verified = if args.verify_sample > 0.0 {
-        match sample_verify(&job, args.verify_sample).await {
-            Ok(r) if r.equal => Some(r),
-            Ok(r) => {
-                let left = cutover::unpause(&c).await;
-                return fail(
-                    args.json,
-                    1,
-                    &format!(
-                        "the sampled verification found {} differing keys (first: {:?}); the source is unpaused{}",
-                        r.keys_compared - r.keys_equal,
-                        r.differences.first().map(|d| d.key.clone()),
-                        still_paused(&left)
-                    ),
-                );
-            }
-            Err(e) => {
-                let left = cutover::unpause(&c).await;
-                return fail(
-                    args.json,
-                    2,
-                    &format!(
-                        "the sampled verification failed: {e}; the source is unpaused{}",
-                        still_paused(&left)
-                    ),
-                );
-            }
-        }
-    } else {
-        None
+    let proven = match service_cutover::prove(&job, args.max_pause, args.verify_sample).await {
+        Ok(p) => p,
+        Err(f) => return failed(f),
     };
     // The way back starts before clients move: nothing written on the new side is missed.
     let reverse = if args.reverse {
         match start_reverse(&job).await {
             Ok(r) => Some(r),
             Err(e) => {
-                let left = cutover::unpause(&c).await;
-                return fail(
-                    args.json,
-                    1,
-                    &format!("{e}; the source is unpaused{}", still_paused(&left)),
-                );
+                return failed(service_cutover::abort(&proven.cut, Failure::Refused(e)).await)
             }
         }
     } else {
         None
     };
-    let lasts = if args.hold.is_zero() {
-        let left = cutover::unpause(&c).await;
-        (!left.is_empty()).then(|| args.max_pause.saturating_sub(c.paused_for()))
-    } else {
-        match cutover::hold(&c, args.hold, args.max_pause).await {
-            Ok(d) => Some(d),
-            Err(e) => {
-                let left = cutover::unpause(&c).await;
-                return fail(
-                    args.json,
-                    2,
-                    &format!(
-                        "could not hold the pause: {e}; the source is unpaused{}",
-                        still_paused(&left)
-                    ),
-                );
-            }
-        }
+    let lasts = match service_cutover::release(&proven, args.hold, args.max_pause).await {
+        Ok(l) => l,
+        Err(f) => return failed(f),
     };
-    report(
-        &args,
-        &c,
-        verified.as_ref(),
-        lasts,
-        reverse.as_ref().map(|r| r.name.as_str()),
-    );
+    let reverse_name = reverse.as_ref().map(|r| r.name.as_str());
+    if args.json {
+        outln!(
+            "{}",
+            service_cutover::report_json(&proven, lasts, reverse_name)
+        );
+    } else {
+        report(&proven, lasts, reverse_name);
+    }
     match reverse {
         None => ExitCode::SUCCESS,
         Some(r) => r.finish().await,
     }
 }
 
-fn still_paused(left: &[String]) -> String {
-    if left.is_empty() {
-        String::new()
-    } else {
-        format!(
-            " (except {}: no CLIENT UNPAUSE before 6.2, the pause ends at its timeout)",
-            left.join(", ")
-        )
-    }
-}
-
-fn report(
-    args: &CutoverArgs,
-    c: &Cutover,
-    verified: Option<&ferry_verify::Report>,
-    lasts: Option<Duration>,
-    reverse: Option<&str>,
-) {
-    if args.json {
-        let v = json!({
-            "ok": true,
-            "job": c.job,
-            "catch_up_ms": c.catch_up_ms,
-            "paused_ms": c.paused_for().as_millis() as u64,
-            "source_paused_for_ms": lasts.map(|d| d.as_millis() as u64),
-            "shards": c.shards,
-            "verified": verified.map(|r| json!({
-                "sample_percent": args.verify_sample,
-                "keys_compared": r.keys_compared,
-                "keys_equal": r.keys_equal,
-            })),
-            "reverse_job": reverse,
-        });
-        outln!("{v}");
-        return;
-    }
+fn report(p: &Proven, lasts: Option<Duration>, reverse: Option<&str>) {
+    let c = &p.cut;
     outln!(
         "cutover of job {:?}: the target holds every write made before the pause",
         c.job
@@ -218,11 +118,11 @@ fn report(
         );
     }
     outln!("  caught up {} ms after the pause", c.catch_up_ms);
-    match verified {
+    match &p.verified {
         Some(r) => outln!(
             "  verified {} sampled keys ({}%): all equal",
             r.keys_compared,
-            args.verify_sample
+            p.verify_sample
         ),
         None => outln!("  not verified (--verify-sample 0)"),
     }
@@ -238,22 +138,6 @@ fn report(
         ),
         None => outln!("the source is unpaused"),
     }
-}
-
-/// A key-and-value comparison of a sample, while the source is paused.
-async fn sample_verify(job: &JobConfig, percent: f64) -> Result<ferry_verify::Report, String> {
-    let mut config = ferry_verify::Config::new(job.source_seeds[0].clone(), job.target.clone());
-    config.source = job.source_seeds.clone();
-    config.filter = job.filter.clone();
-    config.db_map = job.db_map.clone();
-    config.mode = ferry_verify::Mode::Full;
-    config.sample_percent = percent.min(100.0);
-    config.rounds = 2;
-    config.recheck_delay = Duration::from_millis(100);
-    let progress = ferry_verify::Progress::default();
-    ferry_verify::verify(&config, &progress)
-        .await
-        .map_err(|e| e.to_string())
 }
 
 /// The job back from the target into the source, running in this process.

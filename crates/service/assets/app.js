@@ -383,9 +383,20 @@ async function showJob(name) {
         location.hash = "#/jobs";
         return;
       }
+      if (a === "cutover") {
+        if (!confirm(`Cut over job ${name}? Writes on the source are paused until the target holds every one, then for 30 s more while clients move to the target.`)) return;
+        $("#job-cutover").textContent = "cutting over…";
+        const r = await api("POST", `/jobs/${encodeURIComponent(name)}/cutover`, {});
+        const held = r.source_paused_for_ms == null ? "the source is unpaused"
+          : `writes on the source stay paused ${(r.source_paused_for_ms / 1000).toFixed(1)} s more: move the clients to the target now`;
+        const verified = r.verified ? `, ${r.verified.keys_compared} sampled keys equal` : "";
+        $("#job-cutover").textContent = `cut over: the target holds every write made before the pause (caught up in ${r.catch_up_ms} ms${verified}); ${held}`;
+        return;
+      }
       await api("POST", `/jobs/${encodeURIComponent(name)}/${a}`);
       await render();
     } catch (e) {
+      if (a === "cutover") $("#job-cutover").textContent = "";
       let msg = e.message;
       if (e.data && e.data.checks) msg += "\n" + e.data.checks.filter((c) => c.level === "fail").map((c) => `${c.name}: ${c.message}`).join("\n");
       $("#job-error").textContent = msg;

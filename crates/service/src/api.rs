@@ -102,6 +102,7 @@ pub fn routes(app: Arc<App>) -> Router {
         .route("/jobs/{id}/pause", post(pause_job))
         .route("/jobs/{id}/resume", post(resume_job))
         .route("/jobs/{id}/precheck", post(precheck_job))
+        .route("/jobs/{id}/cutover", post(cutover_job))
         .route("/jobs/{id}/verify", post(verify_job).get(verification))
         .route("/workers", get(list_workers))
         .route("/connectivity", post(connectivity))
@@ -933,6 +934,50 @@ async fn precheck_job(State(app): Shared, Path(id): Path<String>) -> ApiResult<J
     let row = find(&app, &id).await?;
     let config = row.spec.config().map_err(ApiError::bad)?;
     Ok(Json(checks_json(ferry_sync::precheck(&config).await)))
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct CutoverRequest {
+    #[serde(default)]
+    max_pause_ms: Option<u64>,
+    #[serde(default)]
+    hold_ms: Option<u64>,
+    #[serde(default)]
+    verify_sample_percent: Option<f64>,
+}
+
+/// `ferry cutover` for a job of the service (see [`crate::cutover`]); answers once the
+/// source is held for the clients' move, or unpaused after a failure.
+async fn cutover_job(
+    State(app): Shared,
+    Path(id): Path<String>,
+    body: Bytes,
+) -> ApiResult<Json<Value>> {
+    let row = find(&app, &id).await?;
+    let req: CutoverRequest = if body.is_empty() {
+        CutoverRequest::default()
+    } else {
+        parse(&body)?
+    };
+    let config = row.spec.config().map_err(ApiError::bad)?;
+    let max_pause = std::time::Duration::from_millis(req.max_pause_ms.unwrap_or(10_000).max(1));
+    let hold = std::time::Duration::from_millis(req.hold_ms.unwrap_or(30_000));
+    let sample = req.verify_sample_percent.unwrap_or(1.0);
+    if !(0.0..=100.0).contains(&sample) {
+        return Err(ApiError::bad("verify_sample_percent must be in [0, 100]"));
+    }
+    let failed = |f: crate::cutover::Failure| match f {
+        crate::cutover::Failure::Refused(m) => ApiError::conflict(m),
+        crate::cutover::Failure::Node(m) => ApiError::new(StatusCode::BAD_GATEWAY, m),
+    };
+    let proven = crate::cutover::prove(&config, max_pause, sample)
+        .await
+        .map_err(failed)?;
+    let lasts = crate::cutover::release(&proven, hold, max_pause)
+        .await
+        .map_err(failed)?;
+    Ok(Json(crate::cutover::report_json(&proven, lasts, None)))
 }
 
 fn checks_json(checks: Vec<Check>) -> Value {

@@ -5,6 +5,7 @@
 
 pub mod api;
 pub mod console;
+pub mod cutover;
 pub mod metrics;
 pub mod model;
 pub mod runner;

@@ -624,6 +624,7 @@ async fn openapi_lists_every_route() {
         ("/jobs/{id}/pause", vec!["post"]),
         ("/jobs/{id}/resume", vec!["post"]),
         ("/jobs/{id}/precheck", vec!["post"]),
+        ("/jobs/{id}/cutover", vec!["post"]),
         ("/jobs/{id}/verify", vec!["post", "get"]),
         ("/connectivity", vec!["post"]),
         ("/workers", vec!["get"]),
@@ -944,5 +945,57 @@ async fn lag_is_unknown_while_the_source_is_unreachable() {
         })
         .await;
     assert!(v["lag_bytes"].is_u64(), "{v:#}");
+    api.stop().await;
+}
+
+/// The cutover as a job action: 200 once the job's checkpoint proves the target holds every
+/// write made before the pause (the source then stays paused for `hold_ms`); 409 for a job
+/// that does not run, with the source unpaused.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cutover_is_a_job_action() {
+    let (source, target) = pair_with_keys(50);
+    let dir = tempfile::tempdir().expect("tempdir");
+    let api = Api::start(&store_url(&dir), None).await;
+    let (status, v) = api
+        .post("/api/v1/jobs?start=true", spec("moving", &source, &target))
+        .await;
+    assert_eq!(status, 201, "{v}");
+    api.wait_job("moving", "reached incremental", |v| {
+        v["state"] == "incremental"
+    })
+    .await;
+    for i in 0..50 {
+        source.cmd(&["INCR", &format!("n{}", i % 5)]);
+    }
+    let (status, v) = api
+        .post(
+            "/api/v1/jobs/moving/cutover",
+            json!({"hold_ms": 2000, "verify_sample_percent": 100}),
+        )
+        .await;
+    assert_eq!(status, 200, "{v}");
+    assert_eq!(v["ok"], json!(true), "{v}");
+    let shard = &v["shards"][0];
+    assert!(shard["applied"].as_u64() >= shard["offset"].as_u64(), "{v}");
+    assert_eq!(
+        v["verified"]["keys_compared"], v["verified"]["keys_equal"],
+        "{v}"
+    );
+    // Still paused: the target equals the source key by key.
+    for i in 0..5 {
+        let k = format!("n{i}");
+        assert_eq!(source.cmd(&["GET", &k]), target.cmd(&["GET", &k]));
+    }
+    assert_eq!(source.cmd(&["GET", "n0"]).as_str(), "10");
+
+    let (status, _) = api
+        .call(reqwest::Method::POST, "/api/v1/jobs/moving/stop", None)
+        .await;
+    assert!(status < 300);
+    api.wait_job("moving", "stopped", |v| v["state"] == "stopped")
+        .await;
+    let (status, v) = api.post("/api/v1/jobs/moving/cutover", json!({})).await;
+    assert_eq!(status, 409, "{v}");
+    assert!(v.to_string().contains("no run of job"), "{v}");
     api.stop().await;
 }
