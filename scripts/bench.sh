@@ -409,6 +409,15 @@ start_ferry_incr off
 OFF_PORT="$INCR_PORT" OFF_PID="$INCR_PID" OFF_LOG="$INCR_LOG"
 say "running redis-benchmark ($INCR_OPS ops per test) with the native replica and both ferries attached"
 
+# proc_cpu PID: CPU seconds (user + sys) of a live process so far (/proc/<pid>/stat).
+proc_cpu() {
+    local tck
+    tck="$(getconf CLK_TCK 2>/dev/null || echo 100)"
+    sed 's/^.*) //' "/proc/$1/stat" 2>/dev/null | awk -v t="$tck" '{ printf "%.3f", ($12 + $13) / t }'
+}
+cpu_src0="$(cpu_snap "$SRC")" cpu_nat0="$(cpu_snap "$NAT_PORT")"
+cpu_ft0="$(cpu_snap "$FER_PORT")" cpu_ot0="$(cpu_snap "$OFF_PORT")"
+cpu_f0="$(proc_cpu "$FERRY_PID")" cpu_o0="$(proc_cpu "$OFF_PID")"
 t0="$(now_ns)"
 redis-benchmark -h 127.0.0.1 -p "$SRC" -t "$INCR_TESTS" -P 16 -n "$INCR_OPS" -r 100000 -q \
     >"$WORK/redis-benchmark.out" 2>&1 || die "redis-benchmark failed: $(cat "$WORK/redis-benchmark.out")"
@@ -424,6 +433,12 @@ NAT_DELAY="$(awk -F= '$1 == "native" { printf "%.1f", $2 }' <<<"$marker_out")"
 FER_DELAY="$(awk -F= '$1 == "ferry" { printf "%.1f", $2 }' <<<"$marker_out")"
 OFF_DELAY="$(awk -F= '$1 == "off" { printf "%.1f", $2 }' <<<"$marker_out")"
 say "marker delay: native ${NAT_DELAY} ms, ferry ${FER_DELAY} ms (checkpoints on), ${OFF_DELAY} ms (off)"
+# CPU seconds per role over the load and the marker: the source's main process, the native
+# replica, each ferry process and the server it writes into.
+cpu_main() { awk '{ print $1 }' <<<"$1"; }
+d() { awk -v a="$1" -v b="$2" 'BEGIN { printf "%.2f", b - a }'; }
+INCR_CPU="source $(d "$(cpu_main "$cpu_src0")" "$(cpu_main "$(cpu_snap "$SRC")")") s, native replica $(d "$(cpu_main "$cpu_nat0")" "$(cpu_main "$(cpu_snap "$NAT_PORT")")") s, ferry $(d "$cpu_f0" "$(proc_cpu "$FERRY_PID")") s + its target $(d "$(cpu_main "$cpu_ft0")" "$(cpu_main "$(cpu_snap "$FER_PORT")")") s, ferry checkpoints off $(d "$cpu_o0" "$(proc_cpu "$OFF_PID")") s + its target $(d "$(cpu_main "$cpu_ot0")" "$(cpu_main "$(cpu_snap "$OFF_PORT")")") s"
+say "cpu during the load (wall $BENCH_SECS s): $INCR_CPU"
 
 stop_ferry "$FERRY_PID" "$FERRY_LOG"
 stop_ferry "$OFF_PID" "$OFF_LOG"
@@ -661,6 +676,8 @@ fi
 if row incr; then
 printf '%-16s redis-benchmark %s ops/s      marker delay: native %s ms, ferry %s ms (checkpoints off %s ms)   digest %s\n' \
     "incremental" "$OPS" "$NAT_DELAY" "$FER_DELAY" "$OFF_DELAY" "$INCR_DIGEST"
+printf '%-16s load %s s (%s x %s ops, -P 16 -r 100000)   cpu seconds: %s\n' \
+    "" "$BENCH_SECS" "$INCR_TESTS" "$INCR_OPS" "$INCR_CPU"
 fi
 if row cluster-incr; then
 printf '%-16s redis-benchmark %s ops/s      marker delay: native %s ms, ferry %s ms, all slots %s ms (checkpoints on)   digest %s\n' \
