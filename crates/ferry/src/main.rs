@@ -71,6 +71,16 @@ enum Command {
     /// Where a job stands: its runs, each shard's checkpoint against the source, the lag
     /// in bytes and (measured) seconds.
     Status(status::StatusArgs),
+    /// Print a shell completion script: `ferry completions bash > /etc/bash_completion.d/ferry`.
+    Completions {
+        #[arg(value_enum)]
+        shell: clap_complete::Shell,
+    },
+    /// Write man pages (ferry.1 and one per subcommand) into DIR.
+    Man {
+        #[arg(value_name = "DIR")]
+        dir: PathBuf,
+    },
 }
 
 #[derive(clap::Args)]
@@ -228,6 +238,18 @@ fn main() -> ExitCode {
             Command::Job(args) => Ok(jobcmd::run(args).await),
             Command::Cutover(args) => Ok(cutover::run(args).await),
             Command::Status(args) => Ok(status::run(args).await),
+            Command::Completions { shell } => {
+                let mut cmd = <Cli as clap::CommandFactory>::command();
+                let mut script = Vec::new();
+                clap_complete::generate(shell, &mut cmd, "ferry", &mut script);
+                // A closed stdout (`| head`) is no error worth a panic.
+                let _ = std::io::Write::write_all(&mut std::io::stdout(), &script);
+                Ok(ExitCode::SUCCESS)
+            }
+            Command::Man { dir } => man_pages(&dir).map(|n| {
+                outln!("{n} man pages written into {}", dir.display());
+                ExitCode::SUCCESS
+            }),
         }
     });
     match result {
@@ -237,6 +259,19 @@ fn main() -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+/// `ferry.1` and `ferry-<subcommand>.1` into `dir`; returns how many.
+fn man_pages(dir: &std::path::Path) -> anyhow::Result<usize> {
+    std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
+    let cmd = <Cli as clap::CommandFactory>::command();
+    clap_mangen::generate_to(cmd, dir)
+        .with_context(|| format!("cannot write into {}", dir.display()))?;
+    let n = std::fs::read_dir(dir)?
+        .filter_map(Result::ok)
+        .filter(|e| e.path().extension().is_some_and(|x| x == "1"))
+        .count();
+    Ok(n)
 }
 
 /// Cancels the token on SIGINT or SIGTERM.
