@@ -44,7 +44,7 @@ fn non_empty_target_fails_unless_overwrite() {
     let (code, out) = check(&source.url(), &target.url(), &[]);
     assert_eq!(code, 2, "{out}");
     let l = line(&out, "target empty");
-    assert!(l.starts_with("FAIL") && l.contains("1 keys"), "{out}");
+    assert!(l.starts_with("FAIL") && l.contains("1 key ("), "{out}");
     let (code, out) = check(&source.url(), &target.url(), &["--overwrite"]);
     assert_eq!(code, 1, "{out}");
     assert!(line(&out, "target empty").starts_with("WARN"), "{out}");
@@ -148,7 +148,7 @@ fn every_node_of_a_cluster_is_checked() {
     let (code, out) = check(&source.seed_url(), &target.seed_url(), &[]);
     assert_eq!(code, 2, "{out}");
     let l = line(&out, &format!("target empty ({})", last.addr()));
-    assert!(l.starts_with("FAIL") && l.contains("1 keys"), "{out}");
+    assert!(l.starts_with("FAIL") && l.contains("1 key ("), "{out}");
     for m in &target.masters()[..2] {
         let l = line(&out, &format!("target empty ({})", m.addr()));
         assert!(l.starts_with("PASS"), "{out}");

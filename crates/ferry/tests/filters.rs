@@ -262,3 +262,28 @@ fn bad_filters_are_refused_with_a_clear_message() {
         );
     }
 }
+
+/// `redis://host:port/3` is database 3 only; a target URL's `/0` is where it goes.
+#[test]
+fn a_database_in_the_url_copies_that_database_only() {
+    let source = Server::start();
+    let target = Server::start();
+    set_keys(&source, 0, &["zero"]);
+    set_keys(&source, 3, &["three"]);
+    let mut ferry = Ferry::sync(
+        &format!("{}/3", source.url()),
+        &format!("{}/0", target.url()),
+        &["--mode", "full"],
+    );
+    assert!(ferry.wait(LONG).success(), "{}", ferry.output());
+    assert_eq!(keys(&target, 0), vec!["three".to_string()]);
+    assert!(keys(&target, 3).is_empty());
+    // A target database without the source's is refused, naming the fix.
+    let mut bad = Ferry::sync(&source.url(), &format!("{}/2", target.url()), &[]);
+    assert!(!bad.wait(LONG).success());
+    assert!(
+        bad.output().contains("name the source's too"),
+        "{}",
+        bad.output()
+    );
+}

@@ -217,6 +217,8 @@ impl JobSpec {
     /// Checks every field the way `ferry sync` would, returning the job it describes.
     pub fn config(&self) -> Result<JobConfig, String> {
         if self.name.is_empty()
+            || self.name == "."
+            || self.name == ".."
             || self.name.len() > 128
             || !self
                 .name
@@ -224,7 +226,7 @@ impl JobSpec {
                 .all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c))
         {
             return Err(format!(
-                "job name {:?}: use 1 to 128 letters, digits, '-', '_' or '.'",
+                "job name {:?}: use 1 to 128 letters, digits, '-', '_' or '.' (not . or .. alone)",
                 self.name
             ));
         }
@@ -348,6 +350,11 @@ mod tests {
         let mut s = spec();
         s.name = "a b".into();
         assert!(s.config().unwrap_err().contains("job name"));
+        for bad in [".", ".."] {
+            let mut t = spec();
+            t.name = bad.into();
+            assert!(t.config().unwrap_err().contains("job name"), "{bad}");
+        }
         let mut s = spec();
         s.source.addresses.clear();
         assert!(s.config().unwrap_err().contains("source"));

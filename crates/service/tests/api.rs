@@ -606,6 +606,20 @@ async fn token_guards_api_and_metrics_but_not_the_console() {
         .expect("request");
     assert_eq!(r.status().as_u16(), 200);
     assert_eq!(api.get("/api/v1/jobs").await["jobs"], json!([]));
+    // The scheme is case-insensitive (RFC 7235); a wrong token is still refused.
+    for (header, want) in [
+        ("bearer tok", 200),
+        ("BEARER tok", 200),
+        ("bearer nope", 401),
+    ] {
+        let r = anon
+            .get(format!("{}/api/v1/jobs", api.base))
+            .header("Authorization", header)
+            .send()
+            .await
+            .expect("request");
+        assert_eq!(r.status().as_u16(), want, "{header}");
+    }
     api.stop().await;
 }
 

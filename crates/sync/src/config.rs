@@ -391,14 +391,51 @@ impl FileConfig {
                 .map_err(|e| ConfigError::Invalid(format!("source timeout {t:?}: {e}")))?,
             None => Duration::from_secs(60),
         };
+        if source_timeout.is_zero() {
+            return Err(ConfigError::Invalid(
+                "source timeout must be more than 0 (e.g. 60s)".into(),
+            ));
+        }
         let name = over
             .name
             .or(self.name)
             .unwrap_or_else(|| source.default_name());
-        if name.is_empty() || name.chars().any(|c| c.is_whitespace() || c.is_control()) {
+        if name.is_empty()
+            || name == "."
+            || name == ".."
+            || name.chars().any(|c| c.is_whitespace() || c.is_control())
+        {
             return Err(ConfigError::Invalid(format!(
-                "job name {name:?} must be non-empty, without spaces"
+                "job name {name:?} must be non-empty, not . or .., without spaces"
             )));
+        }
+        // A database in a URL (`redis://host:port/3`) means that database only: the
+        // source's is a filter, the target's where it goes (with the source's named too).
+        let mut filter = over.filter.or(self.filter);
+        let mut db_map = over.db_map.or(self.db_map);
+        let source_db = source_seeds.first().and_then(|e| e.db);
+        if let Some(n) = source_db {
+            match &filter.include_dbs {
+                Some(dbs) if dbs != &[n] => return Err(ConfigError::Invalid(format!(
+                    "the source URL names database {n}, and --include-dbs {dbs:?} others: give one"
+                ))),
+                _ => filter.include_dbs = Some(vec![n]),
+            }
+        }
+        if let Some(m) = target.db {
+            let Some(n) = source_db else {
+                return Err(ConfigError::Invalid(format!(
+                    "the target URL names database {m}: name the source's too (redis://…/N), or use --db-map N:{m}"
+                )));
+            };
+            if db_map.is_some() {
+                return Err(ConfigError::Invalid(
+                    "give the databases in the URLs or by --db-map, not both".into(),
+                ));
+            }
+            if n != m {
+                db_map = Some(format!("{n}:{m}"));
+            }
         }
         Ok(JobConfig {
             name,
@@ -435,8 +472,8 @@ impl FileConfig {
                 .skip_failed_commands
                 .or(self.skip_failed_commands)
                 .unwrap_or(false),
-            filter: over.filter.or(self.filter).resolve()?,
-            db_map: scope::parse_db_map(over.db_map.or(self.db_map))?,
+            filter: filter.resolve()?,
+            db_map: scope::parse_db_map(db_map)?,
             fence: None,
         })
     }
@@ -462,6 +499,53 @@ mod tests {
                 .unwrap()
                 .skip_failed_commands
         );
+    }
+
+    #[test]
+    fn refuses_a_zero_timeout_and_unaddressable_names() {
+        let text = "source = \"127.0.0.1:1\"\ntarget = \"127.0.0.1:2\"\n";
+        let with = |extra: &str| {
+            let f: FileConfig = toml::from_str(&format!("{text}{extra}")).unwrap();
+            f.merge(FileConfig::default())
+        };
+        let e = with("source_timeout = \"0s\"\n").unwrap_err();
+        assert!(e.to_string().contains("more than 0"), "{e}");
+        for name in [".", ".."] {
+            let e = with(&format!("name = \"{name}\"\n")).unwrap_err();
+            assert!(e.to_string().contains("job name"), "{e}");
+        }
+        assert!(with("name = \"a.b\"\n").is_ok());
+    }
+
+    #[test]
+    fn a_database_in_the_url_is_that_database_only() {
+        let job = |src: &str, dst: &str, extra: &str| {
+            let text = format!("source = \"{src}\"\ntarget = \"{dst}\"\n{extra}");
+            let f: FileConfig = toml::from_str(&text).unwrap();
+            f.merge(FileConfig::default())
+        };
+        let j = job("redis://127.0.0.1:1/3", "redis://127.0.0.1:2", "").unwrap();
+        let f = j.filter.expect("a filter");
+        assert!(f.db_allowed(3) && !f.db_allowed(0));
+        assert!(j.db_map.is_empty());
+        let j = job("redis://127.0.0.1:1/3", "redis://127.0.0.1:2/0", "").unwrap();
+        assert_eq!(j.db_map.target(3), 0);
+        let e = job("redis://127.0.0.1:1", "redis://127.0.0.1:2/4", "").unwrap_err();
+        assert!(e.to_string().contains("name the source's too"), "{e}");
+        let e = job(
+            "redis://127.0.0.1:1/3",
+            "redis://127.0.0.1:2/4",
+            "db_map = \"3:5\"\n",
+        )
+        .unwrap_err();
+        assert!(e.to_string().contains("not both"), "{e}");
+        let e = job(
+            "redis://127.0.0.1:1/3",
+            "redis://127.0.0.1:2",
+            "[filter]\ninclude_dbs = [1]\n",
+        )
+        .unwrap_err();
+        assert!(e.to_string().contains("give one"), "{e}");
     }
 
     #[test]

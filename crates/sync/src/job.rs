@@ -19,7 +19,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
 use crate::config::{JobConfig, Mode};
-use crate::retry::{Decision, FailureKind, RetryState};
+use crate::retry::{Decision, FailureKind, RetryPolicy, RetryState};
 use crate::status::{JobState, JobStatus, ShardView};
 
 /// Events between a job's fence and its writer: what a worker frozen past its lease may
@@ -510,7 +510,12 @@ async fn retry_or_give_up(
                 .try_into()
                 .unwrap_or(Duration::ZERO);
             if wait > Duration::from_secs(5) {
-                info!(until = %at, "waiting for the retry window");
+                match config.retry {
+                    RetryPolicy::Scheduled { .. } => {
+                        info!(until = %at, "waiting for the retry window")
+                    }
+                    _ => info!(until = %at, "waiting before the next attempt"),
+                }
             }
             tokio::select! {
                 _ = tokio::time::sleep(wait) => Ok(true),

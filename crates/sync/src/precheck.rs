@@ -499,7 +499,11 @@ async fn target_empty(target: &mut Node, config: &JobConfig, resumes: bool) -> C
     }
     let total: u64 = keys.iter().map(|(_, n)| n).sum();
     let dbs: Vec<String> = keys.iter().map(|(db, n)| format!("db{db}: {n}")).collect();
-    let message = format!("the target already holds {total} keys ({})", dbs.join(", "));
+    let message = format!(
+        "the target already holds {total} key{} ({})",
+        if total == 1 { "" } else { "s" },
+        dbs.join(", ")
+    );
     if resumes {
         Check::pass(
             name,
@@ -638,7 +642,12 @@ fn number(info: &Info, key: &str) -> Option<u64> {
 }
 
 fn mb(bytes: u64) -> String {
-    format!("{:.1} MB", bytes as f64 / 1e6)
+    match bytes {
+        b if b < 1_000 => format!("{b} bytes"),
+        b if b < 1_000_000 => format!("{:.1} KB", b as f64 / 1e3),
+        b if b < 1_000_000_000 => format!("{:.1} MB", b as f64 / 1e6),
+        b => format!("{:.2} GB", b as f64 / 1e9),
+    }
 }
 
 /// What every source node uses against what every target master has free: keys are spread
@@ -928,6 +937,14 @@ async fn modules(sources: &mut [Node], targets: &mut [Node]) -> Check {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn sizes_read_as_people_write_them() {
+        assert_eq!(mb(512), "512 bytes");
+        assert_eq!(mb(16_384), "16.4 KB");
+        assert_eq!(mb(1_048_576), "1.0 MB");
+        assert_eq!(mb(3_000_000_000), "3.00 GB");
+    }
 
     #[test]
     fn reads_replica_limits() {
