@@ -170,6 +170,27 @@ pub async fn serve_cli(
 
 pub fn render_series(jobs: &[Series]) -> String {
     let mut out = String::new();
+    // Present with no job at all: a scrape always shows the build and the task counts.
+    let _ = writeln!(
+        out,
+        "# HELP ferry_build_info The ferry build serving these metrics."
+    );
+    let _ = writeln!(out, "# TYPE ferry_build_info gauge");
+    let _ = writeln!(
+        out,
+        "ferry_build_info{{version=\"{}\"}} 1",
+        env!("CARGO_PKG_VERSION")
+    );
+    let _ = writeln!(
+        out,
+        "# HELP ferry_tasks Tasks (one job's source shard each) this process runs, by state."
+    );
+    let _ = writeln!(out, "# TYPE ferry_tasks gauge");
+    let states: Vec<&str> = jobs.iter().map(|r| r.status.view().state.name()).collect();
+    for st in STATES {
+        let n = states.iter().filter(|s| **s == st).count();
+        let _ = writeln!(out, "ferry_tasks{{state=\"{st}\"}} {n}");
+    }
     for f in &FAMILIES {
         let _ = writeln!(out, "# HELP {} {}", f.name, f.help);
         let _ = writeln!(out, "# TYPE {} {}", f.name, f.kind);
@@ -218,4 +239,60 @@ pub fn render_series(jobs: &[Series]) -> String {
         }
     }
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Every series the shipped Grafana dashboard queries is one ferry exports.
+    #[test]
+    fn the_dashboard_uses_only_exported_metrics() {
+        let dashboard: serde_json::Value =
+            serde_json::from_str(include_str!("../../../docs/grafana/ferry.json"))
+                .expect("the dashboard is JSON");
+        let exported = render_series(&[]);
+        let mut exprs = Vec::new();
+        fn walk(v: &serde_json::Value, out: &mut Vec<String>) {
+            match v {
+                serde_json::Value::Object(m) => {
+                    for (k, v) in m {
+                        if k == "expr" {
+                            out.push(v.as_str().unwrap_or_default().to_string());
+                        } else {
+                            walk(v, out);
+                        }
+                    }
+                }
+                serde_json::Value::Array(a) => a.iter().for_each(|v| walk(v, out)),
+                _ => {}
+            }
+        }
+        walk(&dashboard, &mut exprs);
+        assert!(
+            exprs.len() >= 6,
+            "the dashboard has {} queries",
+            exprs.len()
+        );
+        for e in &exprs {
+            let names: Vec<&str> = e
+                .split(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
+                .filter(|w| w.starts_with("ferry_"))
+                .collect();
+            assert!(!names.is_empty(), "a query without a ferry series: {e}");
+            for n in names {
+                assert!(
+                    exported.contains(&format!("# TYPE {n} ")),
+                    "the dashboard queries {n}, which ferry does not export ({e})"
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn build_and_task_counts_with_no_job() {
+        let out = render_series(&[]);
+        assert!(out.contains("ferry_build_info{version=\""));
+        assert!(out.contains("ferry_tasks{state=\"incremental\"} 0"));
+    }
 }

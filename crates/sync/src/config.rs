@@ -416,9 +416,11 @@ impl FileConfig {
         let source_db = source_seeds.first().and_then(|e| e.db);
         if let Some(n) = source_db {
             match &filter.include_dbs {
-                Some(dbs) if dbs != &[n] => return Err(ConfigError::Invalid(format!(
+                Some(dbs) if dbs != &[n] => {
+                    return Err(ConfigError::Invalid(format!(
                     "the source URL names database {n}, and --include-dbs {dbs:?} others: give one"
-                ))),
+                )))
+                }
                 _ => filter.include_dbs = Some(vec![n]),
             }
         }
