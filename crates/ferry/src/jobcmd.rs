@@ -209,17 +209,94 @@ fn spec_from_file(path: &std::path::Path) -> anyhow::Result<Value> {
     let file: FileConfig = table
         .try_into()
         .with_context(|| format!("{}", path.display()))?;
-    let endpoint = |what: &str, url: Option<String>| -> anyhow::Result<Value> {
-        let url = url.with_context(|| format!("{}: no {what}", path.display()))?;
-        let ep: ferry_resp::Endpoint = url.parse().map_err(|e| anyhow::anyhow!("{what}: {e}"))?;
-        Ok(json!({
-            "addresses": [ep.addr()], "username": ep.username, "password": ep.password, "tls": ep.tls,
-        }))
+    let at = path.display();
+    // What `ferry sync --config` honours and a service job cannot hold is refused by name,
+    // never dropped.
+    let tls_set = |t: &ferry_sync::TlsConfig| {
+        t.ca_file.is_some()
+            || t.cert_file.is_some()
+            || t.key_file.is_some()
+            || t.server_name.is_some()
+            || t.insecure.is_some()
+    };
+    let mut cannot = Vec::new();
+    if file.source_method.as_deref().is_some_and(|m| m != "psync") {
+        cannot.push("source_method (a service job reads by PSYNC)");
+    }
+    if file.psync_command.is_some() {
+        cannot.push("psync_command");
+    }
+    if file.aof_until.is_some() {
+        cannot.push("aof_until");
+    }
+    if tls_set(&file.source_tls) {
+        cannot.push("[source_tls] (the service takes rediss:// with the system's CAs)");
+    }
+    if tls_set(&file.target_tls) {
+        cannot.push("[target_tls] (the service takes rediss:// with the system's CAs)");
+    }
+    if file
+        .source
+        .as_deref()
+        .is_some_and(|s| s.starts_with("rdb:") || s.starts_with("aof:"))
+    {
+        cannot.push("a file source (rdb:/aof:): run it with ferry sync");
+    }
+    if !cannot.is_empty() {
+        anyhow::bail!(
+            "{at}: a service job cannot carry {}; run this job with `ferry sync --config {at}`",
+            cannot.join(", ")
+        );
+    }
+    let topology = |what: &str, t: &Option<String>| -> anyhow::Result<String> {
+        match t.as_deref() {
+            // The service's default, as for a spec sent to the API.
+            None => Ok("standalone".to_string()),
+            Some("auto") => anyhow::bail!(
+                "{at}: the service stores the {what}'s topology: set {what}_type to standalone, replica-set, cluster or sentinel (not auto)"
+            ),
+            Some(t) => Ok(t.to_string()),
+        }
+    };
+    let source_type = topology("source", &file.source_type)?;
+    let target_type = topology("target", &file.target_type)?;
+    let name = file
+        .name
+        .clone()
+        .with_context(|| format!("{at}: give the job a name"))?;
+    // Every address, parsed as `ferry sync` parses them (credentials of the first apply to
+    // the others).
+    let job = FileConfig {
+        name: Some(name.clone()),
+        source: file.source.clone(),
+        target: file.target.clone(),
+        source_type: Some(source_type.clone()),
+        source_master: file.source_master.clone(),
+        target_type: Some(target_type.clone()),
+        target_master: file.target_master.clone(),
+        ..Default::default()
+    }
+    .merge(FileConfig::default())
+    .with_context(|| format!("{at}"))?;
+    if job.source_seeds[0].db.is_some() || job.target.db.is_some() {
+        anyhow::bail!(
+            "{at}: a service job takes no database in its URLs: use [filter] include_dbs and db_map"
+        );
+    }
+    let endpoint = |seeds: &[ferry_resp::Endpoint], topology: &str, master: &Option<String>| {
+        let first = &seeds[0];
+        json!({
+            "topology": topology,
+            "addresses": seeds.iter().map(|e| e.addr()).collect::<Vec<_>>(),
+            "username": first.username, "password": first.password, "tls": first.tls,
+            "master_name": master,
+        })
     };
     let mut spec = json!({
-        "name": file.name.clone().with_context(|| format!("{}: give the job a name", path.display()))?,
-        "source": endpoint("source", file.source.clone())?,
-        "target": endpoint("target", file.target.clone())?,
+        "name": name,
+        "source": endpoint(&job.source_seeds, &source_type, &file.source_master),
+        "target": endpoint(&job.target_seeds, &target_type, &file.target_master),
+        "use_replica": file.use_replica,
         "mode": file.mode, "overwrite": file.overwrite, "checkpoint": file.checkpoint,
         "allow_nonempty_target": file.allow_nonempty_target, "allow_flush": file.allow_flush,
         "rate_limit_mb": file.rate_limit_mb, "source_timeout": file.source_timeout,

@@ -214,3 +214,86 @@ fn job_show_says_the_lag_is_unknown_while_the_source_is_unreachable() {
     let (_, list) = job(&server, &["list"]);
     assert!(list.contains("unknown"), "{list}");
 }
+
+fn http_get(base: &str, path: &str) -> String {
+    use std::io::{Read, Write};
+    let addr = base.trim_start_matches("http://");
+    let mut s = std::net::TcpStream::connect(addr).expect("connect");
+    write!(s, "GET {path} HTTP/1.0\r\nHost: x\r\n\r\n").unwrap();
+    let mut body = String::new();
+    s.read_to_string(&mut body).unwrap();
+    body.split("\r\n\r\n")
+        .nth(1)
+        .unwrap_or_default()
+        .to_string()
+}
+
+/// `ferry job create --config` carries what `ferry sync --config` honours (topology,
+/// every address, use_replica as on/off), and refuses by name what a service job cannot
+/// hold (TLS files, another read method, a file source) instead of dropping it.
+#[test]
+fn job_create_carries_every_field_or_refuses_it() {
+    let master = Server::start();
+    let replica = Server::builder().replica_of(&master).start();
+    let target = Server::start();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let store = format!("sqlite://{}", dir.path().join("ferry.db").display());
+    let mut serve = Ferry::start(&["serve", "--listen", "127.0.0.1:0", "--store", &store]);
+    serve.wait_for_output("ferry service on http://", Duration::from_secs(20));
+    let server = serve
+        .output()
+        .lines()
+        .find_map(|l| l.strip_prefix("ferry service on "))
+        .map(|u| u.trim_end_matches('/').to_string())
+        .expect("service address");
+    let write = |name: &str, extra: &str| {
+        let path = dir.path().join(format!("{name}.toml"));
+        std::fs::write(
+            &path,
+            format!(
+                "name = \"{name}\"\nsource = \"redis://{},{}\"\ntarget = \"{}\"\n{extra}",
+                master.addr(),
+                replica.addr(),
+                target.url()
+            ),
+        )
+        .unwrap();
+        path.display().to_string()
+    };
+    let run = |args: &[&str]| {
+        let out = Command::new(env!("CARGO_BIN_EXE_ferry"))
+            .args(["job", "--server", &server])
+            .args(args)
+            .output()
+            .expect("run ferry job");
+        let text = String::from_utf8_lossy(&out.stdout).into_owned()
+            + &String::from_utf8_lossy(&out.stderr);
+        (out.status.success(), text)
+    };
+    let cfg = write(
+        "carried",
+        "source_type = \"replica-set\"\nuse_replica = \"off\"\nmode = \"full\"\n",
+    );
+    let (ok, out) = run(&["create", "--config", &cfg]);
+    assert!(ok, "{out}");
+    let view: serde_json::Value =
+        serde_json::from_str(&http_get(&server, "/api/v1/jobs/carried")).expect("job json");
+    let text = view.to_string();
+    assert!(text.contains("\"replica-set\""), "{view:#}");
+    assert!(text.contains(&replica.addr()), "{view:#}");
+    assert!(text.contains("\"use_replica\":false"), "{view:#}");
+    for (name, extra, named) in [
+        (
+            "tls",
+            "[source_tls]\nca_file = \"/etc/ca.pem\"\n",
+            "[source_tls]",
+        ),
+        ("scan", "source_method = \"scan\"\n", "source_method"),
+        ("auto", "source_type = \"auto\"\n", "not auto"),
+    ] {
+        let (ok, out) = run(&["create", "--config", &write(name, extra)]);
+        assert!(!ok, "{name}: {out}");
+        assert!(out.contains(named), "{name}: {out}");
+    }
+    serve.signal("TERM");
+}

@@ -235,6 +235,27 @@ impl RetryConfig {
     }
 }
 
+/// A switch in the job file: a boolean, or `"on"`/`"off"` as on the command line.
+fn on_off<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<bool>, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum Switch {
+        Bool(bool),
+        Word(String),
+    }
+    match Option::<Switch>::deserialize(d)? {
+        None => Ok(None),
+        Some(Switch::Bool(b)) => Ok(Some(b)),
+        Some(Switch::Word(w)) => match w.as_str() {
+            "on" | "true" => Ok(Some(true)),
+            "off" | "false" => Ok(Some(false)),
+            other => Err(serde::de::Error::custom(format!(
+                "{other:?}: use on or off (or true/false)"
+            ))),
+        },
+    }
+}
+
 /// The TOML form; every field optional so the command line can fill in or override.
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -246,6 +267,8 @@ pub struct FileConfig {
     /// auto, standalone, replica-set, cluster, sentinel.
     pub source_type: Option<String>,
     pub source_master: Option<String>,
+    /// `true`/`false`, or `"on"`/`"off"` as the flag takes.
+    #[serde(default, deserialize_with = "on_off")]
     pub use_replica: Option<bool>,
     /// One address, or several separated by commas.
     pub target: Option<String>,
@@ -256,6 +279,7 @@ pub struct FileConfig {
     pub overwrite: Option<bool>,
     pub allow_nonempty_target: Option<bool>,
     pub allow_flush: Option<bool>,
+    #[serde(default, deserialize_with = "on_off")]
     pub checkpoint: Option<bool>,
     /// MB/s read from the source.
     pub rate_limit_mb: Option<f64>,
@@ -501,6 +525,27 @@ mod tests {
                 .unwrap()
                 .skip_failed_commands
         );
+    }
+
+    #[test]
+    fn switches_take_on_and_off() {
+        let text = "source = \"127.0.0.1:1\"\ntarget = \"127.0.0.1:2\"\n";
+        let with = |extra: &str| toml::from_str::<FileConfig>(&format!("{text}{extra}"));
+        assert_eq!(
+            with("use_replica = \"off\"\n").unwrap().use_replica,
+            Some(false)
+        );
+        assert_eq!(
+            with("use_replica = true\n").unwrap().use_replica,
+            Some(true)
+        );
+        assert_eq!(
+            with("checkpoint = \"on\"\n").unwrap().checkpoint,
+            Some(true)
+        );
+        assert_eq!(with("").unwrap().use_replica, None);
+        let e = with("use_replica = \"maybe\"\n").unwrap_err();
+        assert!(e.to_string().contains("use on or off"), "{e}");
     }
 
     #[test]
