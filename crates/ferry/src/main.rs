@@ -407,6 +407,23 @@ async fn sync(args: SyncArgs) -> anyhow::Result<ExitCode> {
     display.finish().await;
     let outcome = outcome?;
     let secs = started.elapsed().as_secs_f64();
+    let bytes = stats.bytes_read.load(std::sync::atomic::Ordering::Relaxed);
+    let rate = |n: u64| if secs > 0.0 { n as f64 / secs } else { 0.0 };
+    // The summary as one event too, numbers as numbers (for --log-format json).
+    info!(
+        keys = outcome.keys,
+        commands = outcome.commands,
+        bytes_read = bytes,
+        seconds = (secs * 1000.0).round() / 1000.0,
+        keys_per_sec = rate(outcome.keys).round(),
+        completed = outcome.completed,
+        "summary"
+    );
+    let figures = format!(
+        "{:.0} keys/s, {:.1} MB read",
+        rate(outcome.keys),
+        bytes as f64 / 1e6
+    );
     let failed = stats
         .commands_failed
         .load(std::sync::atomic::Ordering::Relaxed);
@@ -414,7 +431,11 @@ async fn sync(args: SyncArgs) -> anyhow::Result<ExitCode> {
         outln!("{failed} replicated command(s) failed on the target and were skipped (--skip-failed-commands)");
     }
     if outcome.completed {
-        outln!("full sync complete: {} keys in {:.2} s", outcome.keys, secs);
+        outln!(
+            "full sync complete: {} keys in {:.2} s ({figures})",
+            outcome.keys,
+            secs
+        );
     } else if copies_snapshot && (snapshot_only || !crate::stop::snapshot_applied(&status)) {
         // Stopped before the snapshot was on the target: the target holds part of the
         // data, and a rerun starts the copy over. Exit 130 (as for SIGINT) so no script
@@ -428,7 +449,7 @@ async fn sync(args: SyncArgs) -> anyhow::Result<ExitCode> {
         return Ok(ExitCode::from(130));
     } else {
         outln!(
-            "stopped: {} keys and {} commands applied in {:.2} s",
+            "stopped: {} keys and {} commands applied in {:.2} s ({figures})",
             outcome.keys,
             outcome.commands,
             secs

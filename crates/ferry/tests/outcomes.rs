@@ -193,3 +193,54 @@ fn first_contact_failure_exits_2_with_the_cause() {
     assert_eq!(status.code(), Some(2), "{}", ferry.output());
     assert!(ferry.output().contains("target"), "{}", ferry.output());
 }
+
+/// `--log-format json`: progress and the summary carry numbers as numbers, the total the
+/// snapshot is measured against, rates; an unknown lag is said, never 0.
+#[test]
+fn json_logs_carry_numbers() {
+    let source = Server::start();
+    let target = Server::start();
+    for i in 0..200 {
+        source.cmd(&["SET", &format!("k{i}"), "v"]);
+    }
+    let mut ferry = Ferry::start(&[
+        "--log-format",
+        "json",
+        "sync",
+        "--progress",
+        "never",
+        "--source",
+        &source.url(),
+        "--target",
+        &target.url(),
+    ]);
+    ferry.wait_for_output("\"progress\"", Duration::from_secs(30));
+    ferry.signal("INT");
+    let out = ferry.output();
+    let events: Vec<serde_json::Value> = out
+        .lines()
+        .filter_map(|l| serde_json::from_str(l).ok())
+        .collect();
+    let progress = events
+        .iter()
+        .find(|e| e["fields"]["message"] == "progress")
+        .unwrap_or_else(|| panic!("{out}"));
+    let f = &progress["fields"];
+    assert!(f["progress"].is_number(), "{progress}");
+    assert_eq!(f["keys_total"], 200, "{progress}");
+    assert!(
+        f["keys_applied"].is_number() && f["records_per_sec"].is_number(),
+        "{progress}"
+    );
+    assert!(
+        f["lag_bytes"].is_number() || f["lag"] == "unknown",
+        "{progress}"
+    );
+    let summary = events
+        .iter()
+        .find(|e| e["fields"]["message"] == "summary")
+        .unwrap_or_else(|| panic!("{out}"));
+    assert_eq!(summary["fields"]["keys"], 200, "{summary}");
+    assert!(summary["fields"]["seconds"].is_number(), "{summary}");
+    assert!(out.contains("keys/s"), "{out}");
+}
