@@ -173,6 +173,8 @@ async function main() {
     await until("the verification to finish equal", async () =>
       (await page.locator("#fig-verify").innerText()).startsWith("equal"));
     await page.waitForTimeout(3000); // a few points on the chart
+    await until("the chart's time axis", async () =>
+      (await page.locator("#chart text.axis-end").count()) === 1);
     await page.screenshot({ path: path.join(shots, "5-job.png"), fullPage: true });
 
     // Pause and resume from the page.
@@ -194,6 +196,8 @@ async function main() {
     // The state cell (the mode cell says "full+incremental" from the start).
     await until("the list to show incremental", async () =>
       (await page.locator("#jobs-body span.state").first().innerText()) === "incremental");
+    if ((await page.locator("#jobs-body td.error-cell").first().innerText()) !== "–")
+      throw new Error("the list shows an error for a healthy job");
     await page.screenshot({ path: path.join(shots, "6-jobs.png"), fullPage: true });
     console.log(`ok: console e2e passed; screenshots in ${path.relative(root, shots)}/`);
   } finally {

@@ -87,6 +87,7 @@ async function showJobs() {
         el("td", { class: "num" }, fmt(j.source_transactions)),
         el("td", { class: "num" }, fmt(j.target_transactions)),
         el("td", { class: "num" }, j.lag_seconds === undefined ? "unknown" : fmt(j.lag_seconds, 1) + " s"),
+        el("td", { class: "error-cell", title: j.last_error || "" }, j.last_error ? j.last_error.slice(0, 80) : "–"),
       ));
     }
   };
@@ -307,7 +308,14 @@ function chart(samples) {
     add("text", { x: s.key === "lag_seconds" ? P + 4 : W - 10, y: 18, fill: s.color, "font-size": 12, "text-anchor": s.key === "lag_seconds" ? "start" : "end" })
       .textContent = "max " + fmt(max, 1) + (s.key === "lag_seconds" ? " s" : " rec/s");
   }
-  add("text", { x: W - 10, y: H - 10, "text-anchor": "end", fill: "#4a5360", "font-size": 12 }).textContent = "now";
+  // The time axis: the window's start and end as clock times, its length in the middle.
+  const clock = (t) => new Date(t).toLocaleTimeString();
+  add("text", { x: P, y: H - 12, "text-anchor": "start", fill: "#4a5360", "font-size": 12, class: "axis-start" }).textContent = clock(t0);
+  add("text", { x: (P + W - 8) / 2, y: H - 12, "text-anchor": "middle", fill: "#4a5360", "font-size": 12 }).textContent =
+    `last ${Math.round((t1 - t0) / 1000)} s`;
+  add("text", { x: W - 10, y: H - 12, "text-anchor": "end", fill: "#4a5360", "font-size": 12, class: "axis-end" }).textContent = clock(t1);
+  // The value axis: 0 at the bottom, each series' maximum at the top (labels above).
+  add("text", { x: P - 4, y: H - P + 4, "text-anchor": "end", fill: "#4a5360", "font-size": 11 }).textContent = "0";
 }
 
 function figure(label, value, id) {
@@ -335,7 +343,7 @@ async function showJob(name) {
     $("#job-title").textContent = j.name;
     $("#job-description").textContent = j.description;
     const retry = j.state === "retrying"
-      ? `attempt ${j.attempts}, next at ${j.next_attempt || "–"}`
+      ? `attempt ${j.attempts}, next at ${j.next_attempt ? new Date(j.next_attempt).toLocaleString() : "–"}`
       : (j.attempts ? `${j.attempts} attempt(s)` : "none");
     $("#job-figures").replaceChildren(
       figure("Source node", j.source_nodes.join(", ")),
