@@ -10,6 +10,28 @@ use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 use tracing::info;
 
+/// The live line while one is drawn: log lines are written "around" it (it is cleared,
+/// the line written, the bar drawn again), never through it.
+static BAR: std::sync::Mutex<Option<ProgressBar>> = std::sync::Mutex::new(None);
+
+/// stderr for the log, aware of the live line.
+pub struct LogWriter;
+
+impl std::io::Write for LogWriter {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        let bar = BAR.lock().ok().and_then(|b| b.clone());
+        match bar {
+            Some(bar) => bar.suspend(|| std::io::stderr().write_all(buf))?,
+            None => std::io::stderr().write_all(buf)?,
+        }
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        std::io::stderr().flush()
+    }
+}
+
 pub struct Display {
     stop: CancellationToken,
     task: JoinHandle<()>,
@@ -144,6 +166,9 @@ pub fn spawn(stats: Arc<ShardStats>, tty: bool, stop: CancellationToken) -> Disp
                 ProgressStyle::with_template("{spinner} [{elapsed_precise}] {msg}")
                     .unwrap_or_else(|_| ProgressStyle::default_spinner()),
             );
+            if let Ok(mut b) = BAR.lock() {
+                *b = Some(bar.clone());
+            }
             let mut rates = Rates::new(&stats);
             loop {
                 rates.sample(&stats);
@@ -153,6 +178,9 @@ pub fn spawn(stats: Arc<ShardStats>, tty: bool, stop: CancellationToken) -> Disp
                     _ = tokio::time::sleep(Duration::from_millis(200)) => {}
                     _ = token.cancelled() => break,
                 }
+            }
+            if let Ok(mut b) = BAR.lock() {
+                *b = None;
             }
             bar.finish_with_message(line(&stats, &rates));
         } else {

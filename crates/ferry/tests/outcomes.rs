@@ -244,3 +244,20 @@ fn json_logs_carry_numbers() {
     assert!(summary["fields"]["seconds"].is_number(), "{summary}");
     assert!(out.contains("keys/s"), "{out}");
 }
+
+/// The replica connection is named on the source: `CLIENT LIST` says whose it is.
+#[test]
+fn the_source_sees_whose_replica_it_is() {
+    let source = Server::start();
+    let target = Server::start();
+    source.cmd(&["SET", "k", "v"]);
+    let mut ferry = Ferry::sync(&source.url(), &target.url(), &["--name", "named"]);
+    common::wait_until("the named replica on the source", LONG, || {
+        source
+            .cmd(&["CLIENT", "LIST"])
+            .as_str()
+            .lines()
+            .any(|l| l.contains("name=ferry-reader~named ") && l.contains("flags=S"))
+    });
+    ferry.signal("INT");
+}

@@ -65,6 +65,9 @@ pub struct ReplicaOptions {
     pub filter: Option<Arc<Filter>>,
     /// The name `PSYNC` goes by on this source (a provider may rename it).
     pub psync_command: String,
+    /// `CLIENT SETNAME` of the replica connection, so that `CLIENT LIST` and `INFO
+    /// replication` on the source say whose it is (a refusal is ignored).
+    pub client_name: Option<String>,
 }
 
 impl ReplicaOptions {
@@ -84,6 +87,7 @@ impl ReplicaOptions {
             big_values: Some(ferry_rdb::BigValues::default()),
             filter: None,
             psync_command: "PSYNC".into(),
+            client_name: None,
         }
     }
 }
@@ -302,6 +306,11 @@ async fn handshake(conn: &mut Connection, opts: &ReplicaOptions) -> Result<(), S
         }
         // LOADING and friends still answer PING with an error only on some versions.
         return Err(refused("PING", m));
+    }
+    if let Some(name) = &opts.client_name {
+        if let Frame::Error(m) = conn.request_raw(&["CLIENT", "SETNAME", name]).await? {
+            debug!(source = %addr, reply = %String::from_utf8_lossy(&m), "CLIENT SETNAME refused");
+        }
     }
     if let Frame::Error(m) = conn
         .request_raw(&["REPLCONF", "listening-port", &port])

@@ -767,6 +767,7 @@ async fn attempt_shard(
     carry.owned = Some(ownership);
     let evictions = crate::evictions::baseline(target, cluster).await?;
     let mut ropts = ReplicaOptions::new(node.clone());
+    ropts.client_name = Some(source_client_name(&config.name));
     if let Some(name) = &config.psync_command {
         ropts.psync_command = name.clone();
     }
@@ -927,6 +928,15 @@ async fn attempt_shard(
         commands: summary.commands,
         completed,
     })
+}
+
+/// The name of the job's replica connection on the source (`CLIENT LIST` shows it).
+fn source_client_name(job: &str) -> String {
+    let job: String = job
+        .chars()
+        .map(|c| if c.is_whitespace() { '_' } else { c })
+        .collect();
+    format!("ferry-reader~{job}")
 }
 
 /// Refuses, before anything is written, a source node that is the target (or one of its
