@@ -197,39 +197,26 @@ pub fn spawn(stats: Arc<ShardStats>, tty: bool, stop: CancellationToken) -> Disp
                 let eta_seconds = rates.eta(s).map(|e| e.round());
                 let (lag_bytes, lag_seconds) = (s.known_lag_bytes(), s.known_lag_seconds());
                 let contact = s.seconds_since_contact().map(|n| (n * 10.0).round() / 10.0);
-                match (lag_bytes, lag_seconds) {
-                    (Some(b), Some(t)) => info!(
-                        phase = s.phase().name(),
-                        progress,
-                        keys_applied = s.keys_applied.load(Relaxed),
-                        keys_total = s.expected_keys.load(Relaxed),
-                        keys_per_sec = rates.keys_per_sec.round(),
-                        records_read = s.records_read.load(Relaxed),
-                        records_applied = s.records_applied.load(Relaxed),
-                        records_per_sec = rates.records_per_sec.round(),
-                        eta_seconds,
-                        lag_bytes = b,
-                        lag_seconds = (t * 1000.0).round() / 1000.0,
-                        link_up = s.link_up(),
-                        seconds_since_contact = contact,
-                        "progress"
-                    ),
-                    _ => info!(
-                        phase = s.phase().name(),
-                        progress,
-                        keys_applied = s.keys_applied.load(Relaxed),
-                        keys_total = s.expected_keys.load(Relaxed),
-                        keys_per_sec = rates.keys_per_sec.round(),
-                        records_read = s.records_read.load(Relaxed),
-                        records_applied = s.records_applied.load(Relaxed),
-                        records_per_sec = rates.records_per_sec.round(),
-                        eta_seconds,
-                        lag = "unknown",
-                        link_up = s.link_up(),
-                        seconds_since_contact = contact,
-                        "progress"
-                    ),
-                }
+                let known = lag_bytes.is_some() && lag_seconds.is_some();
+                info!(
+                    phase = s.phase().name(),
+                    progress,
+                    keys_applied = s.keys_applied.load(Relaxed),
+                    keys_total = s.expected_keys.load(Relaxed),
+                    keys_per_sec = rates.keys_per_sec.round(),
+                    records_read = s.records_read.load(Relaxed),
+                    records_applied = s.records_applied.load(Relaxed),
+                    records_per_sec = rates.records_per_sec.round(),
+                    eta_seconds,
+                    lag_bytes = lag_bytes.filter(|_| known),
+                    lag_seconds = lag_seconds
+                        .filter(|_| known)
+                        .map(|t| (t * 1000.0).round() / 1000.0),
+                    lag = (!known).then_some("unknown"),
+                    link_up = s.link_up(),
+                    seconds_since_contact = contact,
+                    "progress"
+                );
             }
         }
     });

@@ -8,6 +8,26 @@ use std::time::Duration;
 use common::{wait_until, Ferry};
 use ferry_testkit::Server;
 
+/// `ferry serve` on a free port with a SQLite store in `dir` (and `--token t0ken` when
+/// `token`); returns the process and the service's base URL.
+fn start_serve(dir: &tempfile::TempDir, token: bool) -> (Ferry, String) {
+    let store = format!("sqlite://{}", dir.path().join("ferry.db").display());
+    let mut args = vec!["serve", "--listen", "127.0.0.1:0", "--store", &store];
+    if token {
+        args.extend_from_slice(&["--token", "t0ken"]);
+    }
+    // Port 0: the service picks a free port and prints it.
+    let mut serve = Ferry::start(&args);
+    serve.wait_for_output("ferry service on http://", Duration::from_secs(20));
+    let server = serve
+        .output()
+        .lines()
+        .find_map(|l| l.strip_prefix("ferry service on "))
+        .map(|u| u.trim_end_matches('/').to_string())
+        .expect("service address");
+    (serve, server)
+}
+
 /// Runs `ferry job --server URL <args>` to completion; returns (success, stdout+stderr).
 fn job(server: &str, args: &[&str]) -> (bool, String) {
     let out = Command::new(env!("CARGO_BIN_EXE_ferry"))
@@ -32,24 +52,7 @@ fn job_commands_drive_a_running_service() {
         source.cmd(&["SET", &format!("k{i}"), "v"]);
     }
     let dir = tempfile::tempdir().expect("tempdir");
-    let store = format!("sqlite://{}", dir.path().join("ferry.db").display());
-    // Port 0: the service picks a free port and prints it.
-    let mut serve = Ferry::start(&[
-        "serve",
-        "--listen",
-        "127.0.0.1:0",
-        "--store",
-        &store,
-        "--token",
-        "t0ken",
-    ]);
-    serve.wait_for_output("ferry service on http://", Duration::from_secs(20));
-    let printed = serve.output();
-    let server = printed
-        .lines()
-        .find_map(|l| l.strip_prefix("ferry service on "))
-        .map(|u| u.trim_end_matches('/').to_string())
-        .expect("service address");
+    let (mut serve, server) = start_serve(&dir, true);
 
     let config = dir.path().join("job.toml");
     std::fs::write(
@@ -166,23 +169,7 @@ fn job_show_says_the_lag_is_unknown_while_the_source_is_unreachable() {
     let target = Server::start();
     source.cmd(&["SET", "k", "v"]);
     let dir = tempfile::tempdir().expect("tempdir");
-    let store = format!("sqlite://{}", dir.path().join("ferry.db").display());
-    let mut serve = Ferry::start(&[
-        "serve",
-        "--listen",
-        "127.0.0.1:0",
-        "--store",
-        &store,
-        "--token",
-        "t0ken",
-    ]);
-    serve.wait_for_output("ferry service on http://", Duration::from_secs(20));
-    let server = serve
-        .output()
-        .lines()
-        .find_map(|l| l.strip_prefix("ferry service on "))
-        .map(|u| u.trim_end_matches('/').to_string())
-        .expect("service address");
+    let (_serve, server) = start_serve(&dir, true);
     let config = dir.path().join("job.toml");
     std::fs::write(
         &config,
@@ -237,15 +224,7 @@ fn job_create_carries_every_field_or_refuses_it() {
     let replica = Server::builder().replica_of(&master).start();
     let target = Server::start();
     let dir = tempfile::tempdir().expect("tempdir");
-    let store = format!("sqlite://{}", dir.path().join("ferry.db").display());
-    let mut serve = Ferry::start(&["serve", "--listen", "127.0.0.1:0", "--store", &store]);
-    serve.wait_for_output("ferry service on http://", Duration::from_secs(20));
-    let server = serve
-        .output()
-        .lines()
-        .find_map(|l| l.strip_prefix("ferry service on "))
-        .map(|u| u.trim_end_matches('/').to_string())
-        .expect("service address");
+    let (mut serve, server) = start_serve(&dir, false);
     let write = |name: &str, extra: &str| {
         let path = dir.path().join(format!("{name}.toml"));
         std::fs::write(
