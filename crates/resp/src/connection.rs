@@ -46,6 +46,12 @@ impl Connection {
                 }
             };
         let _ = stream.set_nodelay(true);
+        // A peer that vanishes without a FIN (a black-holed link) is noticed by the kernel
+        // within about a minute, even on a connection that is only waiting.
+        let keepalive = socket2::TcpKeepalive::new()
+            .with_time(Duration::from_secs(30))
+            .with_interval(Duration::from_secs(10));
+        let _ = socket2::SockRef::from(&stream).set_tcp_keepalive(&keepalive);
         let stream = if ep.tls {
             match tokio::time::timeout(timeout, tls::handshake(stream, &ep.host, &ep.tls_options))
                 .await

@@ -131,7 +131,21 @@ async fn replicate_inner(
         let keys: u64 = info.keyspace().iter().map(|(_, k)| k).sum();
         stats.expected_keys.store(keys, Relaxed);
     }
-    handshake(&mut conn, &opts).await?;
+    // A source that accepts the connection and then says nothing is timed out at every
+    // step (the snapshot's wait included: Redis sends `\n` while it forks).
+    match tokio::time::timeout(opts.read_timeout, handshake(&mut conn, &opts)).await {
+        Ok(r) => r?,
+        Err(_) => {
+            return Err(ferry_resp::Error::Timeout {
+                addr,
+                what: format!(
+                    "the replication handshake ({:?} without a reply)",
+                    opts.read_timeout
+                ),
+            }
+            .into())
+        }
+    }
 
     let psync_args = match &opts.resume {
         Some((replid, offset)) => vec![
@@ -143,7 +157,7 @@ async fn replicate_inner(
     };
     conn.send(&psync_args).await?;
     stats.set_phase(Phase::WaitingForSnapshot);
-    let reply = read_psync_reply(&mut conn).await?;
+    let reply = read_psync_reply(&mut conn, opts.read_timeout).await?;
     // Connected and replicating: the link is up until this reader returns.
     let _link_up = stats.link_up_while();
     let (stream, mut buf, _) = conn.into_parts();
@@ -338,7 +352,10 @@ fn skip_newlines(buf: &mut BytesMut) -> usize {
     n
 }
 
-async fn read_psync_reply(conn: &mut Connection) -> Result<PsyncReply, SourceError> {
+async fn read_psync_reply(
+    conn: &mut Connection,
+    timeout: Duration,
+) -> Result<PsyncReply, SourceError> {
     let addr = conn.addr().to_string();
     let frame = loop {
         skip_newlines(conn.buffer());
@@ -354,9 +371,18 @@ async fn read_psync_reply(conn: &mut Connection) -> Result<PsyncReply, SourceErr
         }
         match frame::parse(conn.buffer()) {
             Ok(Some((f, _))) => break f,
-            Ok(None) => {
-                conn.fill().await?;
-            }
+            Ok(None) => match tokio::time::timeout(timeout, conn.fill()).await {
+                Ok(r) => {
+                    r?;
+                }
+                Err(_) => {
+                    return Err(ferry_resp::Error::Timeout {
+                        addr,
+                        what: format!("a reply to PSYNC ({timeout:?} without a byte)"),
+                    }
+                    .into())
+                }
+            },
             Err(e) => {
                 return Err(SourceError::Protocol {
                     addr,

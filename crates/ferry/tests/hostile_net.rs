@@ -1,0 +1,98 @@
+//! Peers that misbehave on the network: a source that accepts `PSYNC` and then says
+//! nothing is timed out (named, retried, and given up on as the retry policy says), never
+//! waited on for ever.
+
+mod common;
+
+use std::io::{BufRead, BufReader, Write};
+use std::net::{TcpListener, TcpStream};
+use std::time::{Duration, Instant};
+
+use common::Ferry;
+use ferry_testkit::Server;
+
+/// Reads one command (an array of bulk strings) from a client.
+fn read_command(r: &mut BufReader<TcpStream>) -> Option<Vec<String>> {
+    let mut line = String::new();
+    if r.read_line(&mut line).ok()? == 0 {
+        return None;
+    }
+    let n: usize = line.trim().strip_prefix('*')?.parse().ok()?;
+    let mut args = Vec::with_capacity(n);
+    for _ in 0..n {
+        line.clear();
+        r.read_line(&mut line).ok()?;
+        let len: usize = line.trim().strip_prefix('$')?.parse().ok()?;
+        let mut buf = vec![0u8; len + 2];
+        std::io::Read::read_exact(r, &mut buf).ok()?;
+        args.push(String::from_utf8_lossy(&buf[..len]).into_owned());
+    }
+    Some(args)
+}
+
+/// A server that answers like a Redis master until `PSYNC`, then goes silent (the
+/// connection stays open). Returns its address.
+fn silent_after_psync() -> String {
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap().to_string();
+    std::thread::spawn(move || {
+        for conn in listener.incoming().flatten() {
+            std::thread::spawn(move || {
+                let mut w = conn.try_clone().unwrap();
+                let mut r = BufReader::new(conn);
+                let mut held = Vec::new();
+                while let Some(cmd) = read_command(&mut r) {
+                    let name = cmd[0].to_ascii_uppercase();
+                    let reply = match name.as_str() {
+                        "PING" => "+PONG\r\n".to_string(),
+                        "INFO" => {
+                            let body = "# Server\r\nredis_version:7.0.15\r\nrun_id:0123456789abcdef0123456789abcdef01234567\r\n# Replication\r\nrole:master\r\nmaster_replid:fedcba9876543210fedcba9876543210fedcba98\r\nmaster_repl_offset:0\r\n# Keyspace\r\n";
+                            format!("${}\r\n{body}\r\n", body.len())
+                        }
+                        // Nothing, ever: the connection is kept open.
+                        "PSYNC" | "SYNC" => {
+                            held.push(w.try_clone().unwrap());
+                            continue;
+                        }
+                        "ROLE" => "*3\r\n$6\r\nmaster\r\n:0\r\n*0\r\n".into(),
+                        "CLUSTER" => "-ERR This instance has cluster support disabled\r\n".into(),
+                        _ => "+OK\r\n".into(),
+                    };
+                    if w.write_all(reply.as_bytes()).is_err() {
+                        break;
+                    }
+                }
+                std::thread::sleep(Duration::from_secs(120));
+                drop(held);
+            });
+        }
+    });
+    addr
+}
+
+#[test]
+fn a_source_silent_after_psync_is_timed_out_and_given_up_on() {
+    let source = silent_after_psync();
+    let target = Server::start();
+    let started = Instant::now();
+    let mut ferry = Ferry::sync(
+        &format!("redis://{source}"),
+        &target.url(),
+        &[
+            "--skip-precheck",
+            "--source-timeout",
+            "2s",
+            "--retry-connection-limit",
+            "6s",
+            "--retry-other-limit",
+            "6s",
+        ],
+    );
+    let status = ferry.wait(Duration::from_secs(60));
+    let out = ferry.output();
+    assert!(!status.success(), "{out}");
+    assert!(out.contains("a reply to PSYNC"), "{out}");
+    assert!(out.contains(&source), "{out}");
+    assert!(out.contains("retrying"), "{out}");
+    assert!(started.elapsed() < Duration::from_secs(45), "{out}");
+}
