@@ -30,13 +30,14 @@ fn read_command(r: &mut BufReader<TcpStream>) -> Option<Vec<String>> {
     Some(args)
 }
 
-/// A server that answers like a Redis master until `PSYNC`, then goes silent (the
-/// connection stays open). Returns its address.
-fn silent_after_psync() -> String {
+/// A server that answers like a Redis master until `PSYNC`, then sends `after_psync` and
+/// goes silent (the connection stays open). Returns its address.
+fn fake_master(after_psync: Vec<u8>) -> String {
     let listener = TcpListener::bind("127.0.0.1:0").unwrap();
     let addr = listener.local_addr().unwrap().to_string();
     std::thread::spawn(move || {
         for conn in listener.incoming().flatten() {
+            let after_psync = after_psync.clone();
             std::thread::spawn(move || {
                 let mut w = conn.try_clone().unwrap();
                 let mut r = BufReader::new(conn);
@@ -49,8 +50,9 @@ fn silent_after_psync() -> String {
                             let body = "# Server\r\nredis_version:7.0.15\r\nrun_id:0123456789abcdef0123456789abcdef01234567\r\n# Replication\r\nrole:master\r\nmaster_replid:fedcba9876543210fedcba9876543210fedcba98\r\nmaster_repl_offset:0\r\n# Keyspace\r\n";
                             format!("${}\r\n{body}\r\n", body.len())
                         }
-                        // Nothing, ever: the connection is kept open.
+                        // Then nothing more, ever: the connection is kept open.
                         "PSYNC" | "SYNC" => {
+                            let _ = w.write_all(&after_psync);
                             held.push(w.try_clone().unwrap());
                             continue;
                         }
@@ -72,7 +74,7 @@ fn silent_after_psync() -> String {
 
 #[test]
 fn a_source_silent_after_psync_is_timed_out_and_given_up_on() {
-    let source = silent_after_psync();
+    let source = fake_master(Vec::new());
     let target = Server::start();
     let started = Instant::now();
     let mut ferry = Ferry::sync(
@@ -95,4 +97,36 @@ fn a_source_silent_after_psync_is_timed_out_and_given_up_on() {
     assert!(out.contains(&source), "{out}");
     assert!(out.contains("retrying"), "{out}");
     assert!(started.elapsed() < Duration::from_secs(45), "{out}");
+}
+
+/// `$99999999999` announced for a small RDB followed by the command stream: a protocol
+/// error naming both lengths (retried, then given up on), never the stream swallowed as
+/// "bytes after the RDB's end".
+#[test]
+fn an_rdb_length_that_disagrees_with_the_rdb_is_a_protocol_error() {
+    let real = Server::start();
+    real.cmd(&["SET", "k", "v"]);
+    real.cmd(&["SAVE"]);
+    let dir = real.cmd(&["CONFIG", "GET", "dir"]).as_array()[1].as_str();
+    let rdb = std::fs::read(std::path::Path::new(&dir).join("dump.rdb")).expect("dump.rdb");
+    let mut reply =
+        b"+FULLRESYNC fedcba9876543210fedcba9876543210fedcba98 0\r\n$99999999999\r\n".to_vec();
+    reply.extend_from_slice(&rdb);
+    reply.extend_from_slice(b"*3\r\n$3\r\nSET\r\n$5\r\nafter\r\n$1\r\n1\r\n");
+    let source = fake_master(reply);
+    let target = Server::start();
+    let mut ferry = Ferry::sync(
+        &format!("redis://{source}"),
+        &target.url(),
+        &["--skip-precheck", "--source-timeout", "3s"],
+    );
+    ferry.wait_for_output(
+        "announced an RDB of 99999999999 bytes",
+        Duration::from_secs(30),
+    );
+    ferry.signal("INT");
+    let out = ferry.output();
+    assert!(out.contains("ended after"), "{out}");
+    assert!(out.contains(&source), "{out}");
+    assert!(!out.contains("skipped"), "{out}");
 }

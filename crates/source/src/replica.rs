@@ -615,20 +615,18 @@ async fn transfer_rdb(
     }
     match transfer {
         RdbTransfer::Length(n) => {
-            if !tail.is_empty() || remaining.unwrap_or(0) > 0 {
-                warn!(source = %addr, rdb_len = n, unread = tail.len() as u64 + remaining.unwrap_or(0),
-                      "RDB transfer had bytes after the RDB's end; skipped");
-            }
-            // Skip the announced length's remainder, if the RDB ended early.
-            let mut skip = remaining.unwrap_or(0);
-            while skip > 0 {
-                if buf.is_empty() {
-                    link.read_more(&mut buf, "during the snapshot transfer")
-                        .await?;
-                }
-                let k = (skip.min(buf.len() as u64)) as usize;
-                buf.advance(k);
-                skip -= k as u64;
+            let unread = tail.len() as u64 + remaining.unwrap_or(0);
+            if unread > 0 {
+                // Redis sends exactly the RDB it announced: a length that disagrees with
+                // where the RDB ends is a corrupted transfer, not padding to skip (skipping
+                // it would swallow the command stream after it).
+                return Err(SourceError::Protocol {
+                    addr,
+                    message: format!(
+                        "the source announced an RDB of {n} bytes, but the RDB ended after {} ({unread} announced bytes left over)",
+                        n.saturating_sub(unread)
+                    ),
+                });
             }
             Ok(buf)
         }
