@@ -851,6 +851,7 @@ pub(crate) fn lossy(b: &[u8]) -> String {
 }
 
 /// Reads replies in order and checks each against what its command expects.
+#[allow(clippy::too_many_arguments)]
 async fn read_replies(
     mut rd: ReadHalf<ferry_resp::Stream>,
     mut buf: BytesMut,
