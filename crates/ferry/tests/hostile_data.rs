@@ -66,7 +66,7 @@ impl Rdb {
 const EMPTY_ZIPLIST: [u8; 11] = [11, 0, 0, 0, 10, 0, 0, 0, 0, 0, 0xff];
 
 /// A server that loaded `path` as its own dump: what Redis makes of the file.
-fn loaded(binary: Option<&PathBuf>, path: &PathBuf) -> Server {
+fn loaded(binary: Option<&PathBuf>, path: &std::path::Path) -> Server {
     let mut b = Server::builder();
     if let Some(bin) = binary {
         b = b.binary(bin);
@@ -77,7 +77,7 @@ fn loaded(binary: Option<&PathBuf>, path: &PathBuf) -> Server {
     s
 }
 
-fn rdb_spec(path: &PathBuf) -> String {
+fn rdb_spec(path: &std::path::Path) -> String {
     format!("rdb:{}", path.display())
 }
 
