@@ -430,6 +430,18 @@ async fn sync(args: SyncArgs) -> anyhow::Result<ExitCode> {
     if failed > 0 {
         outln!("{failed} replicated command(s) failed on the target and were skipped (--skip-failed-commands)");
     }
+    let empty = stats
+        .empty_keys_skipped
+        .load(std::sync::atomic::Ordering::Relaxed);
+    if empty > 0 {
+        outln!("{empty} empty keys skipped, as Redis does at load");
+    }
+    let unsupported = stats
+        .unsupported_skipped
+        .load(std::sync::atomic::Ordering::Relaxed);
+    if unsupported > 0 {
+        outln!("{unsupported} key(s), function(s), script(s) or module data the target cannot hold were skipped (--skip-unsupported)");
+    }
     if outcome.completed {
         outln!(
             "full sync complete: {} keys in {:.2} s ({figures})",

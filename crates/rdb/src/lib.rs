@@ -65,6 +65,7 @@ pub mod consts;
 mod crc64;
 mod decode;
 mod dump;
+mod empty;
 mod error;
 pub mod lzf;
 mod parser;
@@ -74,5 +75,6 @@ pub use decode::{
     decode_value, Consumer, ConsumerGroup, PendingEntry, Stream, StreamEntry, StreamId, Value,
 };
 pub use dump::{dump_payload_len, parse_dump_payload, write_dump_payload};
+pub use empty::{is_empty_value, module_name};
 pub use error::{ErrorKind, RdbError};
 pub use parser::{BigValues, Entry, Item, Parser};

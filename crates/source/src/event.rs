@@ -29,6 +29,10 @@ pub enum Event {
     BigEntryEnd { payload: Option<Bytes> },
     /// A function library from the snapshot (`FUNCTION LOAD` code).
     Function { code: Bytes },
+    /// Module auxiliary data from the snapshot (`RDB_OPCODE_MODULE_AUX`): nothing can
+    /// write it into a target, and a Redis without the module refuses the file, so the
+    /// writer refuses it too unless told to skip what the target cannot hold.
+    ModuleAux { module_id: u64 },
     /// A Lua script body from an old RDB's `lua` AUX field (`SCRIPT LOAD`).
     Script { body: Bytes },
     /// The snapshot is complete: `rdb_version` is the payload version of every entry.

@@ -7,7 +7,7 @@ use std::sync::atomic::Ordering::Relaxed;
 
 use ferry_rdb::{Item, Parser};
 use tokio::sync::mpsc;
-use tracing::{debug, warn};
+use tracing::{debug, info, warn};
 
 use crate::error::SourceError;
 use crate::event::Event;
@@ -49,6 +49,7 @@ pub(crate) fn send_rdb_events<R: Read>(
         addr: addr.to_string(),
     };
     let mut keys = 0u64;
+    let mut empty = 0u64;
     let mut header_sent = false;
     while let Some(item) = parser.next_item().map_err(rdb_err)? {
         if !header_sent {
@@ -58,6 +59,16 @@ pub(crate) fn send_rdb_events<R: Read>(
                 .map_err(|_| downstream())?;
         }
         let ev = match item {
+            Item::Entry(e) if ferry_rdb::is_empty_value(e.value_type, &e.payload) => {
+                // Redis drops an empty collection at load (and refuses it in RESTORE; an
+                // old one plants an empty key that breaks DEBUG DIGEST).
+                empty += 1;
+                stats.empty_keys_skipped.fetch_add(1, Relaxed);
+                if empty <= 10 {
+                    info!(source = %addr, key = %String::from_utf8_lossy(&e.key), db = e.db, "empty key skipped, as Redis does at load");
+                }
+                continue;
+            }
             Item::Entry(e) => {
                 keys += 1;
                 stats.keys_read.fetch_add(1, Relaxed);
@@ -92,10 +103,7 @@ pub(crate) fn send_rdb_events<R: Read>(
                 debug!(source = %addr, key = %String::from_utf8_lossy(&key), value = %String::from_utf8_lossy(&value), "RDB aux");
                 continue;
             }
-            Item::ModuleAux { module_id, .. } => {
-                warn!(source = %addr, module_id, "module aux data in the snapshot is not carried");
-                continue;
-            }
+            Item::ModuleAux { module_id, .. } => Event::ModuleAux { module_id },
             _ => continue,
         };
         let ev = match filter {
@@ -106,6 +114,9 @@ pub(crate) fn send_rdb_events<R: Read>(
             None => ev,
         };
         send(tx, ev).map_err(|_| downstream())?;
+    }
+    if empty > 0 {
+        warn!(source = %addr, "{empty} empty keys skipped, as Redis does at load");
     }
     let rdb_version = parser.rdb_version().unwrap_or(0) as u16;
     tx.blocking_send(Event::SnapshotEnd { rdb_version, keys })

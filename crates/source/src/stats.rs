@@ -84,6 +84,11 @@ pub struct ShardStats {
     /// Replicated commands the target refused and the writer went past
     /// (`--skip-failed-commands`).
     pub commands_failed: AtomicU64,
+    /// Snapshot keys holding an empty collection, dropped as Redis drops them at load.
+    pub empty_keys_skipped: AtomicU64,
+    /// Keys, functions, scripts and module data the target cannot hold, skipped and
+    /// counted (`--skip-unsupported`).
+    pub unsupported_skipped: AtomicU64,
 }
 
 impl Default for ShardStats {
@@ -114,6 +119,8 @@ impl Default for ShardStats {
             filtered_mixed: AtomicU64::new(0),
             split_transactions: AtomicU64::new(0),
             commands_failed: AtomicU64::new(0),
+            empty_keys_skipped: AtomicU64::new(0),
+            unsupported_skipped: AtomicU64::new(0),
         }
     }
 }
@@ -290,6 +297,10 @@ impl ShardStats {
             .store(sum(|s| &s.split_transactions), Relaxed);
         self.commands_failed
             .store(sum(|s| &s.commands_failed), Relaxed);
+        self.empty_keys_skipped
+            .store(sum(|s| &s.empty_keys_skipped), Relaxed);
+        self.unsupported_skipped
+            .store(sum(|s| &s.unsupported_skipped), Relaxed);
         self.read_offset.store(sum(|s| &s.read_offset), Relaxed);
         self.applied_offset
             .store(sum(|s| &s.applied_offset), Relaxed);

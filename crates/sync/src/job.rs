@@ -121,6 +121,8 @@ impl JobError {
             self,
             JobError::Target(
                 TargetError::KeyExists { .. }
+                    | TargetError::DuplicateKey { .. }
+                    | TargetError::Unsupported { .. }
                     | TargetError::Incompatible { .. }
                     | TargetError::NotEmpty { .. }
                     | TargetError::FlushRefused { .. }
@@ -812,6 +814,9 @@ async fn attempt_shard(
     wopts.flush_slots = slots;
     wopts.skip_unsupported = config.skip_unsupported;
     wopts.skip_failed_commands = config.skip_failed_commands;
+    // An owned target is empty (or flushed) before the snapshot: a key already there came
+    // from the snapshot itself.
+    wopts.target_was_empty = ownership == ferry_target::owner::Ownership::Owned;
     wopts.slot_offsets = slot_offsets;
     wopts.client_name = client_name;
     // Fencing of the cluster writer's own sends, reconnects and resends: it asks the

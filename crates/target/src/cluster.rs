@@ -276,7 +276,13 @@ fn packed(bytes: &Bytes, ends: &[(u16, u32)], i: usize) -> (u16, Bytes) {
 fn unpacked(pack: &Unit, ends: &[(u16, u32)], i: usize) -> (u16, Unit) {
     let (slot, bytes) = packed(&pack.bytes, ends, i);
     // The key is read back from the command if an error needs it.
-    let mut u = Unit::new(bytes, Expect::Restore { key: Bytes::new() });
+    let mut u = Unit::new(
+        bytes,
+        Expect::Restore {
+            key: Bytes::new(),
+            db: 0,
+        },
+    );
     u.keys = 1;
     u.records = 1;
     (slot, u)
@@ -351,11 +357,11 @@ impl Unit {
             );
         }
         match self.expects.as_slice().first() {
-            Some(Expect::Restore { key }) if key.is_empty() => format!(
+            Some(Expect::Restore { key, .. }) if key.is_empty() => format!(
                 "RESTORE {:?}",
                 lossy(&restore_key(&self.bytes).unwrap_or_default())
             ),
-            Some(Expect::Restore { key }) => format!("RESTORE {:?}", lossy(key)),
+            Some(Expect::Restore { key, .. }) => format!("RESTORE {:?}", lossy(key)),
             Some(Expect::Command { name, key, .. }) => match key {
                 Some(k) => format!("{} {:?}", upper(name), lossy(k)),
                 None => upper(name),
@@ -735,9 +741,9 @@ async fn read_unit(
         if refused.is_none() {
             let checked = match expect {
                 // The key is taken from the command only when the reply is an error.
-                Expect::Restore { key } if key.is_empty() && reply.is_error() => {
+                Expect::Restore { key, .. } if key.is_empty() && reply.is_error() => {
                     let key = restore_key(&unit.bytes).unwrap_or_default();
-                    check_reply(&Expect::Restore { key }, &reply, addr)
+                    check_reply(&Expect::Restore { key, db: 0 }, &reply, addr)
                 }
                 _ => check_reply(expect, &reply, addr),
             };
@@ -777,7 +783,7 @@ async fn read_pack(
         }
         if reply.is_error() {
             let key = restore_key(&packed(&unit.bytes, ends, i).1).unwrap_or_default();
-            check_reply(&Expect::Restore { key }, &reply, addr).map_err(Stop::Failed)?;
+            check_reply(&Expect::Restore { key, db: 0 }, &reply, addr).map_err(Stop::Failed)?;
         }
     }
     Ok(if refused.is_empty() {
@@ -1040,6 +1046,12 @@ pub async fn write_cluster(
     );
     compat.failures = opts.skip_failed_commands.then(|| Failures {
         skip: true,
+        skip_unsupported: opts.skip_unsupported,
+        stats: stats.clone(),
+    });
+    compat.unsupported = Some(Failures {
+        skip: false,
+        skip_unsupported: opts.skip_unsupported,
         stats: stats.clone(),
     });
     let (reports_tx, reports) = mpsc::unbounded_channel();
@@ -1428,6 +1440,7 @@ impl ClusterWriter {
         let valid = self.opts.still_valid.clone();
         let failures = Failures {
             skip: self.opts.skip_failed_commands,
+            skip_unsupported: self.opts.skip_unsupported,
             stats: self.stats.clone(),
         };
         let node = self

@@ -75,6 +75,9 @@ pub(crate) struct Compat {
     big: Option<BigKey>,
     /// Where a replicated command the target cannot run goes (see [`crate::failed`]).
     pub(crate) failures: Option<crate::failed::Failures>,
+    /// Where what the target cannot hold goes (module aux data): an error, or under
+    /// `--skip-unsupported` a warning and a count.
+    pub(crate) unsupported: Option<crate::failed::Failures>,
 }
 
 /// A big value in progress; `chunker` is `None` while its chunks are being dropped
@@ -112,6 +115,7 @@ impl Compat {
             skipped: 0,
             big: None,
             failures: None,
+            unsupported: None,
         }
     }
 
@@ -133,6 +137,8 @@ impl Compat {
                     rdb_version: self.restore_rdb,
                 }))
             }
+            // A chained migration's source holds ferry's own checkpoints: never data.
+            Event::Entry(e) if crate::checkpoint::is_checkpoint_key(&e.key) => Ok(Routed::Drop),
             Event::Entry(e)
                 if type_min_rdb(e.value_type) > self.restore_rdb
                     || e.payload.len() > self.big_value_bytes =>
@@ -209,8 +215,23 @@ impl Compat {
                 }
                 Ok(Routed::Pass(Event::Command { db, argv, offset }))
             }
+            Event::ModuleAux { module_id } => {
+                let e = TargetError::Unsupported {
+                    addr: self.addr.clone(),
+                    what: format!(
+                        "the snapshot's aux data of module {} (id {module_id})",
+                        ferry_rdb::module_name(module_id)
+                    ),
+                    message: "no command writes module aux data, and a Redis without the module refuses such an RDB".into(),
+                };
+                match &self.unsupported {
+                    Some(f) => f.handle(e).map(|()| Routed::Drop),
+                    None => Err(e),
+                }
+            }
             Event::BigEntryStart(e) => {
-                let live = !matches!(e.expire_ms, Some(ms) if ms <= now_ms());
+                let live = !matches!(e.expire_ms, Some(ms) if ms <= now_ms())
+                    && !crate::checkpoint::is_checkpoint_key(&e.key);
                 let chunker = live.then(|| {
                     let mut ch = Chunker::begin(&e.key, &self.opts);
                     if let Some(n) = e.big_string_len() {

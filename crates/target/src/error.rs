@@ -6,6 +6,19 @@ pub enum TargetError {
     Node(#[from] ferry_resp::Error),
     #[error("{addr}: key {key:?} already exists on the target; start with an empty target or pass --overwrite to replace existing keys")]
     KeyExists { addr: String, key: String },
+    /// The snapshot itself holds a key twice (the target was empty when the copy began, so
+    /// nothing else put it there): Redis refuses such an RDB at load.
+    #[error("{addr}: the snapshot holds key {key:?} (db {db}) twice: the target was empty when the copy began, so its first copy came from the same snapshot; Redis refuses such an RDB at load (\"Duplicated key found in RDB file\"): repair the file, or pass --overwrite to keep the key's last copy")]
+    DuplicateKey { addr: String, key: String, db: u32 },
+    /// Something of the snapshot the target refuses in a way no retry changes (a module
+    /// value whose module it lacks, a payload it cannot read, `FUNCTION LOAD` on a version
+    /// without functions), or module aux data, which nothing can write.
+    #[error("{addr}: the target cannot hold {what}: {message}; every attempt would be refused alike: pass --skip-unsupported to skip and count such keys, functions, scripts and module data")]
+    Unsupported {
+        addr: String,
+        what: String,
+        message: String,
+    },
     #[error("{addr}: the target rejected {command}: {message}")]
     Rejected {
         addr: String,

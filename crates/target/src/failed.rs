@@ -16,6 +16,8 @@ use crate::error::TargetError;
 #[derive(Debug, Clone)]
 pub(crate) struct Failures {
     pub skip: bool,
+    /// `--skip-unsupported`: [`TargetError::Unsupported`] is counted and gone past too.
+    pub skip_unsupported: bool,
     pub stats: Arc<ShardStats>,
 }
 
@@ -33,6 +35,15 @@ impl Failures {
             } if self.skip => {
                 self.stats.commands_failed.fetch_add(1, Relaxed);
                 warn!(target = %addr, %command, %key, db, offset, error = %message, "skipped a command the target refused (--skip-failed-commands)");
+                Ok(())
+            }
+            TargetError::Unsupported {
+                addr,
+                what,
+                message,
+            } if self.skip_unsupported => {
+                self.stats.unsupported_skipped.fetch_add(1, Relaxed);
+                warn!(target = %addr, error = %message, "skipped {what}, which the target cannot hold (--skip-unsupported)");
                 Ok(())
             }
             e => Err(e),

@@ -74,6 +74,9 @@ pub struct WriterOptions {
     /// A replicated command the target refuses is logged, counted and gone past instead of
     /// stopping the job (see [`crate::failed`]).
     pub skip_failed_commands: bool,
+    /// The target held nothing of anyone else when the job began (the job owns it): a
+    /// snapshot key found already there can only be the snapshot's own second copy.
+    pub target_was_empty: bool,
 }
 
 impl WriterOptions {
@@ -96,6 +99,7 @@ impl WriterOptions {
             client_name: None,
             still_valid: None,
             skip_failed_commands: false,
+            target_was_empty: false,
         }
     }
 }
@@ -106,6 +110,8 @@ pub(crate) enum Expect {
     /// A snapshot key; its name for the error message.
     Restore {
         key: Bytes,
+        /// The source db (0 where unknown).
+        db: u32,
     },
     /// A replicated command; `offset` set when its reply means "applied" (not queued in a
     /// MULTI).
@@ -528,7 +534,10 @@ impl Encoder {
             Event::Entry(e) => {
                 self.select(e.db as u32);
                 write_restore(&mut self.buf, &e, self.overwrite, self.rdb_version);
-                self.expects.push(Expect::Restore { key: e.key });
+                self.expects.push(Expect::Restore {
+                    key: e.key,
+                    db: e.db as u32,
+                });
             }
             Event::Command { db, argv, offset } => {
                 let argv = map_db_arguments(&self.db_map, argv);
@@ -599,6 +608,8 @@ impl Encoder {
                 self.expects.push(Expect::ScriptLoad);
             }
             Event::SnapshotHeader { rdb_version } => self.rdb_version = rdb_version,
+            // Refused or skipped by `Compat` before it gets here.
+            Event::ModuleAux { .. } => {}
             Event::Offset { offset, .. } => self.expects.push(Expect::Mark { offset }),
             // Big entries are turned into commands by `Compat` before they get here.
             Event::BigEntryStart(_) | Event::BigEntryChunk { .. } | Event::BigEntryEnd { .. } => {}
@@ -769,8 +780,10 @@ pub async fn write(
         opts.checkpoint_key.is_some(),
         Failures {
             skip: opts.skip_failed_commands,
+            skip_unsupported: opts.skip_unsupported,
             stats: stats.clone(),
         },
+        opts.target_was_empty,
     ));
 
     let mut enc = Encoder::new(&opts);
@@ -793,6 +806,12 @@ pub async fn write(
     );
     compat.failures = opts.skip_failed_commands.then(|| Failures {
         skip: true,
+        skip_unsupported: opts.skip_unsupported,
+        stats: stats.clone(),
+    });
+    compat.unsupported = Some(Failures {
+        skip: false,
+        skip_unsupported: opts.skip_unsupported,
         stats: stats.clone(),
     });
     let result: Result<(), TargetError> = async {
@@ -920,6 +939,7 @@ pub(crate) fn lossy(b: &[u8]) -> String {
 }
 
 /// Reads replies in order and checks each against what its command expects.
+#[allow(clippy::too_many_arguments)]
 async fn read_replies(
     mut rd: ReadHalf<ferry_resp::Stream>,
     mut buf: BytesMut,
@@ -928,6 +948,7 @@ async fn read_replies(
     stats: Arc<ShardStats>,
     checkpointed: bool,
     failures: Failures,
+    target_was_empty: bool,
 ) -> Result<WriteSummary, TargetError> {
     let mut summary = WriteSummary::default();
     // The batch being answered, consumed in place (moving each batch into a VecDeque
@@ -1012,6 +1033,17 @@ async fn read_replies(
             (Expect::Queued { .. }, _) => check_reply(&expect, &reply, &addr)?,
             _ => match check_reply(&expect, &reply, &addr) {
                 Err(e @ TargetError::CommandFailed { .. }) => failures.handle(e)?,
+                Err(e @ TargetError::Unsupported { .. }) => {
+                    failures.handle(e)?;
+                    continue;
+                }
+                Err(TargetError::KeyExists { addr, key }) if target_was_empty => {
+                    let db = match &expect {
+                        Expect::Restore { db, .. } => *db,
+                        _ => 0,
+                    };
+                    return Err(TargetError::DuplicateKey { addr, key, db });
+                }
                 r => r?,
             },
         }
@@ -1122,15 +1154,27 @@ pub(crate) fn check_reply(expect: &Expect, reply: &Frame, addr: &str) -> Result<
         command,
         message,
     };
+    let unsupported = |what: String, m: &[u8]| TargetError::Unsupported {
+        addr: addr.to_string(),
+        what,
+        message: lossy(m),
+    };
     match (expect, reply) {
-        (Expect::Restore { key }, Frame::Error(m)) => {
+        (Expect::Restore { key, db }, Frame::Error(m)) => {
             if m.starts_with(b"BUSYKEY") {
                 Err(TargetError::KeyExists {
                     addr: addr.to_string(),
                     key: lossy(key),
                 })
-            } else {
+            } else if is_transient(m) {
                 Err(rejected(format!("RESTORE {:?}", lossy(key)), lossy(m)))
+            } else {
+                // A payload the target cannot read (a module it lacks, a corrupt
+                // encoding, an empty value): the same bytes are refused on every attempt.
+                Err(unsupported(
+                    format!("key {:?} (source db {db}; RESTORE)", lossy(key)),
+                    m,
+                ))
             }
         }
         (
@@ -1170,18 +1214,28 @@ pub(crate) fn check_reply(expect: &Expect, reply: &Frame, addr: &str) -> Result<
             lossy(m),
         )),
         (Expect::Control { what }, Frame::Error(m)) => Err(rejected(what.to_string(), lossy(m))),
+        (Expect::FunctionLoad, Frame::Error(m)) if is_transient(m) => {
+            Err(rejected("FUNCTION LOAD".into(), lossy(m)))
+        }
         (Expect::FunctionLoad, Frame::Error(m)) => {
             if m.windows(14).any(|w| w == b"already exists") {
-                Err(TargetError::Rejected {
+                Err(TargetError::Incompatible {
                     addr: addr.to_string(),
-                    command: "FUNCTION LOAD".into(),
-                    message: format!("{}; pass --overwrite to replace it", lossy(m)),
+                    message: format!(
+                        "the target refused FUNCTION LOAD: {}; pass --overwrite to replace it",
+                        lossy(m)
+                    ),
                 })
             } else {
-                Err(rejected("FUNCTION LOAD".into(), lossy(m)))
+                Err(unsupported("a function library (FUNCTION LOAD)".into(), m))
             }
         }
-        (Expect::ScriptLoad, Frame::Error(m)) => Err(rejected("SCRIPT LOAD".into(), lossy(m))),
+        (Expect::ScriptLoad, Frame::Error(m)) if is_transient(m) => {
+            Err(rejected("SCRIPT LOAD".into(), lossy(m)))
+        }
+        (Expect::ScriptLoad, Frame::Error(m)) => {
+            Err(unsupported("a Lua script (SCRIPT LOAD)".into(), m))
+        }
         (Expect::Exec { .. }, Frame::Error(m)) => Err(rejected("EXEC".into(), lossy(m))),
         (Expect::Exec { .. }, Frame::Null) => {
             Err(rejected("EXEC".into(), "transaction aborted".into()))
