@@ -339,6 +339,7 @@ pub(crate) fn job_file(args: &SyncArgs) -> anyhow::Result<(FileConfig, FileConfi
         source_method: args.source_method.clone(),
         psync_command: args.psync_command.clone(),
         aof_until: args.aof_until,
+        url_databases: true,
         ..Default::default()
     });
     Ok((file, flags))

@@ -303,6 +303,10 @@ pub struct FileConfig {
     pub source_method: Option<String>,
     pub psync_command: Option<String>,
     pub aof_until: Option<i64>,
+    /// A database in a URL means that database only (`ferry sync` and its siblings);
+    /// `ferry verify` reads URL databases its own way and leaves this off.
+    #[serde(skip)]
+    pub url_databases: bool,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -437,7 +441,11 @@ impl FileConfig {
         // source's is a filter, the target's where it goes (with the source's named too).
         let mut filter = over.filter.or(self.filter);
         let mut db_map = over.db_map.or(self.db_map);
-        let source_db = source_seeds.first().and_then(|e| e.db);
+        let url_databases = over.url_databases || self.url_databases;
+        let source_db = source_seeds
+            .first()
+            .and_then(|e| e.db)
+            .filter(|_| url_databases);
         if let Some(n) = source_db {
             match &filter.include_dbs {
                 Some(dbs) if dbs != &[n] => {
@@ -448,19 +456,25 @@ impl FileConfig {
                 _ => filter.include_dbs = Some(vec![n]),
             }
         }
-        if let Some(m) = target.db {
+        if let Some(m) = target.db.filter(|_| url_databases) {
             let Some(n) = source_db else {
                 return Err(ConfigError::Invalid(format!(
                     "the target URL names database {m}: name the source's too (redis://…/N), or use --db-map N:{m}"
                 )));
             };
-            if db_map.is_some() {
-                return Err(ConfigError::Invalid(
-                    "give the databases in the URLs or by --db-map, not both".into(),
-                ));
-            }
-            if n != m {
-                db_map = Some(format!("{n}:{m}"));
+            match &db_map {
+                // The same pairing said twice is no conflict.
+                Some(text) => {
+                    let given = scope::parse_db_map(Some(text.clone()))?;
+                    if given.target(n) != m {
+                        return Err(ConfigError::Invalid(format!(
+                            "the URLs pair source database {n} with target database {m}, --db-map with {}: give one",
+                            given.target(n)
+                        )));
+                    }
+                }
+                None if n != m => db_map = Some(format!("{n}:{m}")),
+                None => {}
             }
         }
         Ok(JobConfig {
@@ -569,7 +583,10 @@ mod tests {
         let job = |src: &str, dst: &str, extra: &str| {
             let text = format!("source = \"{src}\"\ntarget = \"{dst}\"\n{extra}");
             let f: FileConfig = toml::from_str(&text).unwrap();
-            f.merge(FileConfig::default())
+            f.merge(FileConfig {
+                url_databases: true,
+                ..Default::default()
+            })
         };
         let j = job("redis://127.0.0.1:1/3", "redis://127.0.0.1:2", "").unwrap();
         let f = j.filter.expect("a filter");
@@ -585,7 +602,14 @@ mod tests {
             "db_map = \"3:5\"\n",
         )
         .unwrap_err();
-        assert!(e.to_string().contains("not both"), "{e}");
+        assert!(e.to_string().contains("give one"), "{e}");
+        let same = job(
+            "redis://127.0.0.1:1/3",
+            "redis://127.0.0.1:2/4",
+            "db_map = \"3:4\"\n",
+        )
+        .unwrap();
+        assert_eq!(same.db_map.target(3), 4);
         let e = job(
             "redis://127.0.0.1:1/3",
             "redis://127.0.0.1:2",
