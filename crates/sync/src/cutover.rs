@@ -125,6 +125,23 @@ async fn repl_position(
     Ok((replid, offset))
 }
 
+/// The job's checkpoint for `shard` on the target (the global one on a cluster target).
+async fn load(
+    target: &Endpoint,
+    cluster: bool,
+    job: &str,
+    shard: &str,
+) -> Result<Option<Checkpoint>, CutoverError> {
+    let found = if cluster {
+        ferry_target::load_cluster_checkpoint(target, job, shard)
+            .await
+            .map(|c| c.map(|(c, _)| c))
+    } else {
+        checkpoint::load(target, &checkpoint::key(job, shard)).await
+    };
+    found.map_err(|e| CutoverError::Job(JobError::Target(e)))
+}
+
 /// Where the job's checkpoint for `shard` stands on the target: `(replid, offset)` of a
 /// `stream` checkpoint; an error says what else is there.
 async fn applied(
@@ -133,18 +150,8 @@ async fn applied(
     job: &str,
     shard: &str,
 ) -> Result<(String, u64), CutoverError> {
-    let key = checkpoint::key(job, shard);
-    let found = if cluster {
-        ferry_target::load_cluster_checkpoint(target, job, shard)
-            .await
-            .map_err(JobError::Target)?
-            .map(|(c, _)| c)
-    } else {
-        checkpoint::load(target, &key)
-            .await
-            .map_err(JobError::Target)?
-    };
-    let k = String::from_utf8_lossy(&key).into_owned();
+    let found = load(target, cluster, job, shard).await?;
+    let k = String::from_utf8_lossy(&checkpoint::key(job, shard)).into_owned();
     match found {
         Some(Checkpoint::Stream { replid, offset, .. }) => Ok((replid, offset)),
         Some(Checkpoint::Snapshot { .. }) => Err(CutoverError::NotReady(format!(
@@ -475,25 +482,10 @@ pub async fn position(config: &JobConfig, wait: Duration) -> Result<JobPosition,
             lag_seconds: None,
         });
     }
-    let read = |shard: String| {
-        let target = target.clone();
-        let job = config.name.clone();
-        async move {
-            let key = checkpoint::key(&job, &shard);
-            if cluster {
-                ferry_target::load_cluster_checkpoint(&target, &job, &shard)
-                    .await
-                    .map(|c| c.map(|(c, _)| c))
-            } else {
-                checkpoint::load(&target, &key).await
-            }
-            .map_err(|e| CutoverError::Job(JobError::Target(e)))
-        }
-    };
     loop {
         let mut pending = false;
         for p in out.iter_mut().filter(|p| p.lag_seconds.is_none()) {
-            let c = read(p.shard.clone()).await?;
+            let c = load(&target, cluster, &config.name, &p.shard).await?;
             p.checkpoint = c.as_ref().map(Checkpoint::encode);
             if let Some(Checkpoint::Stream { replid, offset, .. }) = c {
                 if replid == p.source_replid {

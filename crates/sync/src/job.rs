@@ -937,11 +937,7 @@ async fn attempt_shard(
 
 /// The name of the job's replica connection on the source (`CLIENT LIST` shows it).
 fn source_client_name(job: &str) -> String {
-    let job: String = job
-        .chars()
-        .map(|c| if c.is_whitespace() { '_' } else { c })
-        .collect();
-    format!("ferry-reader~{job}")
+    format!("ferry-reader~{}", crate::lease::client_name_job(job))
 }
 
 /// Refuses, before anything is written, a source node that is the target (or one of its

@@ -37,12 +37,12 @@ fn hostname() -> String {
 }
 
 fn client_name(job: &str) -> String {
-    // Client names take no spaces or newlines.
-    let job: String = job
-        .chars()
-        .map(|c| if c.is_whitespace() { '_' } else { c })
-        .collect();
-    format!("{PREFIX}{}~{}~{job}", hostname(), std::process::id())
+    format!(
+        "{PREFIX}{}~{}~{}",
+        hostname(),
+        std::process::id(),
+        client_name_job(job)
+    )
 }
 
 /// The CLI runs holding `config`'s job on its target: `(host, pid)` of each.
@@ -80,8 +80,8 @@ pub(crate) fn names_job(name: &str, job: &str) -> bool {
         .is_some_and(|r| r.starts_with("-g") || r.starts_with(':'))
 }
 
-/// A job's name as it appears in a client name (no whitespace).
-fn client_name_job(job: &str) -> String {
+/// A job's name as it appears in a client name (client names take no spaces or newlines).
+pub(crate) fn client_name_job(job: &str) -> String {
     job.chars()
         .map(|c| if c.is_whitespace() { '_' } else { c })
         .collect()

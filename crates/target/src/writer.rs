@@ -623,15 +623,18 @@ pub(crate) fn map_db_arguments(map: &DbMap, mut argv: Vec<Bytes>) -> Vec<Bytes> 
     if map.is_empty() {
         return argv;
     }
-    let name = argv[0].to_ascii_uppercase();
-    let at: Vec<usize> = match name.as_slice() {
-        b"SWAPDB" => vec![1, 2],
-        b"MOVE" => vec![2],
-        b"COPY" => (3..argv.len().saturating_sub(1))
+    let name = &argv[0];
+    let at: Vec<usize> = if name.eq_ignore_ascii_case(b"SWAPDB") {
+        vec![1, 2]
+    } else if name.eq_ignore_ascii_case(b"MOVE") {
+        vec![2]
+    } else if name.eq_ignore_ascii_case(b"COPY") {
+        (3..argv.len().saturating_sub(1))
             .filter(|&i| argv[i].eq_ignore_ascii_case(b"DB"))
             .map(|i| i + 1)
-            .collect(),
-        _ => Vec::new(),
+            .collect()
+    } else {
+        return argv;
     };
     for i in at {
         let mapped = std::str::from_utf8(&argv[i])
