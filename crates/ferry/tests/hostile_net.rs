@@ -130,3 +130,50 @@ fn an_rdb_length_that_disagrees_with_the_rdb_is_a_protocol_error() {
     assert!(out.contains(&source), "{out}");
     assert!(!out.contains("skipped"), "{out}");
 }
+
+/// A target that runs out of memory during every snapshot: each attempt costs the source a
+/// fork, so a failed snapshot is not progress. The backoff grows, `--retry-other-limit`
+/// counts from the first failure, and the job gives up naming the refusal, after a handful
+/// of full resyncs (it used to start one every 0.3–0.6 s, each `attempt=1`, for ever).
+#[test]
+fn a_snapshot_that_fails_every_time_backs_off_and_gives_up() {
+    let source = Server::start();
+    let value = "v".repeat(2048);
+    let mut c = source.client();
+    for chunk in 0..6 {
+        let cmds: Vec<Vec<Vec<u8>>> = (0..500)
+            .map(|i| {
+                vec![
+                    b"SET".to_vec(),
+                    format!("key:{chunk}:{i}").into_bytes(),
+                    value.clone().into_bytes(),
+                ]
+            })
+            .collect();
+        c.pipeline(&cmds).unwrap();
+    }
+    let target = Server::builder()
+        .arg("maxmemory", "2mb")
+        .arg("maxmemory-policy", "noeviction")
+        .start();
+    let started = Instant::now();
+    let mut ferry = Ferry::sync(
+        &source.url(),
+        &target.url(),
+        &["--skip-precheck", "--retry-other-limit", "5s"],
+    );
+    let status = ferry.wait(Duration::from_secs(90));
+    let out = ferry.output();
+    assert!(!status.success(), "{out}");
+    assert!(out.contains("gave up"), "{out}");
+    assert!(out.contains("OOM"), "{out}");
+    assert!(out.contains(&target.addr()), "{out}");
+    let full: u64 = source.info("stats")["sync_full"].parse().unwrap();
+    assert!(
+        full <= 10,
+        "{full} full resyncs in {:?}:\n{out}",
+        started.elapsed()
+    );
+    // The attempts are numbered, not each `attempt=1`.
+    assert!(out.contains("attempt=3"), "{out}");
+}

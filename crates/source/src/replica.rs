@@ -194,6 +194,8 @@ async fn replicate_inner(
             *stats.replid.lock().unwrap_or_else(|e| e.into_inner()) = replid.clone();
             stats.read_offset.store(offset, Relaxed);
             stats.applied_offset.store(offset, Relaxed);
+            stats.stream_start.store(offset, Relaxed);
+            stats.full_resyncs.fetch_add(1, Relaxed);
             let transfer = read_rdb_header(&mut link, &mut buf, &cancel).await?;
             let rdb_size = match &transfer {
                 RdbTransfer::Length(n) => Some(*n),
@@ -233,6 +235,7 @@ async fn replicate_inner(
             *stats.replid.lock().unwrap_or_else(|e| e.into_inner()) = replid.clone();
             stats.read_offset.store(last, Relaxed);
             stats.applied_offset.store(last, Relaxed);
+            stats.stream_start.store(last, Relaxed);
             stats.set_snapshot_unapplied(false);
             send(
                 &tx,

@@ -86,6 +86,9 @@ async fn scan_inner(
     *stats.replid.lock().unwrap_or_else(|e| e.into_inner()) = SCAN_REPLID.into();
     stats.read_offset.store(0, Relaxed);
     stats.applied_offset.store(0, Relaxed);
+    // Every scan is a new full copy: progress is a change applied after it.
+    stats.stream_start.store(0, Relaxed);
+    stats.full_resyncs.fetch_add(1, Relaxed);
 
     let follow = !opts.stop_after_snapshot;
     let dirty = Arc::new(Dirty::default());

@@ -54,6 +54,11 @@ pub struct ShardStats {
     /// Replication offset read up to, and applied on the target up to.
     pub read_offset: AtomicU64,
     pub applied_offset: AtomicU64,
+    /// The offset the last `PSYNC` reply started the stream at (a snapshot's, or the one
+    /// resumed from): an attempt made progress only if the target got past it.
+    pub stream_start: AtomicU64,
+    /// Full resyncs the source started for this shard (each one a fork on the source).
+    pub full_resyncs: AtomicU64,
     /// (offset read up to, when) samples, at most one per 10 ms: the lag in seconds is the
     /// age of the oldest sample the target has not yet applied.
     read_marks: Mutex<VecDeque<(u64, Instant)>>,
@@ -107,6 +112,8 @@ impl Default for ShardStats {
             bytes_read: AtomicU64::new(0),
             read_offset: AtomicU64::new(0),
             applied_offset: AtomicU64::new(0),
+            stream_start: AtomicU64::new(0),
+            full_resyncs: AtomicU64::new(0),
             read_marks: Mutex::new(VecDeque::new()),
             lag_override_us: AtomicU64::new(0),
             link_up: AtomicBool::new(false),
@@ -304,6 +311,7 @@ impl ShardStats {
         self.read_offset.store(sum(|s| &s.read_offset), Relaxed);
         self.applied_offset
             .store(sum(|s| &s.applied_offset), Relaxed);
+        self.full_resyncs.store(sum(|s| &s.full_resyncs), Relaxed);
         let phase = shards.iter().map(|s| s.phase() as u8).min().unwrap_or(0);
         self.phase.store(phase, Relaxed);
         let lag = shards.iter().map(|s| s.lag_seconds()).fold(0.0, f64::max);

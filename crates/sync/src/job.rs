@@ -572,10 +572,15 @@ async fn shard_loop(
         }
     };
     loop {
+        // Progress is the target getting past where the attempt's stream started: a
+        // snapshot applied and then lost (a target out of memory, a stream that breaks at
+        // once) is not, or a job failing after every snapshot would fork the source for
+        // ever with its failure streak starting over each time.
         let progress_mark = (
-            stats.records_applied.load(Relaxed),
+            stats.stream_start.load(Relaxed),
             stats.applied_offset.load(Relaxed),
         );
+        let resyncs_before = stats.full_resyncs.load(Relaxed);
         status.set_shard_running(&id);
         let result = async {
             stats.set_phase(Phase::Connecting);
@@ -604,10 +609,11 @@ async fn shard_loop(
             carry.applied_before = true;
             carry.had_checkpoint |= config.checkpoint;
         }
-        let progressed = (
-            stats.records_applied.load(Relaxed),
+        let now = (
+            stats.stream_start.load(Relaxed),
             stats.applied_offset.load(Relaxed),
-        ) != progress_mark;
+        );
+        let progressed = now != progress_mark && now.1 > now.0;
         match result {
             Ok(o) => return Ok(outcome(o.completed)),
             Err(e) if cancel.is_cancelled() => {
@@ -628,6 +634,8 @@ async fn shard_loop(
             Err(e) => {
                 if progressed {
                     retry.on_progress();
+                } else if stats.full_resyncs.load(Relaxed) != resyncs_before {
+                    retry.snapshot_failed();
                 }
                 match retry_or_give_up(config, &mut retry, e, status, Some(&id), cancel).await {
                     Ok(true) => {}

@@ -139,6 +139,9 @@ pub enum Decision {
 
 const BACKOFF_MIN: Duration = Duration::from_millis(100);
 const BACKOFF_MAX: Duration = Duration::from_secs(5);
+/// After a snapshot that failed: each new one costs the source a fork and a full copy, so
+/// the waits grow further before they level off.
+const BACKOFF_MAX_SNAPSHOT: Duration = Duration::from_secs(60);
 
 /// The retry state of one job.
 #[derive(Debug)]
@@ -147,6 +150,8 @@ pub struct RetryState {
     connection_since: Option<Timestamp>,
     other_since: Option<Timestamp>,
     attempts: u32,
+    /// The last failed attempt had started a full resync (see [`RetryState::snapshot_failed`]).
+    snapshot_failed: bool,
     jitter_seed: u64,
 }
 
@@ -161,6 +166,7 @@ impl RetryState {
             connection_since: None,
             other_since: None,
             attempts: 0,
+            snapshot_failed: false,
             jitter_seed: seed | 1,
         }
     }
@@ -177,9 +183,20 @@ impl RetryState {
         self.attempts = 0;
     }
 
+    /// The attempt about to be reported as failed had started a full resync: its wait may
+    /// grow up to [`BACKOFF_MAX_SNAPSHOT`] rather than [`BACKOFF_MAX`].
+    pub fn snapshot_failed(&mut self) {
+        self.snapshot_failed = true;
+    }
+
     fn backoff(&mut self) -> Duration {
         let exp = self.attempts.saturating_sub(1).min(16);
-        let base = BACKOFF_MIN.saturating_mul(1 << exp).min(BACKOFF_MAX);
+        let max = if std::mem::take(&mut self.snapshot_failed) {
+            BACKOFF_MAX_SNAPSHOT
+        } else {
+            BACKOFF_MAX
+        };
+        let base = BACKOFF_MIN.saturating_mul(1 << exp).min(max);
         // xorshift: ±25% jitter so that many jobs hitting one node do not retry in step.
         let mut x = self.jitter_seed;
         x ^= x << 13;
@@ -307,6 +324,26 @@ mod tests {
             st.on_failure(FailureKind::Connection, add(t0, secs(1000))),
             Decision::RetryAt(_)
         ));
+    }
+
+    #[test]
+    fn waits_after_failed_snapshots_grow_past_the_usual_cap() {
+        let mut st = RetryState::new(RetryPolicy::default());
+        let t0 = ts("2026-01-01T00:00:00Z");
+        let wait = |d: Decision| match d {
+            Decision::RetryAt(at) => at.duration_since(t0).unsigned_abs(),
+            d => panic!("{d:?}"),
+        };
+        let mut last = Duration::ZERO;
+        for _ in 0..12 {
+            last = wait(st.on_failure(FailureKind::Other, t0));
+        }
+        assert!(last <= BACKOFF_MAX.mul_f64(1.25), "{last:?}");
+        st.snapshot_failed();
+        let after_snapshot = wait(st.on_failure(FailureKind::Other, t0));
+        assert!(after_snapshot >= secs(45), "{after_snapshot:?}");
+        // The longer cap is for that failure only.
+        assert!(wait(st.on_failure(FailureKind::Other, t0)) <= BACKOFF_MAX.mul_f64(1.25));
     }
 
     #[test]
