@@ -300,6 +300,7 @@ fn spec_from_file(path: &std::path::Path) -> anyhow::Result<Value> {
         "mode": file.mode, "overwrite": file.overwrite, "checkpoint": file.checkpoint,
         "allow_nonempty_target": file.allow_nonempty_target, "allow_flush": file.allow_flush,
         "rate_limit_mb": file.rate_limit_mb, "source_timeout": file.source_timeout,
+        "target_timeout": file.target_timeout,
         "big_key_threshold": file.big_key_threshold, "big_key_elements": file.big_key_elements,
         "skip_unsupported": file.skip_unsupported,
         "skip_failed_commands": file.skip_failed_commands,

@@ -158,6 +158,10 @@ pub(crate) struct SyncArgs {
     /// A source that sends nothing for this long is taken as gone (default 60s).
     #[arg(long, value_name = "DURATION")]
     source_timeout: Option<String>,
+    /// A target that sends no reply for this long while writes await one is taken as
+    /// gone (default 60s).
+    #[arg(long, value_name = "DURATION")]
+    target_timeout: Option<String>,
     /// Retry policy: immediately (default) or scheduled.
     #[arg(long, value_parser = ["immediately", "scheduled"])]
     retry: Option<String>,
@@ -324,6 +328,7 @@ pub(crate) fn job_file(args: &SyncArgs) -> anyhow::Result<(FileConfig, FileConfi
         checkpoint: args.checkpoint.as_ref().map(|c| c == "on"),
         rate_limit_mb: args.rate_limit,
         source_timeout: args.source_timeout.clone(),
+        target_timeout: args.target_timeout.clone(),
         retry: RetryConfig {
             policy: args.retry.clone(),
             connection_limit: args.retry_connection_limit.clone(),

@@ -8,8 +8,8 @@ use std::io::{BufRead, BufReader, Write};
 use std::net::{TcpListener, TcpStream};
 use std::time::{Duration, Instant};
 
-use common::Ferry;
-use ferry_testkit::Server;
+use common::{wait_caught_up, Ferry};
+use ferry_testkit::{assert_same_data, Direction, Proxy, Server};
 
 /// Reads one command (an array of bulk strings) from a client.
 fn read_command(r: &mut BufReader<TcpStream>) -> Option<Vec<String>> {
@@ -176,4 +176,74 @@ fn a_snapshot_that_fails_every_time_backs_off_and_gives_up() {
     );
     // The attempts are numbered, not each `attempt=1`.
     assert!(out.contains("attempt=3"), "{out}");
+}
+
+/// A target that takes the writes and never answers (a hung process, a black-holed reply
+/// path): after `--target-timeout` without a reply byte the connection is taken as lost,
+/// named, and retried from the checkpoint; once the target answers again the copy ends
+/// exact. It used to wait on the first unanswered batch for ever.
+#[test]
+fn a_target_that_stops_answering_is_timed_out_and_resumed() {
+    let source = Server::start();
+    let target = Server::start();
+    let proxy = Proxy::start(&target.addr());
+    for i in 0..100 {
+        source.cmd(&["SET", &format!("before:{i}"), "x"]);
+    }
+    let mut ferry = Ferry::sync(
+        &source.url(),
+        &proxy.url(),
+        &[
+            "--name",
+            "hung",
+            "--skip-precheck",
+            "--target-timeout",
+            "2s",
+        ],
+    );
+    wait_caught_up(&source, &target, "hung", Duration::from_secs(30));
+    proxy.stall(Direction::Downstream);
+    for i in 0..100 {
+        source.cmd(&["SET", &format!("during:{i}"), "y"]);
+    }
+    ferry.wait_for_output("waiting for the target's replies", Duration::from_secs(20));
+    let out = ferry.output();
+    assert!(out.contains(&proxy.addr()), "{out}");
+    assert!(out.contains("retrying"), "{out}");
+    proxy.resume(Direction::Downstream);
+    source.cmd(&["SET", "after", "z"]);
+    wait_caught_up(&source, &target, "hung", Duration::from_secs(30));
+    ferry.signal("INT");
+    assert_same_data(&source, &target);
+}
+
+/// A target that never answers, and a retry limit: the job gives up naming the target.
+#[test]
+fn a_target_that_never_answers_is_given_up_on() {
+    let source = Server::start();
+    let target = Server::start();
+    let proxy = Proxy::start(&target.addr());
+    source.cmd(&["SET", "k", "v"]);
+    let mut ferry = Ferry::sync(
+        &source.url(),
+        &proxy.url(),
+        &[
+            "--name",
+            "blackhole",
+            "--skip-precheck",
+            "--target-timeout",
+            "1s",
+            "--retry-connection-limit",
+            "4s",
+        ],
+    );
+    wait_caught_up(&source, &target, "blackhole", Duration::from_secs(30));
+    proxy.stall(Direction::Downstream);
+    source.cmd(&["SET", "k2", "v"]);
+    let status = ferry.wait(Duration::from_secs(60));
+    let out = ferry.output();
+    assert!(!status.success(), "{out}");
+    assert!(out.contains("gave up"), "{out}");
+    assert!(out.contains(&proxy.addr()), "{out}");
+    assert!(out.contains("timed out"), "{out}");
 }

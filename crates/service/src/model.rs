@@ -195,6 +195,8 @@ pub struct JobSpec {
     pub use_replica: Option<bool>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub source_timeout: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub target_timeout: Option<String>,
     #[serde(default)]
     pub retry: RetrySpec,
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -251,6 +253,7 @@ impl JobSpec {
             checkpoint: self.checkpoint,
             rate_limit_mb: self.rate_limit_mb,
             source_timeout: self.source_timeout.clone(),
+            target_timeout: self.target_timeout.clone(),
             retry: RetryConfig {
                 policy: self.retry.policy.clone(),
                 connection_limit: self.retry.connection_limit.clone(),

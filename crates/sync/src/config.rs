@@ -132,6 +132,9 @@ pub struct JobConfig {
     pub rate_limit: Option<f64>,
     /// A source silent for this long is taken as gone.
     pub source_timeout: Duration,
+    /// A target that sends no reply byte for this long while writes await replies is
+    /// taken as gone.
+    pub target_timeout: Duration,
     /// Values with a bigger serialized size are written as chunks of commands (default
     /// 8 MB).
     pub big_key_threshold: Option<usize>,
@@ -285,6 +288,8 @@ pub struct FileConfig {
     pub rate_limit_mb: Option<f64>,
     /// e.g. "60s".
     pub source_timeout: Option<String>,
+    /// e.g. "60s".
+    pub target_timeout: Option<String>,
     #[serde(default)]
     pub retry: RetryConfig,
     pub big_key_threshold: Option<usize>,
@@ -424,6 +429,16 @@ impl FileConfig {
                 "source timeout must be more than 0 (e.g. 60s)".into(),
             ));
         }
+        let target_timeout = match over.target_timeout.or(self.target_timeout) {
+            Some(t) => humantime::parse_duration(&t)
+                .map_err(|e| ConfigError::Invalid(format!("target timeout {t:?}: {e}")))?,
+            None => Duration::from_secs(60),
+        };
+        if target_timeout.is_zero() {
+            return Err(ConfigError::Invalid(
+                "target timeout must be more than 0 (e.g. 60s)".into(),
+            ));
+        }
         let name = over
             .name
             .or(self.name)
@@ -502,6 +517,7 @@ impl FileConfig {
             retry: over.retry.or(self.retry).resolve()?,
             rate_limit,
             source_timeout,
+            target_timeout,
             big_key_threshold: over.big_key_threshold.or(self.big_key_threshold),
             big_key_elements: over.big_key_elements.or(self.big_key_elements),
             skip_unsupported: over

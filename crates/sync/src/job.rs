@@ -824,6 +824,7 @@ async fn attempt_shard(
     wopts.skip_failed_commands = config.skip_failed_commands;
     // An owned target is empty (or flushed) before the snapshot: a key already there came
     // from the snapshot itself.
+    wopts.reply_timeout = config.target_timeout;
     wopts.target_was_empty = ownership == ferry_target::owner::Ownership::Owned;
     wopts.slot_offsets = slot_offsets;
     wopts.client_name = client_name;

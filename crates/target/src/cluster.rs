@@ -41,7 +41,7 @@ use std::time::{Duration, Instant};
 use bytes::{Buf, Bytes, BytesMut};
 use ferry_resp::{frame, Connection, Endpoint, Frame};
 use ferry_source::{Event, ShardStats};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::AsyncWriteExt;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
@@ -50,6 +50,7 @@ use crate::checkpoint::{self, is_checkpoint_key, Checkpoint, PREFIX};
 use crate::compat::{Compat, Routed};
 use crate::error::TargetError;
 use crate::failed::{is_transient, Failures};
+use crate::replies::Replies;
 use crate::rewrite::Cmd;
 use crate::slot::{self, key_slot, slot_tag, SlotMap, SLOTS};
 use crate::version::ServerVersion;
@@ -537,6 +538,7 @@ fn spawn_node(
     client_name: Option<String>,
     valid: Option<StillValid>,
     failures: Failures,
+    reply_timeout: Duration,
 ) -> mpsc::UnboundedSender<NodeBatch> {
     let (tx, mut rx) = mpsc::unbounded_channel::<NodeBatch>();
     tokio::spawn(async move {
@@ -572,7 +574,7 @@ fn spawn_node(
         let (exp_tx, exp_rx) = mpsc::unbounded_channel::<NodeBatch>();
         let dead = CancellationToken::new();
         let reader = tokio::spawn(read_node(
-            rd,
+            Replies::new(rd, reply_timeout, &addr),
             rbuf,
             exp_rx,
             addr.clone(),
@@ -614,7 +616,7 @@ fn spawn_node(
 }
 
 async fn read_node(
-    mut rd: tokio::io::ReadHalf<ferry_resp::Stream>,
+    mut rd: Replies,
     mut buf: BytesMut,
     mut exp_rx: mpsc::UnboundedReceiver<NodeBatch>,
     addr: String,
@@ -688,7 +690,7 @@ impl Stop {
 /// The next reply; `None` for a `+OK` taken without building a frame (when `ok` allows it:
 /// the commonest reply, to a `RESTORE`).
 async fn next_reply(
-    rd: &mut tokio::io::ReadHalf<ferry_resp::Stream>,
+    rd: &mut Replies,
     buf: &mut BytesMut,
     dead: &CancellationToken,
     addr: &str,
@@ -719,7 +721,7 @@ async fn next_reply(
 /// The replies to one unit: all of them are read; the first refusal refuses the unit
 /// (replies after it, `EXECABORT`, only echo it), another error fails the writer.
 async fn read_unit(
-    rd: &mut tokio::io::ReadHalf<ferry_resp::Stream>,
+    rd: &mut Replies,
     buf: &mut BytesMut,
     dead: &CancellationToken,
     addr: &str,
@@ -763,7 +765,7 @@ async fn read_unit(
 /// The replies to a pack of `RESTORE`s, one each: refusals are listed, another error fails
 /// the writer (naming the key).
 async fn read_pack(
-    rd: &mut tokio::io::ReadHalf<ferry_resp::Stream>,
+    rd: &mut Replies,
     buf: &mut BytesMut,
     dead: &CancellationToken,
     addr: &str,
@@ -798,7 +800,7 @@ async fn read_pack(
 /// transaction (`EXEC` then answers `EXECABORT`), another error fails the writer, naming the
 /// command.
 async fn read_txn(
-    rd: &mut tokio::io::ReadHalf<ferry_resp::Stream>,
+    rd: &mut Replies,
     buf: &mut BytesMut,
     dead: &CancellationToken,
     addr: &str,
@@ -980,24 +982,14 @@ fn txn_command_name(bytes: &Bytes, i: usize) -> String {
 /// Reads more replies into `buf`; the connection's end (or the writer half's failure) is
 /// an error.
 async fn read_more(
-    rd: &mut tokio::io::ReadHalf<ferry_resp::Stream>,
+    rd: &mut Replies,
     buf: &mut BytesMut,
     dead: &CancellationToken,
     addr: &str,
 ) -> Result<(), TargetError> {
-    buf.reserve(64 * 1024);
-    let n = tokio::select! {
-        n = rd.read_buf(buf) => n,
-        _ = dead.cancelled() => Ok(0),
-    };
-    match n {
-        Ok(0) => Err(closed(addr, "while writes were in flight")),
-        Ok(_) => Ok(()),
-        Err(source) => Err(ferry_resp::Error::Io {
-            addr: addr.to_string(),
-            source,
-        }
-        .into()),
+    tokio::select! {
+        r = rd.read_more(buf) => r,
+        _ = dead.cancelled() => Err(closed(addr, "while writes were in flight")),
     }
 }
 
@@ -1443,10 +1435,11 @@ impl ClusterWriter {
             skip_unsupported: self.opts.skip_unsupported,
             stats: self.stats.clone(),
         };
+        let timeout = self.opts.reply_timeout;
         let node = self
             .nodes
             .entry(addr.clone())
-            .or_insert_with(|| spawn_node(ep.clone(), reports, name, valid, failures));
+            .or_insert_with(|| spawn_node(ep.clone(), reports, name, valid, failures, timeout));
         let weight = units.iter().map(Unit::weight).sum();
         let units = Arc::new(units);
         let batch = NodeBatch {

@@ -12,6 +12,7 @@ mod failed;
 pub mod fence;
 pub mod flush;
 pub mod owner;
+mod replies;
 pub mod rewrite;
 pub mod slot;
 mod translate;

@@ -7,12 +7,12 @@
 use std::collections::HashMap;
 use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
+use std::time::Duration;
 
 use bytes::{Buf, Bytes, BytesMut};
 use ferry_resp::{frame, Connection, Endpoint, Frame};
 use ferry_source::{Event, ShardStats};
-use tokio::io::ReadHalf;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::AsyncWriteExt;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info};
@@ -22,6 +22,7 @@ use crate::compat::{Compat, Routed};
 use crate::dbmap::DbMap;
 use crate::error::TargetError;
 use crate::failed::{is_transient, Failures};
+use crate::replies::Replies;
 use crate::rewrite::{Check, Cmd};
 use crate::version::ServerVersion;
 
@@ -77,6 +78,9 @@ pub struct WriterOptions {
     /// The target held nothing of anyone else when the job began (the job owns it): a
     /// snapshot key found already there can only be the snapshot's own second copy.
     pub target_was_empty: bool,
+    /// No reply byte for this long while replies are awaited: the target is taken as gone
+    /// ([`ferry_resp::Error::Timeout`], a connection failure).
+    pub reply_timeout: Duration,
 }
 
 impl WriterOptions {
@@ -100,6 +104,7 @@ impl WriterOptions {
             still_valid: None,
             skip_failed_commands: false,
             target_was_empty: false,
+            reply_timeout: Duration::from_secs(60),
         }
     }
 }
@@ -775,7 +780,7 @@ pub async fn write(
     let (rd, mut wr) = tokio::io::split(stream);
     let (exp_tx, exp_rx) = mpsc::channel::<Vec<Expect>>(opts.max_batches_in_flight.max(1));
     let mut replies = tokio::spawn(read_replies(
-        rd,
+        Replies::new(rd, opts.reply_timeout, &addr),
         rbuf,
         exp_rx,
         addr.clone(),
@@ -944,7 +949,7 @@ pub(crate) fn lossy(b: &[u8]) -> String {
 /// Reads replies in order and checks each against what its command expects.
 #[allow(clippy::too_many_arguments)]
 async fn read_replies(
-    mut rd: ReadHalf<ferry_resp::Stream>,
+    mut rd: Replies,
     mut buf: BytesMut,
     mut exp_rx: mpsc::Receiver<Vec<Expect>>,
     addr: String,
@@ -1002,21 +1007,7 @@ async fn read_replies(
                     .into())
                 }
             }
-            buf.reserve(64 * 1024);
-            let n = rd
-                .read_buf(&mut buf)
-                .await
-                .map_err(|source| ferry_resp::Error::Io {
-                    addr: addr.clone(),
-                    source,
-                })?;
-            if n == 0 {
-                return Err(ferry_resp::Error::Closed {
-                    addr: addr.clone(),
-                    context: Some("while writes were in flight".into()),
-                }
-                .into());
-            }
+            rd.read_more(&mut buf).await?;
         };
         match (&expect, &reply) {
             // Each command that failed inside a committed EXEC: the rest of it is applied.
