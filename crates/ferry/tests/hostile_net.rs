@@ -247,3 +247,88 @@ fn a_target_that_never_answers_is_given_up_on() {
     assert!(out.contains(&proxy.addr()), "{out}");
     assert!(out.contains("timed out"), "{out}");
 }
+
+/// A server that answers the first `INFO` with `header` and then `filler` bytes for as long
+/// as the client reads (up to `limit`), then holds the connection open.
+fn bloating_master(header: &'static [u8], filler: &'static [u8], limit: usize) -> String {
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap().to_string();
+    std::thread::spawn(move || {
+        for conn in listener.incoming().flatten() {
+            std::thread::spawn(move || {
+                let mut w = conn.try_clone().unwrap();
+                let mut r = BufReader::new(conn);
+                while let Some(cmd) = read_command(&mut r) {
+                    if !cmd[0].eq_ignore_ascii_case("INFO") {
+                        let _ = w.write_all(b"+OK\r\n");
+                        continue;
+                    }
+                    let _ = w.write_all(header);
+                    let chunk = filler.repeat((64 * 1024) / filler.len());
+                    let mut sent = 0;
+                    while sent < limit && w.write_all(&chunk).is_ok() {
+                        sent += chunk.len();
+                    }
+                    std::thread::sleep(Duration::from_secs(60));
+                    return;
+                }
+            });
+        }
+    });
+    addr
+}
+
+/// Peak resident memory of a process, in MB.
+fn peak_rss_mb(pid: u32) -> Option<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
+    let kb: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kb / 1024)
+}
+
+/// A reply announcing gigabytes (a bulk string, or an array of a billion elements) to a
+/// handshake command is refused as soon as its header is read: named, with ferry's
+/// memory flat. It used to be buffered as it came (5 GB and more), again on each retry.
+#[test]
+fn a_huge_handshake_reply_is_refused_before_it_is_buffered() {
+    for (header, filler, says) in [
+        (
+            &b"$10000000000\r\n"[..],
+            &b"xxxxxxxx"[..],
+            "bulk length 10000000000",
+        ),
+        (
+            &b"*1000000000\r\n"[..],
+            &b":1\r\n"[..],
+            "aggregate length 1000000000",
+        ),
+    ] {
+        let source = bloating_master(header, filler, 400 << 20);
+        let target = Server::start();
+        let mut ferry = Ferry::sync(
+            &format!("redis://{source}"),
+            &target.url(),
+            &[
+                "--skip-precheck",
+                "--retry-connection-limit",
+                "3s",
+                "--retry-other-limit",
+                "3s",
+            ],
+        );
+        let mut peak = 0;
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while ferry.is_running() && Instant::now() < deadline {
+            if let Some(mb) = peak_rss_mb(ferry.pid()) {
+                peak = peak.max(mb);
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let status = ferry.wait(Duration::from_secs(5));
+        let out = ferry.output();
+        assert!(!status.success(), "{out}");
+        assert!(out.contains(says), "{out}");
+        assert!(out.contains(&source), "{out}");
+        assert!(peak < 150, "ferry's peak RSS was {peak} MB:\n{out}");
+    }
+}

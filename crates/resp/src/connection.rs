@@ -17,12 +17,20 @@ use crate::frame::{self, Frame};
 pub struct Connection {
     stream: Stream,
     rbuf: BytesMut,
+    /// Checks replies as they arrive, refusing one over the connection's reply limit.
+    decoder: frame::Decoder,
     addr: String,
     timeout: Duration,
 }
 
 /// Default time allowed for connecting and for one reply.
 pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Largest reply a connection accepts unless told otherwise
+/// ([`Connection::set_max_reply`]): handshakes, `INFO`, topology and checkpoints are far
+/// smaller, and a peer announcing gigabytes is refused before it is buffered. Connections
+/// that read values (`DUMP`, verification) raise it.
+pub const DEFAULT_MAX_REPLY: usize = 64 << 20;
 
 impl Connection {
     /// Connects and logs in (`AUTH [user] password` when the endpoint has one).
@@ -76,6 +84,7 @@ impl Connection {
         let mut conn = Connection {
             stream,
             rbuf: BytesMut::with_capacity(16 * 1024),
+            decoder: frame::Decoder::new(DEFAULT_MAX_REPLY),
             addr,
             timeout,
         };
@@ -112,6 +121,11 @@ impl Connection {
 
     pub fn set_timeout(&mut self, timeout: Duration) {
         self.timeout = timeout;
+    }
+
+    /// The largest reply accepted, in bytes (capped at [`frame::MAX_LEN`]).
+    pub fn set_max_reply(&mut self, max: usize) {
+        self.decoder.set_max(max);
     }
 
     /// Sends a command and returns its reply; an error reply becomes [`Error::Reply`].
@@ -160,7 +174,7 @@ impl Connection {
 
     pub async fn read_frame_no_timeout(&mut self) -> Result<(Frame, usize), Error> {
         loop {
-            match frame::parse(&mut self.rbuf) {
+            match self.try_frame() {
                 Ok(Some(f)) => return Ok(f),
                 Ok(None) => {}
                 Err(source) => {
@@ -191,8 +205,20 @@ impl Connection {
         Ok(n)
     }
 
-    /// Bytes read but not yet consumed.
+    /// Bytes read but not yet consumed, to look at.
+    pub fn peek(&self) -> &[u8] {
+        &self.rbuf
+    }
+
+    /// One whole reply from what is buffered, if there is one; never reads.
+    pub fn try_frame(&mut self) -> Result<Option<(Frame, usize)>, frame::DecodeError> {
+        self.decoder.parse(&mut self.rbuf)
+    }
+
+    /// Bytes read but not yet consumed. The caller may consume from the front: a reply
+    /// being checked is then checked again from its start.
     pub fn buffer(&mut self) -> &mut BytesMut {
+        self.decoder.reset();
         &mut self.rbuf
     }
 

@@ -348,6 +348,10 @@ async fn handshake(conn: &mut Connection, opts: &ReplicaOptions) -> Result<(), S
     Ok(())
 }
 
+/// Largest replicated command accepted: 4 GB, well over Redis's default
+/// `proto-max-bulk-len` (512 MB); a longer declared length is taken as corruption.
+const MAX_STREAM_COMMAND: usize = 4 << 30;
+
 /// Drops the master's keep-alive newlines from the front of the buffer.
 fn skip_newlines(buf: &mut BytesMut) -> usize {
     let n = buf.iter().take_while(|&&b| b == b'\n').count();
@@ -361,8 +365,10 @@ async fn read_psync_reply(
 ) -> Result<PsyncReply, SourceError> {
     let addr = conn.addr().to_string();
     let frame = loop {
-        skip_newlines(conn.buffer());
-        if conn.buffer().first() == Some(&b'$') {
+        if conn.peek().first() == Some(&b'\n') {
+            skip_newlines(conn.buffer());
+        }
+        if conn.peek().first() == Some(&b'$') {
             // A renamed PSYNC runs as the old SYNC (Redis tells them apart by the name
             // called): the RDB transfer comes at once, with no replid or offset. Offsets
             // count from 0 under a made-up replid; a restart takes a new snapshot.
@@ -372,7 +378,7 @@ async fn read_psync_reply(
                 offset: 0,
             });
         }
-        match frame::parse(conn.buffer()) {
+        match conn.try_frame() {
             Ok(Some((f, _))) => break f,
             Ok(None) => match tokio::time::timeout(timeout, conn.fill()).await {
                 Ok(r) => {
@@ -737,13 +743,16 @@ async fn command_stream(
     let stats = link.stats.clone();
     let addr = link.addr.clone();
     let addr = addr.as_str();
+    // Resumes a command it has partly checked: a big one arriving in many reads is checked
+    // once, not again from its start after every read.
+    let mut decoder = frame::Decoder::new(MAX_STREAM_COMMAND);
     loop {
         if !buf.is_empty() {
             streaming.mark();
         }
         let mut idle_bytes = false;
         loop {
-            let (argv, n) = match frame::parse_command(&mut buf) {
+            let (argv, n) = match decoder.parse_command(&mut buf) {
                 Ok(Some(f)) => f,
                 Ok(None) => break,
                 Err(e) => {

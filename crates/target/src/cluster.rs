@@ -709,7 +709,7 @@ async fn next_reply(
         }
     }
     loop {
-        match frame::parse(buf) {
+        match rd.parse(buf) {
             Ok(Some((f, _))) => return Ok(Some(f)),
             Ok(None) => {}
             Err(source) => return Err(Stop::protocol(addr, source)),
@@ -860,7 +860,7 @@ async fn read_txn(
     }
     // `EXEC`'s reply, whole in the buffer, then scanned for an error.
     let len = loop {
-        match frame::frame_len(buf) {
+        match rd.whole_len(buf) {
             Ok(Some(len)) => break len,
             Ok(None) => read_more(rd, buf, dead, addr).await.map_err(Stop::Lost)?,
             Err(source) => return Err(Stop::protocol(addr, source)),

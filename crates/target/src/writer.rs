@@ -996,7 +996,7 @@ async fn read_replies(
             }
         }
         let reply = loop {
-            match frame::parse(&mut buf) {
+            match rd.parse(&mut buf) {
                 Ok(Some((f, _))) => break f,
                 Ok(None) => {}
                 Err(source) => {

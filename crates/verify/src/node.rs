@@ -39,9 +39,11 @@ fn is_redirect(f: &Frame) -> bool {
 
 impl Node {
     pub async fn connect(ep: &Endpoint, role: Role) -> Result<Node, VerifyError> {
-        let conn = Connection::connect(ep)
+        let mut conn = Connection::connect(ep)
             .await
             .map_err(|e| VerifyError::node(role, e))?;
+        // Values are read whole (`DUMP`, `GET`): as big as the servers allow.
+        conn.set_max_reply(ferry_resp::frame::MAX_LEN);
         let mut node = Node {
             conn,
             role,
