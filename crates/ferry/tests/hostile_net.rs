@@ -332,3 +332,43 @@ fn a_huge_handshake_reply_is_refused_before_it_is_buffered() {
         assert!(peak < 150, "ferry's peak RSS was {peak} MB:\n{out}");
     }
 }
+
+/// A byte flipped on a plain TCP link inside a key name passes every check there is (RESP
+/// framing, Redis, the offsets): the target gets another key. This pins what the README
+/// says TLS is for, and that `ferry verify` finds such a difference.
+#[test]
+fn a_flipped_byte_on_plain_tcp_is_only_found_by_verify() {
+    // No pings from the source between the arming and the write.
+    let source = Server::builder()
+        .arg("repl-ping-replica-period", "60")
+        .start();
+    let target = Server::start();
+    let proxy = Proxy::start(&source.addr());
+    let mut ferry = Ferry::sync(
+        &proxy.url(),
+        &target.url(),
+        &["--name", "flip", "--skip-precheck"],
+    );
+    source.cmd(&["SET", "warm", "1"]);
+    wait_caught_up(&source, &target, "flip", Duration::from_secs(30));
+    proxy.flip_at(Direction::Downstream, b"flipme", 0);
+    source.cmd(&["SET", "flipme", "v"]);
+    wait_caught_up(&source, &target, "flip", Duration::from_secs(30));
+    ferry.signal("INT");
+    assert_eq!(target.cmd(&["GET", "glipme"]).as_str(), "v");
+    assert!(target.cmd(&["GET", "flipme"]).is_nil());
+    let verify = std::process::Command::new(env!("CARGO_BIN_EXE_ferry"))
+        .args([
+            "verify",
+            "--source",
+            &source.url(),
+            "--target",
+            &target.url(),
+        ])
+        .output()
+        .expect("ferry verify");
+    let text = String::from_utf8_lossy(&verify.stdout).to_string()
+        + &String::from_utf8_lossy(&verify.stderr);
+    assert!(!verify.status.success(), "{text}");
+    assert!(text.contains("flipme"), "{text}");
+}

@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use common::{churn, wait_caught_up, Ferry};
 use ferry_testkit::tls::{CA_CERT, SERVER_CERT, SERVER_KEY};
-use ferry_testkit::{assert_same_data, free_port, populate_every_type, Server};
+use ferry_testkit::{assert_same_data, free_port, populate_every_type, Direction, Proxy, Server};
 use rcgen::{
     BasicConstraints, CertificateParams, CertifiedIssuer, DnType, ExtendedKeyUsagePurpose, IsCa,
     KeyPair, KeyUsagePurpose,
@@ -230,4 +230,41 @@ fn wrong_ca_fails_naming_the_node() {
         ],
     );
     assert!(insecure.wait(LONG).success(), "{}", insecure.output());
+}
+
+/// The same flipped byte as on plain TCP (`hostile_net.rs`), under TLS: the record fails its
+/// authentication, the link is a connection failure, and the job resumes from its
+/// checkpoint; the target never holds the altered key.
+#[test]
+fn a_flipped_byte_under_tls_is_a_failed_link_never_data() {
+    let pki = Pki::new();
+    let port = free_port();
+    let source = Server::builder()
+        .tls(pki.dir(), port, "no")
+        .arg("repl-ping-replica-period", "60")
+        .start();
+    let target = Server::start();
+    let proxy = Proxy::start(&format!("127.0.0.1:{port}"));
+    let mut ferry = Ferry::sync(
+        &format!("rediss://127.0.0.1:{}", proxy.port()),
+        &target.url(),
+        &[
+            "--name",
+            "flip",
+            "--skip-precheck",
+            "--source-tls-ca",
+            &pki.path(CA_CERT),
+        ],
+    );
+    source.cmd(&["SET", "warm", "1"]);
+    wait_caught_up(&source, &target, "flip", LONG);
+    // A byte of the next TLS record's ciphertext, past its header (type 23, application
+    // data; 3, 3; a 2-byte length).
+    proxy.flip_at(Direction::Downstream, &[0x17, 0x03, 0x03], 8);
+    source.cmd(&["SET", "flipme", "v"]);
+    ferry.wait_for_output("retrying", LONG);
+    wait_caught_up(&source, &target, "flip", LONG);
+    ferry.signal("INT");
+    assert_same_data(&source, &target);
+    assert_eq!(target.cmd(&["GET", "flipme"]).as_str(), "v");
 }

@@ -56,6 +56,9 @@ struct DirCtl {
     cut_remaining: Option<u64>,
     /// Throttle: when the next chunk may go out at the earliest.
     next_free: Option<Instant>,
+    /// Bytes to look for in what is forwarded, and which byte from their first occurrence
+    /// gets its lowest bit flipped (`flip_at`).
+    flip_at: Option<(Vec<u8>, usize)>,
 }
 
 #[derive(Default)]
@@ -253,6 +256,13 @@ impl Proxy {
         lock(&self.shared.dir(dir).ctl).cut_remaining = Some(bytes);
     }
 
+    /// Flip the lowest bit of the byte `skip` bytes into the next occurrence of `needle`
+    /// forwarded in `dir` (a faulty link that TCP's checksum missed); once. An occurrence
+    /// (with its flipped byte) split across two reads is not seen.
+    pub fn flip_at(&self, dir: Direction, needle: &[u8], skip: usize) {
+        lock(&self.shared.dir(dir).ctl).flip_at = Some((needle.to_vec(), skip));
+    }
+
     /// Stop forwarding in `dir`: the sockets stay open, nothing more is read (at most one
     /// chunk already read is held back), so the sender's writes pile up in the TCP buffers
     /// and eventually block.
@@ -440,6 +450,17 @@ fn pump(shared: &Shared, conn: &Conn, id: u64, dir: Direction) {
         }
         let (take, cut) = {
             let mut ctl = lock(&d.ctl);
+            if let Some((needle, skip)) = &ctl.flip_at {
+                let found = buf[..n]
+                    .windows(needle.len())
+                    .position(|w| w == &needle[..])
+                    .map(|i| i + skip)
+                    .filter(|&i| i < n);
+                if let Some(i) = found {
+                    buf[i] ^= 1;
+                    ctl.flip_at = None;
+                }
+            }
             match ctl.cut_remaining {
                 Some(rem) if n as u64 >= rem => {
                     ctl.cut_remaining = None;
