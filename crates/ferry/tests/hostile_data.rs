@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use common::Ferry;
 use ferry_testkit::versions::server_binary;
-use ferry_testkit::Server;
+use ferry_testkit::{Cluster, Server};
 
 const LONG: Duration = Duration::from_secs(60);
 
@@ -311,4 +311,71 @@ fn checkpoint_keys_on_the_source_are_never_copied() {
     ] {
         assert_eq!(target.cmd(&["EXISTS", k]).as_int(), 0, "{k} was copied");
     }
+}
+
+/// A file with a module value, into a cluster target: fails at once naming the key, or is
+/// skipped and counted with `--skip-unsupported`, as into a standalone one.
+#[test]
+fn into_a_cluster_a_module_value_fails_at_once_or_is_skipped() {
+    let mut r = Rdb::new(b"REDIS0009");
+    r.db(0).string("kept", "value").string("{modval}other", "x");
+    let charset = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_";
+    let mut id = 0u64;
+    for c in b"fakemodul" {
+        id = (id << 6) | charset.iter().position(|x| x == c).unwrap() as u64;
+    }
+    id = (id << 10) | 1;
+    r.key(7, "modval").u8(0x81).raw(&id.to_be_bytes());
+    r.len(2).len(42).len(0);
+    let (_dir, path) = r.write();
+
+    let cluster = Cluster::start(3, 0);
+    let mut ferry = Ferry::sync(&rdb_spec(&path), &cluster.seed_url(), &["--name", "module"]);
+    let status = ferry.wait(Duration::from_secs(30));
+    let out = ferry.output();
+    assert!(!status.success(), "{out}");
+    assert!(out.contains("\"modval\""), "{out}");
+    assert!(out.contains("--skip-unsupported"), "{out}");
+    assert!(!out.contains("retrying"), "{out}");
+
+    for m in cluster.masters() {
+        m.cmd(&["FLUSHALL"]);
+    }
+    let mut ferry = Ferry::sync(
+        &rdb_spec(&path),
+        &cluster.seed_url(),
+        &["--name", "module", "--skip-unsupported"],
+    );
+    assert!(ferry.wait(LONG).success(), "{}", ferry.output());
+    let out = ferry.output();
+    assert!(
+        out.contains(
+            "1 key(s), function(s), script(s) or module data the target cannot hold were skipped"
+        ),
+        "{out}"
+    );
+    assert_eq!(cluster.cmd_routed_str(&["GET", "kept"]).as_str(), "value");
+    assert_eq!(
+        cluster.cmd_routed_str(&["GET", "{modval}other"]).as_str(),
+        "x"
+    );
+    assert_eq!(cluster.cmd_routed_str(&["EXISTS", "modval"]).as_int(), 0);
+}
+
+/// A key the file holds twice, into a cluster target: named as the file's.
+#[test]
+fn into_a_cluster_a_key_twice_in_the_file_is_named_as_the_files() {
+    let mut r = Rdb::new(b"REDIS0009");
+    r.db(0)
+        .string("dup", "one")
+        .string("other", "x")
+        .string("dup", "two");
+    let (_dir, path) = r.write();
+    let cluster = Cluster::start(3, 0);
+    let mut ferry = Ferry::sync(&rdb_spec(&path), &cluster.seed_url(), &["--name", "dup"]);
+    let status = ferry.wait(Duration::from_secs(30));
+    let out = ferry.output();
+    assert!(!status.success(), "{out}");
+    assert!(out.contains("holds key \"dup\" (db 0) twice"), "{out}");
+    assert!(!out.contains("already exists on the target"), "{out}");
 }

@@ -641,7 +641,9 @@ async fn read_node(
         let mut results = Vec::with_capacity(units.len());
         for unit in units.iter() {
             let answer = match &unit.expects {
-                Expects::Pack(ends) => read_pack(&mut rd, &mut buf, &dead, &addr, unit, ends).await,
+                Expects::Pack(ends) => {
+                    read_pack(&mut rd, &mut buf, &dead, &addr, unit, ends, &failures).await
+                }
                 Expects::Txn { .. } => {
                     read_txn(&mut rd, &mut buf, &dead, &addr, unit, &failures).await
                 }
@@ -755,6 +757,10 @@ async fn read_unit(
                 Err(e @ TargetError::CommandFailed { .. }) => {
                     failures.handle(e).map_err(Stop::Failed)?
                 }
+                // A cluster target has db 0 only.
+                Err(e @ (TargetError::Unsupported { .. } | TargetError::KeyExists { .. })) => {
+                    failures.snapshot_key(e, 0).map_err(Stop::Failed)?
+                }
                 r => r.map_err(Stop::Failed)?,
             }
         }
@@ -771,6 +777,7 @@ async fn read_pack(
     addr: &str,
     unit: &Unit,
     ends: &[(u16, u32)],
+    failures: &Failures,
 ) -> Result<Answer, Stop> {
     let mut refused = Vec::new();
     for i in 0..ends.len() {
@@ -785,7 +792,9 @@ async fn read_pack(
         }
         if reply.is_error() {
             let key = restore_key(&packed(&unit.bytes, ends, i).1).unwrap_or_default();
-            check_reply(&Expect::Restore { key, db: 0 }, &reply, addr).map_err(Stop::Failed)?;
+            if let Err(e) = check_reply(&Expect::Restore { key, db: 0 }, &reply, addr) {
+                failures.snapshot_key(e, 0).map_err(Stop::Failed)?;
+            }
         }
     }
     Ok(if refused.is_empty() {
@@ -1036,15 +1045,12 @@ pub async fn write_cluster(
         opts.big_value_bytes,
         &addr,
     );
-    compat.failures = opts.skip_failed_commands.then(|| Failures {
-        skip: true,
-        skip_unsupported: opts.skip_unsupported,
-        stats: stats.clone(),
-    });
+    compat.failures = opts
+        .skip_failed_commands
+        .then(|| Failures::new(&opts, &stats));
     compat.unsupported = Some(Failures {
         skip: false,
-        skip_unsupported: opts.skip_unsupported,
-        stats: stats.clone(),
+        ..Failures::new(&opts, &stats)
     });
     let (reports_tx, reports) = mpsc::unbounded_channel();
     let limit = (opts.batch_bytes * opts.max_batches_in_flight.max(1)).max(1 << 20);
@@ -1430,11 +1436,7 @@ impl ClusterWriter {
         let reports = self.reports_tx.clone();
         let name = self.opts.client_name.clone();
         let valid = self.opts.still_valid.clone();
-        let failures = Failures {
-            skip: self.opts.skip_failed_commands,
-            skip_unsupported: self.opts.skip_unsupported,
-            stats: self.stats.clone(),
-        };
+        let failures = Failures::new(&self.opts, &self.stats);
         let timeout = self.opts.reply_timeout;
         let node = self
             .nodes

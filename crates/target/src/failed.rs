@@ -11,6 +11,7 @@ use ferry_source::ShardStats;
 use tracing::warn;
 
 use crate::error::TargetError;
+use crate::writer::WriterOptions;
 
 /// Where a command refused by the target goes: an error, or a warning and a count.
 #[derive(Debug, Clone)]
@@ -18,10 +19,37 @@ pub(crate) struct Failures {
     pub skip: bool,
     /// `--skip-unsupported`: [`TargetError::Unsupported`] is counted and gone past too.
     pub skip_unsupported: bool,
+    /// The target held nothing of anyone else when the job began: a snapshot key found
+    /// already there is the snapshot's own second copy ([`TargetError::DuplicateKey`]).
+    pub target_was_empty: bool,
     pub stats: Arc<ShardStats>,
 }
 
 impl Failures {
+    /// What the writer's options say (`--skip-failed-commands`, `--skip-unsupported`).
+    pub fn new(opts: &WriterOptions, stats: &Arc<ShardStats>) -> Failures {
+        Failures {
+            skip: opts.skip_failed_commands,
+            skip_unsupported: opts.skip_unsupported,
+            target_was_empty: opts.target_was_empty,
+            stats: stats.clone(),
+        }
+    }
+
+    /// A snapshot key's refusal, the same rule for both writers: one the target can never
+    /// take is skipped and counted under `--skip-unsupported` (`Ok(())`: the key is not
+    /// applied), a key already there on a target that was empty is the source's duplicate,
+    /// anything else stays the error it is.
+    pub fn snapshot_key(&self, e: TargetError, db: u32) -> Result<(), TargetError> {
+        match e {
+            TargetError::KeyExists { addr, key } if self.target_was_empty => {
+                Err(TargetError::DuplicateKey { addr, key, db })
+            }
+            e @ TargetError::Unsupported { .. } => self.handle(e),
+            e => Err(e),
+        }
+    }
+
     /// `Ok` when `e` is a failed command and the user chose to skip such commands.
     pub fn handle(&self, e: TargetError) -> Result<(), TargetError> {
         match e {

@@ -786,12 +786,7 @@ pub async fn write(
         addr.clone(),
         stats.clone(),
         opts.checkpoint_key.is_some(),
-        Failures {
-            skip: opts.skip_failed_commands,
-            skip_unsupported: opts.skip_unsupported,
-            stats: stats.clone(),
-        },
-        opts.target_was_empty,
+        Failures::new(&opts, &stats),
     ));
 
     let mut enc = Encoder::new(&opts);
@@ -812,15 +807,12 @@ pub async fn write(
         opts.big_value_bytes,
         &addr,
     );
-    compat.failures = opts.skip_failed_commands.then(|| Failures {
-        skip: true,
-        skip_unsupported: opts.skip_unsupported,
-        stats: stats.clone(),
-    });
+    compat.failures = opts
+        .skip_failed_commands
+        .then(|| Failures::new(&opts, &stats));
     compat.unsupported = Some(Failures {
         skip: false,
-        skip_unsupported: opts.skip_unsupported,
-        stats: stats.clone(),
+        ..Failures::new(&opts, &stats)
     });
     let result: Result<(), TargetError> = async {
         loop {
@@ -956,7 +948,6 @@ async fn read_replies(
     stats: Arc<ShardStats>,
     checkpointed: bool,
     failures: Failures,
-    target_was_empty: bool,
 ) -> Result<WriteSummary, TargetError> {
     let mut summary = WriteSummary::default();
     // The batch being answered, consumed in place (moving each batch into a VecDeque
@@ -1027,16 +1018,14 @@ async fn read_replies(
             (Expect::Queued { .. }, _) => check_reply(&expect, &reply, &addr)?,
             _ => match check_reply(&expect, &reply, &addr) {
                 Err(e @ TargetError::CommandFailed { .. }) => failures.handle(e)?,
-                Err(e @ TargetError::Unsupported { .. }) => {
-                    failures.handle(e)?;
-                    continue;
-                }
-                Err(TargetError::KeyExists { addr, key }) if target_was_empty => {
+                Err(e @ (TargetError::Unsupported { .. } | TargetError::KeyExists { .. })) => {
                     let db = match &expect {
                         Expect::Restore { db, .. } => *db,
                         _ => 0,
                     };
-                    return Err(TargetError::DuplicateKey { addr, key, db });
+                    failures.snapshot_key(e, db)?;
+                    // Skipped: not applied.
+                    continue;
                 }
                 r => r?,
             },
