@@ -794,6 +794,44 @@ mod tests {
         fn never_panics(data: Vec<u8>) {
             let mut b = BytesMut::from(&data[..]);
             let _ = parse(&mut b);
+            let mut b = BytesMut::from(&data[..]);
+            let _ = parse_command(&mut b);
+        }
+
+        /// The command-stream path (`parse_command`, resumed across pieces) on commands
+        /// with a byte flipped: never a panic, and whatever it accepts is what the frame
+        /// parser makes of the same bytes.
+        #[test]
+        fn the_command_path_agrees_with_the_frame_path(
+            args in proptest::collection::vec(proptest::collection::vec(proptest::prelude::any::<u8>(), 0..20), 1..6),
+            flip in proptest::option::of((0usize..4096, proptest::prelude::any::<u8>())),
+            cut in 0usize..200,
+        ) {
+            let mut bytes = command(&args).to_vec();
+            if let Some((at, b)) = flip {
+                let at = at % bytes.len();
+                bytes[at] = b;
+            }
+            let mut d = Decoder::new(1 << 16);
+            let mut buf = BytesMut::from(&bytes[..cut.min(bytes.len())]);
+            let first = d.parse_command(&mut buf);
+            let got = match first {
+                Ok(None) => {
+                    buf.extend_from_slice(&bytes[cut.min(bytes.len())..]);
+                    d.parse_command(&mut buf)
+                }
+                other => other,
+            };
+            let mut whole = BytesMut::from(&bytes[..]);
+            let want = parse(&mut whole);
+            match (got, want) {
+                (Ok(Some((argv, n))), Ok(Some((f, m)))) => {
+                    proptest::prop_assert_eq!(n, m);
+                    proptest::prop_assert_eq!(argv, f.into_argv());
+                }
+                (Ok(None), Ok(None)) | (Err(_), Err(_)) => {}
+                (g, w) => proptest::prop_assert!(false, "command path {g:?}, frame path {w:?}"),
+            }
         }
 
         #[test]
