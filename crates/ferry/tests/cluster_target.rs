@@ -412,3 +412,27 @@ fn data_outside_db0_without_mapping_is_a_clear_error() {
         ferry.output()
     );
 }
+
+/// A function library copied into a cluster target, then copied again by a new snapshot
+/// of the same job: `FLUSHALL` keeps libraries, so the second `FUNCTION LOAD` must replace
+/// the job's own (the standalone writer did; the cluster one failed, "already exists").
+#[test]
+fn a_new_snapshot_replaces_its_own_function_libraries_on_every_master() {
+    const LIB: &str =
+        "#!lua name=ferrylib\nredis.register_function('ferry_one', function() return 1 end)";
+    let source = Server::start();
+    source.cmd(&["FUNCTION", "LOAD", LIB]);
+    source.cmd(&["SET", "k", "v"]);
+    let cluster = Cluster::start(3, 0);
+    for round in 0..2 {
+        let mut ferry = sync(&source, &cluster, &["--mode", "full"]);
+        let status = ferry.wait(LONG);
+        assert!(status.success(), "round {round}:\n{}", ferry.output());
+    }
+    for m in cluster.masters() {
+        let list = m.cmd(&["FUNCTION", "LIST"]);
+        assert!(format!("{list:?}").contains("ferrylib"), "{list:?}");
+        assert_eq!(m.cmd(&["FCALL", "ferry_one", "0"]).as_int(), 1);
+    }
+    assert_eq!(cluster.cmd_routed_str(&["GET", "k"]).as_str(), "v");
+}

@@ -67,10 +67,20 @@ pub enum Checkpoint {
 }
 
 impl Checkpoint {
+    /// [`Checkpoint::Stream`]'s value, without building one (written once per batch).
+    pub fn encode_stream(replid: &str, offset: u64, db: u32) -> String {
+        format!("stream {replid} {offset} {db}")
+    }
+
+    /// [`Checkpoint::Snapshot`]'s value, without building one.
+    pub fn encode_snapshot(replid: &str, offset: u64) -> String {
+        format!("snapshot {replid} {offset}")
+    }
+
     pub fn encode(&self) -> String {
         match self {
-            Checkpoint::Snapshot { replid, offset } => format!("snapshot {replid} {offset}"),
-            Checkpoint::Stream { replid, offset, db } => format!("stream {replid} {offset} {db}"),
+            Checkpoint::Snapshot { replid, offset } => Self::encode_snapshot(replid, *offset),
+            Checkpoint::Stream { replid, offset, db } => Self::encode_stream(replid, *offset, *db),
             Checkpoint::Failed { offset } => format!("failed - {offset}"),
         }
     }

@@ -1722,7 +1722,7 @@ impl ClusterWriter {
             }
             Event::Function { code } => {
                 let mut argv = vec![Bytes::from_static(b"FUNCTION"), Bytes::from_static(b"LOAD")];
-                if self.opts.overwrite {
+                if self.opts.function_load_replaces() {
                     argv.push(Bytes::from_static(b"REPLACE"));
                 }
                 argv.push(code);

@@ -17,7 +17,7 @@ use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info};
 
-use crate::checkpoint::is_checkpoint_key;
+use crate::checkpoint::{is_checkpoint_key, Checkpoint};
 use crate::compat::{Compat, Routed};
 use crate::dbmap::DbMap;
 use crate::error::TargetError;
@@ -84,6 +84,14 @@ pub struct WriterOptions {
 }
 
 impl WriterOptions {
+    /// Whether a snapshot's `FUNCTION LOAD` replaces a library of the same name, the one
+    /// rule of both writers: with `--overwrite`, or when the job flushed before this
+    /// snapshot (`FLUSHALL` and a slot-scoped delete keep libraries, and a target the job
+    /// may flush is its own, so the library there is its own earlier copy).
+    pub(crate) fn function_load_replaces(&self) -> bool {
+        self.overwrite || self.flush_before_snapshot
+    }
+
     pub fn new(endpoint: Endpoint) -> Self {
         WriterOptions {
             endpoint,
@@ -222,6 +230,8 @@ struct Encoder {
     /// The checkpoint key is known to exist on the target before the next checkpoint write.
     checkpoint_exists: bool,
     flush_before_snapshot: bool,
+    /// See [`WriterOptions::function_load_replaces`].
+    function_replace: bool,
     /// Stream position: which history, and the offset the snapshot started from.
     replid: String,
     snapshot_offset: u64,
@@ -263,6 +273,7 @@ impl Encoder {
             checkpoint_exists: opts.checkpoint_exists,
             // A slot-scoped flush is done here, before the snapshot's first event.
             flush_before_snapshot: opts.flush_before_snapshot && opts.flush_slots.is_none(),
+            function_replace: opts.function_load_replaces(),
             replid: String::new(),
             snapshot_offset: 0,
             src_multi: false,
@@ -340,7 +351,7 @@ impl Encoder {
         let mut must_exist = None;
         if let Some((offset, db)) = self.txn_offset {
             self.queue_select_target(0);
-            let value = format!("stream {} {offset} {db}", self.replid);
+            let value = Checkpoint::encode_stream(&self.replid, offset, db);
             if self.set_checkpoint(&key, value) {
                 must_exist = Some(key.clone());
             }
@@ -522,7 +533,7 @@ impl Encoder {
                 }
                 if let Some(key) = self.checkpoint.clone() {
                     self.select_target(0);
-                    let value = format!("snapshot {} {offset}", self.replid);
+                    let value = Checkpoint::encode_snapshot(&self.replid, offset);
                     self.expect_checkpoint(key, value);
                 }
             }
@@ -530,7 +541,7 @@ impl Encoder {
                 if let Some(key) = self.checkpoint.clone() {
                     self.select_target(0);
                     // The source SELECTs before its first command after a snapshot.
-                    let value = format!("stream {} {} 0", self.replid, self.snapshot_offset);
+                    let value = Checkpoint::encode_stream(&self.replid, self.snapshot_offset, 0);
                     self.expect_checkpoint(key, value);
                 }
                 self.expects.push(Expect::SnapshotApplied);
@@ -600,8 +611,7 @@ impl Encoder {
             }
             Event::Function { code } => {
                 let mut args: Vec<&[u8]> = vec![b"FUNCTION", b"LOAD"];
-                // FLUSHALL keeps libraries: a snapshot taken again replaces its own.
-                if self.overwrite || self.flush_before_snapshot {
+                if self.function_replace {
                     args.push(b"REPLACE");
                 }
                 args.push(&code);
