@@ -454,7 +454,7 @@ async fn sync(args: SyncArgs) -> anyhow::Result<ExitCode> {
             outcome.keys,
             secs
         );
-    } else if copies_snapshot && (snapshot_only || !crate::stop::snapshot_applied(&status)) {
+    } else if copies_snapshot && (snapshot_only || !stop::snapshot_applied(&status)) {
         // Stopped before the snapshot was on the target: the target holds part of the
         // data, and a rerun starts the copy over. Exit 130 (as for SIGINT) so no script
         // takes it for a finished copy.

@@ -716,7 +716,7 @@ async fn wait_verification(api: &Api, job: &str) -> Value {
                 return v;
             }
         }
-        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+        tokio::time::sleep(Duration::from_millis(100)).await;
     }
     panic!("the verification of {job} did not finish");
 }

@@ -78,7 +78,7 @@ async fn scan_inner(
     }
     let mut conn = Connection::connect(&opts.endpoint).await?;
     // Values are read whole (`DUMP`): as big as the source allows.
-    conn.set_max_reply(ferry_resp::frame::MAX_LEN);
+    conn.set_max_reply(frame::MAX_LEN);
     let dbs = conn.info("keyspace").await?.keyspace();
     // Connected: the link is up until this reader returns.
     let _link_up = stats.link_up_while();

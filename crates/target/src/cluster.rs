@@ -243,7 +243,7 @@ struct Pack {
 }
 
 /// Memory a packed `RESTORE` takes besides its bytes (its entry in `Pack::ends`).
-const PACKED_OVERHEAD: usize = std::mem::size_of::<(u16, u32)>();
+const PACKED_OVERHEAD: usize = size_of::<(u16, u32)>();
 
 impl Pack {
     fn is_empty(&self) -> bool {
@@ -303,7 +303,7 @@ impl From<Expect> for Expects {
 
 /// Memory a queued unit takes besides its bytes: the unit, its expectations and the
 /// allocations' own overhead. Counted in `outstanding`, so the queue limit bounds memory.
-const UNIT_OVERHEAD: usize = std::mem::size_of::<Item>() + std::mem::size_of::<Expect>() + 64;
+const UNIT_OVERHEAD: usize = size_of::<Item>() + size_of::<Expect>() + 64;
 
 impl Unit {
     fn new(bytes: Bytes, expects: impl Into<Expects>) -> Unit {
@@ -328,7 +328,7 @@ impl Unit {
             + UNIT_OVERHEAD
             + match &self.expects {
                 Expects::One(_) => 0,
-                Expects::Many(v) => v.len() * std::mem::size_of::<Expect>(),
+                Expects::Many(v) => v.len() * size_of::<Expect>(),
                 Expects::Pack(v) => v.len() * PACKED_OVERHEAD,
                 Expects::Txn { .. } => 0,
             }

@@ -43,7 +43,7 @@ impl Node {
             .await
             .map_err(|e| VerifyError::node(role, e))?;
         // Values are read whole (`DUMP`, `GET`): as big as the servers allow.
-        conn.set_max_reply(ferry_resp::frame::MAX_LEN);
+        conn.set_max_reply(frame::MAX_LEN);
         let mut node = Node {
             conn,
             role,

@@ -20,7 +20,7 @@ static NEXT: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::ne
 impl Ferry {
     /// Starts `ferry <args>`; stdout and stderr go to files read by [`Ferry::output`].
     pub fn start(args: &[&str]) -> Ferry {
-        let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let n = NEXT.fetch_add(1, Ordering::Relaxed);
         let dir = std::env::temp_dir().join(format!("ferry-test-{}-{n}", std::process::id()));
         std::fs::create_dir_all(&dir).expect("temp dir");
         let out = std::fs::File::create(dir.join("out")).expect("out file");
@@ -181,7 +181,7 @@ pub fn assert_exact_copy_with_checkpoint(source: &Server, target: &Server, name:
 pub fn wait_caught_up(source: &Server, target: &Server, name: &str, timeout: Duration) {
     let key = format!("ferry:checkpoint:{name}:0");
     let mut last = String::new();
-    let deadline = std::time::Instant::now() + timeout;
+    let deadline = Instant::now() + timeout;
     loop {
         let source_offset = source.info("replication")["master_repl_offset"].clone();
         let mut c = target.client();
@@ -195,7 +195,7 @@ pub fn wait_caught_up(source: &Server, target: &Server, name: &str, timeout: Dur
             }
         }
         assert!(
-            std::time::Instant::now() < deadline,
+            Instant::now() < deadline,
             "not caught up after {timeout:?}: source offset {source_offset}, checkpoint {last:?}"
         );
         std::thread::sleep(Duration::from_millis(20));
