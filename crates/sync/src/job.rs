@@ -124,6 +124,10 @@ impl JobError {
                     | TargetError::DuplicateKey { .. }
                     | TargetError::Unsupported { .. }
                     | TargetError::Incompatible { .. }
+                    | TargetError::BadReply { .. }
+                    | TargetError::Topology { .. }
+                    | TargetError::ForeignValue { .. }
+                    | TargetError::LibraryExists { .. }
                     | TargetError::NotEmpty { .. }
                     | TargetError::FlushRefused { .. }
                     | TargetError::CommandFailed { .. }
@@ -212,7 +216,7 @@ pub(crate) async fn lease_node(config: &JobConfig) -> Result<Endpoint, JobError>
     map.endpoint(ferry_target::slot::key_slot(key.as_bytes()))
         .cloned()
         .ok_or_else(|| {
-            JobError::Target(TargetError::Incompatible {
+            JobError::Target(TargetError::Topology {
                 addr: target.addr(),
                 message: "the slot of the job's lease key is served by no master".into(),
             })
@@ -1004,5 +1008,63 @@ fn joined<T>(r: Result<T, tokio::task::JoinError>) -> T {
     match r {
         Ok(r) => r,
         Err(e) => std::panic::resume_unwind(e.into_panic()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn target(e: TargetError) -> JobError {
+        JobError::Target(e)
+    }
+
+    /// What no retry mends stops the job; a writer task that ended without an answer (a
+    /// bug, a cancellation) is retried from the checkpoint like a lost link.
+    #[test]
+    fn named_target_errors_are_permanent_or_not_by_what_they_are() {
+        let addr = || "127.0.0.1:1".to_string();
+        for e in [
+            TargetError::Incompatible {
+                addr: addr(),
+                message: "x".into(),
+            },
+            TargetError::BadReply {
+                addr: addr(),
+                what: "SCAN".into(),
+            },
+            TargetError::Topology {
+                addr: addr(),
+                message: "slot 5 is served by no master".into(),
+            },
+            TargetError::ForeignValue {
+                addr: addr(),
+                what: "checkpoint key",
+                key: "ferry:checkpoint:j:0".into(),
+                value: "junk".into(),
+            },
+            TargetError::LibraryExists {
+                addr: addr(),
+                message: "Library 'l' already exists".into(),
+            },
+        ] {
+            assert!(target(e).is_permanent());
+        }
+        let internal = target(TargetError::Internal {
+            addr: addr(),
+            message: "reply reader failed: task panicked".into(),
+        });
+        assert!(!internal.is_permanent());
+        let text = target(TargetError::ForeignValue {
+            addr: addr(),
+            what: "ownership record",
+            key: "k".into(),
+            value: "v".into(),
+        })
+        .to_string();
+        assert!(
+            text.contains("ownership record \"k\" holds \"v\""),
+            "{text}"
+        );
     }
 }

@@ -113,19 +113,19 @@ pub async fn load(target: &Endpoint, key: &[u8]) -> Result<Option<Checkpoint>, T
     conn.request(&[b"SELECT".as_ref(), b"0"]).await?;
     match conn.request(&[b"GET".as_ref(), key]).await? {
         Frame::Null => Ok(None),
-        Frame::Bulk(v) => Checkpoint::parse(&v).map(Some).ok_or_else(|| {
-            TargetError::Incompatible {
-                addr: target.addr(),
-                message: format!(
-                    "checkpoint key {:?} holds {:?}, not a ferry checkpoint; delete it to start over",
-                    String::from_utf8_lossy(key),
-                    String::from_utf8_lossy(&v[..v.len().min(80)])
-                ),
-            }
-        }),
-        other => Err(TargetError::Incompatible {
+        Frame::Bulk(v) => {
+            Checkpoint::parse(&v)
+                .map(Some)
+                .ok_or_else(|| TargetError::ForeignValue {
+                    addr: target.addr(),
+                    what: "checkpoint key",
+                    key: String::from_utf8_lossy(key).into_owned(),
+                    value: String::from_utf8_lossy(&v[..v.len().min(80)]).into_owned(),
+                })
+        }
+        other => Err(TargetError::BadReply {
             addr: target.addr(),
-            message: format!("unexpected reply to GET checkpoint: {}", other.to_text()),
+            what: format!("GET checkpoint: {}", other.to_text()),
         }),
     }
 }

@@ -1028,7 +1028,7 @@ pub async fn write_cluster(
     let map = SlotMap::fetch(&mut conn, &seed).await?;
     drop(conn);
     if map.unassigned() > 0 {
-        return Err(TargetError::Incompatible {
+        return Err(TargetError::Topology {
             addr,
             message: format!(
                 "{} of the cluster's 16384 slots are served by no master (CLUSTER SLOTS); \
@@ -2311,7 +2311,7 @@ impl ClusterWriter {
                 }
             }
             if Instant::now() > deadline {
-                return Err(TargetError::Incompatible {
+                return Err(TargetError::Topology {
                     addr: addr.to_string(),
                     message: format!(
                         "no master took over within {FAILOVER_PATIENCE:?} after: {error}"
@@ -2407,9 +2407,9 @@ async fn scan_slot_keys(
                 b"1000",
             ])
             .await?;
-        let bad = || TargetError::Incompatible {
+        let bad = || TargetError::BadReply {
             addr: ep.addr(),
-            message: "unexpected reply to SCAN".into(),
+            what: "SCAN".into(),
         };
         let Frame::Array(mut parts) = reply else {
             return Err(bad());
@@ -2442,7 +2442,7 @@ pub async fn load_cluster_checkpoint(
     let map = masters_of(seed).await?;
     let global = checkpoint::key(job, shard);
     let Some(owner) = map.endpoint(key_slot(&global)) else {
-        return Err(TargetError::Incompatible {
+        return Err(TargetError::Topology {
             addr: seed.addr(),
             message: "the checkpoint's slot is served by no master".into(),
         });

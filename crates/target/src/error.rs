@@ -37,8 +37,37 @@ pub enum TargetError {
         offset: u64,
         message: String,
     },
+    /// What the source sent cannot be applied on this target as it is (a command or
+    /// encoding its version lacks, a command a cluster cannot run, data in a db a cluster
+    /// lacks).
     #[error("{addr}: {message}")]
     Incompatible { addr: String, message: String },
+    /// A reply ferry cannot read where it knows the shape (`SCAN`, `CLUSTER SLOTS`).
+    #[error("{addr}: unexpected reply to {what}")]
+    BadReply { addr: String, what: String },
+    /// The target cluster's slots are not all served (a slot without a master, no master
+    /// after a failover): nothing can be written where they go.
+    #[error("{addr}: {message}")]
+    Topology { addr: String, message: String },
+    /// A key of ferry's own (a checkpoint, an ownership record) holds something ferry did
+    /// not write.
+    #[error(
+        "{addr}: {what} {key:?} holds {value:?}, not one ferry wrote; delete it to start over"
+    )]
+    ForeignValue {
+        addr: String,
+        what: &'static str,
+        key: String,
+        value: String,
+    },
+    /// A snapshot's function library exists on the target already, and the job may not
+    /// replace it.
+    #[error("{addr}: the target refused FUNCTION LOAD: {message}; pass --overwrite to replace it")]
+    LibraryExists { addr: String, message: String },
+    /// A task of the writer ended without an answer (it panicked or was cancelled): a bug,
+    /// retried like a lost connection (the checkpoint says where to resume).
+    #[error("{addr}: {message}")]
+    Internal { addr: String, message: String },
     /// The target holds keys this job did not write, and the user did not say they may stay.
     #[error("{addr}: the target already holds {keys} keys that this job did not write (e.g. {example:?} in db {db}); ferry does not copy into a target holding other data unless told to: empty the target, or pass --allow-nonempty-target (job field allow_nonempty_target) to keep those keys beside the copy (and --overwrite to replace the ones the source also has)")]
     NotEmpty {

@@ -87,8 +87,8 @@ pub async fn log_flushall(target: &Endpoint, cluster: bool) {
 }
 
 fn unexpected(target: &Endpoint) -> TargetError {
-    TargetError::Incompatible {
+    TargetError::BadReply {
         addr: target.addr(),
-        message: "unexpected reply to SCAN".into(),
+        what: "SCAN".into(),
     }
 }

@@ -62,7 +62,7 @@ pub(crate) async fn node_of(
     let map = crate::slot::fetch_any(&[seed]).await?;
     map.endpoint(key_slot(key))
         .cloned()
-        .ok_or_else(|| TargetError::Incompatible {
+        .ok_or_else(|| TargetError::Topology {
             addr: target.addr(),
             message: "the slot of ferry's ownership record is served by no master".into(),
         })
@@ -82,17 +82,15 @@ pub async fn read(
         Frame::Null => Ok(None),
         Frame::Bulk(v) => Ownership::parse(&v)
             .map(Some)
-            .ok_or_else(|| TargetError::Incompatible {
+            .ok_or_else(|| TargetError::ForeignValue {
                 addr: node.addr(),
-                message: format!(
-                    "{:?} holds {:?}, not a ferry ownership record; delete it to start over",
-                    String::from_utf8_lossy(&k),
-                    String::from_utf8_lossy(&v[..v.len().min(80)])
-                ),
+                what: "ownership record",
+                key: String::from_utf8_lossy(&k).into_owned(),
+                value: String::from_utf8_lossy(&v[..v.len().min(80)]).into_owned(),
             }),
-        other => Err(TargetError::Incompatible {
+        other => Err(TargetError::BadReply {
             addr: node.addr(),
-            message: format!("unexpected reply to GET: {}", other.to_text()),
+            what: format!("GET: {}", other.to_text()),
         }),
     }
 }
@@ -165,9 +163,9 @@ async fn first_foreign(
         let reply = conn
             .request(&[b"SCAN".as_ref(), &cursor, b"COUNT", b"1000"])
             .await?;
-        let bad = || TargetError::Incompatible {
+        let bad = || TargetError::BadReply {
             addr: node.addr(),
-            message: "unexpected reply to SCAN".into(),
+            what: "SCAN".into(),
         };
         let Frame::Array(mut parts) = reply else {
             return Err(bad());

@@ -74,10 +74,10 @@ impl SlotMap {
     /// the credentials for every node and the host when the reply leaves it empty.
     pub async fn fetch(conn: &mut Connection, ep: &Endpoint) -> Result<SlotMap, TargetError> {
         let reply = conn.request(&[b"CLUSTER".as_ref(), b"SLOTS"]).await?;
-        Self::parse(&reply, ep).ok_or_else(|| TargetError::Incompatible {
+        Self::parse(&reply, ep).ok_or_else(|| TargetError::BadReply {
             addr: ep.addr(),
-            message: format!(
-                "cannot read the slot map from CLUSTER SLOTS: {}",
+            what: format!(
+                "CLUSTER SLOTS (not a slot map): {}",
                 reply.to_text().chars().take(200).collect::<String>()
             ),
         })
@@ -163,7 +163,7 @@ pub async fn fetch_any(candidates: &[Endpoint]) -> Result<SlotMap, TargetError> 
             Err(e) => last = Some(e.into()),
         }
     }
-    Err(last.unwrap_or_else(|| TargetError::Incompatible {
+    Err(last.unwrap_or_else(|| TargetError::Topology {
         addr: String::new(),
         message: "no cluster node to ask for the slot map".into(),
     }))

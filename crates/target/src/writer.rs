@@ -936,7 +936,7 @@ fn reply_task_result(
 ) -> Result<WriteSummary, TargetError> {
     match r {
         Ok(r) => r,
-        Err(e) => Err(TargetError::Incompatible {
+        Err(e) => Err(TargetError::Internal {
             addr: addr.to_string(),
             message: format!("reply reader failed: {e}"),
         }),
@@ -1212,12 +1212,9 @@ pub(crate) fn check_reply(expect: &Expect, reply: &Frame, addr: &str) -> Result<
         }
         (Expect::FunctionLoad, Frame::Error(m)) => {
             if m.windows(14).any(|w| w == b"already exists") {
-                Err(TargetError::Incompatible {
+                Err(TargetError::LibraryExists {
                     addr: addr.to_string(),
-                    message: format!(
-                        "the target refused FUNCTION LOAD: {}; pass --overwrite to replace it",
-                        lossy(m)
-                    ),
+                    message: lossy(m),
                 })
             } else {
                 Err(unsupported("a function library (FUNCTION LOAD)".into(), m))
