@@ -342,8 +342,22 @@ async fn handshake(conn: &mut Connection, opts: &ReplicaOptions) -> Result<(), S
     {
         debug!(source = %addr, reply = %String::from_utf8_lossy(&m), "REPLCONF capa refused");
     }
+    // Valkey 9 sends a replica that names no version of its own an RDB 11 snapshot, in which
+    // a hash with field TTLs cannot be stored: the snapshot fails on the source. Announcing
+    // the newest Valkey whose RDB (`VALKEY080`) ferry reads gets that format. Redis refuses
+    // the option, which changes nothing.
+    if let Frame::Error(m) = conn
+        .request_raw(&["REPLCONF", "version", ANNOUNCED_VALKEY_VERSION])
+        .await?
+    {
+        debug!(source = %addr, reply = %String::from_utf8_lossy(&m), "REPLCONF version refused");
+    }
     Ok(())
 }
+
+/// The replica version announced to the source: the newest Valkey whose snapshot format
+/// ferry's parser reads.
+const ANNOUNCED_VALKEY_VERSION: &str = "9.0.0";
 
 /// Drops the master's keep-alive newlines from the front of the buffer.
 fn skip_newlines(buf: &mut BytesMut) -> usize {
