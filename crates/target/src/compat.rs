@@ -10,7 +10,7 @@ use tracing::{info, warn};
 use crate::error::TargetError;
 use crate::rewrite::{self, Capabilities, Chunker, Cmd, Rewrite, RewriteOptions};
 use crate::version::ServerVersion;
-use ferry_rdb::Value;
+use ferry_rdb::{Dialect, Value};
 
 /// Default size above which a value is written as chunks of commands instead of one
 /// `RESTORE` (a giant `RESTORE` blocks the target and needs the whole value in one buffer).
@@ -28,6 +28,16 @@ pub fn type_min_rdb(t: u8) -> u16 {
         RDB_TYPE_SET_LISTPACK | RDB_TYPE_STREAM_LISTPACKS_3 => 11,
         RDB_TYPE_HASH_METADATA_PRE_GA..=RDB_TYPE_HASH_LISTPACK_EX => 12,
         _ => u16::MAX,
+    }
+}
+
+/// The oldest RDB version that knows value type `t` in the numbering `dialect`: Valkey's
+/// hash with field TTLs needs Valkey's own RDB 80.
+pub fn type_min_rdb_in(dialect: Dialect, t: u8) -> u16 {
+    if dialect.is_valkey_hash2(t) {
+        VALKEY_MIN_RDB_VERSION as u16
+    } else {
+        type_min_rdb(t)
     }
 }
 
@@ -68,6 +78,8 @@ pub(crate) struct Compat {
     big_value_bytes: usize,
     /// Payload version written in `RESTORE`s (the source's, lowered to what the target reads).
     restore_rdb: u16,
+    /// Whose numbering the snapshot's type bytes follow.
+    dialect: Dialect,
     addr: String,
     pub rewritten: u64,
     pub skipped: u64,
@@ -110,6 +122,7 @@ impl Compat {
             opts,
             big_value_bytes,
             restore_rdb: 0,
+            dialect: Dialect::Redis,
             addr: addr.to_string(),
             rewritten: 0,
             skipped: 0,
@@ -128,6 +141,7 @@ impl Compat {
                     .map(|t| restore_rdb_limit(t, rdb_version))
                     .unwrap_or(rdb_version);
                 self.restore_rdb = rdb_version.min(limit);
+                self.dialect = Dialect::of_rdb_version(u32::from(rdb_version));
                 if self.restore_rdb < rdb_version {
                     if let Some(t) = &self.target {
                         info!(target = %self.addr, "snapshot is RDB {rdb_version}, {t} reads RDB {limit}: values of newer encodings are rewritten into commands");
@@ -140,15 +154,17 @@ impl Compat {
             // A chained migration's source holds ferry's own checkpoints: never data.
             Event::Entry(e) if crate::checkpoint::is_checkpoint_key(&e.key) => Ok(Routed::Drop),
             Event::Entry(e)
-                if type_min_rdb(e.value_type) > self.restore_rdb
-                    || e.payload.len() > self.big_value_bytes =>
+                if type_min_rdb_in(self.dialect, e.value_type) > self.restore_rdb
+                    || e.payload.len() > self.big_value_bytes
+                    || self.has_passed_fields(e.value_type, &e.payload) =>
             {
-                let value = ferry_rdb::decode_value(e.value_type, &e.payload).map_err(|err| {
-                    self.incompatible(format!(
-                        "cannot decode key {:?} to rewrite it for the target: {err}",
-                        lossy(&e.key)
-                    ))
-                })?;
+                let value = ferry_rdb::decode_value_in(self.dialect, e.value_type, &e.payload)
+                    .map_err(|err| {
+                        self.incompatible(format!(
+                            "cannot decode key {:?} to rewrite it for the target: {err}",
+                            lossy(&e.key)
+                        ))
+                    })?;
                 let rw = rewrite::rewrite_value(&e.key, &value, e.expire_ms, now_ms(), &self.opts)
                     .map_err(|u| {
                         self.incompatible(format!(
@@ -261,12 +277,15 @@ impl Compat {
                     None => Routed::Drop,
                     Some(ch) => {
                         let value =
-                            ferry_rdb::decode_value(big.value_type, &payload).map_err(|err| {
-                                self.incompatible(format!(
-                                    "cannot decode a chunk of key {:?}: {err}",
-                                    lossy(&big.key)
-                                ))
-                            })?;
+                            ferry_rdb::decode_value_in(self.dialect, big.value_type, &payload)
+                                .map_err(|err| {
+                                    self.incompatible(format!(
+                                        "cannot decode a chunk of key {:?}: {err}",
+                                        lossy(&big.key)
+                                    ))
+                                })?;
+                        let value =
+                            rewrite::without_passed_fields(&value, now_ms()).unwrap_or(value);
                         match rewrite::supported(&big.key, &value, &self.opts) {
                             Ok(()) => {
                                 add_chunk(ch, &value);
@@ -306,7 +325,7 @@ impl Compat {
                     return Ok(Routed::Drop);
                 };
                 if let Some(p) = payload {
-                    match ferry_rdb::decode_value(big.value_type, &p) {
+                    match ferry_rdb::decode_value_in(self.dialect, big.value_type, &p) {
                         Ok(Value::Stream(meta)) => ch.stream_meta(&meta),
                         Ok(_) => {}
                         Err(err) => {
@@ -370,11 +389,12 @@ impl Compat {
             return RestoreFix::AsIs; // the target refuses it by name
         };
         let limit = restore_rdb_limit(t, version);
+        let dialect = Dialect::of_rdb_version(u32::from(version));
         if version <= limit {
             return RestoreFix::AsIs;
         }
         let mut out = argv.to_vec();
-        if type_min_rdb(value_type) <= limit {
+        if type_min_rdb_in(dialect, value_type) <= limit {
             let mut p = bytes::BytesMut::new();
             ferry_rdb::write_dump_payload(&mut p, value_type, body, limit);
             out[3] = p.freeze();
@@ -396,7 +416,7 @@ impl Compat {
             t if flag("ABSTTL") => Some(t),
             t => Some(now + t),
         };
-        let value = match ferry_rdb::decode_value(value_type, body) {
+        let value = match ferry_rdb::decode_value_in(dialect, value_type, body) {
             Ok(v) => v,
             Err(e) => {
                 return RestoreFix::Refuse(format!(
@@ -423,6 +443,21 @@ impl Compat {
                 "the target ({t}) cannot hold its value: {}; pass --skip-unsupported to skip such keys",
                 u.reason
             )),
+        }
+    }
+
+    /// A Valkey hash with field TTLs holding a field whose TTL has passed: its payload as is
+    /// would plant that field (Valkey loads it, to expire it later), so it is written as
+    /// commands without it.
+    fn has_passed_fields(&self, t: u8, payload: &[u8]) -> bool {
+        if !self.dialect.is_valkey_hash2(t) {
+            return false;
+        }
+        let now = now_ms();
+        match ferry_rdb::decode_value_in(self.dialect, t, payload) {
+            Ok(v) => rewrite::without_passed_fields(&v, now).is_some(),
+            // Rewriting reports it by name.
+            Err(_) => true,
         }
     }
 
