@@ -2,7 +2,8 @@
 //! command stream, with every byte of the stream counted for the replication offset.
 //!
 //! Order of work (as Redis's own `replication.c` does it from the replica side):
-//! `AUTH` → `REPLCONF listening-port` → `REPLCONF capa eof capa psync2` → `PSYNC` →
+//! `AUTH` → `REPLCONF listening-port` → `REPLCONF capa eof capa psync2` → `REPLCONF version`
+//! (Valkey) → `PSYNC` →
 //! `+FULLRESYNC <replid> <offset>` then an RDB (`$<len>` or diskless `$EOF:<mark>`), or
 //! `+CONTINUE [<replid>]` → the command stream. `REPLCONF ACK <offset>` goes out every
 //! second from its own task, so a slow snapshot never makes the source time the link out.
