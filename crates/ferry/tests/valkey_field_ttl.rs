@@ -375,3 +375,40 @@ fn replicated_field_ttl_command_into_redis70_is_refused_by_name() {
         "{out}"
     );
 }
+
+/// Big hashes with field TTLs go in chunks of commands (`--big-key-elements`), with their
+/// times; one whose every field's TTL has passed becomes no key.
+#[test]
+fn big_hashes_with_field_ttls_go_in_chunks() {
+    let Some(v9) = binary("valkey-9") else { return };
+    let mut targets = vec![v9.clone()];
+    targets.extend(binary("redis-8.2"));
+    for to in targets {
+        let source = start(&v9);
+        let target = start(&to);
+        source.cmd(&["DEBUG", "SET-ACTIVE-EXPIRE", "0"]);
+        fill(&source);
+        let mut gone = cmd(&["HSET", "gone:big"]);
+        let mut expire = cmd(&["HPEXPIRE", "gone:big", "50", "FIELDS", "300"]);
+        for i in 0..300 {
+            gone.push(format!("g-{i}").into_bytes());
+            gone.push(b"v".to_vec());
+            expire.push(format!("g-{i}").into_bytes());
+        }
+        run(&source, &[gone, expire]);
+        std::thread::sleep(Duration::from_millis(200));
+        let (ok, out) = sync_full(&source, &target, &["--big-key-elements", "100"]);
+        assert!(ok, "{}: {out}", to.label);
+        for k in ["ttl:many", "plain:many", "ttl:small"] {
+            assert_eq!(fields(&target, k), fields(&source, k), "{}: {k}", to.label);
+        }
+        assert_eq!(
+            target.cmd(&["EXISTS", "gone:big"]),
+            Reply::Int(0),
+            "{}",
+            to.label
+        );
+        let tmp = target.cmd(&["KEYS", "*ferry-rewrite*"]).as_array();
+        assert!(tmp.is_empty(), "{}: left {tmp:?}", to.label);
+    }
+}

@@ -101,6 +101,8 @@ struct BigKey {
     value_type: u8,
     expire_ms: Option<i64>,
     chunker: Option<Chunker>,
+    /// Elements written so far: a hash whose every field's TTL had passed has none.
+    written: u64,
 }
 
 impl Compat {
@@ -261,6 +263,7 @@ impl Compat {
                     value_type: e.value_type,
                     expire_ms: e.expire_ms,
                     chunker,
+                    written: 0,
                 };
                 let cmds = big.chunker.as_mut().map(Chunker::take).unwrap_or_default();
                 let routed = self.big_commands(&big, cmds, false);
@@ -288,6 +291,7 @@ impl Compat {
                             rewrite::without_passed_fields(&value, now_ms()).unwrap_or(value);
                         match rewrite::supported(&big.key, &value, &self.opts) {
                             Ok(()) => {
+                                big.written += elements(&value);
                                 add_chunk(ch, &value);
                                 let cmds = ch.take();
                                 self.big_commands(&big, cmds, false)
@@ -335,6 +339,14 @@ impl Compat {
                             )))
                         }
                     }
+                }
+                if big.written == 0 {
+                    // Nothing was left to write: no key (and no rename of a key never made).
+                    let del = Cmd {
+                        argv: vec![Bytes::from_static(b"DEL"), rewrite::tmp_key(&big.key)],
+                        check: rewrite::Check::Ok,
+                    };
+                    return Ok(self.big_commands(&big, vec![del], true));
                 }
                 self.rewritten += 1;
                 let cmds = ch.finish(big.expire_ms);
@@ -496,6 +508,18 @@ enum RestoreFix {
     Gone,
     /// The target cannot hold it: why.
     Refuse(String),
+}
+
+/// How many elements a decoded chunk holds (what matters is whether it is none).
+fn elements(v: &Value) -> u64 {
+    match v {
+        Value::List(v) | Value::Set(v) => v.len() as u64,
+        Value::SortedSet(v) => v.len() as u64,
+        Value::Hash(v) => v.len() as u64,
+        Value::HashWithTtl(v) => v.len() as u64,
+        Value::Stream(s) => s.entries.len().max(1) as u64,
+        Value::String(_) | Value::Module { .. } => 1,
+    }
 }
 
 /// Feeds one decoded chunk of a big value to its chunker.
