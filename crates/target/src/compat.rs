@@ -773,6 +773,7 @@ fn strip_options(argv: Vec<Bytes>, from: usize, opts: &[&[u8]]) -> Vec<Bytes> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use proptest::prelude::*;
 
     fn v(product: &str, major: u32, minor: u32) -> ServerVersion {
         ServerVersion {
@@ -841,6 +842,86 @@ mod tests {
         assert_eq!(type_min_rdb(RDB_TYPE_HASH_LISTPACK), 10);
         assert_eq!(type_min_rdb(RDB_TYPE_HASH_LISTPACK_EX), 12);
         assert_eq!(type_min_rdb(200), u16::MAX);
+        assert_eq!(type_min_rdb_in(Dialect::Valkey, RDB_TYPE_VALKEY_HASH_2), 80);
+        assert_eq!(
+            type_min_rdb_in(Dialect::Redis, RDB_TYPE_HASH_METADATA_PRE_GA),
+            12
+        );
+        assert_eq!(type_min_rdb_in(Dialect::Valkey, RDB_TYPE_HASH_LISTPACK), 10);
+    }
+
+    /// A replicated `RESTORE` of a Valkey 9 hash with field TTLs (type 22, payload version
+    /// 80): as is into Valkey 9; into Redis 8.2 (which would read type 22 as its own
+    /// pre-release layout) rewritten with its field's time; refused into Redis 7.0.
+    #[test]
+    fn replicated_restore_of_a_valkey_hash_with_field_ttls() {
+        let mut body = vec![2u8];
+        for (f, val, t) in [(b"a", b"1", 4_102_444_800_000i64), (b"b", b"2", -1)] {
+            body.extend_from_slice(&[1, f[0], 1, val[0]]);
+            body.extend_from_slice(&t.to_le_bytes());
+        }
+        let mut dump = bytes::BytesMut::new();
+        ferry_rdb::write_dump_payload(&mut dump, RDB_TYPE_VALKEY_HASH_2, &body, 80);
+        let argv = vec![
+            Bytes::from_static(b"RESTORE"),
+            Bytes::from_static(b"h"),
+            Bytes::from_static(b"0"),
+            dump.freeze(),
+        ];
+        let route = |t: ServerVersion| {
+            let mut c = Compat::new(Some(t), false, false, DEFAULT_BIG_VALUE_BYTES, "t");
+            c.restore_for_target(&argv)
+        };
+        assert!(matches!(route(v("valkey", 9, 0)), RestoreFix::AsIs));
+        let RestoreFix::Replace(script) = route(v("redis", 8, 2)) else {
+            panic!("not rewritten for Redis 8.2")
+        };
+        let s = text(&script);
+        assert!(s.starts_with("EVAL"), "{s}");
+        assert!(s.contains("HSET") && s.contains("a 1 b 2"), "{s}");
+        assert!(
+            s.contains("HPEXPIREAT") && s.contains("4102444800000 FIELDS 1 a"),
+            "{s}"
+        );
+        let RestoreFix::Refuse(why) = route(v("redis", 7, 0)) else {
+            panic!("not refused for Redis 7.0")
+        };
+        assert!(why.contains("hash fields with TTLs"), "{why}");
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig {
+            cases: 500,
+            ..ProptestConfig::default()
+        })]
+
+        /// A replicated `RESTORE` of any payload (a valid checksum over random bytes, of any
+        /// type and version, with a huge length inserted or not) into any target is passed
+        /// on, rewritten or refused: never a panic.
+        #[test]
+        fn replicated_restore_of_any_payload(
+            t in 0u8..=30,
+            version in prop_oneof![Just(9u16), Just(11), Just(12), Just(80)],
+            body in proptest::collection::vec(any::<u8>(), 0..200),
+            huge in any::<bool>(),
+            target in 0usize..5,
+        ) {
+            let mut body = body;
+            if huge {
+                body.splice(0..0, [0x80, 0xff, 0xff, 0xff, 0xff]);
+            }
+            let mut dump = bytes::BytesMut::new();
+            ferry_rdb::write_dump_payload(&mut dump, t, &body, version);
+            let argv = vec![
+                Bytes::from_static(b"RESTORE"),
+                Bytes::from_static(b"k"),
+                Bytes::from_static(b"0"),
+                dump.freeze(),
+            ];
+            let t = [v("redis", 6, 0), v("redis", 7, 0), v("redis", 8, 2), v("valkey", 8, 1), v("valkey", 9, 0)];
+            let mut c = Compat::new(Some(t[target].clone()), false, false, DEFAULT_BIG_VALUE_BYTES, "t");
+            let _ = c.restore_for_target(&argv);
+        }
     }
 
     #[test]
