@@ -426,3 +426,51 @@ proptest! {
         prop_assert!(peak <= memory_bound(len), "a {len}-byte payload held {peak} bytes");
     }
 }
+
+/// Every huge length prefix, in a tiny RDB as a key's string, as an AUX field, as an element
+/// count of each collection type, and in a tiny payload of each type: a truncation or a
+/// typed error within the input, and never more held than the bound (far below the 4 GB to
+/// 16 EB declared).
+#[test]
+fn huge_declared_lengths_in_tiny_inputs() {
+    for h in HUGE {
+        let mut cases: Vec<Vec<u8>> = Vec::new();
+        let mut aux = b"REDIS0011\xfa".to_vec();
+        aux.extend_from_slice(h);
+        cases.push(aux);
+        for t in [0u8, 1, 2, 3, 4, 5, 14, 15, 18, 19, 21, 22, 24] {
+            for magic in [&b"REDIS0011"[..], b"VALKEY080"] {
+                let mut v = magic.to_vec();
+                v.extend_from_slice(&[t, 1, b'k']);
+                v.extend_from_slice(h);
+                v.extend_from_slice(b"tiny");
+                cases.push(v);
+            }
+        }
+        for data in &cases {
+            let len = data.len();
+            let (out, peak) = measured(|| parse(&data[..], len, None));
+            assert!(out.end.is_err(), "{data:?} accepted");
+            assert!(peak <= memory_bound(len), "{data:?}: held {peak} bytes");
+            let (_, peak) = measured(|| parse(&data[..], len, Some(small_big_values())));
+            assert!(
+                peak <= memory_bound(len),
+                "{data:?} streamed: held {peak} bytes"
+            );
+        }
+        for t in 0u8..=30 {
+            for dialect in [Dialect::Redis, Dialect::Valkey] {
+                let mut body = h.to_vec();
+                body.extend_from_slice(b"tiny");
+                let (r, peak) = measured(|| decode_value_in(dialect, t, &body));
+                if let Err(e) = r {
+                    check_error(&e, body.len(), "decoding");
+                }
+                assert!(
+                    peak <= memory_bound(body.len()),
+                    "type {t}: held {peak} bytes"
+                );
+            }
+        }
+    }
+}
