@@ -314,7 +314,7 @@ fn check_input(data: &[u8], sizes: &[usize]) {
         None,
     );
     assert_eq!(whole, split, "reads of sizes {sizes:?} changed the outcome");
-    let (_, peak) = measured(|| {
+    let (streamed, peak) = measured(|| {
         parse(
             Splits {
                 data,
@@ -328,6 +328,11 @@ fn check_input(data: &[u8], sizes: &[usize]) {
     assert!(
         peak <= memory_bound(len),
         "streaming {len} bytes held {peak} bytes at once"
+    );
+    let streamed_whole = parse(data, len, Some(small_big_values()));
+    assert_eq!(
+        streamed, streamed_whole,
+        "reads of sizes {sizes:?} changed the streamed outcome"
     );
 }
 
