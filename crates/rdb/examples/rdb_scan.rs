@@ -3,7 +3,7 @@
 
 use std::time::Instant;
 
-use ferry_rdb::{decode_value, Item, Parser};
+use ferry_rdb::{decode_value_in, Item, Parser};
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     let mut args = std::env::args().skip(1);
@@ -18,7 +18,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
                 entries += 1;
                 payload_bytes += e.payload.len() as u64;
                 if decode {
-                    decode_value(e.value_type, &e.payload)?;
+                    decode_value_in(p.dialect(), e.value_type, &e.payload)?;
                 }
             }
             _ => others += 1,

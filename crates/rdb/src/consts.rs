@@ -35,7 +35,13 @@ pub const RDB_TYPE_LIST_QUICKLIST_2: u8 = 18;
 pub const RDB_TYPE_STREAM_LISTPACKS_2: u8 = 19;
 pub const RDB_TYPE_SET_LISTPACK: u8 = 20;
 pub const RDB_TYPE_STREAM_LISTPACKS_3: u8 = 21;
+/// In a `REDIS` RDB (and a DUMP payload of version <= 12): Redis 7.4's pre-release hash
+/// metadata. In a `VALKEY` RDB it is [`RDB_TYPE_VALKEY_HASH_2`] (see [`crate::Dialect`]).
 pub const RDB_TYPE_HASH_METADATA_PRE_GA: u8 = 22;
+/// In a `VALKEY` RDB (and a DUMP payload of version >= 80): Valkey 9's hash with field
+/// TTLs, `RDB_TYPE_HASH_2`: a length, then per field its name, its value and its absolute
+/// expire time in unix ms (8 bytes, little endian; -1 for none).
+pub const RDB_TYPE_VALKEY_HASH_2: u8 = 22;
 pub const RDB_TYPE_HASH_LISTPACK_EX_PRE_GA: u8 = 23;
 pub const RDB_TYPE_HASH_METADATA: u8 = 24;
 pub const RDB_TYPE_HASH_LISTPACK_EX: u8 = 25;
@@ -63,7 +69,13 @@ pub const RDB_MODULE_OPCODE_STRING: u64 = 5;
 pub const QUICKLIST_NODE_CONTAINER_PLAIN: u64 = 1;
 pub const QUICKLIST_NODE_CONTAINER_PACKED: u64 = 2;
 
-/// Human-readable name of an RDB type byte (for logs and errors).
+/// The first RDB version written with the `VALKEY` magic. Valkey keeps the versions below it
+/// (up to 79) for Redis' numbering, so a DUMP payload's version alone tells whose numbering
+/// of type bytes it uses.
+pub const VALKEY_MIN_RDB_VERSION: u32 = 80;
+
+/// Human-readable name of an RDB type byte in a `REDIS` RDB (for logs and errors); see
+/// [`crate::Dialect::type_name`] for either numbering.
 pub fn type_name(t: u8) -> &'static str {
     match t {
         RDB_TYPE_STRING => "string",

@@ -4,6 +4,7 @@
 use bytes::Bytes;
 
 use crate::consts::*;
+use crate::dialect::Dialect;
 use crate::error::{ErrorKind, RdbError};
 
 /// Decoded view of a value.
@@ -20,7 +21,8 @@ pub enum Value {
     /// Hash fields and values.
     Hash(Vec<(Bytes, Bytes)>),
     /// Hash with per-field expiration (Redis 7.4+ `HASH_METADATA`,
-    /// `HASH_LISTPACK_EX`): field, value, absolute expire time in unix ms.
+    /// `HASH_LISTPACK_EX`, Valkey 9 `HASH_2`): field, value, absolute expire time in
+    /// unix ms.
     HashWithTtl(Vec<(Bytes, Bytes, Option<u64>)>),
     /// A stream.
     Stream(Stream),
@@ -281,12 +283,29 @@ fn parse_f64(s: &[u8]) -> Option<f64> {
     std::str::from_utf8(s).ok()?.trim().parse::<f64>().ok()
 }
 
-/// Decodes a value payload of RDB type `value_type`.
+/// Decodes a value payload of RDB type `value_type`, numbered as in a `REDIS` RDB (see
+/// [`decode_value_in`] for a `VALKEY` one).
 ///
 /// Errors carry the offset within `payload`.
 pub fn decode_value(value_type: u8, payload: &[u8]) -> Result<Value, RdbError> {
+    decode_value_in(Dialect::Redis, value_type, payload)
+}
+
+/// Decodes a value payload of RDB type `value_type` in the numbering `dialect`
+/// ([`crate::Parser::dialect`] for a snapshot, [`Dialect::of_rdb_version`] for a DUMP).
+///
+/// Errors carry the offset within `payload`.
+pub fn decode_value_in(
+    dialect: Dialect,
+    value_type: u8,
+    payload: &[u8],
+) -> Result<Value, RdbError> {
     let mut c = Cur::new(payload, 0);
-    let v = decode_inner(value_type, &mut c)?;
+    let v = if dialect.is_valkey_hash2(value_type) {
+        valkey_hash2(&mut c)?
+    } else {
+        decode_inner(value_type, &mut c)?
+    };
     if !c.at_end() {
         return Err(c.corrupt(format!(
             "{} trailing bytes after value",
@@ -294,6 +313,30 @@ pub fn decode_value(value_type: u8, payload: &[u8]) -> Result<Value, RdbError> {
         )));
     }
     Ok(v)
+}
+
+/// Valkey 9's hash with field TTLs: a length, then field, value and expire time (ms, -1 for
+/// none) per field. Valkey refuses other negative times when it loads one.
+fn valkey_hash2(c: &mut Cur<'_>) -> Result<Value, RdbError> {
+    let n = c.plain_len()?;
+    let mut v = Vec::with_capacity(cap(n));
+    for _ in 0..n {
+        let f = c.string()?;
+        let val = c.string()?;
+        let at = c.pos;
+        let exp = i64::from_le_bytes(c.array()?);
+        let exp = match exp {
+            -1 => None,
+            t if t >= 0 => Some(t as u64),
+            t => {
+                let mut e = c.corrupt(format!("field expire time {t}"));
+                e.offset = c.base + at as u64;
+                return Err(e);
+            }
+        };
+        v.push((f, val, exp));
+    }
+    Ok(Value::HashWithTtl(v))
 }
 
 fn decode_inner(t: u8, c: &mut Cur<'_>) -> Result<Value, RdbError> {

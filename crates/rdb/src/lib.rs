@@ -42,8 +42,11 @@
 //! * After an error the parser is poisoned: further calls return
 //!   [`ErrorKind::Poisoned`].
 //! * Supported: `REDIS` magic with versions 1..=12 and `VALKEY` magic with
-//!   version 80. Types/opcodes not in Redis' `rdb.h` up to RDB 12 (e.g.
-//!   Valkey 9 specific types) are reported as [`ErrorKind::UnknownType`].
+//!   version 80. Type 22 is read by the magic ([`Dialect`]): Redis 7.4's
+//!   pre-release hash metadata, or Valkey 9's hash with field TTLs; decode a
+//!   payload with [`decode_value_in`] and [`Parser::dialect`] (or, for a DUMP,
+//!   [`Dialect::of_rdb_version`] of its version). Other types/opcodes not in
+//!   Redis' `rdb.h` up to RDB 12 are reported as [`ErrorKind::UnknownType`].
 //!
 //! ```no_run
 //! # fn main() -> Result<(), Box<dyn std::error::Error>> {
@@ -64,6 +67,7 @@
 pub mod consts;
 mod crc64;
 mod decode;
+mod dialect;
 mod dump;
 mod empty;
 mod error;
@@ -72,8 +76,10 @@ mod parser;
 
 pub use crc64::{crc64, Crc64};
 pub use decode::{
-    decode_value, Consumer, ConsumerGroup, PendingEntry, Stream, StreamEntry, StreamId, Value,
+    decode_value, decode_value_in, Consumer, ConsumerGroup, PendingEntry, Stream, StreamEntry,
+    StreamId, Value,
 };
+pub use dialect::Dialect;
 pub use dump::{dump_payload_len, parse_dump_payload, write_dump_payload};
 pub use empty::{is_empty_value, module_name};
 pub use error::{ErrorKind, RdbError};

@@ -6,6 +6,7 @@ use bytes::{Bytes, BytesMut};
 
 use crate::consts::*;
 use crate::crc64::Crc64;
+use crate::dialect::Dialect;
 use crate::error::{key_ctx, ErrorKind, RdbError};
 
 const BUF_SIZE: usize = 64 * 1024;
@@ -276,6 +277,15 @@ impl<R: Read> Parser<R> {
         self.valkey_magic
     }
 
+    /// Whose numbering the type bytes follow (by the magic; Redis' before the header).
+    pub fn dialect(&self) -> Dialect {
+        if self.valkey_magic {
+            Dialect::Valkey
+        } else {
+            Dialect::Redis
+        }
+    }
+
     /// Number of bytes consumed from the stream so far.
     pub fn offset(&self) -> u64 {
         self.base + self.pos as u64
@@ -412,7 +422,8 @@ impl<R: Read> Parser<R> {
                         expires_slot_size,
                     }));
                 }
-                t if is_value_type(t) => {
+                // Valkey's numbering ends at 22: what Redis numbers above it is unknown there.
+                t if is_value_type(t) && !(self.valkey_magic && t > RDB_TYPE_VALKEY_HASH_2) => {
                     let key = self.read_string()?;
                     if self.big_values.is_some() {
                         match self.try_big_start(t, &key) {
@@ -472,6 +483,7 @@ impl<R: Read> Parser<R> {
             return Ok(false);
         };
         let (min, prefix) = match t {
+            _ if self.dialect().is_valkey_hash2(t) => (th.elements, 0),
             RDB_TYPE_STRING => (th.string_bytes, 0),
             RDB_TYPE_LIST | RDB_TYPE_SET | RDB_TYPE_ZSET | RDB_TYPE_ZSET_2 | RDB_TYPE_HASH => {
                 (th.elements, 0)
@@ -680,6 +692,9 @@ impl<R: Read> Parser<R> {
 
     /// Skips one element (one node for quicklists and streams) of a value of type `t`.
     fn skip_element(&mut self, t: u8) -> Result<(), RdbError> {
+        if self.dialect().is_valkey_hash2(t) {
+            return self.skip_valkey_hash2_field();
+        }
         match t {
             RDB_TYPE_LIST | RDB_TYPE_SET | RDB_TYPE_LIST_QUICKLIST => self.skip_string(),
             RDB_TYPE_LIST_QUICKLIST_2 => {
@@ -1049,7 +1064,21 @@ impl<R: Read> Parser<R> {
         }
     }
 
+    /// One field of Valkey's hash with field TTLs: name, value, expire time.
+    fn skip_valkey_hash2_field(&mut self) -> Result<(), RdbError> {
+        self.skip_string()?;
+        self.skip_string()?;
+        self.skip(8)
+    }
+
     fn skip_value(&mut self, t: u8) -> Result<(), RdbError> {
+        if self.dialect().is_valkey_hash2(t) {
+            let n = self.plain_len()?;
+            for _ in 0..n {
+                self.skip_valkey_hash2_field()?;
+            }
+            return Ok(());
+        }
         match t {
             RDB_TYPE_STRING
             | RDB_TYPE_HASH_ZIPMAP

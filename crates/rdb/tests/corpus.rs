@@ -7,7 +7,7 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 use bytes::Bytes;
-use ferry_rdb::{decode_value, Item, Parser, Value};
+use ferry_rdb::{decode_value_in, Item, Parser, Value};
 use ferry_testkit::versions::available_servers;
 use ferry_testkit::Server;
 
@@ -277,8 +277,11 @@ fn expected(field_ttl: bool) -> BTreeMap<String, (String, Option<i64>)> {
     e
 }
 
-/// Redis 7.4+ (not Valkey) stores hash field TTLs.
+/// Redis 7.4+ and Valkey 9+ store hash field TTLs (Valkey in its own type 22).
 fn has_field_ttl(label: &str) -> bool {
+    if let Some(v) = label.strip_prefix("valkey-") {
+        return v.split('.').next().and_then(|m| m.parse::<u32>().ok()) >= Some(9);
+    }
     let Some(v) = label
         .strip_prefix("redis-")
         .or_else(|| label.strip_prefix("system-"))
@@ -312,7 +315,7 @@ fn corpus_files_decode_to_the_dataset() {
         let mut got = BTreeMap::new();
         while let Some(item) = p.next_item().unwrap_or_else(|e| panic!("{label}: {e}")) {
             if let Item::Entry(e) = item {
-                let v = decode_value(e.value_type, &e.payload)
+                let v = decode_value_in(p.dialect(), e.value_type, &e.payload)
                     .unwrap_or_else(|err| panic!("{label}: key {:?}: {err}", e.key));
                 got.insert(
                     String::from_utf8_lossy(&e.key).into_owned(),

@@ -2,7 +2,8 @@
 //! command stream, with every byte of the stream counted for the replication offset.
 //!
 //! Order of work (as Redis's own `replication.c` does it from the replica side):
-//! `AUTH` → `REPLCONF listening-port` → `REPLCONF capa eof capa psync2` → `PSYNC` →
+//! `AUTH` → `REPLCONF listening-port` → `REPLCONF capa eof capa psync2` → `REPLCONF version`
+//! (Valkey) → `PSYNC` →
 //! `+FULLRESYNC <replid> <offset>` then an RDB (`$<len>` or diskless `$EOF:<mark>`), or
 //! `+CONTINUE [<replid>]` → the command stream. `REPLCONF ACK <offset>` goes out every
 //! second from its own task, so a slow snapshot never makes the source time the link out.
@@ -345,12 +346,26 @@ async fn handshake(conn: &mut Connection, opts: &ReplicaOptions) -> Result<(), S
     {
         debug!(source = %addr, reply = %String::from_utf8_lossy(&m), "REPLCONF capa refused");
     }
+    // Valkey 9 sends a replica that names no version of its own an RDB 11 snapshot, in which
+    // a hash with field TTLs cannot be stored: the snapshot fails on the source. Announcing
+    // the newest Valkey whose RDB (`VALKEY080`) ferry reads gets that format. Redis refuses
+    // the option, which changes nothing.
+    if let Frame::Error(m) = conn
+        .request_raw(&["REPLCONF", "version", ANNOUNCED_VALKEY_VERSION])
+        .await?
+    {
+        debug!(source = %addr, reply = %String::from_utf8_lossy(&m), "REPLCONF version refused");
+    }
     Ok(())
 }
 
 /// Largest replicated command accepted: 4 GB, well over Redis's default
 /// `proto-max-bulk-len` (512 MB); a longer declared length is taken as corruption.
 const MAX_STREAM_COMMAND: usize = 4 << 30;
+
+/// The replica version announced to the source: the newest Valkey whose snapshot format
+/// ferry's parser reads.
+const ANNOUNCED_VALKEY_VERSION: &str = "9.0.0";
 
 /// Drops the master's keep-alive newlines from the front of the buffer.
 fn skip_newlines(buf: &mut BytesMut) -> usize {

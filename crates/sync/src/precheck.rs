@@ -396,7 +396,7 @@ fn versions(source: &Node, target: &Node) -> Check {
         Check::warn(
             name,
             format!(
-                "source {sv} writes RDB {rdb} but target {tv} loads at most RDB {can}: values are rewritten into plain commands (slower; module values and newer types such as hash field TTLs cannot be)"
+                "source {sv} writes RDB {rdb} but target {tv} loads at most RDB {can}: values of encodings the target lacks are rewritten into plain commands (slower; module values cannot be, nor hash field TTLs into a target before Redis 7.4 or Valkey 9)"
             ),
             "use a target of the source's version or newer, or accept the rewrite (--skip-unsupported skips what cannot be rewritten)",
         )

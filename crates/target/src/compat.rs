@@ -10,7 +10,7 @@ use tracing::{info, warn};
 use crate::error::TargetError;
 use crate::rewrite::{self, Capabilities, Chunker, Cmd, Rewrite, RewriteOptions};
 use crate::version::ServerVersion;
-use ferry_rdb::Value;
+use ferry_rdb::{Dialect, Value};
 
 /// Default size above which a value is written as chunks of commands instead of one
 /// `RESTORE` (a giant `RESTORE` blocks the target and needs the whole value in one buffer).
@@ -28,6 +28,16 @@ pub fn type_min_rdb(t: u8) -> u16 {
         RDB_TYPE_SET_LISTPACK | RDB_TYPE_STREAM_LISTPACKS_3 => 11,
         RDB_TYPE_HASH_METADATA_PRE_GA..=RDB_TYPE_HASH_LISTPACK_EX => 12,
         _ => u16::MAX,
+    }
+}
+
+/// The oldest RDB version that knows value type `t` in the numbering `dialect`: Valkey's
+/// hash with field TTLs needs Valkey's own RDB 80.
+pub fn type_min_rdb_in(dialect: Dialect, t: u8) -> u16 {
+    if dialect.is_valkey_hash2(t) {
+        VALKEY_MIN_RDB_VERSION as u16
+    } else {
+        type_min_rdb(t)
     }
 }
 
@@ -68,6 +78,8 @@ pub(crate) struct Compat {
     big_value_bytes: usize,
     /// Payload version written in `RESTORE`s (the source's, lowered to what the target reads).
     restore_rdb: u16,
+    /// Whose numbering the snapshot's type bytes follow.
+    dialect: Dialect,
     addr: String,
     pub rewritten: u64,
     pub skipped: u64,
@@ -89,6 +101,8 @@ struct BigKey {
     value_type: u8,
     expire_ms: Option<i64>,
     chunker: Option<Chunker>,
+    /// Elements written so far: a hash whose every field's TTL had passed has none.
+    written: u64,
 }
 
 impl Compat {
@@ -110,6 +124,7 @@ impl Compat {
             opts,
             big_value_bytes,
             restore_rdb: 0,
+            dialect: Dialect::Redis,
             addr: addr.to_string(),
             rewritten: 0,
             skipped: 0,
@@ -128,6 +143,7 @@ impl Compat {
                     .map(|t| restore_rdb_limit(t, rdb_version))
                     .unwrap_or(rdb_version);
                 self.restore_rdb = rdb_version.min(limit);
+                self.dialect = Dialect::of_rdb_version(u32::from(rdb_version));
                 if self.restore_rdb < rdb_version {
                     if let Some(t) = &self.target {
                         info!(target = %self.addr, "snapshot is RDB {rdb_version}, {t} reads RDB {limit}: values of newer encodings are rewritten into commands");
@@ -140,15 +156,17 @@ impl Compat {
             // A chained migration's source holds ferry's own checkpoints: never data.
             Event::Entry(e) if crate::checkpoint::is_checkpoint_key(&e.key) => Ok(Routed::Drop),
             Event::Entry(e)
-                if type_min_rdb(e.value_type) > self.restore_rdb
-                    || e.payload.len() > self.big_value_bytes =>
+                if type_min_rdb_in(self.dialect, e.value_type) > self.restore_rdb
+                    || e.payload.len() > self.big_value_bytes
+                    || self.has_passed_fields(e.value_type, &e.payload) =>
             {
-                let value = ferry_rdb::decode_value(e.value_type, &e.payload).map_err(|err| {
-                    self.incompatible(format!(
-                        "cannot decode key {:?} to rewrite it for the target: {err}",
-                        lossy(&e.key)
-                    ))
-                })?;
+                let value = ferry_rdb::decode_value_in(self.dialect, e.value_type, &e.payload)
+                    .map_err(|err| {
+                        self.incompatible(format!(
+                            "cannot decode key {:?} to rewrite it for the target: {err}",
+                            lossy(&e.key)
+                        ))
+                    })?;
                 let rw = rewrite::rewrite_value(&e.key, &value, e.expire_ms, now_ms(), &self.opts)
                     .map_err(|u| {
                         self.incompatible(format!(
@@ -245,6 +263,7 @@ impl Compat {
                     value_type: e.value_type,
                     expire_ms: e.expire_ms,
                     chunker,
+                    written: 0,
                 };
                 let cmds = big.chunker.as_mut().map(Chunker::take).unwrap_or_default();
                 let routed = self.big_commands(&big, cmds, false);
@@ -261,14 +280,18 @@ impl Compat {
                     None => Routed::Drop,
                     Some(ch) => {
                         let value =
-                            ferry_rdb::decode_value(big.value_type, &payload).map_err(|err| {
-                                self.incompatible(format!(
-                                    "cannot decode a chunk of key {:?}: {err}",
-                                    lossy(&big.key)
-                                ))
-                            })?;
+                            ferry_rdb::decode_value_in(self.dialect, big.value_type, &payload)
+                                .map_err(|err| {
+                                    self.incompatible(format!(
+                                        "cannot decode a chunk of key {:?}: {err}",
+                                        lossy(&big.key)
+                                    ))
+                                })?;
+                        let value =
+                            rewrite::without_passed_fields(&value, now_ms()).unwrap_or(value);
                         match rewrite::supported(&big.key, &value, &self.opts) {
                             Ok(()) => {
+                                big.written += elements(&value);
                                 add_chunk(ch, &value);
                                 let cmds = ch.take();
                                 self.big_commands(&big, cmds, false)
@@ -306,7 +329,7 @@ impl Compat {
                     return Ok(Routed::Drop);
                 };
                 if let Some(p) = payload {
-                    match ferry_rdb::decode_value(big.value_type, &p) {
+                    match ferry_rdb::decode_value_in(self.dialect, big.value_type, &p) {
                         Ok(Value::Stream(meta)) => ch.stream_meta(&meta),
                         Ok(_) => {}
                         Err(err) => {
@@ -316,6 +339,14 @@ impl Compat {
                             )))
                         }
                     }
+                }
+                if big.written == 0 {
+                    // Nothing was left to write: no key (and no rename of a key never made).
+                    let del = Cmd {
+                        argv: vec![Bytes::from_static(b"DEL"), rewrite::tmp_key(&big.key)],
+                        check: rewrite::Check::Ok,
+                    };
+                    return Ok(self.big_commands(&big, vec![del], true));
                 }
                 self.rewritten += 1;
                 let cmds = ch.finish(big.expire_ms);
@@ -370,11 +401,12 @@ impl Compat {
             return RestoreFix::AsIs; // the target refuses it by name
         };
         let limit = restore_rdb_limit(t, version);
+        let dialect = Dialect::of_rdb_version(u32::from(version));
         if version <= limit {
             return RestoreFix::AsIs;
         }
         let mut out = argv.to_vec();
-        if type_min_rdb(value_type) <= limit {
+        if type_min_rdb_in(dialect, value_type) <= limit {
             let mut p = bytes::BytesMut::new();
             ferry_rdb::write_dump_payload(&mut p, value_type, body, limit);
             out[3] = p.freeze();
@@ -396,7 +428,7 @@ impl Compat {
             t if flag("ABSTTL") => Some(t),
             t => Some(now + t),
         };
-        let value = match ferry_rdb::decode_value(value_type, body) {
+        let value = match ferry_rdb::decode_value_in(dialect, value_type, body) {
             Ok(v) => v,
             Err(e) => {
                 return RestoreFix::Refuse(format!(
@@ -423,6 +455,21 @@ impl Compat {
                 "the target ({t}) cannot hold its value: {}; pass --skip-unsupported to skip such keys",
                 u.reason
             )),
+        }
+    }
+
+    /// A Valkey hash with field TTLs holding a field whose TTL has passed: its payload as is
+    /// would plant that field (Valkey loads it, to expire it later), so it is written as
+    /// commands without it.
+    fn has_passed_fields(&self, t: u8, payload: &[u8]) -> bool {
+        if !self.dialect.is_valkey_hash2(t) {
+            return false;
+        }
+        let now = now_ms();
+        match ferry_rdb::decode_value_in(self.dialect, t, payload) {
+            Ok(v) => rewrite::without_passed_fields(&v, now).is_some(),
+            // Rewriting reports it by name.
+            Err(_) => true,
         }
     }
 
@@ -461,6 +508,18 @@ enum RestoreFix {
     Gone,
     /// The target cannot hold it: why.
     Refuse(String),
+}
+
+/// How many elements a decoded chunk holds (what matters is whether it is none).
+fn elements(v: &Value) -> u64 {
+    match v {
+        Value::List(v) | Value::Set(v) => v.len() as u64,
+        Value::SortedSet(v) => v.len() as u64,
+        Value::Hash(v) => v.len() as u64,
+        Value::HashWithTtl(v) => v.len() as u64,
+        Value::Stream(s) => s.entries.len().max(1) as u64,
+        Value::String(_) | Value::Module { .. } => 1,
+    }
 }
 
 /// Feeds one decoded chunk of a big value to its chunker.
@@ -714,6 +773,7 @@ fn strip_options(argv: Vec<Bytes>, from: usize, opts: &[&[u8]]) -> Vec<Bytes> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use proptest::prelude::*;
 
     fn v(product: &str, major: u32, minor: u32) -> ServerVersion {
         ServerVersion {
@@ -782,6 +842,86 @@ mod tests {
         assert_eq!(type_min_rdb(RDB_TYPE_HASH_LISTPACK), 10);
         assert_eq!(type_min_rdb(RDB_TYPE_HASH_LISTPACK_EX), 12);
         assert_eq!(type_min_rdb(200), u16::MAX);
+        assert_eq!(type_min_rdb_in(Dialect::Valkey, RDB_TYPE_VALKEY_HASH_2), 80);
+        assert_eq!(
+            type_min_rdb_in(Dialect::Redis, RDB_TYPE_HASH_METADATA_PRE_GA),
+            12
+        );
+        assert_eq!(type_min_rdb_in(Dialect::Valkey, RDB_TYPE_HASH_LISTPACK), 10);
+    }
+
+    /// A replicated `RESTORE` of a Valkey 9 hash with field TTLs (type 22, payload version
+    /// 80): as is into Valkey 9; into Redis 8.2 (which would read type 22 as its own
+    /// pre-release layout) rewritten with its field's time; refused into Redis 7.0.
+    #[test]
+    fn replicated_restore_of_a_valkey_hash_with_field_ttls() {
+        let mut body = vec![2u8];
+        for (f, val, t) in [(b"a", b"1", 4_102_444_800_000i64), (b"b", b"2", -1)] {
+            body.extend_from_slice(&[1, f[0], 1, val[0]]);
+            body.extend_from_slice(&t.to_le_bytes());
+        }
+        let mut dump = bytes::BytesMut::new();
+        ferry_rdb::write_dump_payload(&mut dump, RDB_TYPE_VALKEY_HASH_2, &body, 80);
+        let argv = vec![
+            Bytes::from_static(b"RESTORE"),
+            Bytes::from_static(b"h"),
+            Bytes::from_static(b"0"),
+            dump.freeze(),
+        ];
+        let route = |t: ServerVersion| {
+            let mut c = Compat::new(Some(t), false, false, DEFAULT_BIG_VALUE_BYTES, "t");
+            c.restore_for_target(&argv)
+        };
+        assert!(matches!(route(v("valkey", 9, 0)), RestoreFix::AsIs));
+        let RestoreFix::Replace(script) = route(v("redis", 8, 2)) else {
+            panic!("not rewritten for Redis 8.2")
+        };
+        let s = text(&script);
+        assert!(s.starts_with("EVAL"), "{s}");
+        assert!(s.contains("HSET") && s.contains("a 1 b 2"), "{s}");
+        assert!(
+            s.contains("HPEXPIREAT") && s.contains("4102444800000 FIELDS 1 a"),
+            "{s}"
+        );
+        let RestoreFix::Refuse(why) = route(v("redis", 7, 0)) else {
+            panic!("not refused for Redis 7.0")
+        };
+        assert!(why.contains("hash fields with TTLs"), "{why}");
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig {
+            cases: 500,
+            ..ProptestConfig::default()
+        })]
+
+        /// A replicated `RESTORE` of any payload (a valid checksum over random bytes, of any
+        /// type and version, with a huge length inserted or not) into any target is passed
+        /// on, rewritten or refused: never a panic.
+        #[test]
+        fn replicated_restore_of_any_payload(
+            t in 0u8..=30,
+            version in prop_oneof![Just(9u16), Just(11), Just(12), Just(80)],
+            body in proptest::collection::vec(any::<u8>(), 0..200),
+            huge in any::<bool>(),
+            target in 0usize..5,
+        ) {
+            let mut body = body;
+            if huge {
+                body.splice(0..0, [0x80, 0xff, 0xff, 0xff, 0xff]);
+            }
+            let mut dump = bytes::BytesMut::new();
+            ferry_rdb::write_dump_payload(&mut dump, t, &body, version);
+            let argv = vec![
+                Bytes::from_static(b"RESTORE"),
+                Bytes::from_static(b"k"),
+                Bytes::from_static(b"0"),
+                dump.freeze(),
+            ];
+            let t = [v("redis", 6, 0), v("redis", 7, 0), v("redis", 8, 2), v("valkey", 8, 1), v("valkey", 9, 0)];
+            let mut c = Compat::new(Some(t[target].clone()), false, false, DEFAULT_BIG_VALUE_BYTES, "t");
+            let _ = c.restore_for_target(&argv);
+        }
     }
 
     #[test]

@@ -185,6 +185,15 @@ pub fn rewrite_value(
     if matches!(expire_ms, Some(ms) if ms <= now_ms) {
         return Ok(Rewrite::Expired);
     }
+    let live;
+    let value = match without_passed_fields(value, now_ms) {
+        Some(Value::HashWithTtl(v)) if v.is_empty() => return Ok(Rewrite::Expired),
+        Some(v) => {
+            live = v;
+            &live
+        }
+        None => value,
+    };
     if let Err(u) = supported(key, value, opts) {
         return if opts.skip_unsupported {
             Ok(Rewrite::Skipped(u))
@@ -212,6 +221,24 @@ pub fn rewrite_value(
     Ok(Rewrite::Commands(out.finish(expire_ms)))
 }
 
+/// A hash's fields whose TTL has passed at `now_ms` are not written: no reader of the source
+/// sees them any more (a source with lazy expiry may still hold and snapshot them), and a
+/// target without field TTLs would keep them for good. The hash without them, or `None`
+/// when nothing passed (or `value` is no hash with field TTLs).
+pub fn without_passed_fields(value: &Value, now_ms: i64) -> Option<Value> {
+    let Value::HashWithTtl(v) = value else {
+        return None;
+    };
+    let passed =
+        |t: &Option<u64>| matches!(t, Some(t) if i64::try_from(*t).is_ok_and(|t| t <= now_ms));
+    if !v.iter().any(|f| passed(&f.2)) {
+        return None;
+    }
+    Some(Value::HashWithTtl(
+        v.iter().filter(|f| !passed(&f.2)).cloned().collect(),
+    ))
+}
+
 /// Whether `value` can be written to the target at all.
 pub fn supported(key: &Bytes, value: &Value, opts: &RewriteOptions) -> Result<(), Unsupported> {
     let reason = match value {
@@ -221,7 +248,7 @@ pub fn supported(key: &Bytes, value: &Value, opts: &RewriteOptions) -> Result<()
         )),
         Value::HashWithTtl(v) if !opts.caps.hash_field_ttl && v.iter().any(|f| f.2.is_some()) => {
             Some(
-                "it has hash fields with TTLs, which the target (before Redis 7.4) cannot hold"
+                "it has hash fields with TTLs, which the target cannot hold (they need Redis 7.4+ or Valkey 9+)"
                     .into(),
             )
         }
@@ -678,6 +705,36 @@ mod tests {
         assert!(matches!(
             rewrite_value(&Bytes::from_static(b"k"), &v, None, 0, &o),
             Ok(Rewrite::Skipped(_))
+        ));
+    }
+
+    #[test]
+    fn passed_field_ttls_are_not_written() {
+        let k = Bytes::from_static(b"k");
+        let v = Value::HashWithTtl(vec![
+            (Bytes::from_static(b"a"), Bytes::from_static(b"1"), Some(99)),
+            (Bytes::from_static(b"b"), Bytes::from_static(b"2"), None),
+        ]);
+        // At 99 field a is gone; what is left has no TTL, which any target holds.
+        let mut o = opts();
+        o.caps.hash_field_ttl = false;
+        let Ok(Rewrite::Commands(c)) = rewrite_value(&k, &v, None, 99, &o) else {
+            panic!("not rewritten")
+        };
+        let c: Vec<String> = c.iter().map(text).collect();
+        assert_eq!(c[1], "HSET {k}k\\0ferry-rewrite b 2", "{c:?}");
+        assert!(!c.iter().any(|c| c.contains("HPEXPIREAT")), "{c:?}");
+        // Before 99 it is written with its TTL, and refused where TTLs cannot be held.
+        assert!(rewrite_value(&k, &v, None, 98, &o).is_err());
+        // A hash whose every field has passed is no key.
+        let gone = Value::HashWithTtl(vec![(
+            Bytes::from_static(b"a"),
+            Bytes::from_static(b"1"),
+            Some(5),
+        )]);
+        assert!(matches!(
+            rewrite_value(&k, &gone, None, 5, &o),
+            Ok(Rewrite::Expired)
         ));
     }
 

@@ -39,8 +39,9 @@ impl ServerVersion {
             };
         }
         match v {
-            (8, 2..) | (9.., _) => 13,
-            (7, 4..) | (8, _) => 12,
+            // Redis 8.2 still writes and `RESTORE`s RDB 12 (it refuses 13); a later Redis
+            // reads 12 too, and a newer payload is never needed for what ferry writes.
+            (7, 4..) | (8.., _) => 12,
             (7, 2..) => 11,
             (7, _) => 10,
             (5, _) | (6, _) => 9,
@@ -80,6 +81,11 @@ mod tests {
         assert_eq!(
             ServerVersion::from_info(&info).unwrap().max_rdb_version(),
             9
+        );
+        let info = Info::parse("redis_version:8.2.3\r\n");
+        assert_eq!(
+            ServerVersion::from_info(&info).unwrap().max_rdb_version(),
+            12
         );
     }
 }
