@@ -9,7 +9,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use common::Ferry;
-use ferry_testkit::{assert_same_data, Reply, Server};
+use ferry_testkit::{assert_same_data, incompressible, strip_ansi, Reply, Server};
 
 const LONG: Duration = Duration::from_secs(120);
 
@@ -21,36 +21,6 @@ fn compressible(len: usize, salt: u8) -> Vec<u8> {
     (0..len)
         .map(|i| b"the quick brown fox jumps "[i % 26] ^ ((i / 5000) as u8).wrapping_add(salt))
         .collect()
-}
-
-/// Deterministic bytes LZF cannot shrink (stored uncompressed in the RDB).
-fn incompressible(len: usize) -> Vec<u8> {
-    let mut seed = 0x2545_f491_4f6c_dd1du64;
-    (0..len)
-        .map(|_| {
-            seed ^= seed << 13;
-            seed ^= seed >> 7;
-            seed ^= seed << 17;
-            (seed >> 24) as u8
-        })
-        .collect()
-}
-
-fn strip_ansi(s: &str) -> String {
-    let mut out = String::with_capacity(s.len());
-    let mut it = s.chars();
-    while let Some(c) = it.next() {
-        if c == '\x1b' {
-            for d in it.by_ref() {
-                if d.is_ascii_alphabetic() {
-                    break;
-                }
-            }
-        } else {
-            out.push(c);
-        }
-    }
-    out
 }
 
 fn ok(r: Reply) {
@@ -73,7 +43,11 @@ fn populate(source: &Server) {
         b"PXAT",
         ttl_at.as_bytes(),
     ]));
-    ok(source.cmd_bytes(&[b"SET", b"big:raw", &incompressible(1_500_000)]));
+    ok(source.cmd_bytes(&[
+        b"SET",
+        b"big:raw",
+        &incompressible(1_500_000, 0x2545_f491_4f6c_dd1d),
+    ]));
     // In a cluster this would be a key with a hash tag; the temporary key must keep it.
     ok(source.cmd_bytes(&[b"SET", b"{tag}big", &compressible(1_200_000, 3)]));
     source.cmd(&["SET", "small", "v"]);

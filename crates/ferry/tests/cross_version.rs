@@ -10,7 +10,7 @@ use common::Ferry;
 use ferry_testkit::versions::{
     assert_same_values, available_servers, versions_required, ServerBinary,
 };
-use ferry_testkit::{assert_same_data, populate_every_type, Server};
+use ferry_testkit::{assert_same_data, populate_every_type, strip_ansi, Server};
 
 const LONG: Duration = Duration::from_secs(120);
 
@@ -214,24 +214,6 @@ fn big_keys_new_to_old() {
         }
         _ => eprintln!("big_keys_new_to_old: needs two versions; skipped"),
     }
-}
-
-/// The log text without colour escapes.
-fn strip_ansi(s: &str) -> String {
-    let mut out = String::with_capacity(s.len());
-    let mut it = s.chars();
-    while let Some(c) = it.next() {
-        if c == '\x1b' {
-            for d in it.by_ref() {
-                if d.is_ascii_alphabetic() {
-                    break;
-                }
-            }
-        } else {
-            out.push(c);
-        }
-    }
-    out
 }
 
 /// Replicated commands newer than the target: what is easy is translated (7.0 replicates

@@ -13,6 +13,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use bytes::{Bytes, BytesMut};
 use ferry_rdb::{decode_value, write_dump_payload, Item, Parser, Stream, StreamId, Value};
+use ferry_testkit::incompressible;
 
 // ---------------------------------------------------------------- RESP client
 
@@ -196,18 +197,6 @@ fn start_server() -> Server {
 
 // ---------------------------------------------------------------- dataset
 
-/// Deterministic pseudo-random bytes (incompressible for LZF).
-fn noise(n: usize, mut seed: u64) -> Vec<u8> {
-    (0..n)
-        .map(|_| {
-            seed ^= seed << 13;
-            seed ^= seed >> 7;
-            seed ^= seed << 17;
-            (seed >> 24) as u8
-        })
-        .collect()
-}
-
 const FUNCTION_CODE: &str =
     "#!lua name=mylib\nredis.register_function('f', function() return 1 end)";
 
@@ -225,11 +214,11 @@ fn populate(c: &mut Client) {
     let bin: Vec<u8> = (0..=255u8).collect();
     c.cmd(&[&b"SET"[..], b"str:bin", &bin]);
     c.cmd(&["SET", "str:lzf", &"abcdefgh".repeat(500)]);
-    c.cmd(&[&b"SET"[..], b"str:huge", &noise(300_000, 7)]);
+    c.cmd(&[&b"SET"[..], b"str:huge", &incompressible(300_000, 7)]);
     c.cmd(&["SET", "str:hugelzf", &"xyz".repeat(200_000)]);
     let long_key = format!("key:{}", "k".repeat(100)); // LZF-compressed key
     c.cmd(&["SET", &long_key, "v"]);
-    c.cmd(&[&b"SET"[..], &noise(20, 3), b"binary key"]);
+    c.cmd(&[&b"SET"[..], &incompressible(20, 3), b"binary key"]);
 
     // Lists: listpack node, many nodes, plain nodes.
     c.cmd(&[

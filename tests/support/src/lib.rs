@@ -12,6 +12,7 @@ pub mod cluster;
 mod data;
 pub mod proxy;
 mod server;
+mod text;
 pub mod tls;
 pub mod versions;
 
@@ -27,3 +28,4 @@ pub use server::{
     free_port, parse_info, parse_version, server_version, which, Server, ServerBuilder, Version,
     KEEP_DIR_ENV, SERVER_BINARY_ENV,
 };
+pub use text::{incompressible, percent_encode, strip_ansi};

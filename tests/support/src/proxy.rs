@@ -10,6 +10,7 @@
 //! stall / cut / stop flags promptly, and forwards in chunks of at most 16 KiB. I/O errors
 //! never panic a pump; they just close both sides of that connection.
 
+use crate::text::percent_encode;
 use std::collections::HashMap;
 use std::fmt;
 use std::io::{self, Read, Write};
@@ -543,16 +544,4 @@ fn throttle_wait(shared: &Shared, conn: &Conn, d: &DirState, n: usize) -> bool {
         }
         thread::sleep((until - now).min(TICK));
     }
-}
-
-/// Percent-encode everything but RFC 3986 unreserved characters.
-fn percent_encode(s: &str) -> String {
-    s.bytes()
-        .map(|b| match b {
-            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'.' | b'_' | b'~' => {
-                (b as char).to_string()
-            }
-            _ => format!("%{b:02X}"),
-        })
-        .collect()
 }

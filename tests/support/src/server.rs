@@ -1,5 +1,6 @@
 //! Starting and controlling throw-away `redis-server` processes.
 
+use crate::text::percent_encode;
 use std::collections::{HashMap, HashSet};
 use std::fs;
 use std::net::TcpListener;
@@ -689,18 +690,6 @@ impl Drop for Server {
             used.remove(&self.port);
         }
     }
-}
-
-/// Percent-encode everything but RFC 3986 unreserved characters.
-fn percent_encode(s: &str) -> String {
-    s.bytes()
-        .map(|b| match b {
-            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'.' | b'_' | b'~' => {
-                (b as char).to_string()
-            }
-            _ => format!("%{b:02X}"),
-        })
-        .collect()
 }
 
 /// Parse `INFO` output into `field -> value`.
