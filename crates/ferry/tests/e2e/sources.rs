@@ -1,15 +1,13 @@
 //! Sources other than a cooperative replica link: a server that refuses PSYNC (SCAN +
 //! keyspace notifications), a renamed PSYNC, an RDB file, an AOF directory.
 
-mod common;
-
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::thread;
 use std::time::Duration;
 
-use common::{churn, wait_until, Ferry};
+use crate::common::{churn, wait_until, Ferry};
 use ferry_testkit::{assert_same_data, populate_every_type, wait_same_data, Server};
 
 const LONG: Duration = Duration::from_secs(60);

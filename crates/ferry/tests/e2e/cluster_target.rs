@@ -2,13 +2,11 @@
 //! splitting, broadcasts, and the target changing under the writer (resharding, failover),
 //! with non-idempotent writes on the source and an exact comparison at the end.
 
-mod common;
-
 use std::sync::atomic::Ordering;
 use std::thread;
 use std::time::{Duration, Instant};
 
-use common::{wait_until, Churn, Ferry};
+use crate::common::{wait_until, Churn, Ferry};
 use ferry_testkit::{assert_same_data_cluster, populate_db0, Cluster, Server};
 
 const LONG: Duration = Duration::from_secs(90);

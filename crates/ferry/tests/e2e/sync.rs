@@ -1,13 +1,11 @@
 //! End-to-end tests of `ferry sync` between real redis-servers.
 
-mod common;
-
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::thread;
 use std::time::Duration;
 
-use common::{assert_exact_copy_with_checkpoint, churn, wait_caught_up, wait_until, Ferry};
+use crate::common::{assert_exact_copy_with_checkpoint, churn, wait_caught_up, wait_until, Ferry};
 use ferry_testkit::{assert_same_data, populate_every_type, wait_same_data, Server};
 
 const LONG: Duration = Duration::from_secs(60);

@@ -2,11 +2,9 @@
 //! and whatever `scripts/fetch-redis-versions.sh` fetched into `.redis-versions/`.
 //! Old → new goes by `RESTORE`; new → old by rewriting values into plain commands.
 
-mod common;
-
 use std::time::Duration;
 
-use common::Ferry;
+use crate::common::Ferry;
 use ferry_testkit::versions::{
     assert_same_values, available_servers, versions_required, ServerBinary,
 };
@@ -233,12 +231,12 @@ fn replicated_commands_are_adapted_or_refused_for_older_targets() {
     source.cmd(&["RPUSH", "l", "a", "b"]);
     let mut ferry = Ferry::sync(&source.url(), &target.url(), &[]);
     ferry.wait_for_output("full resync", LONG);
-    common::wait_until("the snapshot on the target", LONG, || {
+    crate::common::wait_until("the snapshot on the target", LONG, || {
         target.cmd(&["LLEN", "l"]) == ferry_testkit::Reply::Int(2)
     });
     source.cmd(&["SET", "k", "v", "EX", "100"]);
     source.cmd(&["LMOVE", "l", "l2", "RIGHT", "LEFT"]);
-    common::wait_until("the increment on the target", LONG, || {
+    crate::common::wait_until("the increment on the target", LONG, || {
         target.cmd(&["EXISTS", "l2"]) == ferry_testkit::Reply::Int(1)
     });
     assert_same_values(&source, &target);

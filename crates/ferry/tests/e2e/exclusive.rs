@@ -2,12 +2,10 @@
 //! source (under another address, or a member of the source's replication group) is
 //! refused before anything is written.
 
-mod common;
-
 use std::process::Command;
 use std::time::Duration;
 
-use common::{assert_exact_copy_with_checkpoint, wait_caught_up, wait_until, Churn, Ferry};
+use crate::common::{assert_exact_copy_with_checkpoint, wait_caught_up, wait_until, Churn, Ferry};
 use ferry_testkit::Server;
 
 const LONG: Duration = Duration::from_secs(60);

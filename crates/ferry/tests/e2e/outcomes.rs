@@ -1,11 +1,9 @@
 //! Outcomes told honestly: a run that did not copy everything never exits 0.
 
-mod common;
-
 use std::path::PathBuf;
 use std::time::Duration;
 
-use common::Ferry;
+use crate::common::Ferry;
 use ferry_testkit::{populate_every_type, Server};
 
 const LONG: Duration = Duration::from_secs(60);
@@ -127,7 +125,7 @@ fn stop_before_snapshot_applied_is_not_success() {
             &target.url(),
             &["--mode", mode, "--rate-limit", "1"],
         );
-        common::wait_until("some keys applied", LONG, || dbsize(&target) > 0);
+        crate::common::wait_until("some keys applied", LONG, || dbsize(&target) > 0);
         assert!(dbsize(&target) < 200_000, "{mode}: copy already done");
         let status = ferry.signal("INT");
         let out = ferry.output();
@@ -140,11 +138,11 @@ fn stop_before_snapshot_applied_is_not_success() {
     let small = Server::start();
     small.cmd(&["SET", "a", "1"]);
     let mut ferry = Ferry::sync(&small.url(), &target.url(), &[]);
-    common::wait_until("snapshot applied", LONG, || {
+    crate::common::wait_until("snapshot applied", LONG, || {
         target.cmd(&["EXISTS", "a"]).as_int() == 1
     });
     small.cmd(&["SET", "b", "2"]);
-    common::wait_until("stream applied", LONG, || {
+    crate::common::wait_until("stream applied", LONG, || {
         target.cmd(&["EXISTS", "b"]).as_int() == 1
     });
     let status = ferry.signal("INT");
@@ -252,7 +250,7 @@ fn the_source_sees_whose_replica_it_is() {
     let target = Server::start();
     source.cmd(&["SET", "k", "v"]);
     let mut ferry = Ferry::sync(&source.url(), &target.url(), &["--name", "named"]);
-    common::wait_until("the named replica on the source", LONG, || {
+    crate::common::wait_until("the named replica on the source", LONG, || {
         source
             .cmd(&["CLIENT", "LIST"])
             .as_str()

@@ -8,12 +8,10 @@
 //! - the commands Valkey 9 replicates for field TTLs arrive on a Valkey 9 target, and one
 //!   that a target lacks stops the job naming the command.
 
-mod common;
-
 use std::collections::BTreeMap;
 use std::time::Duration;
 
-use common::Ferry;
+use crate::common::Ferry;
 use ferry_testkit::versions::{available_servers, server_binary, versions_required, ServerBinary};
 use ferry_testkit::{Reply, Server};
 
@@ -314,7 +312,7 @@ fn replicated_field_ttl_commands(v9: &ServerBinary, to: &ServerBinary) {
     source.cmd(&["HSET", "h0", "a", "1"]);
     let mut ferry = Ferry::sync(&source.url(), &target.url(), &["--name", "hfe"]);
     ferry.wait_for_output("full resync", LONG);
-    common::wait_until("the snapshot on the target", LONG, || {
+    crate::common::wait_until("the snapshot on the target", LONG, || {
         target.cmd(&["EXISTS", "h0"]) == Reply::Int(1)
     });
     let at = (FAR + 5).to_string();
@@ -336,14 +334,14 @@ fn replicated_field_ttl_commands(v9: &ServerBinary, to: &ServerBinary) {
             cmd(&["SET", "done", "1"]),
         ],
     );
-    common::wait_until("the increment on the target", LONG, || {
+    crate::common::wait_until("the increment on the target", LONG, || {
         target.cmd(&["EXISTS", "done"]) == Reply::Int(1)
     });
     // The expired field is gone on the source before the comparison.
-    common::wait_until("the field expiry on the source", LONG, || {
+    crate::common::wait_until("the field expiry on the source", LONG, || {
         source.cmd(&["HLEN", "h3"]) == Reply::Int(1)
     });
-    common::wait_until("the field expiry on the target", LONG, || {
+    crate::common::wait_until("the field expiry on the target", LONG, || {
         target.cmd(&["HLEN", "h3"]) == Reply::Int(1)
     });
     for k in ["h0", "h1", "h2", "h3"] {
@@ -375,7 +373,7 @@ fn replicated_field_ttl_command_into_redis70_is_refused_by_name() {
     source.cmd(&["HSET", "h", "a", "1"]);
     let mut ferry = Ferry::sync(&source.url(), &target.url(), &["--name", "hfe-old"]);
     ferry.wait_for_output("full resync", LONG);
-    common::wait_until("the snapshot on the target", LONG, || {
+    crate::common::wait_until("the snapshot on the target", LONG, || {
         target.cmd(&["EXISTS", "h"]) == Reply::Int(1)
     });
     source.cmd(&["HEXPIRE", "h", "600", "FIELDS", "1", "a"]);

@@ -2,12 +2,10 @@
 //! faults, each with non-idempotent writes running on the source throughout and an exact
 //! comparison at the end (counters equal, lists identical).
 
-mod common;
-
 use std::thread;
 use std::time::{Duration, Instant};
 
-use common::{assert_exact_copy_with_checkpoint, wait_caught_up, wait_until, Churn, Ferry};
+use crate::common::{assert_exact_copy_with_checkpoint, wait_caught_up, wait_until, Churn, Ferry};
 use ferry_testkit::{assert_same_data, populate_every_type, Direction, Proxy, Server};
 
 const LONG: Duration = Duration::from_secs(60);

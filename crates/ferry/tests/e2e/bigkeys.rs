@@ -3,12 +3,10 @@
 //! decompressed on the way a window at a time and written in pieces, never held whole,
 //! and arrives exactly, with its TTL.
 
-mod common;
-
 use std::path::PathBuf;
 use std::time::Duration;
 
-use common::Ferry;
+use crate::common::Ferry;
 use ferry_testkit::{assert_same_data, incompressible, strip_ansi, Reply, Server};
 
 const LONG: Duration = Duration::from_secs(120);

@@ -1,10 +1,8 @@
 //! `ferry check` against real redis-servers: the exit code and the table name what is wrong.
 
-mod common;
-
 use std::time::Duration;
 
-use common::Ferry;
+use crate::common::Ferry;
 use ferry_testkit::{free_port, Server};
 
 /// Runs `ferry check` and returns its exit code and output.
@@ -170,7 +168,7 @@ fn a_job_resuming_into_its_own_data_passes() {
     // Each source shard's checkpoint (shard `slots-<first slot>`) is on the target.
     for m in 0..3 {
         let key = format!("ferry:checkpoint:again:slots-{}", 16384 * m / 3);
-        common::wait_until("the shard's checkpoint", Duration::from_secs(30), || {
+        crate::common::wait_until("the shard's checkpoint", Duration::from_secs(30), || {
             target.cmd_routed(&[b"EXISTS", key.as_bytes()]).as_int() == 1
         });
     }

@@ -1,11 +1,9 @@
 //! Filters and database mapping, end to end: each rule drops exactly what it should, in
 //! the snapshot and in the command stream alike.
 
-mod common;
-
 use std::time::Duration;
 
-use common::{wait_caught_up, Ferry};
+use crate::common::{wait_caught_up, Ferry};
 use ferry_testkit::Server;
 
 const LONG: Duration = Duration::from_secs(60);

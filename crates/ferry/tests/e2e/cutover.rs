@@ -3,12 +3,10 @@
 //! still paused, by `ferry verify`); a cutover that cannot finish unpauses and fails; with
 //! `--reverse` the writes made on the new side reach the old one.
 
-mod common;
-
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use common::Ferry;
+use crate::common::Ferry;
 use ferry_testkit::{Direction, Proxy, Reply, Server};
 
 const LONG: Duration = Duration::from_secs(90);
@@ -85,9 +83,9 @@ fn cutover_under_load_leaves_the_target_equal_while_paused() {
     let target = Server::start();
     let name = "cut";
     let mut sync = Ferry::sync(&source.url(), &target.url(), &["--name", name]);
-    common::wait_caught_up(&source, &target, name, LONG);
+    crate::common::wait_caught_up(&source, &target, name, LONG);
     let _load = Load::start(&source);
-    common::wait_until("the load on the source", LONG, || {
+    crate::common::wait_until("the load on the source", LONG, || {
         source.cmd(&["DBSIZE"]).as_int() > 1000
     });
     let mut cut = cutover(
@@ -122,7 +120,7 @@ fn a_cutover_that_cannot_catch_up_unpauses_and_fails() {
     let proxy = Proxy::start(&target.addr());
     let name = "slow";
     let mut sync = Ferry::sync(&source.url(), &proxy.url(), &["--name", name]);
-    common::wait_caught_up(&source, &target, name, LONG);
+    crate::common::wait_caught_up(&source, &target, name, LONG);
     // ferry's writes stop reaching the target: the checkpoint cannot catch up.
     proxy.stall(Direction::Upstream);
     for i in 0..50 {
@@ -139,7 +137,7 @@ fn a_cutover_that_cannot_catch_up_unpauses_and_fails() {
     assert!(writes_flow(&source, Duration::from_millis(500)), "{out}");
     assert!(started.elapsed() < Duration::from_secs(30));
     proxy.resume(Direction::Upstream);
-    common::wait_caught_up(&source, &target, name, LONG);
+    crate::common::wait_caught_up(&source, &target, name, LONG);
     sync.signal("INT");
 }
 
@@ -163,7 +161,7 @@ fn reverse_carries_writes_on_the_new_side_back() {
     source.cmd(&["SET", "seed", "1"]);
     let name = "rev";
     let mut sync = Ferry::sync(&source.url(), &target.url(), &["--name", name]);
-    common::wait_caught_up(&source, &target, name, LONG);
+    crate::common::wait_caught_up(&source, &target, name, LONG);
     let load = Load::start(&source);
     std::thread::sleep(Duration::from_millis(300));
     let mut cut = cutover(
@@ -180,7 +178,7 @@ fn reverse_carries_writes_on_the_new_side_back() {
     // Clients now write to the new side; the old one follows.
     target.cmd(&["INCR", "seed"]);
     target.cmd(&["SET", "back", "1"]);
-    common::wait_until("the write on the new side on the old one", LONG, || {
+    crate::common::wait_until("the write on the new side on the old one", LONG, || {
         source.cmd(&["EXISTS", "back"]) == Reply::Int(1)
     });
     // Applied in order: the INCR before it is there, once.
@@ -220,7 +218,7 @@ fn the_hold_is_as_long_as_asked() {
     let target = Server::start();
     let name = "hold";
     let mut sync = Ferry::sync(&source.url(), &target.url(), &["--name", name]);
-    common::wait_caught_up(&source, &target, name, LONG);
+    crate::common::wait_caught_up(&source, &target, name, LONG);
     let mut cut = cutover(
         &source.url(),
         &target.url(),
@@ -230,7 +228,7 @@ fn the_hold_is_as_long_as_asked() {
     assert!(cut.wait(LONG).success(), "{}", cut.output());
     let ended = Instant::now();
     assert!(!writes_flow(&source, Duration::from_millis(200)));
-    common::wait_until("writes after the hold", Duration::from_secs(20), || {
+    crate::common::wait_until("writes after the hold", Duration::from_secs(20), || {
         writes_flow(&source, Duration::from_millis(500))
     });
     assert!(ended.elapsed() < Duration::from_secs(10));
@@ -267,7 +265,7 @@ fn status_and_metrics_from_the_cli() {
         &target.url(),
         &["--name", name, "--metrics-listen", &addr],
     );
-    common::wait_caught_up(&source, &target, name, LONG);
+    crate::common::wait_caught_up(&source, &target, name, LONG);
     for i in 0..20 {
         source.cmd(&["SET", &format!("k{i}"), "v"]);
     }
@@ -332,7 +330,7 @@ fn cutover_of_a_cluster_source_covers_every_shard() {
     let target = Server::start();
     let name = "clcut";
     let mut sync = Ferry::sync(&cluster.seed_url(), &target.url(), &["--name", name]);
-    common::wait_until("every shard's snapshot", LONG, || {
+    crate::common::wait_until("every shard's snapshot", LONG, || {
         sync.output().matches("snapshot applied").count() >= 3
     });
     let stop = Arc::new(AtomicBool::new(false));

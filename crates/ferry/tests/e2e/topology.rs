@@ -1,13 +1,11 @@
 //! Source topologies: a master with replicas (read from a replica), a cluster (one reader
 //! per shard, in parallel), a master named by Sentinel, and a failover while the job runs.
 
-mod common;
-
 use std::process::{Child, Command, Stdio};
 use std::thread;
 use std::time::Duration;
 
-use common::{wait_caught_up, wait_until, Ferry};
+use crate::common::{wait_caught_up, wait_until, Ferry};
 use ferry_testkit::{
     assert_same_data, populate_every_type, wait_same_data, wait_same_data_cluster, Cluster,
     DataSide, Server,

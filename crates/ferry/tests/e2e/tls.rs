@@ -1,13 +1,11 @@
 //! `rediss://` end to end: redis-servers with TLS ports, certificates made by the test.
 
-mod common;
-
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use common::{churn, wait_caught_up, Ferry};
+use crate::common::{churn, wait_caught_up, Ferry};
 use ferry_testkit::tls::{CA_CERT, SERVER_CERT, SERVER_KEY};
 use ferry_testkit::{assert_same_data, free_port, populate_every_type, Direction, Proxy, Server};
 use rcgen::{

@@ -3,11 +3,9 @@
 //! key, its source offset and the target node — never a retry that resumes past it — or,
 //! with `--skip-failed-commands`, is logged, counted and gone past.
 
-mod common;
-
 use std::time::Duration;
 
-use common::Ferry;
+use crate::common::Ferry;
 use ferry_testkit::versions::{available_servers, versions_required};
 use ferry_testkit::{Cluster, Reply, Server};
 
@@ -42,11 +40,11 @@ fn an_option_the_target_lacks_stops_the_job_naming_it() {
     source.cmd(&["SET", "seed", "1"]);
     source.cmd(&["XADD", "z", "1-1", "f", "v"]);
     let mut ferry = sync(&source, &target.url(), &[]);
-    common::wait_until("the snapshot on the target", LONG, || {
+    crate::common::wait_until("the snapshot on the target", LONG, || {
         target.cmd(&["EXISTS", "seed"]) == Reply::Int(1)
     });
     source.cmd(&["SET", "before", "1"]);
-    common::wait_until("the write before on the target", LONG, || {
+    crate::common::wait_until("the write before on the target", LONG, || {
         target.cmd(&["EXISTS", "before"]) == Reply::Int(1)
     });
     source.cmd(&["XADD", "z", "NOMKSTREAM", "*", "f", "v"]);
@@ -81,7 +79,7 @@ fn wrongtype_inside_exec_fails_the_job_for_good() {
     let target = Server::start();
     source.cmd(&["SET", "k", "1"]);
     let mut ferry = sync(&source, &target.url(), &[]);
-    common::wait_until("k on the target", LONG, || {
+    crate::common::wait_until("k on the target", LONG, || {
         target.cmd(&["EXISTS", "k"]) == Reply::Int(1)
     });
     target.cmd(&["DEL", "k"]);
@@ -115,7 +113,7 @@ fn wrongtype_is_skipped_and_counted_when_asked() {
     let target = Server::start();
     source.cmd(&["SET", "k", "1"]);
     let mut ferry = sync(&source, &target.url(), &["--skip-failed-commands"]);
-    common::wait_until("k on the target", LONG, || {
+    crate::common::wait_until("k on the target", LONG, || {
         target.cmd(&["EXISTS", "k"]) == Reply::Int(1)
     });
     target.cmd(&["DEL", "k"]);
@@ -123,7 +121,7 @@ fn wrongtype_is_skipped_and_counted_when_asked() {
     source.cmd(&["INCR", "k"]);
     let offset = source_offset(&source);
     source.cmd(&["SET", "later", "v"]);
-    common::wait_until("the later write on the target", LONG, || {
+    crate::common::wait_until("the later write on the target", LONG, || {
         target.cmd(&["GET", "later"]) == Reply::Bulk(Some(b"v".to_vec()))
     });
     assert!(ferry.is_running(), "{}", ferry.output());
@@ -145,7 +143,7 @@ fn wrongtype_on_a_cluster_target_fails_the_job_for_good() {
     let cluster = Cluster::start(3, 0);
     source.cmd(&["SET", "k", "1"]);
     let mut ferry = sync(&source, &cluster.seed_url(), &[]);
-    common::wait_until("k on the cluster", LONG, || {
+    crate::common::wait_until("k on the cluster", LONG, || {
         cluster.cmd_routed_str(&["EXISTS", "k"]) == Reply::Int(1)
     });
     cluster.cmd_routed_str(&["DEL", "k"]);
@@ -174,7 +172,7 @@ fn a_command_refused_at_queue_time_stops_even_when_skipping() {
         .start();
     source.cmd(&["SET", "k", "1"]);
     let mut ferry = sync(&source, &target.url(), &["--skip-failed-commands"]);
-    common::wait_until("k on the target", LONG, || {
+    crate::common::wait_until("k on the target", LONG, || {
         target.cmd(&["EXISTS", "k"]) == Reply::Int(1)
     });
     source.cmd(&["INCR", "k"]);
@@ -212,12 +210,12 @@ fn an_option_the_target_lacks_is_skipped_when_asked() {
     source.cmd(&["SET", "seed", "1"]);
     source.cmd(&["XADD", "z", "1-1", "f", "v"]);
     let mut ferry = sync(&source, &target.url(), &["--skip-failed-commands"]);
-    common::wait_until("the snapshot on the target", LONG, || {
+    crate::common::wait_until("the snapshot on the target", LONG, || {
         target.cmd(&["EXISTS", "seed"]) == Reply::Int(1)
     });
     source.cmd(&["XADD", "z", "NOMKSTREAM", "*", "f", "v"]);
     source.cmd(&["SET", "after", "1"]);
-    common::wait_until("the later write on the target", LONG, || {
+    crate::common::wait_until("the later write on the target", LONG, || {
         target.cmd(&["EXISTS", "after"]) == Reply::Int(1)
     });
     assert_eq!(target.cmd(&["XLEN", "z"]), Reply::Int(1));
@@ -242,7 +240,7 @@ fn wrongtype_inside_a_source_transaction_without_checkpoints() {
     let target = Server::start();
     source.cmd(&["SET", "k", "1"]);
     let mut ferry = sync(&source, &target.url(), &["--checkpoint", "off"]);
-    common::wait_until("k on the target", LONG, || {
+    crate::common::wait_until("k on the target", LONG, || {
         target.cmd(&["EXISTS", "k"]) == Reply::Int(1)
     });
     target.cmd(&["DEL", "k"]);
@@ -279,7 +277,7 @@ fn wrongtype_on_a_cluster_target_without_checkpoints() {
             extra.push("--skip-failed-commands");
         }
         let mut ferry = sync(&source, &cluster.seed_url(), &extra);
-        common::wait_until("k on the cluster", LONG, || {
+        crate::common::wait_until("k on the cluster", LONG, || {
             cluster.cmd_routed_str(&["EXISTS", "k"]) == Reply::Int(1)
         });
         cluster.cmd_routed_str(&["DEL", "k"]);
@@ -288,7 +286,7 @@ fn wrongtype_on_a_cluster_target_without_checkpoints() {
         let offset = source_offset(&source);
         if skip {
             source.cmd(&["SET", "later", "v"]);
-            common::wait_until("the later write on the cluster", LONG, || {
+            crate::common::wait_until("the later write on the cluster", LONG, || {
                 cluster.cmd_routed_str(&["EXISTS", "later"]) == Reply::Int(1)
             });
             ferry.signal("INT");

@@ -3,12 +3,10 @@
 //! twice), values a target refuses for good (a module it lacks, functions on 5.0), and a
 //! chained migration's own checkpoint keys on the source.
 
-mod common;
-
 use std::path::PathBuf;
 use std::time::Duration;
 
-use common::Ferry;
+use crate::common::Ferry;
 use ferry_testkit::versions::server_binary;
 use ferry_testkit::{Cluster, Server};
 

@@ -1,11 +1,9 @@
 //! A target that evicts copied keys (maxmemory with an evicting policy) fails the job: the
 //! copy is not equal, so ferry must never report it complete.
 
-mod common;
-
 use std::time::Duration;
 
-use common::Ferry;
+use crate::common::Ferry;
 use ferry_testkit::Server;
 
 const LONG: Duration = Duration::from_secs(120);
@@ -57,7 +55,7 @@ fn evictions_after_the_snapshot_stop_the_job() {
             "--skip-precheck",
         ],
     );
-    common::wait_until("the snapshot is on the target", LONG, || {
+    crate::common::wait_until("the snapshot is on the target", LONG, || {
         target.cmd(&["DBSIZE"]).as_int() >= 1000
     });
     assert_eq!(target.info("stats")["evicted_keys"], "0");

@@ -6,15 +6,13 @@
 //! a worker that joins takes a task, `--drain` hands over and exits 0 — and under a
 //! non-idempotent writer the target ends equal to the source.
 
-mod common;
-
 use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use common::Ferry;
+use crate::common::Ferry;
 use ferry_testkit::{wait_same_data_cluster, Cluster, Server};
 use serde_json::{json, Value};
 

@@ -2,13 +2,11 @@
 //! nothing is timed out (named, retried, and given up on as the retry policy says), never
 //! waited on for ever.
 
-mod common;
-
 use std::io::{BufRead, BufReader, Write};
 use std::net::{TcpListener, TcpStream};
 use std::time::{Duration, Instant};
 
-use common::{wait_caught_up, Ferry};
+use crate::common::{wait_caught_up, Ferry};
 use ferry_testkit::{assert_same_data, Direction, Proxy, Server};
 
 /// Reads one command (an array of bulk strings) from a client.

@@ -1,11 +1,9 @@
 //! Replicated commands a target would refuse from a plain client: translated exactly, or the
 //! job stops naming the command — never a silent divergence, never an endless retry.
 
-mod common;
-
 use std::time::Duration;
 
-use common::Ferry;
+use crate::common::Ferry;
 use ferry_testkit::versions::{available_servers, versions_required, ServerBinary};
 use ferry_testkit::{Reply, Server};
 
@@ -38,8 +36,8 @@ fn redis_older_than(v: (u32, u32, u32)) -> impl Fn(&ServerBinary) -> bool {
 /// Follows `source` into `target` until ferry's checkpoint is at the source's offset, then
 /// compares the two servers' digests.
 fn wait_equal(source: &Server, target: &Server, name: &str) {
-    common::wait_caught_up(source, target, name, LONG);
-    common::assert_exact_copy_with_checkpoint(source, target, name);
+    crate::common::wait_caught_up(source, target, name, LONG);
+    crate::common::assert_exact_copy_with_checkpoint(source, target, name);
 }
 
 /// `XADD … MAXLEN ~ n LIMIT l` is propagated as `MAXLEN = <len> LIMIT l`, which a master
@@ -56,7 +54,7 @@ fn approximate_trims_with_limit_are_applied_exactly() {
     }
     let name = "xlimit";
     let mut ferry = sync(&source, &target, name, &[]);
-    common::wait_caught_up(&source, &target, name, LONG);
+    crate::common::wait_caught_up(&source, &target, name, LONG);
     source.cmd(&[
         "XADD", "s", "MAXLEN", "~", "55", "LIMIT", "30", "*", "x", "y",
     ]);
@@ -81,10 +79,10 @@ fn swapdb_keeps_the_checkpoint_in_its_database() {
     c.cmd_str(&["SET", "one", "1"]);
     let name = "swap";
     let mut ferry = sync(&source, &target, name, &[]);
-    common::wait_caught_up(&source, &target, name, LONG);
+    crate::common::wait_caught_up(&source, &target, name, LONG);
     source.cmd(&["SWAPDB", "0", "1"]);
     source.cmd(&["SET", "after-swap", "1"]);
-    common::wait_caught_up(&source, &target, name, LONG);
+    crate::common::wait_caught_up(&source, &target, name, LONG);
     let mut t = target.client();
     t.cmd_str(&["SELECT", "1"]);
     let in_one = t.cmd_str(&["KEYS", "*"]).as_array();
@@ -121,16 +119,16 @@ fn the_summary_counts_every_attempt() {
     let proxy = ferry_testkit::Proxy::start(&source.addr());
     let name = "summary";
     let mut ferry = Ferry::sync(&proxy.url(), &target.url(), &["--name", name]);
-    common::wait_caught_up(&source, &target, name, LONG);
+    crate::common::wait_caught_up(&source, &target, name, LONG);
     for i in 0..10 {
         source.cmd(&["INCR", &format!("n{i}")]);
     }
-    common::wait_caught_up(&source, &target, name, LONG);
+    crate::common::wait_caught_up(&source, &target, name, LONG);
     // The link breaks; the next attempt resumes and applies one more command.
     proxy.reset_all();
     ferry.wait_for_output("retrying", LONG);
     source.cmd(&["INCR", "last"]);
-    common::wait_until("the write after the break", LONG, || {
+    crate::common::wait_until("the write after the break", LONG, || {
         target.cmd(&["EXISTS", "last"]) == Reply::Int(1)
     });
     ferry.signal("INT");
@@ -174,7 +172,7 @@ fn commands_newer_than_the_target_are_translated() {
     source.cmd(&["XGROUP", "CREATE", "s", "grp", "0"]);
     let name = "zsets";
     let mut ferry = sync(&source, &target, name, &[]);
-    common::wait_caught_up(&source, &target, name, LONG);
+    crate::common::wait_caught_up(&source, &target, name, LONG);
     source.cmd(&["ZADD", "z", "GT", "2", "a", "2", "b", "7", "new"]);
     source.cmd(&["ZADD", "z", "LT", "CH", "0", "c", "9", "a"]);
     source.cmd(&["ZADD", "z", "XX", "GT", "10", "b", "1", "absent"]);
@@ -211,7 +209,7 @@ fn commands_newer_than_the_target_are_translated() {
     // 7.0 replicates the new consumer of XREADGROUP as XGROUP CREATECONSUMER.
     source.cmd(&["XREADGROUP", "GROUP", "grp", "bob", "STREAMS", "s", ">"]);
     source.cmd(&["SET", "after", "1"]);
-    common::wait_caught_up(&source, &target, name, LONG);
+    crate::common::wait_caught_up(&source, &target, name, LONG);
     for key in ["z", "d", "near", "dist"] {
         assert_eq!(
             source.cmd(&["ZRANGE", key, "0", "-1", "WITHSCORES"]),
@@ -267,7 +265,7 @@ fn commands_a_5_0_target_lacks_stop_the_job() {
         source.cmd(&["XGROUP", "CREATE", "s", "grp", "0"]);
         let name = format!("lacks{i}");
         let mut ferry = sync(&source, &target, &name, &[]);
-        common::wait_caught_up(&source, &target, &name, LONG);
+        crate::common::wait_caught_up(&source, &target, &name, LONG);
         let r = source.cmd(cmd);
         assert!(!r.is_error(), "{cmd:?}: {r:?}");
         let status = ferry.wait(LONG);
@@ -291,7 +289,7 @@ fn replicated_restore_newer_than_the_target_is_rewritten() {
     source.cmd(&["SET", "seed", "1"]);
     let name = "restore";
     let mut ferry = sync(&source, &target, name, &[]);
-    common::wait_caught_up(&source, &target, name, LONG);
+    crate::common::wait_caught_up(&source, &target, name, LONG);
     // A small hash is a listpack (RDB 10+) in 7.0; a small string is not.
     source.cmd(&["HSET", "h", "a", "1", "b", "2"]);
     source.cmd(&["RPUSH", "l", "x", "y", "z"]);
@@ -312,7 +310,7 @@ fn replicated_restore_newer_than_the_target_is_rewritten() {
         .cmd(&[b"RESTORE", b"h-copy", b"0", &dump, b"REPLACE"])
         .unwrap();
     assert!(!r.is_error(), "{r:?}");
-    common::wait_caught_up(&source, &target, name, LONG);
+    crate::common::wait_caught_up(&source, &target, name, LONG);
     assert!(ferry.is_running(), "{}", ferry.output());
     assert_eq!(target.cmd(&["HLEN", "h-copy"]), Reply::Int(3));
     assert_eq!(
@@ -347,13 +345,13 @@ fn claims_of_deleted_entries_match_on_an_older_target() {
     source.cmd(&["XGROUP", "CREATE", "s", "g", "0"]);
     let name = "claims";
     let mut ferry = sync(&source, &target, name, &[]);
-    common::wait_caught_up(&source, &target, name, LONG);
+    crate::common::wait_caught_up(&source, &target, name, LONG);
     source.cmd(&["XREADGROUP", "GROUP", "g", "alice", "STREAMS", "s", ">"]);
     source.cmd(&["XDEL", "s", "1-1", "2-1"]);
     source.cmd(&["XCLAIM", "s", "g", "bob", "0", "1-1"]);
     source.cmd(&["XAUTOCLAIM", "s", "g", "bob", "0", "0"]);
     source.cmd(&["SET", "after", "1"]);
-    common::wait_caught_up(&source, &target, name, LONG);
+    crate::common::wait_caught_up(&source, &target, name, LONG);
     let pending = |s: &Server| s.cmd(&["XPENDING", "s", "g", "-", "+", "10"]);
     let ids = |r: Reply| -> Vec<String> {
         r.as_array()

@@ -1,11 +1,9 @@
 //! `ferry serve` as a process, driven by `ferry job …`: the CLI's view of the service.
 
-mod common;
-
 use std::process::Command;
 use std::time::Duration;
 
-use common::{wait_until, Ferry};
+use crate::common::{wait_until, Ferry};
 use ferry_testkit::Server;
 
 /// `ferry serve` on a free port with a SQLite store in `dir` (and `--token t0ken` when

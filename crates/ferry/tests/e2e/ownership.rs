@@ -3,11 +3,9 @@
 //! flushed, and a target flushed or emptied under a running job is copied again (or, for an
 //! incremental job, the job stops).
 
-mod common;
-
 use std::time::Duration;
 
-use common::{wait_caught_up, wait_until, Ferry};
+use crate::common::{wait_caught_up, wait_until, Ferry};
 use ferry_testkit::{
     assert_same_data, assert_same_data_cluster, populate_db0, populate_every_type, wait_same_data,
     Cluster, DataSide, Server,
