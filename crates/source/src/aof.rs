@@ -18,10 +18,10 @@ use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
 use crate::error::SourceError;
-use crate::event::Event;
 use crate::file::{file_error, open, Counting, FileOptions};
 use crate::rdb_events::send_rdb_events;
-use crate::stats::{Phase, ShardStats};
+use ferry_core::event::Event;
+use ferry_core::stats::{Phase, ShardStats};
 
 /// One line of a manifest: `file <name> seq <n> type <b|h|i>`.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -18,10 +18,10 @@ use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
 use crate::error::SourceError;
-use crate::event::Event;
 use crate::rdb_events::send_rdb_events;
 use crate::spec::SourceSpec;
-use crate::stats::{Phase, ShardStats};
+use ferry_core::event::Event;
+use ferry_core::stats::{Phase, ShardStats};
 
 /// What the file readers need beyond the path.
 #[derive(Debug, Clone, Default)]

@@ -6,9 +6,7 @@
 
 mod aof;
 pub mod error;
-pub mod event;
 pub mod file;
-pub mod filter;
 pub mod node;
 pub mod pipe;
 pub mod ratelimit;
@@ -16,16 +14,12 @@ mod rdb_events;
 pub mod replica;
 pub mod scan;
 pub mod spec;
-pub mod stats;
 pub mod topology;
 
 pub use error::SourceError;
-pub use event::Event;
 pub use file::{read_file, FileOptions};
-pub use filter::{Filter, FilterError, FilterRules};
 pub use node::read_node;
 pub use ratelimit::RateLimiter;
 pub use replica::{replicate, ReplicaOptions};
 pub use spec::{SourceMethod, SourceSpec};
-pub use stats::{Phase, ShardStats};
 pub use topology::{discover, Shard, SourceType};

@@ -8,11 +8,11 @@ use tokio_util::sync::CancellationToken;
 use tracing::warn;
 
 use crate::error::SourceError;
-use crate::event::Event;
 use crate::replica::{replicate, ReplicaOptions};
 use crate::scan::scan;
 use crate::spec::SourceMethod;
-use crate::stats::ShardStats;
+use ferry_core::event::Event;
+use ferry_core::stats::ShardStats;
 
 /// Reads one node until it fails, `cancel` fires, or (full mode) the snapshot is read.
 pub async fn read_node(

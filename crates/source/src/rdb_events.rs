@@ -10,9 +10,9 @@ use tokio::sync::mpsc;
 use tracing::{debug, info, warn};
 
 use crate::error::SourceError;
-use crate::event::Event;
-use crate::filter::{Filter, Verdict};
-use crate::stats::ShardStats;
+use ferry_core::event::Event;
+use ferry_core::filter::{Filter, Verdict};
+use ferry_core::stats::ShardStats;
 
 /// Most events waiting in the queue before the parser sends a big value's next chunk.
 const BIG_CHUNKS_QUEUED: usize = 16;

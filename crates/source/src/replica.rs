@@ -23,12 +23,12 @@ use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
 use crate::error::SourceError;
-use crate::event::Event;
-use crate::filter::{Filter, Verdict};
 use crate::pipe::ChannelReader;
 use crate::ratelimit::RateLimiter;
 use crate::rdb_events::send_rdb_events;
-use crate::stats::{Phase, ShardStats};
+use ferry_core::event::Event;
+use ferry_core::filter::{Filter, Verdict};
+use ferry_core::stats::{Phase, ShardStats};
 
 /// What to ask the source for.
 #[derive(Debug, Clone)]

@@ -24,9 +24,9 @@ use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
 use crate::error::SourceError;
-use crate::event::Event;
 use crate::replica::ReplicaOptions;
-use crate::stats::{Phase, ShardStats};
+use ferry_core::event::Event;
+use ferry_core::stats::{Phase, ShardStats};
 
 /// The replication id of checkpoints written for this method.
 pub const SCAN_REPLID: &str = "scan";

@@ -146,9 +146,9 @@ pub struct JobConfig {
     /// Log, count and go past replicated commands the target refuses instead of failing.
     pub skip_failed_commands: bool,
     /// Keys, databases and commands to leave out; `None` copies everything.
-    pub filter: Option<std::sync::Arc<ferry_source::Filter>>,
+    pub filter: Option<std::sync::Arc<ferry_core::Filter>>,
     /// Source db → target db.
-    pub db_map: ferry_target::DbMap,
+    pub db_map: ferry_core::DbMap,
     /// Run under a lease (the service's workers): nothing is written once it lapses.
     pub fence: Option<std::sync::Arc<crate::fence::Fence>>,
 }

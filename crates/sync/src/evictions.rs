@@ -8,8 +8,8 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use ferry_core::ShardStats;
 use ferry_resp::{Connection, Endpoint};
-use ferry_source::ShardStats;
 use ferry_target::TargetError;
 use tracing::warn;
 

@@ -6,10 +6,10 @@ use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
 use std::time::Duration;
 
+use ferry_core::{Phase, ShardStats};
 use ferry_resp::Endpoint;
 use ferry_source::{
-    discover, Phase, RateLimiter, ReplicaOptions, Shard, ShardStats, SourceError, SourceSpec,
-    SourceType,
+    discover, RateLimiter, ReplicaOptions, Shard, SourceError, SourceSpec, SourceType,
 };
 use ferry_target::checkpoint::{self, Checkpoint};
 use ferry_target::{TargetError, WriterOptions};
@@ -29,9 +29,9 @@ const FENCED_QUEUE: usize = 256;
 /// Hands the reader's events to the writer only while the fence holds; once it lapses,
 /// stops (the writer applies what it was handed and ends) and cancels the job.
 fn fenced(
-    mut rx: mpsc::Receiver<ferry_source::Event>,
+    mut rx: mpsc::Receiver<ferry_core::Event>,
     fence: Arc<crate::fence::Fence>,
-) -> mpsc::Receiver<ferry_source::Event> {
+) -> mpsc::Receiver<ferry_core::Event> {
     let (tx, out) = mpsc::channel(FENCED_QUEUE);
     tokio::spawn(async move {
         while let Some(event) = rx.recv().await {

@@ -18,7 +18,8 @@ pub mod status;
 
 pub use config::{FileConfig, JobConfig, Mode, RetryConfig};
 pub use fence::Fence;
-pub use ferry_source::{Phase, ShardStats, SourceSpec};
+pub use ferry_core::{Phase, ShardStats};
+pub use ferry_source::SourceSpec;
 pub use job::{run, JobError, JobOutcome};
 pub use precheck::{precheck, Check, Level};
 pub use retry::{RetryPolicy, Window};

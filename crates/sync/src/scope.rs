@@ -6,9 +6,9 @@ use std::path::PathBuf;
 use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
 
+use ferry_core::DbMap;
+use ferry_core::{Filter, FilterRules, ShardStats};
 use ferry_resp::{Endpoint, TlsOptions};
-use ferry_source::{Filter, FilterRules, ShardStats};
-use ferry_target::DbMap;
 use serde::{Deserialize, Serialize};
 use tracing::{info, warn};
 

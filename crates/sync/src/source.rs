@@ -2,7 +2,8 @@
 
 use std::sync::Arc;
 
-use ferry_source::{Event, FileOptions, ReplicaOptions, ShardStats, SourceError, SourceSpec};
+use ferry_core::{Event, ShardStats};
+use ferry_source::{FileOptions, ReplicaOptions, SourceError, SourceSpec};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 

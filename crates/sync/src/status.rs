@@ -4,7 +4,7 @@
 use std::collections::{BTreeMap, VecDeque};
 use std::sync::{Arc, Mutex};
 
-use ferry_source::{Phase, ShardStats};
+use ferry_core::{Phase, ShardStats};
 use jiff::Timestamp;
 
 /// The job's state as a user sees it.

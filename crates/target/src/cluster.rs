@@ -39,8 +39,8 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::{Buf, Bytes, BytesMut};
+use ferry_core::{Event, ShardStats};
 use ferry_resp::{frame, Connection, Endpoint, Frame};
-use ferry_source::{Event, ShardStats};
 use tokio::io::AsyncWriteExt;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;

@@ -3,8 +3,8 @@
 //! commands ([`crate::rewrite`]), and which replicated commands an older target lacks.
 
 use bytes::Bytes;
+use ferry_core::Event;
 use ferry_rdb::consts::*;
-use ferry_source::Event;
 use tracing::{info, warn};
 
 use crate::error::TargetError;

@@ -2,12 +2,12 @@
 //! [`TargetError::CommandFailed`] (permanent: the rest of the batch and its checkpoint may
 //! be committed, so a retry would resume past the command); under
 //! `--skip-failed-commands` each is logged, counted in
-//! [`ShardStats::commands_failed`](ferry_source::ShardStats) and gone past.
+//! [`ShardStats::commands_failed`](ferry_core::ShardStats) and gone past.
 
 use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
 
-use ferry_source::ShardStats;
+use ferry_core::ShardStats;
 use tracing::warn;
 
 use crate::error::TargetError;

@@ -6,7 +6,6 @@ pub mod checkpoint;
 pub mod cluster;
 pub mod compat;
 pub mod compat_args;
-pub mod dbmap;
 pub mod error;
 mod failed;
 pub mod fence;
@@ -21,7 +20,6 @@ pub mod writer;
 
 pub use checkpoint::Checkpoint;
 pub use cluster::{delete_cluster_checkpoint, is_cluster, load_cluster_checkpoint, write_cluster};
-pub use dbmap::DbMap;
 pub use error::TargetError;
 pub use version::ServerVersion;
 pub use writer::{write, WriteSummary, WriterOptions};

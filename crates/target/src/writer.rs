@@ -10,8 +10,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::{Buf, Bytes, BytesMut};
+use ferry_core::{Event, ShardStats};
 use ferry_resp::{frame, Connection, Endpoint, Frame};
-use ferry_source::{Event, ShardStats};
 use tokio::io::AsyncWriteExt;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
@@ -19,12 +19,12 @@ use tracing::{debug, info};
 
 use crate::checkpoint::{is_checkpoint_key, Checkpoint};
 use crate::compat::{Compat, Routed};
-use crate::dbmap::DbMap;
 use crate::error::TargetError;
 use crate::failed::{is_transient, Failures};
 use crate::replies::Replies;
 use crate::rewrite::{Check, Cmd};
 use crate::version::ServerVersion;
+use ferry_core::dbmap::DbMap;
 
 #[derive(Debug, Clone)]
 pub struct WriterOptions {

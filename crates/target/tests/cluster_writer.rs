@@ -9,8 +9,8 @@ use std::thread;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
+use ferry_core::{Event, ShardStats};
 use ferry_resp::Endpoint;
-use ferry_source::{Event, ShardStats};
 use ferry_target::cluster::StillValid;
 use ferry_target::{checkpoint, write_cluster, TargetError, WriteSummary, WriterOptions};
 use ferry_testkit::{Cluster, Server};

@@ -38,9 +38,9 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
+use ferry_core::DbMap;
+use ferry_core::Filter;
 use ferry_resp::Endpoint;
-use ferry_source::Filter;
-use ferry_target::DbMap;
 use serde::Serialize;
 use tracing::{debug, info};
 

@@ -17,8 +17,8 @@
 
 use std::sync::Arc;
 
-use ferry_source::Filter;
-use ferry_target::DbMap;
+use ferry_core::DbMap;
+use ferry_core::Filter;
 
 use crate::VerifyError;
 
@@ -115,7 +115,7 @@ impl Scope {
 
 #[cfg(test)]
 mod tests {
-    use ferry_source::FilterRules;
+    use ferry_core::FilterRules;
 
     use super::*;
 
