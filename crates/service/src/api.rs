@@ -771,35 +771,17 @@ async fn delete_job(State(app): Shared, Path(id): Path<String>) -> ApiResult<Jso
     for r in app.manager.of_job(row.id) {
         app.manager.forget(&r.key);
     }
-    // Every shard's checkpoint (a cluster target keeps one per slot besides).
+    // Every shard's checkpoint and the job's ownership record go with it.
     let shards = shards_of(&app, row.id).await?;
-    let mut warning = None;
-    match row.spec.target.endpoint() {
+    let warning = match row.spec.target.endpoint() {
         Ok(target) => {
-            for shard in &shards {
-                let key = ferry_target::checkpoint::key(&row.spec.name, shard);
-                let deleted = if row.spec.target.topology == "cluster" {
-                    ferry_target::delete_cluster_checkpoint(&target, &row.spec.name, shard).await
-                } else {
-                    ferry_target::checkpoint::delete(&target, &key).await
-                };
-                if let Err(e) = deleted {
-                    warning = Some(format!(
-                        "the checkpoint {} could not be deleted from the target: {e}",
-                        String::from_utf8_lossy(&key)
-                    ));
-                }
-            }
-            // The job's ownership record goes with it: a new job of that name decides anew.
             let cluster = row.spec.target.topology == "cluster";
-            if let Err(e) = ferry_target::owner::forget(&target, cluster, &row.spec.name).await {
-                warning = Some(format!(
-                    "the job's ownership record could not be deleted from the target: {e}"
-                ));
-            }
+            ferry_sync::ownership::forget_job(&target, cluster, &row.spec.name, &shards)
+                .await
+                .err()
         }
-        Err(e) => warning = Some(e),
-    }
+        Err(e) => Some(e),
+    };
     app.store.delete_job(row.id).await?;
     Ok(Json(
         json!({ "deleted": row.spec.name, "checkpoint_deleted": warning.is_none(), "warning": warning }),
@@ -1037,7 +1019,7 @@ async fn connectivity(State(app): Shared, body: Bytes) -> ApiResult<Json<Value>>
             match result {
                 Ok(info) => results.push(json!({
                     "role": role, "address": endpoint.addr(), "ok": true,
-                    "version": ferry_target::ServerVersion::from_info(&info).map(|v| v.to_string()),
+                    "version": ferry_sync::ServerVersion::from_info(&info).map(|v| v.to_string()),
                 })),
                 Err(e) => {
                     all_ok = false;

@@ -65,3 +65,35 @@ pub async fn establish(
     }
     Ok((found, true))
 }
+
+/// A deleted job's traces on its target: every shard's checkpoint (a cluster target keeps
+/// one per slot besides) and its ownership record, so a new job of that name decides anew.
+/// Every part is tried; the last failure is returned, naming what stayed behind.
+pub async fn forget_job(
+    target: &Endpoint,
+    cluster: bool,
+    name: &str,
+    shards: &[String],
+) -> Result<(), String> {
+    let mut failed = None;
+    for shard in shards {
+        let key = ferry_target::checkpoint::key(name, shard);
+        let deleted = if cluster {
+            ferry_target::delete_cluster_checkpoint(target, name, shard).await
+        } else {
+            ferry_target::checkpoint::delete(target, &key).await
+        };
+        if let Err(e) = deleted {
+            failed = Some(format!(
+                "the checkpoint {} could not be deleted from the target: {e}",
+                String::from_utf8_lossy(&key)
+            ));
+        }
+    }
+    if let Err(e) = owner::forget(target, cluster, name).await {
+        failed = Some(format!(
+            "the job's ownership record could not be deleted from the target: {e}"
+        ));
+    }
+    failed.map_or(Ok(()), Err)
+}
