@@ -16,7 +16,7 @@
 use std::time::{Duration, Instant};
 
 use ferry_resp::{Connection, Endpoint, Frame};
-use ferry_target::{checkpoint, Checkpoint};
+use ferry_sink::{checkpoint, Checkpoint};
 use serde::Serialize;
 use tracing::{info, warn};
 
@@ -133,7 +133,7 @@ async fn load(
     shard: &str,
 ) -> Result<Option<Checkpoint>, CutoverError> {
     let found = if cluster {
-        ferry_target::load_cluster_checkpoint(target, job, shard)
+        ferry_sink::load_cluster_checkpoint(target, job, shard)
             .await
             .map(|c| c.map(|(c, _)| c))
     } else {
@@ -193,7 +193,7 @@ async fn target_nodes(target: &Endpoint, cluster: bool) -> Result<Vec<Endpoint>,
     if !cluster {
         return Ok(vec![target.clone()]);
     }
-    Ok(ferry_target::slot::data_nodes(target, true)
+    Ok(ferry_sink::slot::data_nodes(target, true)
         .await
         .map_err(JobError::Target)?)
 }
@@ -204,7 +204,7 @@ async fn target_nodes(target: &Endpoint, cluster: bool) -> Result<Vec<Endpoint>,
 pub async fn cutover(config: &JobConfig, max_pause: Duration) -> Result<Cutover, CutoverError> {
     let (_, shards) = discover_shards(config).await?;
     let target = resolve_target(config).await?;
-    let cluster = ferry_target::is_cluster(&target)
+    let cluster = ferry_sink::is_cluster(&target)
         .await
         .map_err(JobError::Target)?;
     let job = &config.name;
@@ -460,7 +460,7 @@ pub struct JobPosition {
 pub async fn position(config: &JobConfig, wait: Duration) -> Result<JobPosition, CutoverError> {
     let (_, shards) = discover_shards(config).await?;
     let target = resolve_target(config).await?;
-    let cluster = ferry_target::is_cluster(&target)
+    let cluster = ferry_sink::is_cluster(&target)
         .await
         .map_err(JobError::Target)?;
     let running = job_is_running(&target_nodes(&target, cluster).await?, &config.name).await?;

@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use ferry_core::ShardStats;
 use ferry_resp::{Connection, Endpoint};
-use ferry_target::TargetError;
+use ferry_sink::TargetError;
 use tracing::warn;
 
 use crate::job::JobError;
@@ -47,7 +47,7 @@ impl std::fmt::Display for Evicted {
 /// cluster target. `None` when a node refuses INFO (some managed services): a warning, and
 /// the attempt goes on unchecked.
 pub async fn baseline(target: &Endpoint, cluster: bool) -> Result<Option<Baseline>, JobError> {
-    let nodes = ferry_target::slot::data_nodes(target, cluster).await?;
+    let nodes = ferry_sink::slot::data_nodes(target, cluster).await?;
     let mut out = Vec::with_capacity(nodes.len());
     for node in nodes {
         match evicted_keys(&node).await {

@@ -8,11 +8,11 @@ use std::time::Duration;
 
 use ferry_core::{Phase, ShardStats};
 use ferry_resp::Endpoint;
+use ferry_sink::checkpoint::{self, Checkpoint};
+use ferry_sink::{TargetError, WriterOptions};
 use ferry_source::{
     discover, RateLimiter, ReplicaOptions, Shard, SourceError, SourceSpec, SourceType,
 };
-use ferry_target::checkpoint::{self, Checkpoint};
-use ferry_target::{TargetError, WriterOptions};
 use jiff::Timestamp;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
@@ -207,13 +207,13 @@ pub async fn run(
 /// on a cluster one master chosen by the job's name.
 pub(crate) async fn lease_node(config: &JobConfig) -> Result<Endpoint, JobError> {
     let target = resolve_target(config).await?;
-    if !ferry_target::is_cluster(&target).await? {
+    if !ferry_sink::is_cluster(&target).await? {
         return Ok(target);
     }
-    let map = ferry_target::slot::fetch_any(std::slice::from_ref(&target)).await?;
+    let map = ferry_sink::slot::fetch_any(std::slice::from_ref(&target)).await?;
     // Any fixed master per job does: the one of the slot of a key named after the job.
     let key = format!("ferry:checkpoint:{}:lease", config.name);
-    map.endpoint(ferry_target::slot::key_slot(key.as_bytes()))
+    map.endpoint(ferry_sink::slot::key_slot(key.as_bytes()))
         .cloned()
         .ok_or_else(|| {
             JobError::Target(TargetError::Topology {
@@ -662,7 +662,7 @@ struct Carry {
     /// The target lost data: the next attempt forgets the checkpoint and copies again.
     recopy: bool,
     /// The job's ownership of the target, once established.
-    owned: Option<ferry_target::owner::Ownership>,
+    owned: Option<ferry_sink::owner::Ownership>,
 }
 
 /// The node to write to: for a replica-set or sentinel target its current master (found
@@ -719,8 +719,8 @@ async fn attempt_shard(
     let ckpt_key = config
         .checkpoint
         .then(|| checkpoint::key(&config.name, shard_id));
-    // A cluster target keeps a checkpoint per slot besides the job's own (ferry_target::cluster).
-    let cluster = ferry_target::is_cluster(target).await?;
+    // A cluster target keeps a checkpoint per slot besides the job's own (ferry_sink::cluster).
+    let cluster = ferry_sink::is_cluster(target).await?;
     if !config.source.is_file() {
         refuse_same_server(node, target, cluster).await?;
     }
@@ -729,12 +729,12 @@ async fn attempt_shard(
     // per shard, so tasks of one job on other workers are left alone.
     let client_name = match &config.fence {
         Some(fence) => {
-            let nodes = ferry_target::slot::data_nodes(target, cluster).await?;
+            let nodes = ferry_sink::slot::data_nodes(target, cluster).await?;
             let task = task_name(&config.name, shard_id);
             for node in &nodes {
-                ferry_target::fence::cut_off_older(node, &task, fence.generation()).await?;
+                ferry_sink::fence::cut_off_older(node, &task, fence.generation()).await?;
             }
-            Some(ferry_target::fence::client_name(&task, fence.generation()))
+            Some(ferry_sink::fence::client_name(&task, fence.generation()))
         }
         None => None,
     };
@@ -742,7 +742,7 @@ async fn attempt_shard(
         // The checkpoint written after the loss claims what the target no longer holds.
         if let Some(k) = &ckpt_key {
             if cluster {
-                ferry_target::delete_cluster_checkpoint(target, &config.name, shard_id).await?;
+                ferry_sink::delete_cluster_checkpoint(target, &config.name, shard_id).await?;
             } else {
                 checkpoint::delete(target, k).await?;
             }
@@ -751,7 +751,7 @@ async fn attempt_shard(
     }
     let (saved, slot_offsets) = match &ckpt_key {
         Some(_) if cluster => {
-            match ferry_target::load_cluster_checkpoint(target, &config.name, shard_id).await? {
+            match ferry_sink::load_cluster_checkpoint(target, &config.name, shard_id).await? {
                 Some((c, slots)) => (Some(c), Some(Arc::new(slots))),
                 None => (None, None),
             }
@@ -817,26 +817,26 @@ async fn attempt_shard(
     wopts.checkpoint_key = ckpt_key.clone();
     // ferry flushes only what it owns: a job sharing its target fails a new snapshot instead
     // (unless the user allowed the flush).
-    let may_flush = ownership == ferry_target::owner::Ownership::Owned || config.allow_flush;
+    let may_flush = ownership == ferry_sink::owner::Ownership::Owned || config.allow_flush;
     wopts.flush_before_snapshot = flush && may_flush;
     wopts.refuse_snapshot = flush && !may_flush;
     wopts.checkpoint_exists = saved.is_some();
     wopts.record_ownership =
-        unrecorded.then(|| (ferry_target::owner::key(&config.name), ownership.as_str()));
+        unrecorded.then(|| (ferry_sink::owner::key(&config.name), ownership.as_str()));
     wopts.flush_slots = slots;
     wopts.skip_unsupported = config.skip_unsupported;
     wopts.skip_failed_commands = config.skip_failed_commands;
     // An owned target is empty (or flushed) before the snapshot: a key already there came
     // from the snapshot itself.
     wopts.reply_timeout = config.target_timeout;
-    wopts.target_was_empty = ownership == ferry_target::owner::Ownership::Owned;
+    wopts.target_was_empty = ownership == ferry_sink::owner::Ownership::Owned;
     wopts.slot_offsets = slot_offsets;
     wopts.client_name = client_name;
     // Fencing of the cluster writer's own sends, reconnects and resends: it asks the
     // lease before each, and a lapsed lease stops the task (tripping the fence cancels it,
     // so the writer's `Fenced` error ends the attempt as a stop, not a failure).
     wopts.still_valid = config.fence.clone().map(|fence| {
-        ferry_target::cluster::StillValid::new(move || {
+        ferry_sink::cluster::StillValid::new(move || {
             let valid = fence.is_valid();
             if !valid {
                 fence.trip();
@@ -869,14 +869,14 @@ async fn attempt_shard(
     let writer_cancel = cancel.child_token();
     let reader_cancel = cancel.child_token();
     let mut writer = if cluster {
-        tokio::spawn(ferry_target::write_cluster(
+        tokio::spawn(ferry_sink::write_cluster(
             wopts,
             rx,
             stats.clone(),
             writer_cancel.clone(),
         ))
     } else {
-        tokio::spawn(ferry_target::write(
+        tokio::spawn(ferry_sink::write(
             wopts,
             rx,
             stats.clone(),
@@ -970,7 +970,7 @@ async fn refuse_same_server(
             return Ok(());
         }
     };
-    let nodes = ferry_target::slot::data_nodes(target, cluster).await?;
+    let nodes = ferry_sink::slot::data_nodes(target, cluster).await?;
     for t in &nodes {
         let tid = match crate::identity::identify(t).await {
             Ok(id) => id,

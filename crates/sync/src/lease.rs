@@ -11,7 +11,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use ferry_resp::{Connection, Endpoint, Frame};
-use ferry_target::TargetError;
+use ferry_sink::TargetError;
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 

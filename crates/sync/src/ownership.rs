@@ -1,11 +1,11 @@
-//! Before a job's first write: does it own its target? See [`ferry_target::owner`]. A job
+//! Before a job's first write: does it own its target? See [`ferry_sink::owner`]. A job
 //! that finds its target empty owns it; one that finds other data is refused unless the user
 //! allowed that (`allow_nonempty_target`, or `overwrite`), and then shares the target: it
 //! never flushes it unless `allow_flush` says so.
 
 use ferry_resp::Endpoint;
-use ferry_target::owner::{self, Ownership};
-use ferry_target::TargetError;
+use ferry_sink::owner::{self, Ownership};
+use ferry_sink::TargetError;
 use tracing::{info, warn};
 
 use crate::config::{JobConfig, Mode};
@@ -77,11 +77,11 @@ pub async fn forget_job(
 ) -> Result<(), String> {
     let mut failed = None;
     for shard in shards {
-        let key = ferry_target::checkpoint::key(name, shard);
+        let key = ferry_sink::checkpoint::key(name, shard);
         let deleted = if cluster {
-            ferry_target::delete_cluster_checkpoint(target, name, shard).await
+            ferry_sink::delete_cluster_checkpoint(target, name, shard).await
         } else {
-            ferry_target::checkpoint::delete(target, &key).await
+            ferry_sink::checkpoint::delete(target, &key).await
         };
         if let Err(e) = deleted {
             failed = Some(format!(

@@ -4,7 +4,7 @@
 //! later (evicted keys, a reader dropped by its master) is flagged.
 
 use ferry_resp::{Connection, Endpoint, Frame, Info};
-use ferry_target::ServerVersion;
+use ferry_sink::ServerVersion;
 use serde::Serialize;
 
 use crate::config::JobConfig;
@@ -199,7 +199,7 @@ async fn nodes_of(
 /// node's slot answers MOVED: not here.)
 async fn holds_checkpoint(target: &mut Node, job: &str, shards: &[String]) -> bool {
     for shard in shards {
-        let key = ferry_target::checkpoint::key(job, shard);
+        let key = ferry_sink::checkpoint::key(job, shard);
         if let Ok(Frame::Integer(1)) = target
             .conn
             .request_raw(&[b"EXISTS".as_ref(), key.as_ref()])

@@ -179,9 +179,7 @@ impl Node {
                     .into_iter()
                     .filter_map(|k| match k {
                         // ferry's checkpoints on a target are bookkeeping, not data.
-                        Frame::Bulk(b) if !ferry_target::checkpoint::is_checkpoint_key(&b) => {
-                            Some(b)
-                        }
+                        Frame::Bulk(b) if !ferry_sink::checkpoint::is_checkpoint_key(&b) => Some(b),
                         _ => None,
                     })
                     .collect();

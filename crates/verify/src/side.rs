@@ -10,7 +10,7 @@ use std::collections::BTreeMap;
 
 use bytes::Bytes;
 use ferry_resp::{Endpoint, Frame};
-use ferry_target::slot::{self, SlotMap};
+use ferry_sink::slot::{self, SlotMap};
 
 use crate::compare::{self, Rules};
 use crate::node::{Node, Role};

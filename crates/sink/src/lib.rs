@@ -1,6 +1,8 @@
-//! Targets: where events are applied. A standalone Redis or Valkey node, written through
-//! one pipelined connection ([`writer::write`]), or a Redis Cluster, written by slot through
-//! one pipelined connection per master ([`cluster::write_cluster`]).
+//! The sink: the writers that apply a reader's events to the target (the destination
+//! Redis), as `ferry-source` holds the readers of the source. A standalone Redis or Valkey
+//! node is written through one pipelined connection ([`writer::write`]), a Redis Cluster by
+//! slot through one pipelined connection per master ([`cluster::write_cluster`]). (Named
+//! `sink`, not `target`: that word is the destination server, and Cargo's build folder.)
 
 pub mod checkpoint;
 pub mod cluster;
