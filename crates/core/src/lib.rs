@@ -16,4 +16,4 @@ pub use checkpoint::Checkpoint;
 pub use dbmap::DbMap;
 pub use event::Event;
 pub use filter::{Filter, FilterError, FilterRules};
-pub use stats::{Phase, ShardStats};
+pub use stats::{AppliedOffset, Phase, ShardStats};

@@ -28,6 +28,25 @@ impl Phase {
     }
 }
 
+/// How far the writer has applied the source's stream (a replication offset): the one path
+/// from the writer back to the reader, which acknowledges it to the source
+/// (`REPLCONF ACK`), so the source's view of its replica is what the target holds. The lag
+/// is measured against it too.
+#[derive(Debug, Default)]
+pub struct AppliedOffset(AtomicU64);
+
+impl AppliedOffset {
+    pub fn get(&self) -> u64 {
+        self.0.load(Relaxed)
+    }
+
+    /// Set by the writer as replies confirm what it sent; by the reader where a new stream
+    /// starts (the snapshot's offset, or the one resumed from).
+    pub fn set(&self, offset: u64) {
+        self.0.store(offset, Relaxed)
+    }
+}
+
 #[derive(Debug)]
 pub struct ShardStats {
     phase: AtomicU8,
@@ -53,7 +72,7 @@ pub struct ShardStats {
     pub bytes_read: AtomicU64,
     /// Replication offset read up to, and applied on the target up to.
     pub read_offset: AtomicU64,
-    pub applied_offset: AtomicU64,
+    pub applied_offset: AppliedOffset,
     /// The offset the last `PSYNC` reply started the stream at (a snapshot's, or the one
     /// resumed from): an attempt made progress only if the target got past it.
     pub stream_start: AtomicU64,
@@ -111,7 +130,7 @@ impl Default for ShardStats {
             records_applied: AtomicU64::new(0),
             bytes_read: AtomicU64::new(0),
             read_offset: AtomicU64::new(0),
-            applied_offset: AtomicU64::new(0),
+            applied_offset: AppliedOffset::default(),
             stream_start: AtomicU64::new(0),
             full_resyncs: AtomicU64::new(0),
             read_marks: Mutex::new(VecDeque::new()),
@@ -267,7 +286,7 @@ impl ShardStats {
     pub fn lag_bytes(&self) -> u64 {
         self.read_offset
             .load(Relaxed)
-            .saturating_sub(self.applied_offset.load(Relaxed))
+            .saturating_sub(self.applied_offset.get())
     }
 
     /// Records that the stream was read up to `offset` now.
@@ -275,7 +294,7 @@ impl ShardStats {
         self.read_offset.store(offset, Relaxed);
         let now = Instant::now();
         if let Ok(mut marks) = self.read_marks.lock() {
-            let applied = self.applied_offset.load(Relaxed);
+            let applied = self.applied_offset.get();
             while marks.front().is_some_and(|(o, _)| *o <= applied) {
                 marks.pop_front();
             }
@@ -310,7 +329,7 @@ impl ShardStats {
             .store(sum(|s| &s.unsupported_skipped), Relaxed);
         self.read_offset.store(sum(|s| &s.read_offset), Relaxed);
         self.applied_offset
-            .store(sum(|s| &s.applied_offset), Relaxed);
+            .set(shards.iter().map(|s| s.applied_offset.get()).sum());
         self.full_resyncs.store(sum(|s| &s.full_resyncs), Relaxed);
         let phase = shards.iter().map(|s| s.phase() as u8).min().unwrap_or(0);
         self.phase.store(phase, Relaxed);
@@ -344,7 +363,7 @@ impl ShardStats {
     }
 
     fn own_lag_seconds(&self) -> f64 {
-        let applied = self.applied_offset.load(Relaxed);
+        let applied = self.applied_offset.get();
         let Ok(mut marks) = self.read_marks.lock() else {
             return 0.0;
         };

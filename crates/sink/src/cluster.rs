@@ -1890,7 +1890,7 @@ impl ClusterWriter {
         }
         if let Some((o, db)) = self.applied {
             if moved {
-                self.stats.applied_offset.store(o, Relaxed);
+                self.stats.applied_offset.set(o);
             }
             // Also when nothing moved: the position reached while the last global write was
             // in flight is written once that write is answered, not at the next event.

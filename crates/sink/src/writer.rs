@@ -973,7 +973,7 @@ async fn read_replies(
         // Markers need no reply: apply them as soon as they reach the front.
         loop {
             match queue.peek() {
-                Some(Expect::Mark { offset }) => stats.applied_offset.store(*offset, Relaxed),
+                Some(Expect::Mark { offset }) => stats.applied_offset.set(*offset),
                 Some(Expect::SnapshotApplied) => {
                     stats.set_snapshot_unapplied(false);
                     info!(target = %addr, keys = summary.keys, "snapshot applied")
@@ -1050,7 +1050,7 @@ async fn read_replies(
                 summary.commands += 1;
                 stats.records_applied.fetch_add(1, Relaxed);
                 if let Some(o) = offset {
-                    stats.applied_offset.store(o, Relaxed);
+                    stats.applied_offset.set(o);
                 }
             }
             Expect::Queued { .. } if !checkpointed => {
@@ -1067,7 +1067,7 @@ async fn read_replies(
                 summary.commands += n;
                 stats.records_applied.fetch_add(n, Relaxed);
                 if let Some(o) = offset {
-                    stats.applied_offset.store(o, Relaxed);
+                    stats.applied_offset.set(o);
                 }
             }
             Expect::Rewrite { last: true, .. } => {

@@ -194,7 +194,7 @@ async fn replicate_inner(
             info!(source = %addr, %replid, offset, "full resync");
             *stats.replid.lock().unwrap_or_else(|e| e.into_inner()) = replid.clone();
             stats.read_offset.store(offset, Relaxed);
-            stats.applied_offset.store(offset, Relaxed);
+            stats.applied_offset.set(offset);
             stats.stream_start.store(offset, Relaxed);
             stats.full_resyncs.fetch_add(1, Relaxed);
             let transfer = read_rdb_header(&mut link, &mut buf, &cancel).await?;
@@ -235,7 +235,7 @@ async fn replicate_inner(
             info!(source = %addr, %replid, offset = last, "partial resync (+CONTINUE)");
             *stats.replid.lock().unwrap_or_else(|e| e.into_inner()) = replid.clone();
             stats.read_offset.store(last, Relaxed);
-            stats.applied_offset.store(last, Relaxed);
+            stats.applied_offset.set(last);
             stats.stream_start.store(last, Relaxed);
             stats.set_snapshot_unapplied(false);
             send(
@@ -879,7 +879,7 @@ async fn ack_loop(
             _ = tokio::time::sleep(Duration::from_millis(10)), if fast => {}
             _ = now.notified() => {}
         }
-        let off = stats.applied_offset.load(Relaxed).to_string();
+        let off = stats.applied_offset.get().to_string();
         let cmd = frame::command(&["REPLCONF", "ACK", off.as_str()]);
         if let Err(e) = wr.write_all(&cmd).await {
             debug!(source = %addr, error = %e, "ACK not sent; the reader will see the link fail");

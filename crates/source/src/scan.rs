@@ -87,7 +87,7 @@ async fn scan_inner(
         .store(dbs.iter().map(|(_, k)| k).sum(), Relaxed);
     *stats.replid.lock().unwrap_or_else(|e| e.into_inner()) = SCAN_REPLID.into();
     stats.read_offset.store(0, Relaxed);
-    stats.applied_offset.store(0, Relaxed);
+    stats.applied_offset.set(0);
     // Every scan is a new full copy: progress is a change applied after it.
     stats.stream_start.store(0, Relaxed);
     stats.full_resyncs.fetch_add(1, Relaxed);

@@ -580,10 +580,7 @@ async fn shard_loop(
         // snapshot applied and then lost (a target out of memory, a stream that breaks at
         // once) is not, or a job failing after every snapshot would fork the source for
         // ever with its failure streak starting over each time.
-        let progress_mark = (
-            stats.stream_start.load(Relaxed),
-            stats.applied_offset.load(Relaxed),
-        );
+        let progress_mark = (stats.stream_start.load(Relaxed), stats.applied_offset.get());
         let resyncs_before = stats.full_resyncs.load(Relaxed);
         status.set_shard_running(&id);
         let result = async {
@@ -613,10 +610,7 @@ async fn shard_loop(
             carry.applied_before = true;
             carry.had_checkpoint |= config.checkpoint;
         }
-        let now = (
-            stats.stream_start.load(Relaxed),
-            stats.applied_offset.load(Relaxed),
-        );
+        let now = (stats.stream_start.load(Relaxed), stats.applied_offset.get());
         let progressed = now != progress_mark && now.1 > now.0;
         match result {
             Ok(o) => return Ok(outcome(o.completed)),
