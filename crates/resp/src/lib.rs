@@ -11,10 +11,12 @@ pub mod connection;
 pub mod endpoint;
 pub mod error;
 pub mod frame;
+pub mod scan;
 pub mod tls;
 
 pub use connection::{Connection, Info};
 pub use endpoint::Endpoint;
 pub use error::Error;
 pub use frame::{DecodeError, Frame};
+pub use scan::Scan;
 pub use tls::{Stream, TlsOptions};

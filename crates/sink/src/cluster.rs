@@ -40,7 +40,7 @@ use std::time::{Duration, Instant};
 
 use bytes::{Buf, Bytes, BytesMut};
 use ferry_core::{Event, ShardStats};
-use ferry_resp::{frame, Connection, Endpoint, Frame};
+use ferry_resp::{frame, Connection, Endpoint, Frame, Scan};
 use tokio::io::AsyncWriteExt;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
@@ -2394,42 +2394,15 @@ async fn scan_slot_keys(
     pattern: &[u8],
 ) -> Result<Vec<(Bytes, Option<Bytes>)>, TargetError> {
     let mut conn = Connection::connect(ep).await?;
-    let mut cursor = Bytes::from_static(b"0");
     let mut out = Vec::new();
-    loop {
-        let reply = conn
-            .request(&[
-                b"SCAN".as_ref(),
-                &cursor,
-                b"MATCH",
-                pattern,
-                b"COUNT",
-                b"1000",
-            ])
-            .await?;
-        let bad = || TargetError::BadReply {
-            addr: ep.addr(),
-            what: "SCAN".into(),
-        };
-        let Frame::Array(mut parts) = reply else {
-            return Err(bad());
-        };
-        if parts.len() != 2 {
-            return Err(bad());
-        }
-        let keys = parts.pop().and_then(Frame::into_argv).ok_or_else(bad)?;
-        cursor = parts
-            .pop()
-            .and_then(|f| f.as_bytes().cloned())
-            .ok_or_else(bad)?;
+    let mut scan = Scan::new(1000).matching(Bytes::copy_from_slice(pattern));
+    while let Some(keys) = scan.next(&mut conn).await? {
         for k in keys {
             let v = conn.request(&[b"GET".as_ref(), &k]).await?;
             out.push((k, v.as_bytes().cloned()));
         }
-        if cursor.as_ref() == b"0" {
-            return Ok(out);
-        }
     }
+    Ok(out)
 }
 
 /// Reads a job shard's checkpoint from a cluster target: the global one and, per slot, the

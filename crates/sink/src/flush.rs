@@ -4,7 +4,7 @@
 //! key by key and the other shards' data stays.
 
 use bytes::Bytes;
-use ferry_resp::{Connection, Endpoint, Frame};
+use ferry_resp::{Connection, Endpoint, Frame, Scan};
 use tracing::warn;
 
 use crate::checkpoint::is_checkpoint_key;
@@ -26,26 +26,11 @@ pub async fn delete_slots(target: &Endpoint, ranges: &[(u16, u16)]) -> Result<u6
     for db in dbs {
         conn.request(&[b"SELECT".as_ref(), db.to_string().as_bytes()])
             .await?;
-        let mut cursor = Bytes::from_static(b"0");
-        loop {
-            let reply = conn
-                .request(&[b"SCAN".as_ref(), &cursor, b"COUNT", b"1000"])
-                .await?;
-            let Frame::Array(mut parts) = reply else {
-                return Err(unexpected(target));
-            };
-            let (Some(Frame::Array(keys)), Some(Frame::Bulk(next))) = (parts.pop(), parts.pop())
-            else {
-                return Err(unexpected(target));
-            };
+        let mut scan = Scan::new(1000);
+        while let Some(keys) = scan.next(&mut conn).await? {
             let doomed: Vec<Bytes> = keys
                 .into_iter()
-                .filter_map(|k| match k {
-                    Frame::Bulk(k) if !is_checkpoint_key(&k) && in_ranges(key_slot(&k), ranges) => {
-                        Some(k)
-                    }
-                    _ => None,
-                })
+                .filter(|k| !is_checkpoint_key(k) && in_ranges(key_slot(k), ranges))
                 .collect();
             // One UNLINK per key, pipelined: on a cluster node keys of different slots
             // cannot share a command.
@@ -63,10 +48,6 @@ pub async fn delete_slots(target: &Endpoint, ranges: &[(u16, u16)]) -> Result<u6
                 }
             }
             deleted += doomed.len() as u64;
-            if next.as_ref() == b"0" {
-                break;
-            }
-            cursor = next;
         }
     }
     warn!(target = %target, deleted, "flushed the shard's slots before its new snapshot: removed {deleted} keys this job wrote before");
@@ -83,12 +64,5 @@ pub async fn log_flushall(target: &Endpoint, cluster: bool) {
         Err(e) => {
             warn!(target = %target, error = %e, "flushing the target (FLUSHALL) before a new snapshot (could not count its keys)")
         }
-    }
-}
-
-fn unexpected(target: &Endpoint) -> TargetError {
-    TargetError::BadReply {
-        addr: target.addr(),
-        what: "SCAN".into(),
     }
 }

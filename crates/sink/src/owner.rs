@@ -9,7 +9,7 @@
 //! flushed (a later run then finds the target empty again, or not).
 
 use bytes::Bytes;
-use ferry_resp::{Connection, Endpoint, Frame};
+use ferry_resp::{Connection, Endpoint, Frame, Scan};
 
 use crate::checkpoint::{is_job_key, PREFIX};
 use crate::error::TargetError;
@@ -138,7 +138,7 @@ pub async fn foreign_key(
             }
             conn.request(&[b"SELECT".as_ref(), db.to_string().as_bytes()])
                 .await?;
-            if let Some(key) = first_foreign(&mut conn, &node, job).await? {
+            if let Some(key) = first_foreign(&mut conn, job).await? {
                 found = Some(Foreign {
                     addr: node.addr(),
                     db,
@@ -153,37 +153,14 @@ pub async fn foreign_key(
 }
 
 /// The first key of the selected database that is not `job`'s own.
-async fn first_foreign(
-    conn: &mut Connection,
-    node: &Endpoint,
-    job: &str,
-) -> Result<Option<Bytes>, TargetError> {
-    let mut cursor = Bytes::from_static(b"0");
-    loop {
-        let reply = conn
-            .request(&[b"SCAN".as_ref(), &cursor, b"COUNT", b"1000"])
-            .await?;
-        let bad = || TargetError::BadReply {
-            addr: node.addr(),
-            what: "SCAN".into(),
-        };
-        let Frame::Array(mut parts) = reply else {
-            return Err(bad());
-        };
-        let (Some(keys), Some(next)) = (
-            parts.pop().and_then(Frame::into_argv),
-            parts.pop().and_then(|f| f.as_bytes().cloned()),
-        ) else {
-            return Err(bad());
-        };
+async fn first_foreign(conn: &mut Connection, job: &str) -> Result<Option<Bytes>, TargetError> {
+    let mut scan = Scan::new(1000);
+    while let Some(keys) = scan.next(conn).await? {
         if let Some(k) = keys.into_iter().find(|k| !is_job_key(k, job)) {
             return Ok(Some(k));
         }
-        if next.as_ref() == b"0" {
-            return Ok(None);
-        }
-        cursor = next;
     }
+    Ok(None)
 }
 
 /// Counts the keys on the target (every node, every database), for a flush's log line.

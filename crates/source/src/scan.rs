@@ -307,29 +307,7 @@ async fn scan_step(
     conn: &mut Connection,
     cursor: &Bytes,
 ) -> Result<(Bytes, Vec<Bytes>), SourceError> {
-    let count = BATCH.to_string();
-    let reply = conn
-        .request(&[b"SCAN".as_ref(), cursor, b"COUNT", count.as_bytes()])
-        .await?;
-    let bad = || SourceError::Protocol {
-        addr: conn.addr().to_string(),
-        message: format!("unexpected SCAN reply {}", reply.to_text()),
-    };
-    let Frame::Array(parts) = &reply else {
-        return Err(bad());
-    };
-    match parts.as_slice() {
-        [c, Frame::Array(keys)] => {
-            let next = c.as_bytes().cloned().ok_or_else(bad)?;
-            let keys = keys
-                .iter()
-                .map(|k| k.as_bytes().cloned())
-                .collect::<Option<Vec<_>>>()
-                .ok_or_else(bad)?;
-            Ok((next, keys))
-        }
-        _ => Err(bad()),
-    }
+    Ok(conn.scan_step(cursor, None, BATCH).await?)
 }
 
 /// A key's `DUMP` and `PTTL`; `None` when the key no longer exists.

@@ -536,35 +536,10 @@ async fn target_empty(target: &mut Node, config: &JobConfig, resumes: bool) -> C
 
 async fn count_checkpoints(conn: &mut Connection) -> Result<u64, ferry_resp::Error> {
     conn.request(&["SELECT", "0"]).await?;
-    let mut cursor = b"0".to_vec();
     let mut n = 0;
-    loop {
-        let reply = conn
-            .request(&[
-                b"SCAN".as_ref(),
-                &cursor,
-                b"MATCH",
-                b"ferry:checkpoint:*",
-                b"COUNT",
-                b"1000",
-            ])
-            .await?;
-        let Frame::Array(mut parts) = reply else {
-            break;
-        };
-        if parts.len() != 2 {
-            break;
-        }
-        if let Frame::Array(keys) = parts.pop().unwrap_or(Frame::Null) {
-            n += keys.len() as u64;
-        }
-        cursor = parts
-            .pop()
-            .and_then(|f| f.as_bytes().map(|b| b.to_vec()))
-            .unwrap_or_else(|| b"0".to_vec());
-        if cursor == b"0" {
-            break;
-        }
+    let mut scan = ferry_resp::Scan::new(1000).matching(&b"ferry:checkpoint:*"[..]);
+    while let Some(keys) = scan.next(conn).await? {
+        n += keys.len() as u64;
     }
     Ok(n)
 }

@@ -151,41 +151,12 @@ impl Node {
         cursor: &[u8],
         count: usize,
     ) -> Result<(Bytes, Vec<Bytes>), VerifyError> {
-        let count = count.to_string();
-        let reply = self
-            .request(&[b"SCAN".as_ref(), cursor, b"COUNT", count.as_bytes()])
-            .await?;
-        let unexpected = || {
-            VerifyError::node(
-                self.role,
-                ferry_resp::Error::Unexpected {
-                    addr: self.conn.addr().to_string(),
-                    command: "SCAN".into(),
-                    reply: "not [cursor, keys]".into(),
-                },
-            )
+        let (next, mut keys) = match self.conn.scan_step(cursor, None, count).await {
+            Ok(page) => page,
+            Err(e) => return Err(self.err(e)),
         };
-        let Frame::Array(mut parts) = reply else {
-            return Err(unexpected());
-        };
-        if parts.len() != 2 {
-            return Err(unexpected());
-        }
-        let keys = parts.pop();
-        let next = parts.pop();
-        match (next, keys) {
-            (Some(Frame::Bulk(next)), Some(Frame::Array(keys))) => {
-                let keys = keys
-                    .into_iter()
-                    .filter_map(|k| match k {
-                        // ferry's checkpoints on a target are bookkeeping, not data.
-                        Frame::Bulk(b) if !ferry_sink::checkpoint::is_checkpoint_key(&b) => Some(b),
-                        _ => None,
-                    })
-                    .collect();
-                Ok((next, keys))
-            }
-            _ => Err(unexpected()),
-        }
+        // ferry's checkpoints on a target are bookkeeping, not data.
+        keys.retain(|k| !ferry_core::checkpoint::is_checkpoint_key(k));
+        Ok((next, keys))
     }
 }
