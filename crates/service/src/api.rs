@@ -18,7 +18,7 @@ use tracing::warn;
 use crate::model::TaskFigures;
 use crate::model::{EndpointSpec, Instance, JobSpec};
 use crate::runner::{Manager, Running};
-use crate::store::{JobRow, Store, StoreError, TaskRow};
+use crate::store::{Desired, JobRow, Store, StoreError, TaskRow};
 
 pub struct App {
     pub store: Store,
@@ -305,7 +305,7 @@ fn view(row: &JobRow, local: &[Arc<Running>], tasks: &[TaskRow]) -> JobView {
         .mode
         .clone()
         .unwrap_or_else(|| "full+incremental".into());
-    let running = row.desired_state == "running";
+    let running = row.desired_state == Desired::Running;
     let mut shards: Vec<ShardView> = tasks
         .iter()
         .map(|t| {
@@ -320,7 +320,7 @@ fn view(row: &JobRow, local: &[Arc<Running>], tasks: &[TaskRow]) -> JobView {
                 (None, Some(r), _) if !r.is_finished() => r.state_name().into(),
                 (None, _, true) => t.state.clone().unwrap_or_else(|| "starting".into()),
                 (None, _, false) if running => "waiting".into(),
-                (None, _, false) => row.desired_state.clone(),
+                (None, _, false) => row.desired_state.as_str().to_string(),
             };
             ShardView {
                 shard: t.shard.clone(),
@@ -337,7 +337,7 @@ fn view(row: &JobRow, local: &[Arc<Running>], tasks: &[TaskRow]) -> JobView {
         .collect();
     let current: Vec<&ShardView> = shards.iter().filter(|s| !s.retired).collect();
     let state = if !running {
-        row.desired_state.clone()
+        row.desired_state.as_str().to_string()
     } else {
         let has = |s: &str| current.iter().any(|v| v.state == s);
         if current.is_empty() || has("waiting") || has("starting") {
@@ -384,7 +384,7 @@ fn view(row: &JobRow, local: &[Arc<Running>], tasks: &[TaskRow]) -> JobView {
         })
     });
     let sum = |f: fn(&TaskFigures) -> f64| current.iter().map(|s| f(&s.figures)).sum::<f64>();
-    let progress = if row.desired_state == "completed" {
+    let progress = if row.desired_state == Desired::Completed {
         100.0
     } else if current.is_empty() {
         0.0
@@ -406,7 +406,7 @@ fn view(row: &JobRow, local: &[Arc<Running>], tasks: &[TaskRow]) -> JobView {
         id: row.id,
         name: row.spec.name.clone(),
         description: row.spec.description.clone(),
-        desired_state: row.desired_state.clone(),
+        desired_state: row.desired_state.as_str().to_string(),
         state,
         mode,
         source_nodes: row.spec.source.addresses.clone(),
@@ -618,7 +618,11 @@ async fn create_job(
     if q.start {
         gate(&config).await?;
     }
-    let desired = if q.start { "running" } else { "created" };
+    let desired = if q.start {
+        Desired::Running
+    } else {
+        Desired::Created
+    };
     let id = app.store.create_job(&spec, desired).await?;
     if q.start {
         app.store.event(id, "started").await?;
@@ -636,7 +640,7 @@ async fn update_job(
     let row = find(&app, &id).await?;
     let held = app.store.job_tasks(row.id).await?.iter().any(|t| t.live);
     let here = app.manager.of_job(row.id).iter().any(|r| !r.is_finished());
-    if here || held || row.desired_state == "running" {
+    if here || held || row.desired_state == Desired::Running {
         return Err(ApiError::conflict("stop the job before changing it"));
     }
     let mut spec: JobSpec = parse(&body)?;
@@ -700,12 +704,14 @@ async fn claim_now(app: &App) {
 }
 
 async fn start(app: &App, row: &JobRow, event: &str) -> ApiResult<()> {
-    if row.desired_state == "running" {
+    if row.desired_state == Desired::Running {
         return Ok(());
     }
     let config = row.spec.config().map_err(ApiError::bad)?;
     gate(&config).await?;
-    app.store.set_desired(row.id, "running", None).await?;
+    app.store
+        .set_desired(row.id, Desired::Running, None)
+        .await?;
     app.store.event(row.id, event).await?;
     claim_now(app).await;
     Ok(())
@@ -719,7 +725,7 @@ async fn start_job(State(app): Shared, Path(id): Path<String>) -> ApiResult<Json
 
 async fn resume_job(State(app): Shared, Path(id): Path<String>) -> ApiResult<Json<JobView>> {
     let row = find(&app, &id).await?;
-    if row.desired_state != "paused" {
+    if row.desired_state != Desired::Paused {
         return Err(ApiError::conflict(format!(
             "the job is {}, not paused",
             row.desired_state
@@ -729,7 +735,7 @@ async fn resume_job(State(app): Shared, Path(id): Path<String>) -> ApiResult<Jso
     show_job(State(app), Path(row.id.to_string())).await
 }
 
-async fn halt(app: &App, id: &str, state: &str) -> ApiResult<i64> {
+async fn halt(app: &App, id: &str, state: Desired) -> ApiResult<i64> {
     let row = find(app, id).await?;
     app.store.set_desired(row.id, state, None).await?;
     app.store
@@ -752,20 +758,22 @@ async fn stop_anywhere(app: &App, id: i64) -> ApiResult<()> {
 }
 
 async fn stop_job(State(app): Shared, Path(id): Path<String>) -> ApiResult<Json<JobView>> {
-    let id = halt(&app, &id, "stopped").await?;
+    let id = halt(&app, &id, Desired::Stopped).await?;
     show_job(State(app), Path(id.to_string())).await
 }
 
 async fn pause_job(State(app): Shared, Path(id): Path<String>) -> ApiResult<Json<JobView>> {
-    let id = halt(&app, &id, "paused").await?;
+    let id = halt(&app, &id, Desired::Paused).await?;
     show_job(State(app), Path(id.to_string())).await
 }
 
 async fn delete_job(State(app): Shared, Path(id): Path<String>) -> ApiResult<Json<Value>> {
     let row = find(&app, &id).await?;
-    if row.desired_state == "running" {
+    if row.desired_state == Desired::Running {
         // The worker running it stops it when it sees it is no longer to run.
-        app.store.set_desired(row.id, "stopped", None).await?;
+        app.store
+            .set_desired(row.id, Desired::Stopped, None)
+            .await?;
     }
     stop_anywhere(&app, row.id).await?;
     for r in app.manager.of_job(row.id) {

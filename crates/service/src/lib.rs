@@ -85,7 +85,7 @@ impl Service {
             .jobs()
             .await?
             .iter()
-            .filter(|r| r.desired_state == "running")
+            .filter(|r| r.desired_state == store::Desired::Running)
             .map(|r| r.id)
             .collect();
         let listener = tokio::net::TcpListener::bind(opts.listen)

@@ -107,13 +107,58 @@ pub struct WorkerRow {
     pub live: bool,
 }
 
+/// What a job is to be, as the user (or its end) left it; stored as its name.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Desired {
+    /// Made, never started.
+    Created,
+    Running,
+    Stopped,
+    Paused,
+    /// Ended by itself (full mode).
+    Completed,
+    /// Ended by a failure no retry mends.
+    Failed,
+}
+
+impl Desired {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Desired::Created => "created",
+            Desired::Running => "running",
+            Desired::Stopped => "stopped",
+            Desired::Paused => "paused",
+            Desired::Completed => "completed",
+            Desired::Failed => "failed",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Desired> {
+        [
+            Desired::Created,
+            Desired::Running,
+            Desired::Stopped,
+            Desired::Paused,
+            Desired::Completed,
+            Desired::Failed,
+        ]
+        .into_iter()
+        .find(|d| d.as_str() == s)
+    }
+}
+
+impl std::fmt::Display for Desired {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
 /// A stored job.
 #[derive(Debug, Clone)]
 pub struct JobRow {
     pub id: i64,
     pub spec: JobSpec,
-    /// running, stopped, paused, completed, failed, created.
-    pub desired_state: String,
+    pub desired_state: Desired,
     pub last_error: Option<String>,
     pub created_at: i64,
     pub updated_at: i64,
@@ -294,7 +339,7 @@ impl Store {
 
     // ---- jobs ----
 
-    pub async fn create_job(&self, spec: &JobSpec, desired: &str) -> Result<i64, StoreError> {
+    pub async fn create_job(&self, spec: &JobSpec, desired: Desired) -> Result<i64, StoreError> {
         let now = now_ms();
         let mut tx = self.pool.begin().await?;
         let r = sqlx::query(
@@ -376,19 +421,19 @@ impl Store {
     pub async fn set_desired(
         &self,
         id: i64,
-        state: &str,
+        state: Desired,
         error: Option<&str>,
     ) -> Result<(), StoreError> {
         sqlx::query(
             "UPDATE jobs SET desired_state = $1, last_error = COALESCE($2, last_error), updated_at = $3 WHERE id = $4",
         )
-        .bind(state.to_string())
+        .bind(state.as_str())
         .bind(error.map(str::to_string))
         .bind(now_ms())
         .bind(id)
         .execute(&self.pool)
         .await?;
-        if state == "running" {
+        if state == Desired::Running {
             // Started again: every shard runs again, and the shards are discovered anew.
             sqlx::query("UPDATE job_tasks SET outcome = NULL, error = NULL WHERE job_id = $1")
                 .bind(id)
@@ -964,7 +1009,12 @@ fn job_row(r: &AnyRow) -> Result<JobRow, StoreError> {
     Ok(JobRow {
         id: r.try_get("id")?,
         spec,
-        desired_state: r.try_get("desired_state")?,
+        desired_state: {
+            let name: String = r.try_get("desired_state")?;
+            Desired::parse(&name).ok_or_else(|| {
+                sqlx::Error::Decode(format!("unknown desired state {name:?}").into())
+            })?
+        },
         last_error: r.try_get("last_error")?,
         created_at: r.try_get("created_at")?,
         updated_at: r.try_get("updated_at")?,
@@ -1039,7 +1089,7 @@ mod tests {
     /// Tasks at the store level, on two pools (two workers).
     async fn tasks_are_leased_one_worker_each(store: Store, second: Store) {
         let id = store
-            .create_job(&spec("tasks"), "running")
+            .create_job(&spec("tasks"), Desired::Running)
             .await
             .expect("job");
         store.ensure_leases().await.expect("leases");
@@ -1162,7 +1212,7 @@ mod tests {
                 .expect("job")
                 .expect("row")
                 .desired_state,
-            "running"
+            Desired::Running
         );
         // A resharded source: a gone shard's task is retired and cannot be claimed.
         let (added, retired) = store
@@ -1191,7 +1241,10 @@ mod tests {
         );
         // Started again: the tasks run again; one failing for good fails the job and
         // names its shard.
-        store.set_desired(id, "running", None).await.expect("start");
+        store
+            .set_desired(id, Desired::Running, None)
+            .await
+            .expect("start");
         let g = store
             .claim_task(id, "slots-5461", "b", 600)
             .await
@@ -1202,7 +1255,7 @@ mod tests {
             .await
             .expect("finish"));
         let row = store.job(&id.to_string()).await.expect("job").expect("row");
-        assert_eq!(row.desired_state, "failed");
+        assert_eq!(row.desired_state, Desired::Failed);
         assert_eq!(row.last_error.as_deref(), Some("shard slots-5461: boom"));
         // Deleting the job deletes its tasks.
         store.delete_job(id).await.expect("delete");

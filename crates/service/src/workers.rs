@@ -46,7 +46,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
 use crate::runner::{Manager, TaskKey};
-use crate::store::{JobRow, Store, StoreError, TaskRow};
+use crate::store::{Desired, JobRow, Store, StoreError, TaskRow};
 
 /// How often a running job's source is discovered again (a resharded source gets tasks
 /// for its new shards, and those of its gone shards are retired).
@@ -212,7 +212,7 @@ impl Workers {
             .map_err(timed("jobs"))??;
         let should_run: HashMap<i64, &JobRow> = jobs
             .iter()
-            .filter(|j| j.desired_state == "running")
+            .filter(|j| j.desired_state == Desired::Running)
             .map(|j| (j.id, j))
             .collect();
         match tokio::time::timeout(limit, self.store.complete_finished_jobs()).await {
@@ -404,7 +404,7 @@ impl Workers {
         };
         let rows: Vec<&JobRow> = jobs
             .iter()
-            .filter(|j| j.desired_state == "running")
+            .filter(|j| j.desired_state == Desired::Running)
             .collect();
         if !rows.is_empty() {
             self.plan(&rows, limit).await;
@@ -424,7 +424,10 @@ impl Workers {
                 Ok(c) => c,
                 Err(e) => {
                     warn!(job = %row.spec.name, error = %e, "cannot start the job");
-                    let _ = self.store.set_desired(row.id, "failed", Some(&e)).await;
+                    let _ = self
+                        .store
+                        .set_desired(row.id, Desired::Failed, Some(&e))
+                        .await;
                     let _ = self.store.event(row.id, &format!("failed: {e}")).await;
                     continue;
                 }
