@@ -5,6 +5,8 @@
 //! checkpoint, so a batch of the old holder either committed before (and its checkpoint is
 //! read) or never will (a closed connection's open transaction is discarded).
 
+use std::sync::Arc;
+
 use ferry_resp::{Connection, Endpoint};
 use tracing::warn;
 
@@ -65,4 +67,37 @@ mod tests {
         assert_eq!(generation_of("ferry-job-11-g7", "job-1"), None);
         assert_eq!(generation_of("other", "job-1"), None);
     }
+}
+
+/// Whether the writer may still write: checked before every batch is sent, before every
+/// reconnection and before resending what a lost connection left unanswered. Under a worker
+/// lease it returns `false` once the lease has lapsed; the writer then stops with
+/// [`TargetError::Fenced`] and sends nothing more.
+#[derive(Clone)]
+pub struct StillValid(pub Arc<dyn Fn() -> bool + Send + Sync>);
+
+impl StillValid {
+    pub fn new(f: impl Fn() -> bool + Send + Sync + 'static) -> StillValid {
+        StillValid(Arc::new(f))
+    }
+
+    fn check(&self, addr: &str) -> Result<(), TargetError> {
+        if (self.0)() {
+            Ok(())
+        } else {
+            Err(TargetError::Fenced {
+                addr: addr.to_string(),
+            })
+        }
+    }
+}
+
+impl std::fmt::Debug for StillValid {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("StillValid(..)")
+    }
+}
+
+pub(crate) fn still_valid(hook: &Option<StillValid>, addr: &str) -> Result<(), TargetError> {
+    hook.as_ref().map_or(Ok(()), |h| h.check(addr))
 }

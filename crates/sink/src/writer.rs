@@ -70,8 +70,8 @@ pub struct WriterOptions {
     /// `CLIENT SETNAME` of the writer's connections (see [`crate::fence`]).
     pub client_name: Option<String>,
     /// Cluster target: checked before every batch, reconnection and resend; once it says
-    /// `false` the writer stops with [`TargetError::Fenced`] (see [`crate::cluster::StillValid`]).
-    pub still_valid: Option<crate::cluster::StillValid>,
+    /// `false` the writer stops with [`TargetError::Fenced`] (see [`crate::fence::StillValid`]).
+    pub still_valid: Option<crate::fence::StillValid>,
     /// A replicated command the target refuses is logged, counted and gone past instead of
     /// stopping the job (see [`crate::failed`]).
     pub skip_failed_commands: bool,

@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use ferry_core::{Event, ShardStats};
 use ferry_resp::Endpoint;
-use ferry_sink::cluster::StillValid;
+use ferry_sink::fence::StillValid;
 use ferry_sink::{checkpoint, write_cluster, TargetError, WriteSummary, WriterOptions};
 use ferry_testkit::{Cluster, Server};
 use tokio::sync::mpsc;

@@ -830,7 +830,7 @@ async fn attempt_shard(
     // lease before each, and a lapsed lease stops the task (tripping the fence cancels it,
     // so the writer's `Fenced` error ends the attempt as a stop, not a failure).
     wopts.still_valid = config.fence.clone().map(|fence| {
-        ferry_sink::cluster::StillValid::new(move || {
+        ferry_sink::fence::StillValid::new(move || {
             let valid = fence.is_valid();
             if !valid {
                 fence.trip();
