@@ -8,6 +8,7 @@ use ferry_rdb::consts::*;
 use tracing::{info, warn};
 
 use crate::error::TargetError;
+use crate::failed::Failures;
 use crate::rewrite::{self, Capabilities, Chunker, Cmd, Rewrite, RewriteOptions};
 use crate::version::ServerVersion;
 use ferry_rdb::{Dialect, Value};
@@ -86,10 +87,10 @@ pub(crate) struct Compat {
     /// The big value being written chunk by chunk.
     big: Option<BigKey>,
     /// Where a replicated command the target cannot run goes (see [`crate::failed`]).
-    pub(crate) failures: Option<crate::failed::Failures>,
+    pub(crate) failures: Option<Failures>,
     /// Where what the target cannot hold goes (module aux data): an error, or under
     /// `--skip-unsupported` a warning and a count.
-    pub(crate) unsupported: Option<crate::failed::Failures>,
+    pub(crate) unsupported: Option<Failures>,
 }
 
 /// A big value in progress; `chunker` is `None` while its chunks are being dropped
@@ -106,6 +107,32 @@ struct BigKey {
 }
 
 impl Compat {
+    /// The one set-up of both writers: the target's version, the job's options, and where
+    /// refusals go (`--skip-failed-commands` for commands; what the target can never hold
+    /// is an error, or skipped and counted under `--skip-unsupported`).
+    pub(crate) fn for_writer(
+        version: Option<ServerVersion>,
+        opts: &crate::writer::WriterOptions,
+        stats: &std::sync::Arc<ferry_core::ShardStats>,
+        addr: &str,
+    ) -> Compat {
+        let mut c = Compat::new(
+            version,
+            opts.overwrite,
+            opts.skip_unsupported,
+            opts.big_value_bytes,
+            addr,
+        );
+        c.failures = opts
+            .skip_failed_commands
+            .then(|| Failures::new(opts, stats));
+        c.unsupported = Some(Failures {
+            skip: false,
+            ..Failures::new(opts, stats)
+        });
+        c
+    }
+
     pub fn new(
         target: Option<ServerVersion>,
         overwrite: bool,

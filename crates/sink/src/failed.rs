@@ -113,4 +113,60 @@ mod tests {
         assert!(!is_transient(b"ERR unknown command 'FOO'"));
         assert!(!is_transient(b"WRONGTYPE Operation against a key"));
     }
+
+    fn failures(skip_unsupported: bool, target_was_empty: bool) -> Failures {
+        Failures {
+            skip: false,
+            skip_unsupported,
+            target_was_empty,
+            stats: Arc::new(ShardStats::default()),
+        }
+    }
+
+    fn exists() -> TargetError {
+        TargetError::KeyExists {
+            addr: "t:1".into(),
+            key: "k".into(),
+        }
+    }
+
+    fn unsupported() -> TargetError {
+        TargetError::Unsupported {
+            addr: "t:1".into(),
+            what: "key \"m\"".into(),
+            message: "ERR Bad data format".into(),
+        }
+    }
+
+    /// The one rule both writers apply to a refused snapshot key.
+    #[test]
+    fn a_refused_snapshot_key_is_skipped_named_or_kept_as_it_is() {
+        // What the target can never hold: an error, or skipped and counted.
+        let f = failures(false, true);
+        assert!(matches!(
+            f.snapshot_key(unsupported(), 0),
+            Err(TargetError::Unsupported { .. })
+        ));
+        let f = failures(true, true);
+        assert!(f.snapshot_key(unsupported(), 0).is_ok());
+        assert_eq!(f.stats.unsupported_skipped.load(Relaxed), 1);
+        // A key already there: the snapshot's own duplicate on a target that was empty,
+        // else the target's key (an error naming it), skipped or not.
+        match failures(true, true).snapshot_key(exists(), 3) {
+            Err(TargetError::DuplicateKey { key, db, .. }) => {
+                assert_eq!((key.as_str(), db), ("k", 3))
+            }
+            r => panic!("{r:?}"),
+        }
+        assert!(matches!(
+            failures(true, false).snapshot_key(exists(), 3),
+            Err(TargetError::KeyExists { .. })
+        ));
+        // Anything else stays what it is.
+        let other = TargetError::Fenced { addr: "t:1".into() };
+        assert!(matches!(
+            failures(true, true).snapshot_key(other, 0),
+            Err(TargetError::Fenced { .. })
+        ));
+    }
 }

@@ -11,7 +11,7 @@ use std::time::Duration;
 
 use bytes::{Buf, Bytes, BytesMut};
 use ferry_core::{Event, ShardStats};
-use ferry_resp::{frame, Connection, Endpoint, Frame};
+use ferry_resp::{frame, Endpoint, Frame};
 use tokio::io::AsyncWriteExt;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
@@ -21,9 +21,8 @@ use crate::checkpoint::{is_checkpoint_key, Checkpoint};
 use crate::compat::{Compat, Routed};
 use crate::error::TargetError;
 use crate::failed::{is_transient, Failures};
-use crate::replies::Replies;
+use crate::link::Replies;
 use crate::rewrite::{Check, Cmd};
-use crate::version::ServerVersion;
 use ferry_core::dbmap::DbMap;
 
 #[derive(Debug, Clone)]
@@ -776,13 +775,8 @@ pub async fn write(
     stats: Arc<ShardStats>,
     cancel: CancellationToken,
 ) -> Result<WriteSummary, TargetError> {
-    let mut conn = Connection::connect(&opts.endpoint).await?;
+    let (conn, version) = crate::link::open(&opts.endpoint, opts.client_name.as_deref()).await?;
     let addr = conn.addr().to_string();
-    if let Some(name) = &opts.client_name {
-        conn.request(&["CLIENT", "SETNAME", name.as_str()]).await?;
-    }
-    let info = conn.info("server").await?;
-    let version = ServerVersion::from_info(&info);
     if let Some(v) = &version {
         info!(target = %addr, version = %v, "target connected");
     }
@@ -810,20 +804,7 @@ pub async fn write(
             what: "SET ownership record",
         });
     }
-    let mut compat = Compat::new(
-        version.clone(),
-        opts.overwrite,
-        opts.skip_unsupported,
-        opts.big_value_bytes,
-        &addr,
-    );
-    compat.failures = opts
-        .skip_failed_commands
-        .then(|| Failures::new(&opts, &stats));
-    compat.unsupported = Some(Failures {
-        skip: false,
-        ..Failures::new(&opts, &stats)
-    });
+    let mut compat = Compat::for_writer(version.clone(), &opts, &stats, &addr);
     let result: Result<(), TargetError> = async {
         loop {
             if enc.pending.is_some() {

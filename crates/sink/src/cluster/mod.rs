@@ -65,10 +65,9 @@ use crate::compat::{Compat, Routed};
 use crate::error::TargetError;
 use crate::failed::{is_transient, Failures};
 use crate::fence::{still_valid, StillValid};
-use crate::replies::Replies;
+use crate::link::Replies;
 use crate::rewrite::Cmd;
 use crate::slot::{self, key_slot, slot_tag, SlotMap, SLOTS};
-use crate::version::ServerVersion;
 use crate::writer::{
     check_reply, command_failed, lossy, write_restore, Expect, TxnCmd, WriteSummary, WriterOptions,
 };
@@ -102,10 +101,8 @@ pub async fn write_cluster(
     let mut seed = opts.endpoint.clone();
     seed.db = None;
     still_valid(&opts.still_valid, &seed.addr())?;
-    let mut conn = Connection::connect(&seed).await?;
+    let (mut conn, version) = crate::link::open(&seed, None).await?;
     let addr = conn.addr().to_string();
-    let info = conn.info("server").await?;
-    let version = ServerVersion::from_info(&info);
     let map = SlotMap::fetch(&mut conn, &seed).await?;
     drop(conn);
     if map.unassigned() > 0 {
@@ -119,20 +116,7 @@ pub async fn write_cluster(
         });
     }
     info!(target = %addr, masters = map.masters.len(), version = ?version.as_ref().map(|v| v.to_string()), "cluster target connected");
-    let mut compat = Compat::new(
-        version,
-        opts.overwrite,
-        opts.skip_unsupported,
-        opts.big_value_bytes,
-        &addr,
-    );
-    compat.failures = opts
-        .skip_failed_commands
-        .then(|| Failures::new(&opts, &stats));
-    compat.unsupported = Some(Failures {
-        skip: false,
-        ..Failures::new(&opts, &stats)
-    });
+    let compat = Compat::for_writer(version, &opts, &stats, &addr);
     let (reports_tx, reports) = mpsc::unbounded_channel();
     let limit = (opts.batch_bytes * opts.max_batches_in_flight.max(1)).max(1 << 20);
     let addrs: Vec<String> = map.masters.iter().map(Endpoint::addr).collect();

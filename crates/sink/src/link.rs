@@ -1,4 +1,5 @@
-//! The read half of a target connection: what both writers read replies from. A read
+//! A writer's connection to a target node, shared by both writers: opening it ([`open`]),
+//! and its read half ([`Replies`]), what replies are read from. A read
 //! happens only while replies are awaited, so a target that sends no byte for the reply
 //! timeout is taken as gone (a hung process or a black-holed reply path; TCP keepalive
 //! does not see either, the peer's kernel still acknowledges).
@@ -16,6 +17,26 @@ use crate::error::TargetError;
 /// `EXEC`'s array of `+OK` at most); a bigger one is a broken peer, refused before it
 /// is buffered.
 const MAX_REPLY: usize = 256 << 20;
+
+/// Opens a writer's connection to a target node: connected, logged in, named
+/// (`CLIENT SETNAME`, what fencing finds it by), with the node's version when it tells it.
+pub(crate) async fn open(
+    ep: &ferry_resp::Endpoint,
+    client_name: Option<&str>,
+) -> Result<
+    (
+        ferry_resp::Connection,
+        Option<crate::version::ServerVersion>,
+    ),
+    TargetError,
+> {
+    let mut conn = ferry_resp::Connection::connect(ep).await?;
+    if let Some(name) = client_name {
+        conn.request(&["CLIENT", "SETNAME", name]).await?;
+    }
+    let info = conn.info("server").await?;
+    Ok((conn, crate::version::ServerVersion::from_info(&info)))
+}
 
 pub(crate) struct Replies {
     rd: ReadHalf<ferry_resp::Stream>,
