@@ -1,20 +1,18 @@
 //! The web console: three static files compiled into the binary (no build step, nothing
 //! to install beside `ferry`).
 
-use std::sync::Arc;
-
 use axum::http::header;
 use axum::response::IntoResponse;
 use axum::routing::get;
 use axum::Router;
 
-use crate::api::App;
-
 const INDEX: &str = include_str!("../assets/index.html");
 const SCRIPT: &str = include_str!("../assets/app.js");
 const STYLE: &str = include_str!("../assets/app.css");
 
-pub fn routes() -> Router<Arc<App>> {
+/// The console's routes, for any state: the files need none (the console talks to the
+/// API like any client).
+pub fn routes<S: Clone + Send + Sync + 'static>() -> Router<S> {
     Router::new()
         .route(
             "/",

@@ -18,7 +18,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
 use crate::error::SourceError;
-use crate::file::{file_error, open, Counting, FileOptions};
+use crate::file_io::{file_error, open, Counting, FileOptions};
 use crate::rdb_events::send_rdb_events;
 use ferry_core::event::Event;
 use ferry_core::stats::{Phase, ShardStats};

@@ -7,6 +7,7 @@
 mod aof;
 pub mod error;
 pub mod file;
+mod file_io;
 pub mod node;
 pub mod pipe;
 pub mod ratelimit;

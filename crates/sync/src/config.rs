@@ -46,6 +46,7 @@ fn parse_seeds(what: &str, list: &str) -> Result<Vec<Endpoint>, ConfigError> {
     }
     Ok(out)
 }
+pub use crate::config_error::ConfigError;
 use crate::scope::{self, FilterConfig, TlsConfig};
 
 /// What to copy.
@@ -312,14 +313,6 @@ pub struct FileConfig {
     /// `ferry verify` reads URL databases its own way and leaves this off.
     #[serde(skip)]
     pub url_databases: bool,
-}
-
-#[derive(Debug, thiserror::Error)]
-pub enum ConfigError {
-    #[error("config file {path}: {message}")]
-    File { path: String, message: String },
-    #[error("{0}")]
-    Invalid(String),
 }
 
 impl FileConfig {

@@ -3,6 +3,7 @@
 //! drive it through [`job::run`] and read [`JobStatus`].
 
 pub mod config;
+mod config_error;
 pub mod cutover;
 pub mod evictions;
 pub mod fence;

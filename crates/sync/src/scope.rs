@@ -12,7 +12,7 @@ use ferry_resp::{Endpoint, TlsOptions};
 use serde::{Deserialize, Serialize};
 use tracing::{info, warn};
 
-use crate::config::ConfigError;
+use crate::config_error::ConfigError;
 
 /// `[filter]` in the job file. Lists given on the command line replace the file's.
 #[derive(Debug, Default, Clone, PartialEq, Deserialize, Serialize)]
