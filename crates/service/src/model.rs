@@ -18,6 +18,55 @@ const USERINFO: &AsciiSet = &NON_ALPHANUMERIC
 /// Topologies the wizard offers, for sources and targets alike.
 pub const TOPOLOGIES: [&str; 4] = ["standalone", "replica-set", "cluster", "sentinel"];
 
+/// How a deployment is reached: one of [`TOPOLOGIES`], stored and sent as its name.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(try_from = "String", into = "String")]
+pub enum Topology {
+    #[default]
+    Standalone,
+    ReplicaSet,
+    Cluster,
+    Sentinel,
+}
+
+impl Topology {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Topology::Standalone => "standalone",
+            Topology::ReplicaSet => "replica-set",
+            Topology::Cluster => "cluster",
+            Topology::Sentinel => "sentinel",
+        }
+    }
+}
+
+impl TryFrom<String> for Topology {
+    type Error = String;
+
+    fn try_from(s: String) -> Result<Topology, String> {
+        [
+            Topology::Standalone,
+            Topology::ReplicaSet,
+            Topology::Cluster,
+            Topology::Sentinel,
+        ]
+        .into_iter()
+        .find(|t| t.as_str() == s)
+        .ok_or_else(|| {
+            format!(
+                "unknown topology {s:?}: use one of {}",
+                TOPOLOGIES.join(", ")
+            )
+        })
+    }
+}
+
+impl From<Topology> for String {
+    fn from(t: Topology) -> String {
+        t.as_str().to_string()
+    }
+}
+
 /// One Redis deployment: how to reach it and log in.
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -25,8 +74,8 @@ pub struct EndpointSpec {
     /// A saved instance to take the fields below from.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub instance: Option<String>,
-    #[serde(default = "standalone")]
-    pub topology: String,
+    #[serde(default)]
+    pub topology: Topology,
     /// `host:port`, one or more seeds.
     #[serde(default)]
     pub addresses: Vec<String>,
@@ -44,20 +93,11 @@ pub struct EndpointSpec {
     pub master_name: Option<String>,
 }
 
-fn standalone() -> String {
-    "standalone".into()
-}
-
 impl EndpointSpec {
     pub fn validate(&self, role: &str) -> Result<(), String> {
-        if !TOPOLOGIES.contains(&self.topology.as_str()) {
-            return Err(format!(
-                "{role}: unknown topology {:?}: use one of {}",
-                self.topology,
-                TOPOLOGIES.join(", ")
-            ));
-        }
-        if self.topology == "sentinel" && self.master_name.as_deref().unwrap_or("").is_empty() {
+        if self.topology == Topology::Sentinel
+            && self.master_name.as_deref().unwrap_or("").is_empty()
+        {
             return Err(format!(
                 "{role}: a sentinel topology needs the master's name (master_name)"
             ));
@@ -240,11 +280,11 @@ impl JobSpec {
         let file = FileConfig {
             name: Some(self.name.clone()),
             source: Some(self.source.url_all()),
-            source_type: Some(self.source.topology.clone()),
+            source_type: Some(self.source.topology.as_str().to_string()),
             source_master: self.source.master_name.clone(),
             use_replica: self.use_replica,
             target: Some(self.target.url_all()),
-            target_type: Some(self.target.topology.clone()),
+            target_type: Some(self.target.topology.as_str().to_string()),
             target_master: self.target.master_name.clone(),
             mode: self.mode.clone(),
             overwrite: self.overwrite,
@@ -317,6 +357,26 @@ pub struct TaskFigures {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn topologies_are_named_as_the_wizard_names_them() {
+        let e: EndpointSpec =
+            serde_json::from_str(r#"{"topology":"replica-set","addresses":["h:1"]}"#).unwrap();
+        assert_eq!(e.topology, Topology::ReplicaSet);
+        assert!(serde_json::to_string(&e)
+            .unwrap()
+            .contains(r#""topology":"replica-set""#));
+        let e: EndpointSpec = serde_json::from_str(r#"{"addresses":["h:1"]}"#).unwrap();
+        assert_eq!(e.topology, Topology::Standalone);
+        let err = serde_json::from_str::<EndpointSpec>(r#"{"topology":"mesh"}"#).unwrap_err();
+        assert!(
+            err.to_string().contains("unknown topology \"mesh\""),
+            "{err}"
+        );
+        for t in TOPOLOGIES {
+            assert_eq!(Topology::try_from(t.to_string()).unwrap().as_str(), t);
+        }
+    }
 
     fn spec() -> JobSpec {
         serde_json::from_value(serde_json::json!({

@@ -246,7 +246,7 @@ pub(super) async fn delete_job(
     let shards = shards_of(&app, row.id).await?;
     let warning = match row.spec.target.endpoint() {
         Ok(target) => {
-            let cluster = row.spec.target.topology == "cluster";
+            let cluster = row.spec.target.topology == crate::model::Topology::Cluster;
             ferry_sync::ownership::forget_job(&target, cluster, &row.spec.name, &shards)
                 .await
                 .err()

@@ -10,7 +10,7 @@ impl Store {
              VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9) RETURNING id",
         )
         .bind(i.name.clone())
-        .bind(i.endpoint.topology.clone())
+        .bind(i.endpoint.topology.as_str())
         .bind(json(&i.endpoint.addresses))
         .bind(i.endpoint.username.clone())
         .bind(i.endpoint.password.clone())
@@ -46,7 +46,7 @@ impl Store {
              password = COALESCE($5, password), tls = $6, labels = $7, updated_at = $8 WHERE name = $9",
         )
         .bind(i.name.clone())
-        .bind(i.endpoint.topology.clone())
+        .bind(i.endpoint.topology.as_str())
         .bind(json(&i.endpoint.addresses))
         .bind(i.endpoint.username.clone())
         .bind(i.endpoint.password.clone())
@@ -78,7 +78,10 @@ fn instance_row(r: &AnyRow) -> Result<Instance, StoreError> {
         name: r.try_get("name")?,
         endpoint: EndpointSpec {
             instance: None,
-            topology: r.try_get("topology")?,
+            topology: {
+                let name: String = r.try_get("topology")?;
+                Topology::try_from(name).map_err(|e| sqlx::Error::Decode(e.into()))?
+            },
             addresses: serde_json::from_str(&addresses)
                 .map_err(|e| StoreError::Corrupt(format!("instance addresses: {e}")))?,
             username: r.try_get("username")?,

@@ -17,7 +17,7 @@ mod jobs;
 mod tasks;
 mod workers;
 
-use crate::model::{EndpointSpec, Instance, JobSpec, TaskFigures};
+use crate::model::{EndpointSpec, Instance, JobSpec, TaskFigures, Topology};
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
