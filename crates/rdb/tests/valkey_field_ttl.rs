@@ -31,87 +31,11 @@ fn valkey9() -> Option<Server> {
     }
 }
 
-fn run(s: &Server, cmds: &[Vec<Vec<u8>>]) {
-    let mut c = s.client();
-    for r in c.pipeline(cmds).expect("pipeline") {
-        assert!(!r.is_error(), "{r:?}");
-    }
-}
-
-fn cmd(parts: &[&str]) -> Vec<Vec<u8>> {
-    parts.iter().map(|p| p.as_bytes().to_vec()).collect()
-}
-
-/// Plain hashes, small ones with a few field TTLs, one with more than 512 fields and one
-/// with long values (both past the listpack limits), all with some fields' TTLs far ahead.
 fn fill(s: &Server) -> Vec<String> {
-    let far = 4_102_444_800_000u64; // 2100-01-01
-    let mut c = vec![
-        cmd(&["HSET", "plain:small", "a", "1", "b", "2"]),
-        cmd(&["HSET", "ttl:small", "a", "1", "b", "2", "c", "3"]),
-        cmd(&[
-            "HPEXPIREAT",
-            "ttl:small",
-            &far.to_string(),
-            "FIELDS",
-            "1",
-            "a",
-        ]),
-        cmd(&["HEXPIRE", "ttl:small", "3600", "FIELDS", "1", "b"]),
-        cmd(&[
-            "HSETEX",
-            "ttl:setex",
-            "PX",
-            "7200000",
-            "FIELDS",
-            "2",
-            "x",
-            "1",
-            "y",
-            "2",
-        ]),
-        cmd(&["HSET", "ttl:setex", "z", "plain"]),
-    ];
-    let mut big = cmd(&["HSET", "ttl:many"]);
-    let mut plain_big = cmd(&["HSET", "plain:many"]);
-    for i in 0..700 {
-        big.push(format!("f-{i}").into_bytes());
-        big.push(format!("v-{i}").into_bytes());
-        plain_big.push(format!("f-{i}").into_bytes());
-        plain_big.push(format!("v-{i}").into_bytes());
-    }
-    c.push(big);
-    c.push(plain_big);
-    for i in (0..700).step_by(7) {
-        let at = (far + i as u64).to_string();
-        c.push(cmd(&[
-            "HPEXPIREAT",
-            "ttl:many",
-            &at,
-            "FIELDS",
-            "1",
-            &format!("f-{i}"),
-        ]));
-    }
-    let long = "L".repeat(2000);
-    c.push(cmd(&[
-        "HSET", "ttl:long", "l1", &long, "l2", &long, "s", "x",
-    ]));
-    c.push(cmd(&[
-        "HPEXPIRE", "ttl:long", "9000000", "FIELDS", "1", "l1",
-    ]));
-    run(s, &c);
-    [
-        "plain:small",
-        "ttl:small",
-        "ttl:setex",
-        "ttl:many",
-        "plain:many",
-        "ttl:long",
-    ]
-    .iter()
-    .map(|k| k.to_string())
-    .collect()
+    ferry_testkit::populate_field_ttl_hashes(s)
+        .into_iter()
+        .map(str::to_string)
+        .collect()
 }
 
 /// What the server holds: every field, its value and `HPEXPIRETIME`.

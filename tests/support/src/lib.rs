@@ -10,6 +10,7 @@
 mod client;
 pub mod cluster;
 mod data;
+mod field_ttl;
 pub mod proxy;
 mod server;
 mod text;
@@ -23,6 +24,7 @@ pub use cluster::{
 pub use data::{
     assert_same_data, populate_every_type, same_data, wait_same_data, PTTL_TOLERANCE_MS,
 };
+pub use field_ttl::{populate_field_ttl_hashes, FIELD_TTL_FAR};
 pub use proxy::{Direction, Proxy};
 pub use server::{
     free_port, parse_info, parse_version, server_version, which, Server, ServerBuilder, Version,

@@ -129,13 +129,11 @@ fn empty_collections_are_skipped_as_redis_does() {
     }
 }
 
-/// A module value whose module the target lacks: RESTORE answers "Bad data format" on
-/// every attempt, so the job fails at once naming the key, or skips and counts it.
-#[test]
-fn a_module_value_the_target_cannot_read_fails_at_once_or_is_skipped() {
+/// A file holding `kept`, `{modval}other` (strings) and `modval`, a value of module
+/// "fakemodul" (encoding version 1: one unsigned integer, then EOF), which no target has.
+fn module_value_file() -> (tempfile::TempDir, PathBuf) {
     let mut r = Rdb::new(b"REDIS0009");
-    r.db(0).string("kept", "value");
-    // Module "fakemodul" (encoding version 1): one unsigned integer, then EOF.
+    r.db(0).string("kept", "value").string("{modval}other", "x");
     let charset = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_";
     let mut id = 0u64;
     for c in b"fakemodul" {
@@ -144,10 +142,14 @@ fn a_module_value_the_target_cannot_read_fails_at_once_or_is_skipped() {
     id = (id << 10) | 1;
     r.key(7, "modval").u8(0x81).raw(&id.to_be_bytes());
     r.len(2).len(42).len(0);
-    let (_dir, path) = r.write();
+    r.write()
+}
 
-    let target = Server::start();
-    let mut ferry = Ferry::sync(&rdb_spec(&path), &target.url(), &["--name", "module"]);
+/// Copies the module-value file into `target`: the job fails at once naming the key; after
+/// `empty()`, with `--skip-unsupported`, it completes and counts the key skipped.
+fn module_value_fails_then_is_skipped(target: &str, empty: impl Fn()) {
+    let (_dir, path) = module_value_file();
+    let mut ferry = Ferry::sync(&rdb_spec(&path), target, &["--name", "module"]);
     let status = ferry.wait(Duration::from_secs(30));
     let out = ferry.output();
     assert!(!status.success(), "{out}");
@@ -155,10 +157,10 @@ fn a_module_value_the_target_cannot_read_fails_at_once_or_is_skipped() {
     assert!(out.contains("--skip-unsupported"), "{out}");
     assert!(!out.contains("retrying"), "{out}");
 
-    target.cmd(&["FLUSHALL"]);
+    empty();
     let mut ferry = Ferry::sync(
         &rdb_spec(&path),
-        &target.url(),
+        target,
         &["--name", "module", "--skip-unsupported"],
     );
     assert!(ferry.wait(LONG).success(), "{}", ferry.output());
@@ -169,7 +171,18 @@ fn a_module_value_the_target_cannot_read_fails_at_once_or_is_skipped() {
         ),
         "{out}"
     );
+}
+
+/// A module value whose module the target lacks: RESTORE answers "Bad data format" on
+/// every attempt, so the job fails at once naming the key, or skips and counts it.
+#[test]
+fn a_module_value_the_target_cannot_read_fails_at_once_or_is_skipped() {
+    let target = Server::start();
+    module_value_fails_then_is_skipped(&target.url(), || {
+        target.cmd(&["FLUSHALL"]);
+    });
     assert_eq!(target.cmd(&["GET", "kept"]).as_str(), "value");
+    assert_eq!(target.cmd(&["GET", "{modval}other"]).as_str(), "x");
     assert_eq!(target.cmd(&["EXISTS", "modval"]).as_int(), 0);
 }
 
@@ -315,43 +328,12 @@ fn checkpoint_keys_on_the_source_are_never_copied() {
 /// skipped and counted with `--skip-unsupported`, as into a standalone one.
 #[test]
 fn into_a_cluster_a_module_value_fails_at_once_or_is_skipped() {
-    let mut r = Rdb::new(b"REDIS0009");
-    r.db(0).string("kept", "value").string("{modval}other", "x");
-    let charset = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_";
-    let mut id = 0u64;
-    for c in b"fakemodul" {
-        id = (id << 6) | charset.iter().position(|x| x == c).unwrap() as u64;
-    }
-    id = (id << 10) | 1;
-    r.key(7, "modval").u8(0x81).raw(&id.to_be_bytes());
-    r.len(2).len(42).len(0);
-    let (_dir, path) = r.write();
-
     let cluster = Cluster::start(3, 0);
-    let mut ferry = Ferry::sync(&rdb_spec(&path), &cluster.seed_url(), &["--name", "module"]);
-    let status = ferry.wait(Duration::from_secs(30));
-    let out = ferry.output();
-    assert!(!status.success(), "{out}");
-    assert!(out.contains("\"modval\""), "{out}");
-    assert!(out.contains("--skip-unsupported"), "{out}");
-    assert!(!out.contains("retrying"), "{out}");
-
-    for m in cluster.masters() {
-        m.cmd(&["FLUSHALL"]);
-    }
-    let mut ferry = Ferry::sync(
-        &rdb_spec(&path),
-        &cluster.seed_url(),
-        &["--name", "module", "--skip-unsupported"],
-    );
-    assert!(ferry.wait(LONG).success(), "{}", ferry.output());
-    let out = ferry.output();
-    assert!(
-        out.contains(
-            "1 key(s), function(s), script(s) or module data the target cannot hold were skipped"
-        ),
-        "{out}"
-    );
+    module_value_fails_then_is_skipped(&cluster.seed_url(), || {
+        for m in cluster.masters() {
+            m.cmd(&["FLUSHALL"]);
+        }
+    });
     assert_eq!(cluster.cmd_routed_str(&["GET", "kept"]).as_str(), "value");
     assert_eq!(
         cluster.cmd_routed_str(&["GET", "{modval}other"]).as_str(),

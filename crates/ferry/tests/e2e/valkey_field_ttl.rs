@@ -17,7 +17,7 @@ use ferry_testkit::{Reply, Server};
 
 const LONG: Duration = Duration::from_secs(120);
 /// 2100-01-01, in ms.
-const FAR: u64 = 4_102_444_800_000;
+const FAR: u64 = ferry_testkit::FIELD_TTL_FAR;
 
 fn binary(label: &str) -> Option<ServerBinary> {
     let b = server_binary(label);
@@ -54,68 +54,11 @@ fn run(s: &Server, cmds: &[Vec<Vec<u8>>]) {
     }
 }
 
-/// Plain hashes and hashes with some field TTLs, small and past the listpack limits (more
-/// than 512 fields; values longer than 64 bytes), and a string. Returns the hash keys.
+/// The testkit's field-TTL hashes, and a string. Returns the hash keys.
 fn fill(s: &Server) -> Vec<&'static str> {
-    let mut c = vec![
-        cmd(&["HSET", "plain:small", "a", "1", "b", "2"]),
-        cmd(&["HSET", "ttl:small", "a", "1", "b", "2", "c", "3"]),
-        cmd(&[
-            "HPEXPIREAT",
-            "ttl:small",
-            &FAR.to_string(),
-            "FIELDS",
-            "1",
-            "a",
-        ]),
-        cmd(&["HEXPIRE", "ttl:small", "3600", "FIELDS", "1", "b"]),
-        cmd(&[
-            "HSETEX",
-            "ttl:setex",
-            "PX",
-            "7200000",
-            "FIELDS",
-            "2",
-            "x",
-            "1",
-            "y",
-            "2",
-        ]),
-        cmd(&["HSET", "ttl:setex", "z", "plain"]),
-        cmd(&["SET", "s", "v"]),
-    ];
-    let mut big = cmd(&["HSET", "ttl:many"]);
-    let mut plain_big = cmd(&["HSET", "plain:many"]);
-    for i in 0..700 {
-        for h in [&mut big, &mut plain_big] {
-            h.push(format!("f-{i}").into_bytes());
-            h.push(format!("v-{i}").into_bytes());
-        }
-    }
-    c.push(big);
-    c.push(plain_big);
-    for i in (0..700).step_by(7) {
-        let at = (FAR + i as u64).to_string();
-        let f = format!("f-{i}");
-        c.push(cmd(&["HPEXPIREAT", "ttl:many", &at, "FIELDS", "1", &f]));
-    }
-    let long = "L".repeat(2000);
-    c.push(cmd(&[
-        "HSET", "ttl:long", "l1", &long, "l2", &long, "s", "x",
-    ]));
-    c.push(cmd(&[
-        "HPEXPIRE", "ttl:long", "9000000", "FIELDS", "1", "l1",
-    ]));
-    c.push(cmd(&["PEXPIRE", "ttl:long", "99000000"]));
-    run(s, &c);
-    vec![
-        "plain:small",
-        "ttl:small",
-        "ttl:setex",
-        "ttl:many",
-        "plain:many",
-        "ttl:long",
-    ]
+    let keys = ferry_testkit::populate_field_ttl_hashes(s);
+    run(s, &[cmd(&["SET", "s", "v"])]);
+    keys
 }
 
 /// Field -> (value, `HPEXPIRETIME`), -1 for none.
