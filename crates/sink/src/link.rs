@@ -6,7 +6,7 @@
 
 use std::time::Duration;
 
-use bytes::BytesMut;
+use bytes::{Buf, BytesMut};
 use ferry_resp::frame::{DecodeError, Decoder};
 use ferry_resp::Frame;
 use tokio::io::{AsyncReadExt, ReadHalf};
@@ -62,6 +62,44 @@ impl Replies {
         buf: &mut BytesMut,
     ) -> Result<Option<(Frame, usize)>, DecodeError> {
         self.decoder.parse(buf)
+    }
+
+    /// The next whole reply off the front of `buf`, reading as needed. With `ok` (the
+    /// reply expected is most likely `+OK`, as to a `RESTORE`), a `+OK` is taken without
+    /// building a frame and given as `None`. A malformed reply is
+    /// [`ferry_resp::Error::Protocol`]; the connection's end, an I/O error or the timeout
+    /// as [`Replies::read_more`] says.
+    pub(crate) async fn next(
+        &mut self,
+        buf: &mut BytesMut,
+        ok: bool,
+    ) -> Result<Option<Frame>, TargetError> {
+        if ok {
+            while buf.len() < 5 && buf.first().is_none_or(|&b| b == b'+') {
+                if buf.len() >= 3 && &buf[..3] != b"+OK" {
+                    break;
+                }
+                self.read_more(buf).await?;
+            }
+            if buf.starts_with(b"+OK\r\n") {
+                buf.advance(5);
+                return Ok(None);
+            }
+        }
+        loop {
+            match self.parse(buf) {
+                Ok(Some((f, _))) => return Ok(Some(f)),
+                Ok(None) => {}
+                Err(source) => {
+                    return Err(ferry_resp::Error::Protocol {
+                        addr: self.addr.clone(),
+                        source,
+                    }
+                    .into())
+                }
+            }
+            self.read_more(buf).await?;
+        }
     }
 
     /// The length of the whole reply at the front of `buf`, once it is all there; the

@@ -249,26 +249,15 @@ pub(super) async fn next_reply(
     addr: &str,
     ok: bool,
 ) -> Result<Option<Frame>, Stop> {
-    if ok {
-        while buf.len() < 5 && buf.first().is_none_or(|&b| b == b'+') {
-            if buf.len() >= 3 && &buf[..3] != b"+OK" {
-                break;
-            }
-            read_more(rd, buf, dead, addr).await.map_err(Stop::Lost)?;
-        }
-        if buf.starts_with(b"+OK\r\n") {
-            buf.advance(5);
-            return Ok(None);
-        }
-    }
-    loop {
-        match rd.parse(buf) {
-            Ok(Some((f, _))) => return Ok(Some(f)),
-            Ok(None) => {}
-            Err(source) => return Err(Stop::protocol(addr, source)),
-        }
-        read_more(rd, buf, dead, addr).await.map_err(Stop::Lost)?;
-    }
+    let next = tokio::select! {
+        r = rd.next(buf, ok) => r,
+        _ = dead.cancelled() => Err(closed(addr, "while writes were in flight")),
+    };
+    // A malformed reply fails the writer; a connection gone may have its batches resent.
+    next.map_err(|e| match e {
+        e @ TargetError::Node(ferry_resp::Error::Protocol { .. }) => Stop::Failed(e),
+        e => Stop::Lost(e),
+    })
 }
 
 /// The replies to one unit: all of them are read; the first refusal refuses the unit

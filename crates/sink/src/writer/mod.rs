@@ -17,7 +17,7 @@ use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
 use std::time::Duration;
 
-use bytes::{Buf, Bytes, BytesMut};
+use bytes::{Bytes, BytesMut};
 use ferry_core::{Event, ShardStats};
 use ferry_resp::{frame, Endpoint, Frame};
 use tokio::io::AsyncWriteExt;

@@ -40,30 +40,14 @@ pub(super) async fn read_replies(
         let Some(expect) = queue.next() else {
             continue;
         };
-        // A snapshot key's `+OK` is by far the most common reply: count it without
-        // building a frame.
-        if let Expect::Restore { .. } = expect {
-            if buf.starts_with(b"+OK\r\n") {
-                buf.advance(5);
-                summary.keys += 1;
-                stats.keys_applied.fetch_add(1, Relaxed);
-                stats.records_applied.fetch_add(1, Relaxed);
-                continue;
-            }
-        }
-        let reply = loop {
-            match rd.parse(&mut buf) {
-                Ok(Some((f, _))) => break f,
-                Ok(None) => {}
-                Err(source) => {
-                    return Err(ferry_resp::Error::Protocol {
-                        addr: addr.clone(),
-                        source,
-                    }
-                    .into())
-                }
-            }
-            rd.read_more(&mut buf).await?;
+        // A snapshot key's `+OK` is by far the most common reply: counted without building
+        // a frame.
+        let restore = matches!(expect, Expect::Restore { .. });
+        let Some(reply) = rd.next(&mut buf, restore).await? else {
+            summary.keys += 1;
+            stats.keys_applied.fetch_add(1, Relaxed);
+            stats.records_applied.fetch_add(1, Relaxed);
+            continue;
         };
         match (&expect, &reply) {
             // Each command that failed inside a committed EXEC: the rest of it is applied.
