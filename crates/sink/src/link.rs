@@ -64,39 +64,46 @@ impl Replies {
         self.decoder.parse(buf)
     }
 
-    /// The next whole reply off the front of `buf`, reading as needed. With `ok` (the
-    /// reply expected is most likely `+OK`, as to a `RESTORE`), a `+OK` is taken without
-    /// building a frame and given as `None`. A malformed reply is
-    /// [`ferry_resp::Error::Protocol`]; the connection's end, an I/O error or the timeout
-    /// as [`Replies::read_more`] says.
+    /// The next whole reply if `buf` holds it, without reading: `Some(Some(frame))`, or
+    /// with `ok` (the reply expected is most likely `+OK`, as to a `RESTORE`) `Some(None)`
+    /// for a `+OK` taken without building a frame; `None` while more bytes are needed. A
+    /// malformed reply is [`ferry_resp::Error::Protocol`].
+    pub(crate) fn try_next(
+        &mut self,
+        buf: &mut BytesMut,
+        ok: bool,
+    ) -> Result<Option<Option<Frame>>, TargetError> {
+        if ok {
+            if buf.starts_with(b"+OK\r\n") {
+                buf.advance(5);
+                return Ok(Some(None));
+            }
+            // Too short to tell yet, and could still be `+OK`.
+            let maybe_ok = b"+OK\r\n".starts_with(&buf[..]);
+            if buf.len() < 5 && maybe_ok {
+                return Ok(None);
+            }
+        }
+        match self.parse(buf) {
+            Ok(Some((f, _))) => Ok(Some(Some(f))),
+            Ok(None) => Ok(None),
+            Err(source) => Err(ferry_resp::Error::Protocol {
+                addr: self.addr.clone(),
+                source,
+            }
+            .into()),
+        }
+    }
+
+    /// [`Replies::try_next`], reading until the reply is whole.
     pub(crate) async fn next(
         &mut self,
         buf: &mut BytesMut,
         ok: bool,
     ) -> Result<Option<Frame>, TargetError> {
-        if ok {
-            while buf.len() < 5 && buf.first().is_none_or(|&b| b == b'+') {
-                if buf.len() >= 3 && &buf[..3] != b"+OK" {
-                    break;
-                }
-                self.read_more(buf).await?;
-            }
-            if buf.starts_with(b"+OK\r\n") {
-                buf.advance(5);
-                return Ok(None);
-            }
-        }
         loop {
-            match self.parse(buf) {
-                Ok(Some((f, _))) => return Ok(Some(f)),
-                Ok(None) => {}
-                Err(source) => {
-                    return Err(ferry_resp::Error::Protocol {
-                        addr: self.addr.clone(),
-                        source,
-                    }
-                    .into())
-                }
+            if let Some(reply) = self.try_next(buf, ok)? {
+                return Ok(reply);
             }
             self.read_more(buf).await?;
         }

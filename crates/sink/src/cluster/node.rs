@@ -249,15 +249,13 @@ pub(super) async fn next_reply(
     addr: &str,
     ok: bool,
 ) -> Result<Option<Frame>, Stop> {
-    let next = tokio::select! {
-        r = rd.next(buf, ok) => r,
-        _ = dead.cancelled() => Err(closed(addr, "while writes were in flight")),
-    };
-    // A malformed reply fails the writer; a connection gone may have its batches resent.
-    next.map_err(|e| match e {
-        e @ TargetError::Node(ferry_resp::Error::Protocol { .. }) => Stop::Failed(e),
-        e => Stop::Lost(e),
-    })
+    loop {
+        // A malformed reply fails the writer; a connection gone may have its batches resent.
+        if let Some(reply) = rd.try_next(buf, ok).map_err(Stop::Failed)? {
+            return Ok(reply);
+        }
+        read_more(rd, buf, dead, addr).await.map_err(Stop::Lost)?;
+    }
 }
 
 /// The replies to one unit: all of them are read; the first refusal refuses the unit
