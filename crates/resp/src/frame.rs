@@ -319,12 +319,7 @@ fn parse_int(s: &[u8], at: usize) -> Result<i64, DecodeError> {
 /// Splits one whole frame off the front of `buf`; `None` (and `buf` untouched) if it is not
 /// all there yet. Returns the frame and the number of bytes it took.
 pub fn parse(buf: &mut BytesMut) -> Result<Option<(Frame, usize)>, DecodeError> {
-    let Some(len) = frame_len(buf)? else {
-        return Ok(None);
-    };
-    let mut bytes = buf.split_to(len).freeze();
-    let frame = read_frame(&mut bytes)?;
-    Ok(Some((frame, len)))
+    Decoder::new(MAX_LEN).parse(buf)
 }
 
 /// Splits one whole frame off the front of `buf` as a command's argv (what
@@ -336,11 +331,7 @@ pub fn parse(buf: &mut BytesMut) -> Result<Option<(Frame, usize)>, DecodeError> 
 pub fn parse_command(
     buf: &mut BytesMut,
 ) -> Result<Option<(Option<Vec<Bytes>>, usize)>, DecodeError> {
-    let Some(len) = frame_len(buf)? else {
-        return Ok(None);
-    };
-    let bytes = buf.split_to(len).freeze();
-    Ok(Some((command_of(bytes)?, len)))
+    Decoder::new(MAX_LEN).parse_command(buf)
 }
 
 /// The argv of one whole, checked frame.

@@ -315,6 +315,21 @@ pub struct FileConfig {
     pub url_databases: bool,
 }
 
+/// A timeout given as text (`"60s"`, default 60 s); 0 is refused.
+fn timeout(what: &str, given: Option<String>) -> Result<Duration, ConfigError> {
+    let t = match given {
+        Some(t) => humantime::parse_duration(&t)
+            .map_err(|e| ConfigError::Invalid(format!("{what} {t:?}: {e}")))?,
+        None => Duration::from_secs(60),
+    };
+    if t.is_zero() {
+        return Err(ConfigError::Invalid(format!(
+            "{what} must be more than 0 (e.g. 60s)"
+        )));
+    }
+    Ok(t)
+}
+
 impl FileConfig {
     pub fn load(path: &std::path::Path) -> Result<FileConfig, ConfigError> {
         let text = std::fs::read_to_string(path).map_err(|e| ConfigError::File {
@@ -412,26 +427,14 @@ impl FileConfig {
             }
             None => None,
         };
-        let source_timeout = match over.source_timeout.or(self.source_timeout) {
-            Some(t) => humantime::parse_duration(&t)
-                .map_err(|e| ConfigError::Invalid(format!("source timeout {t:?}: {e}")))?,
-            None => Duration::from_secs(60),
-        };
-        if source_timeout.is_zero() {
-            return Err(ConfigError::Invalid(
-                "source timeout must be more than 0 (e.g. 60s)".into(),
-            ));
-        }
-        let target_timeout = match over.target_timeout.or(self.target_timeout) {
-            Some(t) => humantime::parse_duration(&t)
-                .map_err(|e| ConfigError::Invalid(format!("target timeout {t:?}: {e}")))?,
-            None => Duration::from_secs(60),
-        };
-        if target_timeout.is_zero() {
-            return Err(ConfigError::Invalid(
-                "target timeout must be more than 0 (e.g. 60s)".into(),
-            ));
-        }
+        let source_timeout = timeout(
+            "source timeout",
+            over.source_timeout.or(self.source_timeout),
+        )?;
+        let target_timeout = timeout(
+            "target timeout",
+            over.target_timeout.or(self.target_timeout),
+        )?;
         let name = over
             .name
             .or(self.name)
