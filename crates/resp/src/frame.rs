@@ -635,7 +635,8 @@ mod tests {
         assert_eq!(d.pos, 0, "reset after a whole frame");
     }
 
-    /// A plain recursive checker: the reference the resumable one must agree with.
+    /// A plain recursive checker with the same length limit: the reference the resumable
+    /// one must agree with.
     fn reference_len(buf: &[u8], pos: usize, depth: usize) -> Result<Option<usize>, ()> {
         if depth > MAX_DEPTH {
             return Err(());
@@ -657,6 +658,9 @@ mod tests {
                 if len < 0 {
                     return Ok(Some(after));
                 }
+                if after as u128 + len as u128 + 2 > MAX_LEN as u128 {
+                    return Err(());
+                }
                 let end = after + len as usize + 2;
                 if buf.len() < end {
                     return Ok(None);
@@ -670,6 +674,9 @@ mod tests {
                 let n = int()?;
                 if n < 0 && tag != b'|' {
                     return Ok(Some(after));
+                }
+                if n > 0 && n as u128 * 3 > MAX_LEN as u128 {
+                    return Err(());
                 }
                 let n = n.max(0) as usize;
                 let count = match tag {
