@@ -9,36 +9,8 @@ use ferry_rdb::{
     Parser, StreamId, Value,
 };
 
-#[derive(Default)]
-struct W(Vec<u8>);
-
-impl W {
-    fn u8(&mut self, b: u8) -> &mut Self {
-        self.0.push(b);
-        self
-    }
-    fn raw(&mut self, b: &[u8]) -> &mut Self {
-        self.0.extend_from_slice(b);
-        self
-    }
-    fn len(&mut self, n: u64) -> &mut Self {
-        if n < 64 {
-            self.u8(n as u8)
-        } else if n < 16384 {
-            self.u8(0x40 | (n >> 8) as u8).u8(n as u8)
-        } else if n <= u64::from(u32::MAX) {
-            self.u8(0x80).raw(&(n as u32).to_be_bytes())
-        } else {
-            self.u8(0x81).raw(&n.to_be_bytes())
-        }
-    }
-    fn str(&mut self, s: &[u8]) -> &mut Self {
-        self.len(s.len() as u64).raw(s)
-    }
-    fn ms(&mut self, t: u64) -> &mut Self {
-        self.raw(&t.to_le_bytes())
-    }
-}
+/// RDB bytes written by hand.
+type W = ferry_testkit::RdbBytes;
 
 enum E<'a> {
     S(&'a [u8]),

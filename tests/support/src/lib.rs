@@ -12,6 +12,7 @@ pub mod cluster;
 mod data;
 mod field_ttl;
 pub mod proxy;
+mod rdb_bytes;
 mod server;
 mod text;
 pub mod tls;
@@ -26,6 +27,7 @@ pub use data::{
 };
 pub use field_ttl::{populate_field_ttl_hashes, FIELD_TTL_FAR};
 pub use proxy::{Direction, Proxy};
+pub use rdb_bytes::RdbBytes;
 pub use server::{
     free_port, parse_info, parse_version, server_version, which, Server, ServerBuilder, Version,
     KEEP_DIR_ENV, SERVER_BINARY_ENV,

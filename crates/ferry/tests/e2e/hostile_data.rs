@@ -8,54 +8,23 @@ use std::time::Duration;
 
 use crate::common::Ferry;
 use ferry_testkit::versions::server_binary;
-use ferry_testkit::{Cluster, Server};
+use ferry_testkit::{Cluster, RdbBytes, Server};
 
 const LONG: Duration = Duration::from_secs(60);
 
-/// An RDB file written by hand (checksum 0: "saved with checksum disabled", which Redis
-/// and ferry both accept).
-struct Rdb(Vec<u8>);
+/// An RDB file written by hand ([`RdbBytes`]), into a fresh temp dir.
+type Rdb = RdbBytes;
 
-impl Rdb {
-    fn new(magic: &[u8]) -> Rdb {
-        Rdb(magic.to_vec())
-    }
-    fn u8(&mut self, b: u8) -> &mut Self {
-        self.0.push(b);
-        self
-    }
-    fn raw(&mut self, b: &[u8]) -> &mut Self {
-        self.0.extend_from_slice(b);
-        self
-    }
-    fn len(&mut self, n: u64) -> &mut Self {
-        if n < 64 {
-            self.u8(n as u8)
-        } else if n < 16384 {
-            self.u8(0x40 | (n >> 8) as u8).u8(n as u8)
-        } else {
-            self.u8(0x80).raw(&(n as u32).to_be_bytes())
-        }
-    }
-    fn str(&mut self, s: &[u8]) -> &mut Self {
-        self.len(s.len() as u64).raw(s)
-    }
-    fn db(&mut self, db: u64) -> &mut Self {
-        self.u8(0xfe).len(db)
-    }
-    /// A key of type `t`; its value follows.
-    fn key(&mut self, t: u8, key: &str) -> &mut Self {
-        self.u8(t).str(key.as_bytes())
-    }
-    fn string(&mut self, key: &str, value: &str) -> &mut Self {
-        self.key(0, key).str(value.as_bytes())
-    }
-    /// EOF opcode and a zero checksum; writes the file into a fresh temp dir.
+trait WriteFile {
+    fn write(&mut self) -> (tempfile::TempDir, PathBuf);
+}
+
+impl WriteFile for RdbBytes {
     fn write(&mut self) -> (tempfile::TempDir, PathBuf) {
-        self.u8(0xff).raw(&[0; 8]);
+        let bytes = self.finish();
         let dir = tempfile::tempdir().expect("temp dir");
         let path = dir.path().join("dump.rdb");
-        std::fs::write(&path, &self.0).expect("write rdb");
+        std::fs::write(&path, bytes).expect("write rdb");
         (dir, path)
     }
 }
