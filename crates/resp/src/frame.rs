@@ -116,10 +116,6 @@ impl Decoder {
         }
     }
 
-    pub fn max(&self) -> usize {
-        self.max
-    }
-
     pub fn set_max(&mut self, max: usize) {
         self.max = max.min(MAX_LEN);
     }

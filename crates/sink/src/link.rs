@@ -8,10 +8,11 @@ use std::time::Duration;
 
 use bytes::{Buf, BytesMut};
 use ferry_resp::frame::{DecodeError, Decoder};
-use ferry_resp::Frame;
+use ferry_resp::{Connection, Endpoint, Frame};
 use tokio::io::{AsyncReadExt, ReadHalf};
 
 use crate::error::TargetError;
+use crate::version::ServerVersion;
 
 /// Largest reply accepted from a target: replies to what ferry sends are small (an
 /// `EXEC`'s array of `+OK` at most); a bigger one is a broken peer, refused before it
@@ -21,21 +22,15 @@ const MAX_REPLY: usize = 256 << 20;
 /// Opens a writer's connection to a target node: connected, logged in, named
 /// (`CLIENT SETNAME`, what fencing finds it by), with the node's version when it tells it.
 pub(crate) async fn open(
-    ep: &ferry_resp::Endpoint,
+    ep: &Endpoint,
     client_name: Option<&str>,
-) -> Result<
-    (
-        ferry_resp::Connection,
-        Option<crate::version::ServerVersion>,
-    ),
-    TargetError,
-> {
-    let mut conn = ferry_resp::Connection::connect(ep).await?;
+) -> Result<(Connection, Option<ServerVersion>), TargetError> {
+    let mut conn = Connection::connect(ep).await?;
     if let Some(name) = client_name {
         conn.request(&["CLIENT", "SETNAME", name]).await?;
     }
     let info = conn.info("server").await?;
-    Ok((conn, crate::version::ServerVersion::from_info(&info)))
+    Ok((conn, ServerVersion::from_info(&info)))
 }
 
 pub(crate) struct Replies {
@@ -57,10 +52,7 @@ impl Replies {
 
     /// One whole reply off the front of `buf`, if it is all there (checked once however
     /// many reads it takes). Consume `buf`'s front only through this, or between replies.
-    pub(crate) fn parse(
-        &mut self,
-        buf: &mut BytesMut,
-    ) -> Result<Option<(Frame, usize)>, DecodeError> {
+    fn parse(&mut self, buf: &mut BytesMut) -> Result<Option<(Frame, usize)>, DecodeError> {
         self.decoder.parse(buf)
     }
 
